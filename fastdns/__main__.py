@@ -1,0 +1,3 @@
+from fastdns.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""resolv.conf(5) reading and the choice of upstream servers.
+
+Upstreams are, in order of preference: the nameservers of the configured resolv.conf; the
+``dns:`` list when ``hostResolver.enabled`` is false; the fallback servers when resolv.conf is
+missing, unreadable or names no usable nameserver (Lima: 8.8.8.8 and 1.1.1.1).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+
+from fastdns.config import Config
+
+logger = logging.getLogger(__name__)
+
+DNS_PORT = 53
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvConf:
+    nameservers: tuple[str, ...] = ()
+    search: tuple[str, ...] = ()
+    ndots: int = 1
+    timeout: float = 5.0
+    attempts: int = 2
+    rotate: bool = False
+    readable: bool = True
+
+
+def parse_resolv_conf(text: str) -> ResolvConf:
+    """Parse resolv.conf text; unknown lines are ignored as libc does."""
+    servers: list[str] = []
+    search: tuple[str, ...] = ()
+    ndots, timeout, attempts, rotate = 1, 5.0, 2, False
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split(";", 1)[0].split()
+        if not fields:
+            continue
+        key, args = fields[0], fields[1:]
+        if key == "nameserver" and args:
+            addr = args[0]
+            try:
+                ipaddress.ip_address(addr.split("%", 1)[0])
+            except ValueError:
+                logger.warning("resolv.conf: ignoring bad nameserver %r", addr)
+                continue
+            servers.append(addr)
+        elif key in ("search", "domain") and args:
+            search = tuple(a.rstrip(".") for a in args) if key == "search" else (args[0],)
+        elif key == "options":
+            for opt in args:
+                name, _, value = opt.partition(":")
+                try:
+                    if name == "ndots":
+                        ndots = min(int(value), 15)
+                    elif name == "timeout":
+                        timeout = max(float(value), 0.1)
+                    elif name == "attempts":
+                        attempts = min(max(int(value), 1), 5)
+                except ValueError:
+                    continue
+                if name == "rotate":
+                    rotate = True
+    return ResolvConf(tuple(servers), search, ndots, timeout, attempts, rotate)
+
+
+def read_resolv_conf(path: str) -> ResolvConf:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return parse_resolv_conf(fh.read())
+    except OSError:
+        return ResolvConf(readable=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPlan:
+    """The servers to forward to, and where they came from (for logs and metrics)."""
+
+    servers: tuple[tuple[str, int], ...]
+    source: str  # "resolv_conf" | "dns" | "fallback" | "none"
+    resolv: ResolvConf = field(default_factory=ResolvConf)
+
+
+def plan_upstreams(config: Config, resolv: ResolvConf, own_port: int | None) -> UpstreamPlan:
+    """Pick the upstream servers for ``config``; skip fastdns's own listen address."""
+
+    def usable(addrs: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+        out = []
+        for a in addrs:
+            if own_port == DNS_PORT and _same_ip(a, config.listen):
+                continue  # a nameserver that is fastdns itself would loop
+            out.append((a, DNS_PORT))
+        return tuple(out)
+
+    if not config.enabled:
+        return UpstreamPlan(usable(config.dns), "dns", resolv)
+    servers = usable(resolv.nameservers)
+    if servers:
+        return UpstreamPlan(servers, "resolv_conf", resolv)
+    fallback = usable(config.fallback)
+    return UpstreamPlan(fallback, "fallback" if fallback else "none", resolv)
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a.split("%", 1)[0]) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
+
+
+class FileWatch:
+    """Cheap change detection for a file by (mtime_ns, size, inode); polled, never blocking."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = self._read()
+
+    def _read(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def changed(self) -> bool:
+        stamp = self._read()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            return True
+        return False

@@ -1,0 +1,243 @@
+"""UDP and TCP DNS servers on an asyncio (uvloop) loop.
+
+The UDP hot path is a straight line in ``datagram_received``: parse header and question, try
+the synchronous answers, else start one task. Everything is bounded: in-flight queries per
+worker (REFUSED above), TCP connections, queries and buffered bytes per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastdns import wire
+from fastdns.config import Config
+from fastdns.pipeline import Pipeline, Resolved
+from fastdns.stats import SIZE_BUCKETS, WorkerStats
+
+logger = logging.getLogger(__name__)
+
+TCP_MAX_PENDING = 64  # queries in progress per TCP connection before we stop reading
+TCP_MAX_BUFFER = 65535 + 2 + 4096  # one full frame plus slack
+
+
+class ServerState:
+    """In-flight tasks, shared by the UDP and TCP servers of one worker (for draining)."""
+
+    def __init__(self, config: Config, pipeline: Pipeline, stats: WorkerStats) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.stats = stats
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.draining = False
+        self.tcp_connections: set[TCPServer] = set()
+
+    def full(self) -> bool:
+        return len(self.tasks) >= self.config.max_inflight
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def record(
+        self, proto: str, q: wire.Query | None, res: Resolved | None, size: int, t0: float
+    ) -> None:
+        """Account one answered query (cheap: plain counters, no prometheus-client)."""
+        st = self.stats
+        qtype = wire.TYPE_NAMES.get(q.qtype, "other") if q is not None else "other"
+        st.inc("requests", proto, qtype)
+        if res is not None:
+            st.inc("responses", wire.RCODE_NAMES.get(res.reply[3] & 0xF, "other"), res.source)
+            st.observe(("response_size", proto), len(res.reply), SIZE_BUCKETS)
+        st.observe(("request_size", proto), size, SIZE_BUCKETS)
+        st.observe(("duration", qtype), time.monotonic() - t0)
+
+
+def _reply_limit(config: Config, q: wire.Query) -> int:
+    """Largest UDP reply for this client: its EDNS size capped by ours, 512 without OPT."""
+    if config.lima_compat:
+        return 512  # lima#380: Lima always truncates UDP replies to 512 bytes
+    return min(q.udp_size, config.edns_max_udp) if q.has_opt else 512
+
+
+def _malformed_reply(data: bytes, err: wire.Malformed) -> bytes | None:
+    return wire.header_only_reply(data, err.rcode) if err.rcode is not None else None
+
+
+class UDPServer(asyncio.DatagramProtocol):
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        state = self.state
+        if state.draining:
+            return
+        t0 = time.monotonic()
+        try:
+            q = wire.parse_query(data)
+        except wire.Malformed as e:
+            state.stats.inc("dropped" if e.rcode is None else "malformed", "udp")
+            reply = _malformed_reply(data, e)
+            if reply is not None and self.transport is not None:
+                self.transport.sendto(reply, addr)
+            return
+        res = state.pipeline.answer_now(q)
+        if res is not None:
+            self._send(q, res, addr, len(data), t0)
+            return
+        if state.full():
+            state.stats.inc("overload", "udp")
+            res = Resolved(wire.error_reply(q, wire.REFUSED), "server")
+            self._send(q, res, addr, len(data), t0)
+            return
+        state.spawn(self._answer(q, addr, len(data), t0))
+
+    async def _answer(self, q: wire.Query, addr: Any, size: int, t0: float) -> None:
+        try:
+            res = await self.state.pipeline.answer(q)
+        except Exception:
+            logger.exception("unhandled error answering a UDP query")
+            self.state.stats.inc("unhandled_exceptions")
+            res = Resolved(wire.error_reply(q, wire.SERVFAIL), "server")
+        self._send(q, res, addr, size, t0)
+
+    def _send(self, q: wire.Query, res: Resolved, addr: Any, size: int, t0: float) -> None:
+        reply = res.reply
+        limit = _reply_limit(self.state.config, q)
+        if len(reply) > limit:
+            try:
+                reply = wire.truncate(reply, limit)
+            except wire.Malformed:
+                reply = wire.error_reply(q, wire.SERVFAIL)
+            res = Resolved(reply, res.source)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+        self.state.record("udp", q, res, size, t0)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors from clients that went away
+
+
+class TCPServer(asyncio.Protocol):
+    """RFC 7766: 2-byte length framing, pipelined queries answered as they complete."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.pending = 0
+        self.paused = False
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        state = self.state
+        if state.draining or len(state.tcp_connections) >= state.config.tcp_max_connections:
+            state.stats.inc("overload", "tcp")
+            transport.close()
+            return
+        state.tcp_connections.add(self)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.tcp_connections.discard(self)
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        self.transport = None
+
+    def _arm_idle(self) -> None:
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        loop = asyncio.get_running_loop()
+        self.idle_handle = loop.call_later(self.state.config.tcp_idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self.idle_handle = None
+        if self.pending:
+            self._arm_idle()
+        elif self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > TCP_MAX_BUFFER:
+            self.buffer.clear()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._arm_idle()
+        while len(self.buffer) >= 2:
+            size = int.from_bytes(self.buffer[:2], "big")
+            if len(self.buffer) < 2 + size:
+                break
+            frame = bytes(self.buffer[2 : 2 + size])
+            del self.buffer[: 2 + size]
+            self._handle(frame)
+        if self.pending >= TCP_MAX_PENDING and not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def eof_received(self) -> bool | None:
+        # Keep the write side open until pending replies are sent; then close.
+        self.eof = True
+        if not self.pending and self.transport is not None:
+            self.transport.close()
+        return True
+
+    def _handle(self, frame: bytes) -> None:
+        t0 = time.monotonic()
+        state = self.state
+        try:
+            q = wire.parse_query(frame)
+        except wire.Malformed as e:
+            state.stats.inc("dropped" if e.rcode is None else "malformed", "tcp")
+            reply = _malformed_reply(frame, e)
+            if reply is not None:
+                self._write(reply)
+            return
+        res = state.pipeline.answer_now(q)
+        if res is None and state.full():
+            state.stats.inc("overload", "tcp")
+            res = Resolved(wire.error_reply(q, wire.REFUSED), "server")
+        if res is not None:
+            self._write(res.reply)
+            state.record("tcp", q, res, len(frame), t0)
+            return
+        self.pending += 1
+        state.spawn(self._answer(q, len(frame), t0))
+
+    async def _answer(self, q: wire.Query, size: int, t0: float) -> None:
+        try:
+            res = await self.state.pipeline.answer(q)
+        except Exception:
+            logger.exception("unhandled error answering a TCP query")
+            self.state.stats.inc("unhandled_exceptions")
+            res = Resolved(wire.error_reply(q, wire.SERVFAIL), "server")
+        self.pending -= 1
+        self._write(res.reply)
+        self.state.record("tcp", q, res, size, t0)
+        if self.paused and self.pending < TCP_MAX_PENDING // 2 and self.transport is not None:
+            self.transport.resume_reading()
+            self.paused = False
+        if (self.eof or self.state.draining) and not self.pending and self.transport is not None:
+            self.transport.close()
+
+    def _write(self, reply: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(len(reply).to_bytes(2, "big") + reply)
+
+    def close_when_idle(self) -> None:
+        """Draining: stop reading; close now if nothing is pending."""
+        if self.transport is None:
+            return
+        self.transport.pause_reading()
+        if not self.pending:
+            self.transport.close()

@@ -1,0 +1,261 @@
+"""Raw forwarding of client queries to upstream servers over long-lived sockets.
+
+Each upstream has one connected UDP socket with a table of in-flight upstream IDs. A reply is
+accepted only when its ID is in flight, it came from that upstream (the connected socket makes
+the kernel filter the source) and its question equals ours (RFC 5452 §9). TC replies are
+retried over TCP; timeouts, socket errors, SERVFAIL and REFUSED move on to the next upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastdns import wire
+from fastdns.resolvconf import UpstreamPlan
+from fastdns.stats import WorkerStats
+
+logger = logging.getLogger(__name__)
+
+FAILOVER_RCODES = frozenset((wire.SERVFAIL, wire.REFUSED))
+# An upstream that timed out this many times in a row is tried after the healthy ones
+# (CoreDNS forward max_fails), until it answers again or DOWN_FOR seconds pass.
+MAX_FAILS = 2
+DOWN_FOR = 10.0
+TCP_MAX_REPLY = 65535
+
+
+def sockaddr(host: str, port: int) -> tuple[int, tuple[object, ...]]:
+    """(family, sockaddr) for a numeric address, with IPv6 ``%scope`` support; no DNS."""
+    addr, _, scope = host.partition("%")
+    if ":" in addr:
+        scope_id = 0
+        if scope:
+            scope_id = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
+        return socket.AF_INET6, (addr, port, 0, scope_id)
+    return socket.AF_INET, (addr, port)
+
+
+class UpstreamDown(Exception):
+    """The upstream could not be reached (ICMP unreachable, socket closed)."""
+
+
+class UdpChannel(asyncio.DatagramProtocol):
+    """One connected UDP socket to one upstream, multiplexing queries by upstream ID."""
+
+    def __init__(self, stats: WorkerStats, to: str) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, tuple[asyncio.Future[bytes], wire.Query]] = {}
+        self.stats = stats
+        self.to = to
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if len(data) < 12:
+            return
+        entry = self.pending.get(wire.reply_id(data))
+        if entry is None:
+            self.stats.inc("upstream_unmatched", self.to)  # late or spoofed
+            return
+        fut, q = entry
+        if not wire.question_matches(data, q):
+            self.stats.inc("upstream_mismatch", self.to)  # never an answer (STYLE R7)
+            return
+        del self.pending[wire.reply_id(data)]
+        if not fut.done():
+            fut.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # On a connected UDP socket this is ICMP unreachable from the upstream: every query
+        # in flight on it is lost, so fail them now instead of waiting for their timeouts.
+        self._fail_all(UpstreamDown(str(exc)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail_all(UpstreamDown("socket closed"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        pending, self.pending = self.pending, {}
+        for fut, _ in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def send(
+        self, q: wire.Query, loop: asyncio.AbstractEventLoop
+    ) -> tuple[int, asyncio.Future[bytes]]:
+        if self.transport is None:
+            raise UpstreamDown("socket closed")
+        uid = random.getrandbits(16)
+        while uid in self.pending:
+            uid = random.getrandbits(16)
+        fut: asyncio.Future[bytes] = loop.create_future()
+        self.pending[uid] = (fut, q)
+        self.transport.sendto(wire.set_id(q.wire, uid))
+        return uid, fut
+
+    def forget(self, uid: int, fut: asyncio.Future[bytes]) -> None:
+        entry = self.pending.get(uid)
+        if entry is not None and entry[0] is fut:
+            del self.pending[uid]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+@dataclass
+class Health:
+    fails: int = 0
+    last_fail: float = 0.0
+
+    def down(self, now: float) -> bool:
+        return self.fails >= MAX_FAILS and now - self.last_fail < DOWN_FOR
+
+
+def order_servers(
+    servers: tuple[tuple[str, int], ...], health: dict[tuple[str, int], Health], now: float
+) -> list[tuple[str, int]]:
+    """resolv.conf order, with servers that keep timing out moved to the end (stable)."""
+    up = [s for s in servers if not (h := health.get(s)) or not h.down(now)]
+    if len(up) == len(servers):
+        return list(servers)
+    return up + [s for s in servers if s not in up]
+
+
+@dataclass
+class ForwardResult:
+    reply: bytes | None  # None: every upstream failed
+    to: str = ""  # who answered, "host:port"
+    tcp: bool = False
+
+
+@dataclass
+class Forwarder:
+    """Sends client queries upstream; ``exchange`` gives the first acceptable reply."""
+
+    loop: asyncio.AbstractEventLoop
+    stats: WorkerStats
+    upstream_timeout: float = 1.0
+    plan: UpstreamPlan = field(default_factory=lambda: UpstreamPlan((), "none"))
+    clock: Callable[[], float] = time.monotonic
+    channels: dict[tuple[str, int], UdpChannel] = field(default_factory=dict)
+    health: dict[tuple[str, int], Health] = field(default_factory=dict)
+
+    def set_plan(self, plan: UpstreamPlan) -> None:
+        """Switch upstreams (resolv.conf changed); sockets of servers still named are kept."""
+        keep = set(plan.servers)
+        for server in list(self.channels):
+            if server not in keep:
+                self.channels.pop(server).close()
+                self.health.pop(server, None)
+        self.plan = plan
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+        self.channels.clear()
+
+    async def _channel(self, server: tuple[str, int]) -> UdpChannel:
+        ch = self.channels.get(server)
+        if ch is not None and ch.transport is not None:
+            return ch
+        family, addr = sockaddr(*server)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect(addr)
+            _, ch = await self.loop.create_datagram_endpoint(
+                lambda: UdpChannel(self.stats, f"{server[0]}:{server[1]}"), sock=sock
+            )
+        except OSError:
+            sock.close()
+            raise
+        self.channels[server] = ch
+        return ch
+
+    async def _udp(self, server: tuple[str, int], q: wire.Query, timeout: float) -> bytes:
+        ch = await self._channel(server)
+        uid, fut = ch.send(q, self.loop)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            ch.forget(uid, fut)
+
+    async def _tcp(self, server: tuple[str, int], q: wire.Query, timeout: float) -> bytes:
+        family, addr = sockaddr(*server)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        writer = None
+        try:
+            async with asyncio.timeout(timeout):
+                await self.loop.sock_connect(sock, addr)
+                reader, writer = await asyncio.open_connection(sock=sock)
+                uid = random.getrandbits(16)
+                payload = wire.set_id(q.wire, uid)
+                writer.write(len(payload).to_bytes(2, "big") + payload)
+                while True:
+                    size = int.from_bytes(await reader.readexactly(2), "big")
+                    data = await reader.readexactly(size)
+                    if wire.reply_id(data) == uid and wire.question_matches(data, q):
+                        return data
+                    self.stats.inc("upstream_mismatch", f"{server[0]}:{server[1]}")
+        except asyncio.IncompleteReadError as e:
+            raise UpstreamDown("TCP connection closed early") from e
+        finally:
+            if writer is not None:
+                writer.close()
+            else:
+                sock.close()
+
+    async def exchange(
+        self, q: wire.Query, deadline: float, *, force_tcp: bool = False
+    ) -> ForwardResult:
+        """Try the upstreams in order until one gives an acceptable reply or time runs out."""
+        plan = self.plan
+        attempts = plan.resolv.attempts if plan.source == "resolv_conf" else 2
+        refused: set[tuple[str, int]] = set()
+        for _ in range(attempts):
+            for server in order_servers(plan.servers, self.health, self.clock()):
+                if server in refused:
+                    continue
+                remaining = deadline - self.loop.time()
+                if remaining <= 0.001:
+                    return ForwardResult(None)
+                to = f"{server[0]}:{server[1]}"
+                t0 = self.loop.time()
+                tcp = force_tcp
+                try:
+                    if tcp:
+                        reply = await self._tcp(server, q, remaining)
+                    else:
+                        reply = await self._udp(server, q, min(self.upstream_timeout, remaining))
+                        if reply[2] & 0x02:  # TC: retry the same upstream over TCP
+                            self.stats.inc("forward_tcp_retries", to)
+                            tcp = True
+                            reply = await self._tcp(server, q, deadline - self.loop.time())
+                except (TimeoutError, OSError, UpstreamDown) as e:
+                    reason = "timeout" if isinstance(e, TimeoutError) else "error"
+                    self.stats.observe(("proxy_duration", to, reason), self.loop.time() - t0)
+                    h = self.health.setdefault(server, Health())
+                    h.fails += 1
+                    h.last_fail = self.clock()
+                    continue
+                self.health.pop(server, None)
+                rcode = wire.reply_rcode(reply)
+                self.stats.observe(
+                    ("proxy_duration", to, wire.RCODE_NAMES.get(rcode, "other")),
+                    self.loop.time() - t0,
+                )
+                if rcode in FAILOVER_RCODES:
+                    self.stats.inc("forward_failover", to, wire.RCODE_NAMES[rcode])
+                    refused.add(server)
+                    continue
+                return ForwardResult(reply, to, tcp)
+        return ForwardResult(None)
