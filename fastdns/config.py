@@ -380,6 +380,13 @@ def _load_metrics(m: Mapping[str, Any], p: _Problems) -> MetricsConfig:
     return MetricsConfig(listen=listen)
 
 
+def _relative_to(config_path: str, value: str) -> str:
+    """Relative file paths in a config are relative to the config file's folder."""
+    if not value or os.path.isabs(value) or not config_path:
+        return value
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), value)
+
+
 def build_config(doc: Mapping[str, Any], path: str = "") -> Config:
     """Validate a parsed lima.yaml document; raise ``ConfigError`` listing every problem."""
     p = _Problems()
@@ -429,8 +436,8 @@ def build_config(doc: Mapping[str, Any], path: str = "") -> Config:
         listen=_get_ip(f, "listen", fp, d.listen, p),
         udp_port=num("udp_port", int, 0, 65535),
         tcp_port=num("tcp_port", int, 0, 65535),
-        resolv_conf=_get_str(f, "resolv_conf", fp, d.resolv_conf, p),
-        hosts_file=_get_str(f, "hosts_file", fp, d.hosts_file, p),
+        resolv_conf=_relative_to(path, _get_str(f, "resolv_conf", fp, d.resolv_conf, p)),
+        hosts_file=_relative_to(path, _get_str(f, "hosts_file", fp, d.hosts_file, p)),
         fallback=_get_ip_list(f, "fallback", fp, d.fallback, p),
         upstream_timeout=upstream_timeout,
         deadline=deadline,
