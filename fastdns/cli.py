@@ -6,12 +6,9 @@ Errors become one clear line on stderr and an exit code here, and nowhere else.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from fastdns import __version__
 from fastdns.config import Config, load_config
@@ -31,18 +28,14 @@ def configure_logging(level: str, role: str = "fastdns") -> None:
     )
 
 
-def write_state(path: str | None, state: dict[str, Any]) -> None:
-    """Print ``state`` as one JSON line and write it atomically to ``path``."""
-    line = json.dumps(state, sort_keys=True)
-    print(line, flush=True)
-    if not path:
-        return
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 256, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,10 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("config", help="path to lima.yaml")
     serve.add_argument("--state-file", help="write the bound ports here (JSON) once ready")
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    serve.add_argument("--workers", type=int, default=None,
+    serve.add_argument("--workers", type=_positive_int, default=None,
                        help="worker processes (default: fastdns.workers, else CPUs)")  # fmt: skip
     check = sub.add_parser("check-config", help="validate a lima.yaml; exit 2 when invalid")
     check.add_argument("config")
+    from fastdns.cli_rules import add_parsers  # rules show|apply|remove|run, guest-script
+
+    add_parsers(sub)
     return p
 
 
@@ -69,41 +65,36 @@ def cmd_check_config(path: str) -> int:
         for problem in e.problems:
             print(f"error: {problem}", file=sys.stderr)
         return ExitCode.USAGE
-    for warning in cfg.warnings:
+    from fastdns.hosts import StaticHosts  # pure tables: no sockets, loops or c-ares
+
+    cycles = StaticHosts.from_pairs(cfg.hosts, log=False).cycle_warnings() if cfg.enabled else []
+    for warning in [*cfg.warnings, *cycles]:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{path}: ok")
     return ExitCode.OK
 
 
-def cmd_serve(cfg: Config, state_file: str | None) -> int:
-    from fastdns.sockets import bind_tcp, bind_udp
-    from fastdns.worker import ready_info, serve_one
+def cmd_serve(cfg: Config, state_file: str | None, workers: int | None = None) -> int:
+    """Run the supervisor (it forks the workers) until SIGTERM/SIGINT."""
+    from fastdns.supervisor import Supervisor
 
-    udp = bind_udp(cfg.listen, cfg.udp_port)
-    tcp = bind_tcp(cfg.listen, cfg.tcp_port)
-
-    def on_ready(worker: Any) -> None:
-        info = ready_info(worker)
-        info.update(pid=os.getpid(), ready=True, workers=[os.getpid()])
-        logger.info("serving DNS on %s udp/%d tcp/%d", info["listen"], info["udp_port"],
-                    info["tcp_port"])  # fmt: skip
-        write_state(state_file, info)
-
-    serve_one(cfg, udp, tcp, on_ready)
-    logger.info("stopped")
-    return ExitCode.OK
+    return Supervisor(cfg, state_file=state_file, workers=workers).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return cmd_check_config(args.config)
+    if args.command in ("rules", "guest-script"):
+        from fastdns.cli_rules import main as rules_main
+
+        return rules_main(args)
     configure_logging(args.log_level)
     try:
         cfg = load_config(args.config)
         for warning in cfg.warnings:
             logger.warning("%s", warning)
-        return cmd_serve(cfg, args.state_file)
+        return cmd_serve(cfg, args.state_file, args.workers)
     except ConfigError as e:
         for problem in e.problems:
             print(f"fastdns: config error: {problem}", file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from fastdns.errors import ConfigError
+from fastdns.wire import name_to_wire
 
 logger = logging.getLogger(__name__)
 
@@ -213,12 +214,13 @@ def _get_ip_list(
     value = m.get(key)
     if value is None:
         return default
+    where = f"{path}.{key}" if path else key  # top-level ``dns``, not ``.dns``
     if not isinstance(value, list):
-        p.add(f"{path}.{key}", f"must be a list of IP addresses, got {_type_name(value)}")
+        p.add(where, f"must be a list of IP addresses, got {_type_name(value)}")
         return default
     out = []
     for i, item in enumerate(value):
-        ip = _check_ip(item, f"{path}.{key}[{i}]", p, scoped=True)
+        ip = _check_ip(item, f"{where}[{i}]", p, scoped=True)
         if ip is not None:
             out.append(ip)
     return tuple(out)
@@ -253,6 +255,26 @@ def instance_hostname(instance: str) -> str:
     return "lima-" + instance.replace(".", "-").replace("_", "-")
 
 
+def _host_value_problem(value: str) -> str:
+    """Why ``value`` is neither an IP address nor a usable alias target ("" when fine).
+
+    Lima accepts any string as an alias; we reject what can never resolve, so a typo such as
+    ``10.0.0.300`` is an error at load, not an alias that fails at query time.
+    """
+    try:
+        ipaddress.ip_address(value)
+        return ""
+    except ValueError:
+        pass
+    if ":" in value or all(c.isdigit() or c == "." for c in value):
+        return f"not a valid IP address: {value!r}"
+    try:
+        name_to_wire(value)
+    except (ValueError, UnicodeError):
+        return f"not a valid IP address or host name: {value!r}"
+    return ""
+
+
 def _load_hosts(
     resolver: Mapping[str, Any], p: _Problems, warnings: list[str]
 ) -> list[tuple[str, str]]:
@@ -272,6 +294,15 @@ def _load_hosts(
             continue
         if not isinstance(value, str) or not value.strip():
             p.add(path, f"must be an IP address or a host name, got {_type_name(value)} {value!r}")
+            continue
+        problem = _host_value_problem(value.strip())
+        if problem:
+            p.add(path, problem)
+            continue
+        try:
+            name_to_wire(canonical_name(name))
+        except ValueError:  # includes IDNA's UnicodeError
+            p.add(path, "the key is not a valid host name")
             continue
         key = canonical_name(name)
         if key in by_key:
@@ -397,8 +428,8 @@ def build_config(doc: Mapping[str, Any], path: str = "") -> Config:
     ipv6 = _get_bool(resolver, "ipv6", "hostResolver", d.ipv6, p)
     hosts = _load_hosts(resolver, p, warnings)
     dns = _get_ip_list(doc, "dns", "", (), p) if "dns" in doc else ()
-    if "dns" in doc and doc["dns"] is not None and not isinstance(doc["dns"], list):
-        pass  # already reported by _get_ip_list
+    # A dns: value that is itself invalid is reported as such, not also as "empty".
+    dns_given_empty = doc.get("dns") is None or doc.get("dns") == []
     if enabled and dns:
         # Lima pkg/limayaml/validate.go
         p.add("dns", "field `dns` must be empty when field `HostResolver.Enabled` is true")
@@ -459,7 +490,7 @@ def build_config(doc: Mapping[str, Any], path: str = "") -> Config:
         rules=_load_rules(_section(f, "rules", fp, p), p),
         warnings=tuple(warnings),
     )
-    if not enabled and not dns:
+    if not enabled and not dns and dns_given_empty:
         p.add(
             "dns",
             "hostResolver.enabled is false and dns is empty: there is nothing to forward to "

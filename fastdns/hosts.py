@@ -43,6 +43,15 @@ def _is_ip(value: str) -> bool:
     return True
 
 
+def _is_name(name: str) -> bool:
+    """True when ``name`` can be written on the wire (labels 1-63 bytes, at most 255 in all)."""
+    try:
+        wire.name_to_wire(name)
+    except ValueError:  # UnicodeError (IDNA) is a ValueError too
+        return False
+    return True
+
+
 @dataclass
 class StaticHosts:
     """``hostResolver.hosts``: exact names, ``*.suffix`` wildcards, aliases and reverse names."""
@@ -55,7 +64,11 @@ class StaticHosts:
     cycles: set[str] = field(default_factory=set)
 
     @classmethod
-    def from_pairs(cls, pairs: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> StaticHosts:
+    def from_pairs(
+        cls, pairs: tuple[tuple[str, str], ...] | list[tuple[str, str]], *, log: bool = True
+    ) -> StaticHosts:
+        """The tables for ``pairs`` (later pairs win); alias cycles are logged unless ``log`` is
+        false (``check-config`` prints ``cycle_warnings()`` itself)."""
         h = cls()
         for name, value in pairs:
             key = canonical_name(name)
@@ -64,17 +77,22 @@ class StaticHosts:
                 key = key[2:]
             if _is_ip(value):
                 (h.wild_ips if wild else h.ips)[key] = value
-                if not wild:
+                if not wild and _is_name(key):  # a PTR target must encode at query time
                     h.reverse.setdefault(canonical_name(wire.reverse_name(value)), []).append(key)
             else:
                 (h.wild_aliases if wild else h.aliases)[key] = canonical_name(value)
         for key in h.aliases:
             if h._follow(key)[1]:
                 h.cycles.add(key)
-                logger.warning(
-                    "hostResolver.hosts.%s: alias cycle; queries for it get SERVFAIL", key
-                )
+        if log:
+            for warning in h.cycle_warnings():
+                logger.warning("%s", warning)
         return h
+
+    def cycle_warnings(self) -> list[str]:
+        """One message per alias that ends in a cycle (acceptance case 7)."""
+        return [f"hostResolver.hosts.{key}: alias cycle; queries for it get SERVFAIL"
+                for key in sorted(self.cycles)]  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.ips) + len(self.aliases) + len(self.wild_ips) + len(self.wild_aliases)
@@ -140,23 +158,25 @@ class StaticHosts:
 
 @dataclass
 class HostsFile:
-    """A hosts(5) file, re-read when its mtime or size changes (checked by ``refresh``)."""
+    """A hosts(5) file, re-read when its mtime, size or inode changes (checked by ``refresh``)."""
 
     path: str
     names: dict[str, list[str]] = field(default_factory=dict)
     reverse: dict[str, list[str]] = field(default_factory=dict)
-    _stamp: tuple[float, int] | None = None
+    _stamp: tuple[int, int, int] | None = None
+    _loaded: bool = False  # a missing file (stamp None) must not look changed on every tick
 
     def refresh(self) -> bool:
         """Re-read the file if it changed; True when the contents were reloaded."""
         try:
             st = os.stat(self.path)
-            stamp = (st.st_mtime, st.st_size)
+            stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError:
             stamp = None
-        if stamp == self._stamp and self._stamp is not None:
+        if self._loaded and stamp == self._stamp:
             return False
         self._stamp = stamp
+        self._loaded = True
         names: dict[str, list[str]] = {}
         reverse: dict[str, list[str]] = {}
         try:
@@ -171,6 +191,8 @@ class HostsFile:
             ip = fields[0]
             for n in fields[1:]:
                 key = canonical_name(n)
+                if not _is_name(key):
+                    continue  # e.g. "a..b": it could never be asked, and PTR could not encode it
                 if ip not in names.setdefault(key, []):
                     names[key].append(ip)
                 rev = canonical_name(wire.reverse_name(ip))

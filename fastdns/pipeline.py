@@ -9,11 +9,15 @@ transport-specific truncation is the server's job.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
-from fastdns import wire
+from fastdns import loopguard, wire
+from fastdns.cache import PacketCache
 from fastdns.config import Config
 from fastdns.hosts import HostsFile, StaticAnswer, StaticHosts
 from fastdns.stats import WorkerStats
@@ -30,6 +34,10 @@ class Resolved:
 
     reply: bytes
     source: str
+    # How long fastdns's own cache may keep a reply that cannot say so itself: native
+    # NXDOMAIN/NODATA carry no SOA (pycares hands none over), so native.negative_ttl. None:
+    # read the TTLs in the reply.
+    ttl: int | None = None
 
 
 # A hook the native (c-ares) path plugs into: returns a Resolved, or None to fall back.
@@ -37,7 +45,21 @@ NativeLookup = Callable[[wire.Query, float], Awaitable[Resolved | None]]
 
 
 def _canonical_text(qname: bytes) -> str:
+    if b"." in qname:  # rare: a label may hold a dot (or a length byte is 46)
+        return _escaped_text(qname.lower())
     return wire.name_to_text(qname.lower()).rstrip(".") or "."
+
+
+def _escaped_text(qname: bytes) -> str:
+    """Text of a wire name with dots inside labels escaped, so that the one label ``my.domain``
+    followed by ``com`` never matches the static name ``my.domain.com``."""
+    labels = []
+    i = 0
+    while qname[i]:
+        label = qname[i + 1 : i + 1 + qname[i]].decode("ascii", "backslashreplace")
+        labels.append(label.replace(".", "\\."))
+        i += qname[i] + 1
+    return ".".join(labels) or "."
 
 
 class Pipeline:
@@ -56,11 +78,28 @@ class Pipeline:
         self.stats = stats
         self.forwarder = forwarder
         self.native = native
-        self.static = StaticHosts.from_pairs(config.hosts)
+        # hostResolver.enabled false: Lima's guest would ask the dns: servers directly, so
+        # nothing is answered locally (no static names, hosts file or AAAA rule).
+        self.static = StaticHosts.from_pairs(config.hosts if config.enabled else ())
         self.hosts_file = HostsFile(config.hosts_file)
         self.hosts_file.refresh()
         self.pending: dict[bytes, asyncio.Future[Resolved]] = {}
         self.opt_size = config.udp_payload_cap
+        # Set by the worker when rules are enabled: queries under it are loop probes
+        # (fastdns.loopguard), answered here and never forwarded.
+        self.loop_suffix = b""
+        self._loop_logged = False
+        # Background work (cache refreshes); the ServerState replaces it with its own spawn so
+        # that draining waits for and cancels these tasks too.
+        self.spawn: Callable[[Coroutine[Any, Any, Any]], None] = self._spawn
+        self._background: set[asyncio.Task[Any]] = set()
+        # The per-worker packet cache; lima_compat keeps Lima's behaviour: no cache.
+        self.cache: PacketCache | None = None
+        if config.cache.enabled and not config.lima_compat:
+            self.cache = PacketCache(
+                config.cache, counters=stats.counters, refresh=self._refresh_soon,
+                refresh_hold=config.deadline + 1.0, opt_size=self.opt_size,
+                max_udp=config.edns_max_udp)  # fmt: skip
 
     # ------------------------------------------------------------------ synchronous answers
 
@@ -84,19 +123,26 @@ class Pipeline:
         if q.edns_version:
             return Resolved(wire.error_reply(q, wire.BADVERS, self.opt_size), "server")
         cfg = self.config
+        if not cfg.enabled:
+            return None  # everything goes to the dns: servers (see __init__)
         if q.qtype == wire.AAAA and not cfg.ipv6:
             # Lima: AAAA is NODATA at once when ipv6 is off (PR #3419; IPv6 is not routable
             # over slirp, lima#547).
-            return Resolved(wire.error_reply(q, wire.NOERROR, self.opt_size), "static")
+            return self._remember(q, Resolved(wire.error_reply(q, wire.NOERROR, self.opt_size),
+                                              "static", cfg.static_ttl))  # fmt: skip
         name = _canonical_text(q.qname)
         verdict = self.static.lookup(name, q.qtype, cfg.ipv6)
         if verdict is not None:
             if verdict.kind == "alias":
                 return None
-            return Resolved(self._static_reply(q, verdict, cfg.static_ttl), "static")
+            # Cached like any answer, with its own TTL (CoreDNS's cache wraps its hosts plugin):
+            # a hit costs a third of this lookup.
+            return self._remember(q, Resolved(self._static_reply(q, verdict, cfg.static_ttl),
+                                              "static", cfg.static_ttl))  # fmt: skip
         verdict = self.hosts_file.lookup(name, q.qtype, cfg.ipv6)
         if verdict is not None:
-            return Resolved(self._static_reply(q, verdict, cfg.native.hosts_ttl), "hosts")
+            return self._remember(q, Resolved(self._static_reply(q, verdict, cfg.native.hosts_ttl),
+                                              "hosts", cfg.native.hosts_ttl))  # fmt: skip
         return None
 
     # ------------------------------------------------------------------ asynchronous answers
@@ -104,21 +150,32 @@ class Pipeline:
     async def answer(self, q: wire.Query) -> Resolved:
         """Resolve ``q`` (not answerable synchronously) within the configured deadline."""
         deadline = self.loop.time() + self.config.deadline
-        verdict = self.static.lookup(_canonical_text(q.qname), q.qtype, self.config.ipv6)
+        static = self.static
+        # answer_now already looked the name up; only an alias sends it here again. Without
+        # aliases, skip the second name decoding on the forward path.
+        verdict = (static.lookup(_canonical_text(q.qname), q.qtype, self.config.ipv6)
+                   if static.aliases or static.wild_aliases else None)  # fmt: skip
         if verdict is not None and verdict.kind == "alias":
-            return await self._alias(q, verdict.target, deadline)
+            # Cached under the alias's own key with the static TTL: the next one is a hit.
+            return self._remember(q, await self._alias(q, verdict.target, deadline))
         res = await self._coalesced(q, deadline)
-        return Resolved(wire.splice(res.reply, q.id, q.question), res.source)
+        return Resolved(wire.splice(res.reply, q.id, q.question, q.rd), res.source)
 
     async def _coalesced(self, q: wire.Query, deadline: float) -> Resolved:
         fut = self.pending.get(q.key)
         if fut is not None:
             self.stats.inc("coalesced")
-            return await asyncio.shield(fut)
+            shared = await asyncio.shield(fut)
+            # The key has no EDNS size: the reply was made for a query that may have had an
+            # OPT record where this one has none, or the reverse (RFC 6891 §7).
+            reply = wire.match_opt(shared.reply, q, self.opt_size)
+            return shared if reply is shared.reply else dataclasses.replace(shared, reply=reply)
         fut = self.loop.create_future()
         self.pending[q.key] = fut
         try:
-            res = await self._resolve(q, deadline)
+            # Stored once, by the leader; the waiters get this reply with their own ID,
+            # question case and OPT (below, and ``answer``).
+            res = self._remember(q, await self._resolve(q, deadline))
         except BaseException as e:
             if not fut.done():
                 fut.set_exception(e)
@@ -132,6 +189,9 @@ class Pipeline:
         return res
 
     async def _resolve(self, q: wire.Query, deadline: float) -> Resolved:
+        if self.loop_suffix and loopguard.is_probe(q.qname, self.loop_suffix):
+            self._loop_detected(q)
+            return Resolved(loopguard.marker_reply(q, self.opt_size), "server")
         if self.native is not None:
             res = await self.native(q, deadline)
             if res is not None:
@@ -142,6 +202,41 @@ class Pipeline:
             return Resolved(wire.error_reply(q, wire.SERVFAIL, self.opt_size), "server")
         source = "fallback" if self.forwarder.plan.source == "fallback" else "forward"
         return Resolved(result.reply, source)
+
+    # ------------------------------------------------------------------ the packet cache
+
+    def _remember(self, q: wire.Query, res: Resolved) -> Resolved:
+        """Store ``res`` in the cache; the reply to send (capped TTLs, or a stale entry when
+        the lookup failed, RFC 8767)."""
+        cache = self.cache
+        if cache is None:
+            return res
+        reply, source = cache.admit(q, res.reply, res.source, res.ttl, time.monotonic())
+        return res if reply is res.reply else Resolved(reply, source)
+
+    def _refresh_soon(self, q: wire.Query) -> None:
+        """Called by the cache on a hit (prefetch, stale): look ``q`` up again, behind."""
+        self.spawn(self._refresh(q))
+
+    async def _refresh(self, q: wire.Query) -> None:
+        try:
+            await self.answer(q)  # stores the new reply (or keeps the stale one on failure)
+        except Exception:
+            logger.exception("background cache refresh failed")
+            self.stats.inc("unhandled_exceptions")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self.loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _loop_detected(self, q: wire.Query) -> None:
+        self.stats.inc("loop_probes")
+        if not self._loop_logged:
+            self._loop_logged = True
+            logger.error("forwarding loop: fastdns's own loop probe %s came back to it; the "
+                         "upstream path leads to the virtual DNS address that the rules redirect "
+                         "to fastdns (see the rules process log)", q.name)  # fmt: skip
 
     async def _alias(self, q: wire.Query, target: str, deadline: float) -> Resolved:
         """Resolve a static alias's non-static target; answer flattened under the query name

@@ -87,11 +87,15 @@ class UpstreamPlan:
 def plan_upstreams(config: Config, resolv: ResolvConf, own_port: int | None) -> UpstreamPlan:
     """Pick the upstream servers for ``config``; skip fastdns's own listen address."""
 
+    redirected = config.rules.enabled and "OUTPUT" in config.rules.hooks
+
     def usable(addrs: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
         out = []
         for a in addrs:
-            if own_port == DNS_PORT and _same_ip(a, config.listen):
+            if own_port == DNS_PORT and _is_self(a, config.listen):
                 continue  # a nameserver that is fastdns itself would loop
+            if redirected and _same_ip(a, config.rules.virtual_ip):
+                continue  # the virtual address is fastdns itself (loop guard, issue 6)
             out.append((a, DNS_PORT))
         return tuple(out)
 
@@ -102,6 +106,25 @@ def plan_upstreams(config: Config, resolv: ResolvConf, own_port: int | None) -> 
         return UpstreamPlan(servers, "resolv_conf", resolv)
     fallback = usable(config.fallback)
     return UpstreamPlan(fallback, "fallback" if fallback else "none", resolv)
+
+
+def _is_self(nameserver: str, listen: str) -> bool:
+    """Whether ``nameserver``:53 reaches fastdns listening on ``listen``:53.
+
+    On a wildcard listen address (0.0.0.0, ::) that is also every loopback address and the
+    unspecified one (glibc reads ``nameserver 0.0.0.0`` as "this host"); other local interface
+    addresses are not known here.
+    """
+    try:
+        ns = ipaddress.ip_address(nameserver.split("%", 1)[0])
+        own = ipaddress.ip_address(listen)
+    except ValueError:
+        return False
+    if ns == own:
+        return True
+    if not own.is_unspecified or not (ns.is_loopback or ns.is_unspecified):
+        return False
+    return own.version == 6 or ns.version == 4  # "::" is dual-stack on Linux by default
 
 
 def _same_ip(a: str, b: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 from fastdns import wire
 from fastdns.config import Config
 from fastdns.pipeline import Pipeline, Resolved
-from fastdns.stats import SIZE_BUCKETS, WorkerStats
+from fastdns.stats import SIZE_BUCKETS, Histogram, WorkerStats
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,17 @@ class ServerState:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.tcp_connections: set[TCPServer] = set()
+        # Per-query histograms, looked up once instead of by a new tuple key per query
+        # (record() is the metrics cost of every query: tests/unit/test_stats_overhead.py).
+        self.request_size = {p: stats.histogram(("request_size", p), SIZE_BUCKETS)
+                             for p in ("udp", "tcp")}  # fmt: skip
+        self.response_size = {p: stats.histogram(("response_size", p), SIZE_BUCKETS)
+                              for p in ("udp", "tcp")}  # fmt: skip
+        self.duration: dict[str, Histogram] = {}
+        # The cache's hit path runs in the datagram callback; its refreshes are tasks tracked
+        # here like any query, so draining waits for them and max_inflight counts them.
+        self.cache = pipeline.cache
+        pipeline.spawn = self.spawn
 
     def full(self) -> bool:
         return len(self.tasks) >= self.config.max_inflight
@@ -46,14 +57,21 @@ class ServerState:
         self, proto: str, q: wire.Query | None, res: Resolved | None, size: int, t0: float
     ) -> None:
         """Account one answered query (cheap: plain counters, no prometheus-client)."""
-        st = self.stats
+        counters = self.stats.counters  # direct increments: no method call per counter
         qtype = wire.TYPE_NAMES.get(q.qtype, "other") if q is not None else "other"
-        st.inc("requests", proto, qtype)
+        counters["requests", proto, qtype] += 1
+        if q is not None and q.do:
+            counters["do_requests",] += 1
         if res is not None:
-            st.inc("responses", wire.RCODE_NAMES.get(res.reply[3] & 0xF, "other"), res.source)
-            st.observe(("response_size", proto), len(res.reply), SIZE_BUCKETS)
-        st.observe(("request_size", proto), size, SIZE_BUCKETS)
-        st.observe(("duration", qtype), time.monotonic() - t0)
+            reply = res.reply
+            counters["responses", wire.RCODE_NAMES.get(reply[3] & 0xF, "other"),
+                     res.source] += 1  # fmt: skip
+            self.response_size[proto].observe(len(reply))
+        self.request_size[proto].observe(size)
+        duration = self.duration.get(qtype)
+        if duration is None:
+            duration = self.duration[qtype] = self.stats.histogram(("duration", qtype))
+        duration.observe(time.monotonic() - t0)
 
 
 def _reply_limit(config: Config, q: wire.Query) -> int:
@@ -80,6 +98,18 @@ class UDPServer(asyncio.DatagramProtocol):
         if state.draining:
             return
         t0 = time.monotonic()
+        # Cache first: a hit is the hot path. Static answers still win: they are cached only
+        # as answer_now gives them, and the cache is cleared when the hosts file or
+        # resolv.conf changes (Worker.reload_hooks).
+        cache = state.cache
+        if cache is not None:
+            hit = cache.get_raw(data, t0)  # the same bytes as an earlier hit: no parse
+            if hit is not None:
+                reply, q = hit
+                if self.transport is not None:
+                    self.transport.sendto(reply, addr)
+                state.record("udp", q, Resolved(reply, "cache"), len(data), t0)
+                return
         try:
             q = wire.parse_query(data)
         except wire.Malformed as e:
@@ -88,6 +118,13 @@ class UDPServer(asyncio.DatagramProtocol):
             if reply is not None and self.transport is not None:
                 self.transport.sendto(reply, addr)
             return
+        if cache is not None:
+            reply = cache.get(q, t0)
+            if reply is not None:
+                if self.transport is not None:
+                    self.transport.sendto(reply, addr)
+                state.record("udp", q, Resolved(reply, "cache"), len(data), t0)
+                return
         res = state.pipeline.answer_now(q)
         if res is not None:
             self._send(q, res, addr, len(data), t0)
@@ -203,6 +240,13 @@ class TCPServer(asyncio.Protocol):
             if reply is not None:
                 self._write(reply)
             return
+        cache = state.cache  # first, as for UDP; no truncation over TCP
+        if cache is not None:
+            reply = cache.get(q, t0, tcp=True)
+            if reply is not None:
+                self._write(reply)
+                state.record("tcp", q, Resolved(reply, "cache"), len(frame), t0)
+                return
         res = state.pipeline.answer_now(q)
         if res is None and state.full():
             state.stats.inc("overload", "tcp")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import socket
+import sys
+import termios
 
 from fastdns.errors import BootError
 
@@ -47,3 +51,31 @@ def bind_tcp(
         raise BootError(f"cannot bind TCP {host}:{port}: {e.strerror or e}") from e
     sock.setblocking(False)
     return sock
+
+
+def leave_reuseport_group(sock: socket.socket) -> bool:
+    """Stop the kernel from steering new UDP flows to ``sock``, keeping what it has queued.
+
+    A connected UDP socket is skipped by SO_REUSEPORT selection (Linux >= 5.4), yet it can
+    still read its queue and send to any address; so a retiring worker connects its socket to
+    itself, answers what it already received and then closes: no queued query is lost
+    (closing at once would drop the queue). Not for a wildcard address, where connect() would
+    also pin the source address of every reply. Returns False when it did not detach.
+    """
+    try:
+        local = sock.getsockname()
+        if ipaddress.ip_address(local[0].split("%", 1)[0]).is_unspecified:
+            return False
+        sock.connect(local)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def queued_bytes(sock: socket.socket) -> int:
+    """Size of the next datagram waiting in ``sock``'s receive queue (0: empty or unknown)."""
+    try:
+        buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(buf, sys.byteorder)

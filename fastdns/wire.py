@@ -396,9 +396,39 @@ def reply_rcode(buf: bytes) -> int:
     return buf[3] & RCODE_MASK
 
 
-def splice(reply: bytes, qid: int, question: bytes) -> bytes:
-    """Patch the client's ID and its exact question bytes (0x20 case) into a stored reply."""
-    return b"".join((qid.to_bytes(2, "big"), reply[2:12], question, reply[12 + len(question) :]))
+def splice(reply: bytes, qid: int, question: bytes, rd: bool | None = None) -> bytes:
+    """Patch the client's ID and its exact question bytes (0x20 case) into a stored reply.
+
+    RA is always set: fastdns offers recursion even when the upstream that answered (an
+    authoritative-only server) did not. With ``rd``, RD is set to the client's (a coalesced or
+    cached reply may come from a query with another RD bit).
+    """
+    b2 = reply[2] if rd is None else (reply[2] & 0xFE) | (1 if rd else 0)
+    flags = bytes((b2, reply[3] | (RA & 0xFF)))
+    return b"".join(
+        (qid.to_bytes(2, "big"), flags, reply[4:12], question, reply[12 + len(question) :])
+    )
+
+
+def match_opt(reply: bytes, q: Query, opt_size: int) -> bytes:
+    """``reply`` with an OPT record iff ``q`` had one (RFC 6891 §7), for a reply that was made
+    for another query with the same question (coalesced or cached)."""
+    if len(reply) < 12:
+        return reply
+    try:
+        records = list(iter_records(reply))
+    except Malformed:
+        return reply
+    opt = [r for r in records if r.rtype == OPT]
+    if q.has_opt and not opt:
+        ar = _U16.unpack_from(reply, 10)[0]
+        return reply[:10] + _U16.pack(ar + 1) + reply[12:] + opt_record(opt_size, q.do)
+    if not q.has_opt and opt and opt[-1] is records[-1]:
+        # OPT is last (as every server sends it): cut it off. Elsewhere cutting it would move
+        # the names after it that compression pointers may target; leave such a reply alone.
+        ar = _U16.unpack_from(reply, 10)[0]
+        return reply[:10] + _U16.pack(ar - 1) + reply[12 : opt[-1].start]
+    return reply
 
 
 def question_matches(reply: bytes, q: Query) -> bool:
@@ -408,7 +438,10 @@ def question_matches(reply: bytes, q: Query) -> bool:
         return False
     if reply[4:6] != b"\x00\x01":
         return False
-    return reply[12 : q.qend].lower() == q.wire[12 : q.qend].lower()
+    # Type and class compare exactly: a case fold would equate qtype 0x0041 with 0x0061.
+    end = q.qend - 4
+    return (reply[end : q.qend] == q.wire[end : q.qend]
+            and reply[12:end].lower() == q.wire[12:end].lower())  # fmt: skip
 
 
 class Record(NamedTuple):
@@ -465,9 +498,10 @@ def truncate(reply: bytes, limit: int) -> bytes:
         qend = _skip_name(reply, qend, len(reply)) + 4
     records = list(iter_records(reply))
     opt = b""
+    opt_start = 0
     for r in records:
         if r.rtype == OPT:
-            opt = reply[r.start : r.end]
+            opt, opt_start = reply[r.start : r.end], r.start
     body = [r for r in records if r.rtype != OPT]
     budget = limit - qend - len(opt)
     keep = 0  # number of records kept, always an RRset boundary
@@ -496,6 +530,10 @@ def truncate(reply: bytes, limit: int) -> bytes:
     end = kept[-1].end if kept else qend
     new_flags = flags | TC if tc else flags
     header = HEADER.pack(reply_id(reply), new_flags, qd, *counts)
+    if opt and opt_start < end:
+        # OPT need not be the last record (RFC 6891): when the kept prefix already holds it,
+        # appending it again would duplicate it and overrun ``limit``.
+        return header + reply[12:end]
     return header + reply[12:end] + opt
 
 

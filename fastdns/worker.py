@@ -7,23 +7,32 @@ the upstream sockets and the c-ares channel all belong to this process.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
-from fastdns import wire
+from fastdns import loopguard, wire
 from fastdns.config import Config
+from fastdns.errors import BootError, ExitCode
+from fastdns.ipc import ControlWriter, StatusSender
 from fastdns.pipeline import NativeLookup, Pipeline
+from fastdns.process import Credentials, die_with_parent, drop_privileges
 from fastdns.resolvconf import FileWatch, UpstreamPlan, plan_upstreams, read_resolv_conf
 from fastdns.server import ServerState, TCPServer, UDPServer
-from fastdns.stats import WorkerStats
+from fastdns.sockets import bind_tcp, bind_udp, leave_reuseport_group, queued_bytes
+from fastdns.stats import WorkerStats, worker_message
 from fastdns.upstream import Forwarder
 
 logger = logging.getLogger(__name__)
 
 TICK = 1.0  # seconds between checks of resolv.conf and the hosts file (issue: ~1-2 s)
+HEARTBEAT_MAX = 1.0  # seconds between a worker's heartbeats to the supervisor, at most
+DRAIN_POLL = 0.005  # seconds between looks at a detached UDP socket's queue while draining
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -48,8 +57,24 @@ def describe_plan(plan: UpstreamPlan, config: Config) -> str:
     return f"upstream nameservers from {config.resolv_conf}: {servers}"
 
 
+def default_native_factory(worker: Worker) -> NativeLookup | None:
+    """The c-ares native path (fastdns.native) when hostResolver and fastdns.native are on.
+
+    Imported here, in the serving process, never at module level: the supervisor imports this
+    module and must not load pycares (a Channel made before fork hangs in the child).
+    """
+    if not (worker.config.enabled and worker.config.native.enabled):
+        return None
+    from fastdns.native import NativeResolver
+
+    return NativeResolver.for_worker(worker)
+
+
 class Worker:
-    """Serves on two already-bound sockets until ``stop()``; then drains and returns."""
+    """Serves on two already-bound sockets until ``stop()``; then drains and returns.
+
+    ``native_factory`` builds the pipeline's native hook (None: forward everything raw).
+    """
 
     def __init__(
         self,
@@ -59,7 +84,7 @@ class Worker:
         *,
         slot: int = 0,
         stats: WorkerStats | None = None,
-        native_factory: Callable[[Worker], NativeLookup | None] | None = None,
+        native_factory: Callable[[Worker], NativeLookup | None] | None = default_native_factory,
         on_tick: Callable[[Worker], None] | None = None,
     ) -> None:
         self.config = config
@@ -75,20 +100,49 @@ class Worker:
         self.pipeline: Pipeline | None = None
         self.state: ServerState | None = None
         self.resolv_watch = FileWatch(config.resolv_conf)
+        self._plan_told = False  # replan() has logged a plan
         self.reload_hooks: list[Callable[[], None]] = []
 
     @property
     def own_udp_port(self) -> int:
         return int(self.udp_sock.getsockname()[1])
 
+    @property
+    def server_label(self) -> str:
+        """CoreDNS's ``server`` metric label: ``dns://IP:PORT``."""
+        host = self.config.listen
+        return f"dns://[{host}]:{self.own_udp_port}" if ":" in host else (
+            f"dns://{host}:{self.own_udp_port}")  # fmt: skip
+
+    def sample_gauges(self) -> None:
+        """Point-in-time values for the metrics process, taken per tick (never per query)."""
+        gauges = self.stats.gauges
+        for key in [k for k in gauges if k[0] in ("upstream_up", "upstream_source")]:
+            del gauges[key]  # upstreams come and go with resolv.conf
+        if self.state is not None:
+            gauges[("inflight",)] = len(self.state.tasks)
+            gauges[("tcp_connections",)] = len(self.state.tcp_connections)
+        if self.pipeline is not None and self.pipeline.cache is not None:
+            self.pipeline.cache.sample(gauges)
+        if self.forwarder is not None:
+            plan, now = self.forwarder.plan, self.forwarder.clock()
+            gauges[("upstream_source", plan.source)] = 1
+            for server in plan.servers:
+                health = self.forwarder.health.get(server)
+                up = 0 if health is not None and health.down(now) else 1
+                gauges[("upstream_up", f"{server[0]}:{server[1]}")] = up
+
     def replan(self, *, log: bool = True) -> UpstreamPlan:
         assert self.forwarder is not None
         plan = plan_upstreams(self.config, read_resolv_conf(self.config.resolv_conf),
                               self.own_udp_port)  # fmt: skip
-        changed = plan.servers != self.forwarder.plan.servers or plan.source != (
-            self.forwarder.plan.source)  # fmt: skip
+        # The first plan is always told: an empty one equals the Forwarder's initial plan, and
+        # "no nameserver, no fallback" must still be warned about (acceptance case 28).
+        changed = not self._plan_told or plan.servers != self.forwarder.plan.servers or (
+            plan.source != self.forwarder.plan.source)  # fmt: skip
         self.forwarder.set_plan(plan)
         if log and changed:
+            self._plan_told = True
             level = logging.WARNING if plan.source in ("fallback", "none") else logging.INFO
             logger.log(level, "%s", describe_plan(plan, self.config))
         return plan
@@ -101,7 +155,14 @@ class Worker:
         self.replan()
         native = self.native_factory(self) if self.native_factory else None
         self.pipeline = Pipeline(self.config, loop, self.stats, self.forwarder, native)
+        if self.config.rules.enabled:  # the rules process probes for forwarding loops
+            self.pipeline.loop_suffix = loopguard.probe_suffix(
+                loopguard.instance_token(self.config.listen, self.own_udp_port))
         self.state = ServerState(self.config, self.pipeline, self.stats)
+        if self.pipeline.cache is not None:
+            # New upstreams (a VPN came up) or a new hosts file: cached answers, negative
+            # ones above all, may be wrong now.
+            self.reload_hooks.append(self.pipeline.cache.clear)
         state = self.state
         self.udp_transport, _ = await loop.create_datagram_endpoint(
             lambda: UDPServer(state), sock=self.udp_sock
@@ -142,15 +203,27 @@ class Worker:
             self.stop_event.set()
 
     async def drain(self) -> None:
-        """Stop accepting, finish in-flight queries up to graceful_timeout, close."""
+        """Stop accepting, finish in-flight queries up to graceful_timeout, close.
+
+        UDP first leaves the SO_REUSEPORT group (``sockets.leave_reuseport_group``): new flows
+        go to the other workers while this one still answers what its queue already holds,
+        so a reload or a TTOU loses no datagram. Where it cannot leave (a wildcard address)
+        it stops reading at once, as a single process does.
+        """
         assert self.state is not None and self.forwarder is not None
         state = self.state
-        state.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.graceful_timeout
+        detached = leave_reuseport_group(self.udp_sock)
+        state.draining = not detached
         self.tcp_server.close()
         for conn in list(state.tcp_connections):
             conn.close_when_idle()
-        if state.tasks:
-            await asyncio.wait(set(state.tasks), timeout=self.config.graceful_timeout)
+        while detached and queued_bytes(self.udp_sock) and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)  # the loop reads what is left in the queue
+        while state.tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(state.tasks), timeout=left)
+        state.draining = True
         for task in list(state.tasks):
             task.cancel()
         self.tick_task.cancel()
@@ -159,6 +232,9 @@ class Worker:
             if conn.transport is not None:
                 conn.transport.close()
         self.forwarder.close()
+        close_native = getattr(self.pipeline.native, "close", None) if self.pipeline else None
+        if close_native is not None:
+            close_native()  # cancels c-ares lookups still pending, on this loop
 
     async def run(self, on_ready: Callable[[Worker], None] | None = None) -> None:
         await self.setup()
@@ -199,4 +275,135 @@ def serve_one(
         loop.close()
 
 
-__all__ = ["Worker", "new_event_loop", "ready_info", "serve_one", "wire"]
+class WorkerReporter:
+    """Heartbeats to the supervisor and stats to the metrics process, sent from inside the
+    worker's event loop, so a stalled loop falls silent and gets replaced."""
+
+    def __init__(
+        self,
+        control: ControlWriter,
+        status: StatusSender,
+        slot: int,
+        generation: int,
+        supervisor_pid: int,
+    ) -> None:
+        self.control = control
+        self.status = status
+        self.slot = slot
+        self.generation = generation
+        self.supervisor_pid = supervisor_pid
+        self.serving = False
+        self.server = ""
+
+    def ready(self, worker: Worker) -> None:
+        # Worker.run traps SIGINT; in a supervised worker it belongs to the supervisor, which
+        # stops the children in order (a terminal's Ctrl+C reaches the whole group).
+        if worker.loop is not None:
+            worker.loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.serving = True
+        self.server = worker.server_label  # kept: the socket is closed at the last report
+        self.beat(worker)
+
+    def tick(self, worker: Worker) -> None:
+        if os.getppid() != self.supervisor_pid or self.control.broken:
+            logger.warning("the supervisor is gone: stopping")
+            worker.stop()
+        self.send_stats(worker)
+
+    def beat(self, worker: Worker) -> None:
+        """Tell the supervisor this loop runs, and how much it served; then again in a while.
+
+        Several beats per ``worker_timeout`` (at most a second apart), so that a loop that is
+        merely busy for a moment is never mistaken for a stalled one.
+        """
+        served = sum(n for key, n in worker.stats.counters.items() if key[0] == "requests")
+        inflight = len(worker.state.tasks) if worker.state is not None else 0
+        self.control.send(ready=True, served=served, inflight=inflight)
+        if worker.loop is not None and not self.control.broken:
+            interval = min(HEARTBEAT_MAX, worker.config.worker_timeout / 4)
+            worker.loop.call_later(interval, self.beat, worker)
+
+    def send_stats(self, worker: Worker) -> None:
+        if self.status.path:
+            worker.sample_gauges()
+            self.status.send(worker_message(self.slot, os.getpid(), self.generation,
+                                            worker.stats, self.server))  # fmt: skip
+
+
+def worker_process_main(
+    config: Config,
+    slot: int,
+    generation: int,
+    udp_port: int,
+    tcp_port: int,
+    control_fd: int,
+    stats_path: str | None,
+    *,
+    udp_sock: socket.socket | None = None,
+    tcp_sock: socket.socket | None = None,
+    user: Credentials | None = None,
+    supervisor_pid: int | None = None,
+) -> NoReturn:
+    """The life of one forked worker process; never returns.
+
+    Binds its own SO_REUSEPORT sockets on the supervisor's ports (unless given already bound
+    ones), drops to ``user``, serves until SIGTERM, drains and exits. The exit code is the API
+    with the supervisor: 0 after a requested stop, ``ExitCode.BOOT_ERROR`` when it could not
+    start (the reason also goes up the control pipe; the supervisor halts instead of looping),
+    anything else is a crash (respawned).
+    """
+    parent = supervisor_pid if supervisor_pid is not None else os.getppid()
+    control = ControlWriter(control_fd)
+    reporter = WorkerReporter(control, StatusSender(stats_path), slot, generation, parent)
+    code: int = ExitCode.ERROR
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        faulthandler.enable()  # the watchdog's SIGABRT prints where the loop was stuck
+        if udp_sock is None:
+            udp_sock = bind_udp(config.listen, udp_port, reuse_port=True)
+        if tcp_sock is None:
+            tcp_sock = bind_tcp(config.listen, tcp_port, reuse_port=True)
+        if user is not None:
+            drop_privileges(user)  # after binding: the port may be < 1024
+        if not die_with_parent(parent):  # after the drop: a uid change clears the setting
+            raise SystemExit(ExitCode.OK)
+        loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        worker = Worker(config, udp_sock, tcp_sock, slot=slot, on_tick=reporter.tick)
+        try:
+            loop.run_until_complete(worker.run(reporter.ready))
+        finally:
+            reporter.send_stats(worker)  # the last counts, so a clean stop loses none
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+        code = ExitCode.OK
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else ExitCode.ERROR
+    except BaseException as e:
+        if reporter.serving:
+            logger.exception("worker %d crashed", slot)
+        else:
+            reason = str(e) if isinstance(e, BootError) else f"{type(e).__name__}: {e}"
+            if not isinstance(e, BootError):
+                logger.exception("worker %d failed to start", slot)
+            control.send(boot_error=reason)
+            code = ExitCode.BOOT_ERROR
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+__all__ = [
+    "Worker",
+    "WorkerReporter",
+    "new_event_loop",
+    "ready_info",
+    "serve_one",
+    "wire",
+    "worker_process_main",
+]

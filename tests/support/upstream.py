@@ -695,16 +695,20 @@ def _strip(response: dns.message.Message) -> None:
 
 
 def _render(response: dns.message.Message, limit: int) -> bytes:
-    """Wire form; if it exceeds ``limit``, an empty reply with TC=1 (RFC 1035 §4.2.1)."""
+    """Wire form; if it exceeds ``limit``, an empty reply with TC=1 (RFC 1035 §4.2.1).
+
+    Records go out in the order they were added: dnspython shuffles RRsets by default, which
+    made tests of record order (Lima's "record 1", "record 2") flaky.
+    """
     try:
-        wire = response.to_wire(max_size=65535)
+        wire = response.to_wire(max_size=65535, want_shuffle=False)
     except dns.exception.TooBig:
         wire = b""
     if wire and len(wire) <= limit:
         return wire
     _strip(response)
     response.flags |= dns.flags.TC
-    return response.to_wire(max_size=65535)
+    return response.to_wire(max_size=65535, want_shuffle=False)
 
 
 @dataclass(eq=False, slots=True)

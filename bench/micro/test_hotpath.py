@@ -1,0 +1,161 @@
+"""Micro-benchmarks of the per-query hot path (pytest-benchmark; reported, never asserted).
+
+    python -m pytest bench/micro -q          # the table; --benchmark-disable: a smoke run
+
+Question parse, cache hit render, TTL rewrite, truncation, cache admission (the miss path's
+extra cost) and a whole cache hit through ``UDPServer.datagram_received`` with a null
+transport: compare means between commits, on a quiet machine. Bounded rounds keep the file
+to a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dns.message
+import dns.rrset
+import pytest
+
+from fastdns import wire
+from fastdns.cache import STALE, PacketCache, _retime
+from fastdns.config import CacheConfig, build_config
+from fastdns.pipeline import Pipeline
+from fastdns.server import ServerState, UDPServer
+from fastdns.stats import WorkerStats
+from fastdns.upstream import Forwarder
+
+ROUNDS, ITERATIONS = 20, 2000
+ADDR = ("127.0.0.1", 5353)
+NAME = "www.example.com."
+
+
+def query_wire(name: str = NAME, edns: int | None = None) -> bytes:
+    return dns.message.make_query(name, "A", payload=edns, use_edns=0 if edns else False,
+                                  id=0x1234).to_wire()  # fmt: skip
+
+
+def reply_wire(query: bytes, n: int = 1) -> bytes:
+    """An upstream's answer: ``n`` A records (n > 1: a CNAME first, as CDNs answer)."""
+    r = dns.message.make_response(dns.message.from_wire(query))
+    if n > 1:
+        r.answer.append(dns.rrset.from_text(NAME, 300, "IN", "CNAME", "edge.example.net."))
+    owner = "edge.example.net." if n > 1 else NAME
+    addrs = [f"198.18.{i // 256}.{i % 256}" for i in range(1, n + 1)]
+    r.answer.append(dns.rrset.from_text(owner, 300, "IN", "A", *addrs))
+    return r.to_wire()
+
+
+def run(benchmark: Any, fn: Any) -> None:
+    benchmark.group = "hotpath"
+    benchmark.pedantic(fn, rounds=ROUNDS, iterations=ITERATIONS, warmup_rounds=1)
+
+
+QUERY = query_wire()
+QUERY_EDNS = query_wire(edns=1232)
+
+
+def filled_cache(q: wire.Query, reply: bytes) -> PacketCache:
+    cache = PacketCache(CacheConfig(prefetch=0), counters=WorkerStats().counters)
+    cache.put(q, reply, "forward", None, time.monotonic())
+    return cache
+
+
+# ------------------------------------------------------------------------------ pieces
+
+
+def test_parse_query(benchmark: Any) -> None:
+    run(benchmark, lambda: wire.parse_query(QUERY))
+
+
+def test_parse_query_with_edns(benchmark: Any) -> None:
+    run(benchmark, lambda: wire.parse_query(QUERY_EDNS))
+
+
+def test_cache_hit_render(benchmark: Any) -> None:
+    """``PacketCache.get`` on a fresh hit: lookup, counters, one join (TTLs already current)."""
+    q = wire.parse_query(QUERY)
+    cache = filled_cache(q, reply_wire(QUERY))
+    now = time.monotonic()
+    run(benchmark, lambda: cache.get(q, now))
+    assert cache.get(q, now) is not None
+
+
+def test_ttl_rewrite(benchmark: Any) -> None:
+    """Rewriting the TTLs of a 5-record entry in place (once a second per entry at most)."""
+    q = wire.parse_query(QUERY)
+    cache = filled_cache(q, reply_wire(QUERY, 4))
+    entry = cache.success[q.key]
+    stamps = itertools.cycle((1, STALE))
+    run(benchmark, lambda: _retime(entry, next(stamps), 30))
+
+
+def test_truncation(benchmark: Any) -> None:
+    """``wire.truncate`` of a 60-record answer to 512 bytes (what an uncached reply costs)."""
+    big = reply_wire(QUERY, 60)
+    benchmark.group = "hotpath"
+    benchmark.pedantic(lambda: wire.truncate(big, 512), rounds=ROUNDS, iterations=100)
+
+
+def test_cache_hit_truncated(benchmark: Any) -> None:
+    """A cache hit on that answer for a client without EDNS: the kept truncated form."""
+    q = wire.parse_query(QUERY)
+    cache = filled_cache(q, reply_wire(QUERY, 60))
+    now = time.monotonic()
+    reply = cache.get(q, now)
+    assert reply is not None and len(reply) <= 512
+    run(benchmark, lambda: cache.get(q, now))
+
+
+def test_cache_admission(benchmark: Any) -> None:
+    """``PacketCache.admit`` of a 2-record forwarded reply: what a miss pays on top."""
+    q = wire.parse_query(QUERY)
+    reply = reply_wire(QUERY, 2)
+    cache = PacketCache(CacheConfig(), counters=WorkerStats().counters)
+    now = time.monotonic()
+    run(benchmark, lambda: cache.admit(q, reply, "forward", None, now))
+
+
+# ------------------------------------------------------------------------------ whole path
+
+
+class NullTransport:
+    def sendto(self, data: bytes, addr: Any) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.fixture(name="server")
+def _server() -> Iterator[UDPServer]:
+    config = build_config({"fastdns": {"resolv_conf": "/nonexistent", "fallback": [],
+                                       "hosts_file": "/nonexistent"}})  # fmt: skip
+    loop = asyncio.new_event_loop()
+    stats = WorkerStats()
+    pipeline = Pipeline(config, loop, stats, Forwarder(loop, stats))
+    server = UDPServer(ServerState(config, pipeline, stats))
+    server.transport = NullTransport()  # type: ignore[assignment]
+    yield server
+    loop.close()
+
+
+def test_udp_cache_hit_full_path(benchmark: Any, server: UDPServer) -> None:
+    """One cache hit through ``datagram_received``: parse, lookup, render, send, record."""
+    cache = server.state.cache
+    assert cache is not None
+    cache.put(wire.parse_query(QUERY), reply_wire(QUERY), "forward", None, time.monotonic())
+    run(benchmark, lambda: server.datagram_received(QUERY, ADDR))
+    assert server.state.stats.counters["cache_hits", "success"] >= 1
+
+
+def test_udp_cache_hit_full_path_edns(benchmark: Any, server: UDPServer) -> None:
+    cache = server.state.cache
+    assert cache is not None
+    q = wire.parse_query(QUERY_EDNS)
+    cache.put(q, reply_wire(QUERY_EDNS), "forward", None, time.monotonic())
+    run(benchmark, lambda: server.datagram_received(QUERY_EDNS, ADDR))
+    assert server.state.stats.counters["cache_hits", "success"] >= 1

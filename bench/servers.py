@@ -1,0 +1,363 @@
+"""The servers under test: the NSD upstream, dnsmasq, unbound and fastdns.
+
+Each one is started in the foreground under ``taskset``, configured to talk to nothing but the
+loopback upstream, probed with a real query until it answers, and stopped with SIGTERM
+(SIGKILL after a bound). A server is started fresh for every measured run, so "cold" is cold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.zone import UPSTREAM_IP, ZONE, host
+
+PROBE_NAME = host(0)
+START_TIMEOUT = 30.0  # NSD loads a ~190k-record zone in a few seconds
+STOP_TIMEOUT = 10.0
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ServerUnavailable(Exception):
+    """The server cannot run here (binary or package missing): skip it, say why."""
+
+
+class ServerFailed(Exception):
+    """The server was started but did not come up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str
+    port: int
+
+
+def _probe_packet(qid: int) -> bytes:
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in PROBE_NAME.rstrip(".").split("."))
+    header = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)  # RD, one question
+    return header + qname + b"\0" + struct.pack("!HH", 1, 1)  # A, IN
+
+
+def answers(ep: Endpoint, timeout: float = 0.5) -> bool:
+    """True when ``ep`` answers an A query for the probe name with NOERROR and an answer."""
+    qid = int.from_bytes(os.urandom(2), "big")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(_probe_packet(qid), (ep.ip, ep.port))
+            data = s.recv(4096)
+        except OSError:
+            return False
+    if len(data) < 12:
+        return False
+    rid, flags, _, ancount = struct.unpack("!HHHH", data[:8])
+    return bool(rid == qid and flags & 0x8000 and flags & 0xF == 0 and ancount > 0)
+
+
+def _require(binary: str, package: str) -> str:
+    for d in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin", "/sbin"]:
+        path = os.path.join(d, binary)
+        if os.access(path, os.X_OK):
+            return path
+    raise ServerUnavailable(f"{binary} not found (apt-get install -y {package})")
+
+
+class Server:
+    """A server process started by the bench."""
+
+    name = "server"
+
+    def __init__(self, workdir: Path, cpus: str) -> None:
+        self.workdir = workdir
+        self.cpus = cpus
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.endpoint = Endpoint("127.0.0.1", 0)
+
+    # Subclasses fill these in.
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise ServerUnavailable when this server cannot run on this machine."""
+
+    def env(self) -> dict[str, str] | None:
+        return None  # inherit
+
+    def _wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if answers(self.endpoint):
+                return
+            self._check_alive()
+            time.sleep(0.05)
+        raise ServerFailed(f"{self.name}: no answer from {self.endpoint} in {START_TIMEOUT:.0f} s")
+
+    def _check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            tail = self.log_tail()
+            raise ServerFailed(f"{self.name} exited with {self.proc.returncode}: {tail}")
+
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.stderr"
+
+    def log_tail(self, chars: int = 600) -> str:
+        try:
+            return self.log_path().read_text(errors="replace")[-chars:].strip()
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> None:
+        self.check()
+        with open(self.log_path(), "wb") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                ["taskset", "-c", self.cpus, *self.command()],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env(),
+                start_new_session=True,  # its own process group, for the SIGKILL fallback
+            )
+        try:
+            self._wait_ready(time.monotonic() + START_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
+
+    def roots(self) -> list[int]:
+        """Processes whose whole trees are this server (for CPU accounting)."""
+        return [self.proc.pid] if self.proc else []
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            # Only our own process group: start_new_session made the server its leader.
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(STOP_TIMEOUT)
+
+
+class Nsd(Server):
+    """The authoritative upstream: NSD serving the generated zone on UPSTREAM_IP:53."""
+
+    name = "nsd"
+
+    def __init__(self, workdir: Path, cpus: str, zone_file: Path) -> None:
+        super().__init__(workdir, cpus)
+        self.zone_file = zone_file
+        self.endpoint = Endpoint(UPSTREAM_IP, 53)
+
+    def check(self) -> None:
+        self.binary = _require("nsd", "nsd")
+
+    def command(self) -> list[str]:
+        d = self.workdir
+        conf = d / "nsd.conf"
+        conf.write_text(
+            f"""server:
+  ip-address: {UPSTREAM_IP}
+  port: 53
+  do-ip6: no
+  server-count: 1
+  tcp-count: 100
+  # Response rate limiting is compiled in and on by default (200 qps per /24 and answer):
+  # it would truncate or drop most of the bench's queries. Off.
+  rrl-ratelimit: 0
+  rrl-whitelist-ratelimit: 0
+  username: ""
+  chroot: ""
+  zonesdir: "{d}"
+  database: ""
+  zonelistfile: "{d}/nsd.zonelist"
+  xfrdfile: "{d}/nsd.xfrd"
+  xfrdir: "{d}"
+  pidfile: "{d}/nsd.pid"
+  logfile: "{d}/nsd.log"
+  verbosity: 0
+  hide-version: yes
+  refuse-any: yes
+remote-control:
+  control-enable: no
+zone:
+  name: "{ZONE}"
+  zonefile: "{self.zone_file}"
+"""
+        )
+        return [self.binary, "-d", "-c", str(conf)]
+
+
+class Dnsmasq(Server):
+    """dnsmasq forwarding to the upstream only; ``cache_size=0`` is the forward-only variant."""
+
+    def __init__(self, workdir: Path, cpus: str, cache_size: int) -> None:
+        super().__init__(workdir, cpus)
+        self.cache_size = cache_size
+        self.name = "dnsmasq" if cache_size else "dnsmasq-nocache"
+        self.endpoint = Endpoint("127.0.0.1", 5301)
+
+    def check(self) -> None:
+        self.binary = _require("dnsmasq", "dnsmasq-base")
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--log-facility=-",
+            "--user=root",
+            "--group=root",
+            f"--server={UPSTREAM_IP}#53",
+            f"--listen-address={self.endpoint.ip}",
+            f"--port={self.endpoint.port}",
+            "--bind-interfaces",
+            f"--cache-size={self.cache_size}",
+            # Default 150 would drop most of dnsperf's 500 outstanding cold queries.
+            "--dns-forward-max=1000",
+        ]
+
+
+class Unbound(Server):
+    """unbound as a caching forwarder to the upstream only (no recursion, no validation)."""
+
+    name = "unbound"
+
+    def __init__(self, workdir: Path, cpus: str) -> None:
+        super().__init__(workdir, cpus)
+        self.endpoint = Endpoint("127.0.0.1", 5302)
+
+    def check(self) -> None:
+        self.binary = _require("unbound", "unbound")
+
+    def command(self) -> list[str]:
+        d = self.workdir
+        conf = d / "unbound.conf"
+        conf.write_text(
+            f"""server:
+  interface: {self.endpoint.ip}
+  port: {self.endpoint.port}
+  do-ip4: yes
+  do-ip6: no
+  access-control: 127.0.0.0/8 allow
+  num-threads: 1
+  so-reuseport: no
+  username: ""
+  chroot: ""
+  directory: "{d}"
+  pidfile: "{d}/unbound.pid"
+  logfile: ""
+  use-syslog: no
+  verbosity: 0
+  module-config: "iterator"
+  do-not-query-localhost: no
+  qname-minimisation: no
+  prefetch: no
+  msg-cache-size: 64m
+  rrset-cache-size: 128m
+  num-queries-per-thread: 1024
+remote-control:
+  control-enable: no
+forward-zone:
+  name: "."
+  forward-addr: {UPSTREAM_IP}@53
+"""
+        )
+        return [self.binary, "-d", "-c", str(conf)]
+
+
+def fastdns_importable(python: str = sys.executable) -> str | None:
+    """None when ``import fastdns`` works from the repository, else the reason it does not."""
+    r = subprocess.run(
+        [python, "-c", "import fastdns"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    if r.returncode == 0:
+        return None
+    lines = (r.stderr or r.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit {r.returncode}"
+
+
+class Fastdns(Server):
+    """``python -m fastdns serve`` with its state file; ``workers`` processes."""
+
+    def __init__(self, workdir: Path, cpus: str, workers: int) -> None:
+        super().__init__(workdir, cpus)
+        self.workers = workers
+        self.name = f"fastdns-{workers}w"
+        self.state_file = workdir / f"{self.name}.state.json"
+        self.state: dict[str, object] = {}
+
+    def check(self) -> None:
+        reason = fastdns_importable()
+        if reason is not None:
+            raise ServerUnavailable(f"fastdns not available ({reason})")
+
+    def command(self) -> list[str]:
+        d = self.workdir
+        (d / "resolv.conf").write_text(f"nameserver {UPSTREAM_IP}\n")  # port 53: no port field
+        (d / "hosts").write_text("")
+        cfg = d / f"{self.name}.yaml"
+        cfg.write_text(
+            f"""hostResolver: {{enabled: true, ipv6: true}}
+fastdns:
+  listen: 127.0.0.1
+  udp_port: 0
+  tcp_port: 0
+  resolv_conf: {d / "resolv.conf"}
+  hosts_file: {d / "hosts"}
+  fallback: []
+  workers: {self.workers}
+  cache: {{enabled: true}}
+"""
+        )
+        self.state_file.unlink(missing_ok=True)
+        return [
+            sys.executable,
+            "-m",
+            "fastdns",
+            "serve",
+            str(cfg),
+            "--state-file",
+            str(self.state_file),
+            "--log-level",
+            "warning",
+        ]
+
+    def env(self) -> dict[str, str] | None:
+        pp = os.environ.get("PYTHONPATH")
+        return os.environ | {"PYTHONPATH": f"{REPO}{os.pathsep}{pp}" if pp else str(REPO)}
+
+    def _wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                state = json.loads(self.state_file.read_text())
+            except (FileNotFoundError, ValueError):
+                state = {}
+            if state.get("ready"):
+                self.state = state
+                self.endpoint = Endpoint(str(state["listen"]), int(state["udp_port"]))
+                return super()._wait_ready(deadline)
+            self._check_alive()
+            time.sleep(0.05)
+        raise ServerFailed(f"{self.name}: no ready state file in {START_TIMEOUT:.0f} s")
+
+    def roots(self) -> list[int]:
+        # Workers are children of the server today; the state file's list also covers workers
+        # that were re-parented or re-exec'd.
+        workers = self.state.get("workers")
+        extra = [int(w) for w in workers] if isinstance(workers, list) else []
+        return sorted({*super().roots(), *extra})

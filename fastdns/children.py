@@ -1,0 +1,129 @@
+"""What a forked child runs: the entry point of each kind of process the supervisor starts.
+
+Only the ``child_*`` functions here import the serving code (uvloop, pycares, the metrics and
+rules modules), and only after the fork; ``tests/unit/test_layers.py`` knows the prefix and
+checks that nothing else on the supervisor's side imports it. ``run_child`` wraps them so a
+child always leaves with ``os._exit`` and never returns into the supervisor's loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from fastdns import process
+from fastdns.config import Config
+from fastdns.errors import BootError, ExitCode
+from fastdns.ipc import ControlWriter
+from fastdns.process import Credentials
+
+
+def run_child(body: Callable[[], None], control_fd: int) -> NoReturn:
+    """Run ``body`` in a forked child and leave with ``os._exit``: never return into the
+    supervisor's loop, never run its atexit handlers or flush its buffers twice."""
+    code: int = ExitCode.ERROR
+    try:
+        body()
+        code = ExitCode.OK
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else ExitCode.ERROR
+    except BootError as e:
+        print(f"fastdns: {e}", file=sys.stderr)
+        ControlWriter(control_fd).send(boot_error=str(e))
+        code = ExitCode.BOOT_ERROR
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+
+
+def _child_import(module: str, name: str) -> Callable[..., Any]:
+    """The entry point of a process kind whose module may not exist yet (BootError if not)."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError) as e:
+        raise BootError(f"{module}.{name} is not available ({e}); "
+                        f"remove its section from the config or install a complete fastdns"
+                        ) from e  # fmt: skip
+
+
+def _call_entry(entry: Callable[..., Any], *args: Any, **optional: Any) -> None:
+    """Call a metrics/rules entry point with the keyword arguments it accepts, and exit with
+    what it returns (None = 0)."""
+    try:
+        params = inspect.signature(entry).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in optional.items() if takes_all or k in params}
+    result = entry(*args, **kwargs)
+    raise SystemExit(int(result) if isinstance(result, int) else ExitCode.OK)
+
+
+def child_worker(
+    config: Config,
+    slot: int,
+    generation: int,
+    udp_port: int,
+    tcp_port: int,
+    control_fd: int,
+    stats_path: str | None,
+    socks: tuple[socket.socket | None, socket.socket | None] | None,
+    user: Credentials | None,
+    supervisor_pid: int,
+) -> None:
+    process.set_role(f"worker {slot}")
+    try:
+        from fastdns.worker import worker_process_main  # after fork: uvloop, pycares live here
+    except Exception as e:  # a broken install would otherwise crash-loop
+        raise BootError(f"cannot load the worker code: {type(e).__name__}: {e}") from e
+
+    udp_sock, tcp_sock = socks if socks else (None, None)
+    worker_process_main(config, slot, generation, udp_port, tcp_port, control_fd, stats_path,
+                        udp_sock=udp_sock, tcp_sock=tcp_sock, user=user,
+                        supervisor_pid=supervisor_pid)  # fmt: skip
+
+
+def child_metrics(
+    config: Config,
+    stats_path: str,
+    control_fd: int,
+    user: Credentials | None,
+    supervisor_pid: int,
+) -> None:
+    process.set_role("metrics")
+    entry = _child_import("fastdns.metrics", "metrics_main")
+    if user is not None:
+        process.drop_privileges(user)
+    if not process.die_with_parent(supervisor_pid):
+        return
+    _call_entry(entry, config, stats_path, control_fd=control_fd)
+
+
+def child_rules(
+    config: Config,
+    udp_port: int,
+    tcp_port: int,
+    stats_path: str | None,
+    ports_path: str | None,
+    control_fd: int,
+    supervisor_pid: int,
+) -> None:
+    process.set_role("rules")
+    entry = _child_import("fastdns.rules", "rules_main")
+    # Stays privileged (CAP_NET_ADMIN); SIGTERM when the supervisor dies removes the DNAT.
+    if not process.die_with_parent(supervisor_pid):
+        return
+    _call_entry(entry, config, udp_port, tcp_port, stats_path=stats_path, ports_path=ports_path,
+                control_fd=control_fd)  # fmt: skip

@@ -1,0 +1,506 @@
+"""The rules process with real iptables in real network namespaces (issue 6).
+
+The test's own namespace (from tests/netns-run) plays the host; a guest namespace is joined to
+it by a veth pair (support.netns). fastdns listens on 127.0.0.1 and the virtual address
+10.201.0.53 is DNAT'ed to it: from the guest through PREROUTING (which needs route_localnet),
+from local processes through OUTPUT (fastdns's own uid is exempt: the loop guard).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support import netns, procfs
+from support.netns import GUEST_IP, HOST_IF, VIRTUAL_IP, GuestLink, answer, dig_argv, wait_for
+from support.server import FastDNSProcess, child_env
+
+from fastdns.rules import normalized
+
+pytestmark = pytest.mark.privileged
+
+NAME = "who.test"
+DOCKERISH = """*nat
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A DOCKER -i docker0 -j RETURN
+COMMIT
+"""
+
+
+@pytest.fixture(name="link", scope="module")
+def _link() -> Iterator[GuestLink]:
+    if os.geteuid() != 0 or shutil.which("iptables-restore") is None:
+        pytest.fail("the privileged tests need root and iptables (CI runs them as root)")
+    link = GuestLink()
+    yield link
+    link.close()
+
+
+@pytest.fixture(name="nat", autouse=True)
+def _nat(link: GuestLink) -> Iterator[str]:
+    """A nat table with someone else's rules in it (Docker's jumps); after each test it must be
+    exactly as it was, and route_localnet back to 0."""
+    subprocess.run(["iptables-restore", "--noflush"], input=DOCKERISH, text=True, check=True)
+    before = normalized(netns.save("nat"))
+    yield before
+    # Reset for the next test, whatever happened in this one.
+    subprocess.run(["iptables-restore"], input="*nat\nCOMMIT\n*filter\nCOMMIT\n", text=True,
+                   check=True)  # fmt: skip
+    subprocess.run(["ip6tables-restore"], input="*nat\nCOMMIT\n", text=True, check=True)
+    Path(f"/proc/sys/net/ipv4/conf/{HOST_IF}/route_localnet").write_text("0\n")
+
+
+def fastdns_config(ip: str, **rules: Any) -> dict[str, Any]:
+    section = {"workers": 1, "graceful_timeout": 1.0}
+    if rules:
+        section["rules"] = {"virtual_ip": VIRTUAL_IP, "reconcile_interval": 0.5, **rules}
+    return {"hostResolver": {"hosts": {NAME: ip}}, "fastdns": section}
+
+
+def guest(link: GuestLink, *opts: str) -> str:
+    return answer(["nsenter", f"--net={link.ns}", *dig_argv(VIRTUAL_IP, NAME, *opts)])
+
+
+def local(*opts: str) -> str:
+    """A local client that is not fastdns's uid (root here), so OUTPUT's DNAT applies."""
+    return answer(netns.as_nobody(dig_argv(VIRTUAL_IP, NAME, *opts)))
+
+
+def chain_body(chain: str = "FASTDNS") -> list[str]:
+    return [ln for ln in netns.save("nat").splitlines() if ln.startswith(f"-A {chain} ")]
+
+
+def installed_to(port: int) -> bool:
+    return any(f"127.0.0.1:{port}" in rule for rule in chain_body())
+
+
+class RulesRun:
+    """``fastdns rules run`` as its own process (what the supervisor forks), with a status
+    socket the test reads."""
+
+    def __init__(self, tmp_path: Path, fdp: FastDNSProcess, *, env: dict[str, str] | None = None,
+                 **rules: Any) -> None:  # fmt: skip
+        doc = dict(fdp.config)
+        doc["fastdns"] = {
+            **doc["fastdns"],
+            "rules": {
+                "enabled": True,
+                "virtual_ip": VIRTUAL_IP,
+                "reconcile_interval": 0.5,
+                **rules,
+            },
+        }
+        self.dir = tmp_path / f"rules-{fdp.udp_port}"
+        self.dir.mkdir()
+        self.config = self.dir / "fastdns.yaml"
+        self.config.write_text(yaml.safe_dump(doc))
+        self.ports = self.dir / "ports.json"
+        self.write_ports(fdp)
+        self.status_path = str(self.dir / "status.sock")
+        self.status = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.status.bind(self.status_path)
+        self.log = open(self.dir / "stderr.log", "w+b")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastdns", "rules", "run", str(self.config), "--ports-file",
+             str(self.ports), "--status-socket", self.status_path],
+            stdout=subprocess.DEVNULL, stderr=self.log, env=child_env(env))  # fmt: skip
+        self.last: dict[str, Any] = {}
+
+    def write_ports(self, fdp: FastDNSProcess) -> None:
+        from fastdns.rules import write_ports_file
+
+        write_ports_file(str(self.ports), fdp.udp_port, fdp.tcp_port)
+
+    def wait_status(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+        self.status.settimeout(0.2)
+
+        def seen() -> bool:
+            try:
+                self.last = json.loads(self.status.recv(65536))
+            except TimeoutError:
+                return False
+            return bool(predicate(self.last))
+
+        wait_for(seen, timeout, 0, what=f"status (last: {self.last}; log: {self.stderr})")
+        return self.last
+
+    @property
+    def stderr(self) -> str:
+        self.log.flush()
+        return (self.dir / "stderr.log").read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.status.close()
+        self.log.close()
+
+
+@pytest.fixture(name="rules_run")
+def _rules_run(tmp_path: Path) -> Iterator[Any]:
+    made: list[RulesRun] = []
+
+    def make(fdp: FastDNSProcess, **kw: Any) -> RulesRun:
+        r = RulesRun(tmp_path, fdp, **kw)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_serve_dnats_guest_and_local_clients_and_cleans_up(
+    link: GuestLink, nat: str, fastdns_factory: Any
+) -> None:
+    fdp = fastdns_factory(fastdns_config("10.9.9.1", enabled=True))
+    wait_for(lambda: installed_to(fdp.udp_port), what="rules installed by fastdns serve")
+    assert installed_to(fdp.tcp_port)
+    assert netns.route_localnet(HOST_IF) == 1  # DNAT to 127.0.0.1 from PREROUTING
+
+    # The guest, through PREROUTING; the reply comes from the virtual address (conntrack).
+    assert guest(link) == "10.9.9.1"
+    assert guest(link, "+tcp") == "10.9.9.1"
+    # A local process, through OUTPUT.
+    assert local() == "10.9.9.1"
+    assert local("+tcp") == "10.9.9.1"
+
+    # Our jumps come first, before Docker's; one jump per hook, one rule per protocol.
+    rules = normalized(netns.save("nat")).splitlines()
+    pre = [r for r in rules if r.startswith("-A PREROUTING")]
+    out = [r for r in rules if r.startswith("-A OUTPUT")]
+    assert pre[0] == "-A PREROUTING -j FASTDNS" and len(pre) == 2
+    assert out[0] == f"-A OUTPUT -m owner ! --uid-owner {os.geteuid()} -j FASTDNS"
+    assert len(out) == 2 and len(chain_body()) == 2
+
+    # SIGTERM: the rules go first (new clients stop arriving), then the workers drain; the nat
+    # table is as it was.
+    assert fdp.stop() == 0
+    log = fdp.stderr
+    assert 0 <= log.find("removed the FASTDNS rules") < log.find("draining"), log
+    assert normalized(netns.save("nat")) == nat
+    assert "FASTDNS" not in netns.save("filter")
+    assert netns.route_localnet(HOST_IF) == 0
+
+
+def test_apply_twice_is_idempotent_and_remove_restores(link: GuestLink, nat: str,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    from support.server import run_cli
+
+    cfg = tmp_path / "lima.yaml"
+    cfg.write_text(yaml.safe_dump(fastdns_config("10.9.9.1", enabled=True)))
+    args = ("rules", "apply", str(cfg), "--udp-port", "5353", "--tcp-port", "5354")
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("installed: 10.201.0.53:53 -> 127.0.0.1")
+    after_one = netns.save("nat"), netns.save("filter")
+    second = run_cli(*args, cwd=tmp_path)
+    assert second.stdout.startswith("already installed")
+    after_two = netns.save("nat"), netns.save("filter")
+    assert [normalized(t) for t in after_one] == [normalized(t) for t in after_two]
+    text = normalized(after_two[0])
+    assert text.count("-j FASTDNS") == 2 and text.count("--dport 53 -j DNAT") == 2
+
+    shown = run_cli("rules", "show", str(cfg), "--udp-port", "5353", "--tcp-port", "5354",
+                    cwd=tmp_path)  # fmt: skip
+    for rule in chain_body():
+        assert rule in shown.stdout
+
+    removed = run_cli("rules", "remove", str(cfg), cwd=tmp_path)
+    assert removed.returncode == 0 and removed.stdout.startswith("removed chain FASTDNS")
+    assert normalized(netns.save("nat")) == nat
+    assert netns.route_localnet(HOST_IF) == 0
+
+
+def test_flush_is_restored_and_sigterm_removes(
+    link: GuestLink, nat: str, fastdns_factory: Any, rules_run: Any
+) -> None:
+    fdp = fastdns_factory(fastdns_config("10.9.9.1"))
+    rr = rules_run(fdp)
+    rr.wait_status(lambda s: s["installed"])
+    assert guest(link) == "10.9.9.1"
+
+    subprocess.run(["iptables", "-t", "nat", "-F"], check=True)  # firewalld reload, say
+    assert chain_body() == []
+    status = rr.wait_status(lambda s: s["installed"] and s["reconcile"]["changed"] >= 2)
+    assert status["error"] == ""
+    assert len(chain_body()) == 2 and guest(link) == "10.9.9.1"
+    assert "removed or changed by someone else: restored them" in rr.stderr
+
+    assert rr.stop() == 0
+    assert rr.wait_status(lambda s: not s["installed"])["error"] == ""
+    # Docker's rules were flushed by the test itself above; ours are gone completely.
+    assert "FASTDNS" not in netns.save("nat") + netns.save("filter")
+    assert netns.route_localnet(HOST_IF) == 0
+
+
+def test_port_change_moves_existing_flows(
+    link: GuestLink, fastdns_factory: Any, rules_run: Any
+) -> None:
+    a = fastdns_factory(fastdns_config("10.9.9.1"))
+    b = fastdns_factory(fastdns_config("10.9.9.2"))
+    rr = rules_run(a)
+    rr.wait_status(lambda s: s["installed"])
+    pinned = ("-b", f"{GUEST_IP}#40053")  # one client flow: same source port every time
+    assert guest(link, *pinned) == "10.9.9.1"
+
+    rr.write_ports(b)
+    rr.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: installed_to(b.udp_port), what="rules moved to b")
+    # Without the conntrack flush this flow would still reach a for ~30 s (tech-notes §6).
+    assert guest(link, *pinned) == "10.9.9.2"
+    assert guest(link, "+tcp") == "10.9.9.2"
+    assert "ports changed" in rr.stderr
+
+
+def test_iptables_missing_at_start_then_installed(
+    link: GuestLink, tmp_path: Path, fastdns_factory: Any, rules_run: Any
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fdp = fastdns_factory(fastdns_config("10.9.9.1"))
+    rr = rules_run(fdp, env={"PATH": str(bin_dir)})
+    status = rr.wait_status(lambda s: s["error"])
+    assert not status["installed"] and "iptables-restore not found in PATH" in status["error"]
+    assert rr.proc.poll() is None  # keeps running, and fastdns keeps serving on its ports
+    assert fdp.query(NAME).answer
+
+    for tool in ("iptables-restore", "iptables-save"):
+        os.symlink(shutil.which(tool) or "", bin_dir / tool)
+    status = rr.wait_status(lambda s: s["installed"])
+    assert status["error"] == "" and status["reconcile"]["error"] >= 1
+    assert guest(link) == "10.9.9.1"
+    assert "conntrack not found" in rr.stderr  # only a warning
+
+
+def test_rules_left_by_a_killed_process_are_replaced_then_cleaned(
+    link: GuestLink, nat: str, fastdns_factory: Any, rules_run: Any
+) -> None:
+    a = fastdns_factory(fastdns_config("10.9.9.1"))
+    first = rules_run(a)
+    first.wait_status(lambda s: s["installed"])
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert installed_to(a.udp_port) and netns.route_localnet(HOST_IF) == 1
+
+    b = fastdns_factory(fastdns_config("10.9.9.2"))
+    second = rules_run(b)
+    second.wait_status(lambda s: s["installed"])
+    assert "found rules left by a previous fastdns in chain FASTDNS: replaced them" in (
+        second.stderr)  # fmt: skip
+    assert installed_to(b.udp_port) and not installed_to(a.udp_port)
+    assert guest(link) == "10.9.9.2"
+    assert second.stop() == 0
+    assert normalized(netns.save("nat")) == nat
+    # The route_localnet change of the killed process was recorded in the kernel and undone.
+    assert netns.route_localnet(HOST_IF) == 0
+
+
+def test_loop_guard_virtual_address_in_resolv_conf(
+    link: GuestLink, fastdns_factory: Any, upstream: Any, resolv_conf: Any, rules_run: Any
+) -> None:
+    # resolv.conf names only the virtual address; the fallback is a real upstream.
+    upstream.add("far.test", "A", "10.7.7.7")
+    path = _resolv_with_vip(resolv_conf)
+    cfg = fastdns_config("10.9.9.1", enabled=True)
+    cfg["fastdns"].update(resolv_conf=str(path), fallback=[upstream.address])
+    fdp = fastdns_factory(cfg)
+    wait_for(lambda: installed_to(fdp.udp_port), what="rules installed")
+    # Guests get correct answers: fastdns never forwards to the virtual address (itself).
+    assert answer(["nsenter", f"--net={link.ns}", *dig_argv(VIRTUAL_IP, "far.test")]) == (
+        "10.7.7.7")  # fmt: skip
+    wait_for(lambda: "names the virtual DNS address 10.201.0.53" in fdp.stderr,
+             what="a clear warning")  # fmt: skip
+    assert fdp.stop() == 0
+
+
+def _resolv_with_vip(resolv_conf: Any) -> Path:
+    # support refuses non-loopback nameservers (a guard for tests that send to them); this one
+    # is the in-namespace virtual address, written by hand.
+    path = resolv_conf("127.0.0.1", name="resolv-vip.conf")
+    path.write_text(f"nameserver {VIRTUAL_IP}\n")
+    return Path(path)
+
+
+def test_loop_through_a_local_stub_is_detected(
+    link: GuestLink, tmp_path: Path, fastdns_factory: Any, resolv_conf: Any
+) -> None:
+    # fastdns -> dnsmasq on 127.0.0.9 (running as nobody, so not exempt) -> 10.201.0.53 ->
+    # DNAT -> fastdns: the rules process's probe comes back, the worker answers the marker.
+    stub = subprocess.Popen(
+        ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+         "--user=nobody", "--group=nogroup", "--pid-file=", "--bind-interfaces",
+         "--listen-address=127.0.0.9", "--port=53", f"--server={VIRTUAL_IP}", "--cache-size=0",
+         "--log-facility=-"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        path = resolv_conf("127.0.0.9")
+        cfg = fastdns_config("10.9.9.1", enabled=True)
+        cfg["fastdns"]["resolv_conf"] = str(path)
+        fdp = fastdns_factory(cfg)
+        wait_for(lambda: "forwarding loop: queries fastdns forwards to 127.0.0.9 come back"
+                 in fdp.stderr, what=f"loop detected; stderr:\n{fdp.stderr}")  # fmt: skip
+        # Static answers still work, and nothing amplifies: the probe is never forwarded.
+        assert guest(link) == "10.9.9.1"
+        assert fdp.stop() == 0
+    finally:
+        stub.kill()
+        stub.wait(5)
+
+
+# --------------------------------------------------------------------------------------------
+# Through the supervisor (fastdns serve): reload with new ports, a crashed rules process.
+
+
+def free_ports() -> tuple[int, int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+        u.bind(("127.0.0.1", 0))
+        t.bind(("127.0.0.1", 0))
+        return u.getsockname()[1], t.getsockname()[1]
+
+
+def rules_children(fdp: FastDNSProcess) -> list[int]:
+    return [p for p in procfs.children(fdp.pid) if procfs.cmdline(p) == "fastdns: rules"]
+
+
+def test_serve_reload_with_new_ports_moves_rules_and_flows(
+    link: GuestLink, nat: str, fastdns_factory: Any
+) -> None:
+    udp, tcp = free_ports()
+    cfg = fastdns_config("10.9.9.1", enabled=True)
+    cfg["fastdns"].update(udp_port=udp, tcp_port=tcp)
+    fdp = fastdns_factory(cfg)
+    wait_for(lambda: installed_to(udp), what="rules installed")
+    pinned = ("-b", f"{GUEST_IP}#40054")
+    assert guest(link, *pinned) == "10.9.9.1"
+
+    new_udp, new_tcp = free_ports()
+    doc = dict(fdp.config)
+    doc["hostResolver"] = {"hosts": {NAME: "10.9.9.2"}}
+    doc["fastdns"] = {**doc["fastdns"], "udp_port": new_udp, "tcp_port": new_tcp}
+    fdp.config_path.write_text(yaml.safe_dump(doc))
+    fdp.send_signal(signal.SIGHUP)
+    fdp.wait_state(lambda s: s["udp_port"] == new_udp)
+    wait_for(lambda: installed_to(new_udp) and installed_to(new_tcp), what="rules moved")
+    # The old flow moves (conntrack -D right after the rules change). Without the delete, the
+    # pinned flow's UDP conntrack entry (~30 s, refreshed by each try) would keep reaching the
+    # old port for far longer than this bound.
+    wait_for(lambda: guest(link, *pinned) == "10.9.9.2", timeout=5, what="pinned flow moved")
+    assert guest(link, "+tcp") == "10.9.9.2"
+    assert fdp.stop() == 0
+    assert normalized(netns.save("nat")) == nat
+
+
+def test_serve_restarts_a_killed_rules_process(
+    link: GuestLink, nat: str, fastdns_factory: Any
+) -> None:
+    fdp = fastdns_factory(fastdns_config("10.9.9.1", enabled=True))
+    wait_for(lambda: installed_to(fdp.udp_port), what="rules installed")
+    wait_for(lambda: len(rules_children(fdp)) == 1, what="one rules process")
+    (old,) = rules_children(fdp)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: rules_children(fdp) not in ([], [old]), what="a new rules process")
+    assert installed_to(fdp.udp_port)  # the kernel kept the rules meanwhile
+    subprocess.run(["iptables", "-t", "nat", "-F", "FASTDNS"], check=True)
+    wait_for(lambda: installed_to(fdp.udp_port), what="the new rules process reconciles")
+    assert guest(link) == "10.9.9.1"
+    assert fdp.stop() == 0
+    assert normalized(netns.save("nat")) == nat
+
+
+def test_ipv6_virtual_address_uses_ip6tables(link: GuestLink, fastdns_factory: Any) -> None:
+    six_before = normalized(netns.save("nat", "ip6tables-save"))
+    cfg = fastdns_config("10.9.9.1", enabled=True, virtual_ip=netns.VIRTUAL_IP6,
+                         hooks=["OUTPUT"])  # fmt: skip
+    cfg["fastdns"]["listen"] = "::1"
+    fdp = fastdns_factory(cfg)
+    wait_for(lambda: f"[::1]:{fdp.udp_port}" in netns.save("nat", "ip6tables-save"),
+             what="ip6tables rules installed")  # fmt: skip
+    argv = dig_argv(netns.VIRTUAL_IP6, NAME)
+    assert answer(netns.as_nobody(argv)) == "10.9.9.1"
+    assert answer(netns.as_nobody([*argv, "+tcp"])) == "10.9.9.1"
+    assert "FASTDNS" not in netns.save("nat")  # nothing in the IPv4 table
+    assert fdp.stop() == 0
+    assert normalized(netns.save("nat", "ip6tables-save")) == six_before
+
+
+def test_a_killed_supervisor_takes_the_rules_with_it(
+    link: GuestLink, nat: str, fastdns_factory: Any
+) -> None:
+    fdp = fastdns_factory(fastdns_config("10.9.9.1", enabled=True))
+    wait_for(lambda: installed_to(fdp.udp_port), what="rules installed")
+    os.kill(fdp.pid, signal.SIGKILL)  # the supervisor only (stop() would kill the group)
+    # PDEATHSIG: the rules process gets SIGTERM and removes the rules.
+    wait_for(lambda: normalized(netns.save("nat")) == nat, what="rules removed")
+    wait_for(lambda: netns.route_localnet(HOST_IF) == 0, what="route_localnet restored")
+
+
+def test_serve_reports_missing_iptables_in_ready_and_metrics(
+    link: GuestLink, tmp_path: Path, fastdns_factory: Any
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cfg = fastdns_config("10.9.9.1", enabled=True)
+    cfg["fastdns"]["metrics"] = {"listen": "127.0.0.1:0"}
+    fdp = fastdns_factory(cfg, env={"PATH": str(bin_dir)})
+    base = f"http://127.0.0.1:{fdp.state['metrics_port']}"
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    wait_for(lambda: "not available" in get("/ready")[1], what="/ready names the problem")
+    assert get("/ready")[0] == 503
+    assert fdp.query(NAME).answer  # serving on the bound ports regardless
+    assert "fastdns_rules_installed 0.0" in get("/metrics")[1]
+
+    for tool in ("iptables-restore", "iptables-save"):
+        os.symlink(shutil.which(tool) or "", bin_dir / tool)
+    wait_for(lambda: get("/ready")[0] == 200, what="/ready once the rules are installed")
+    assert guest(link) == "10.9.9.1"
+    metrics = get("/metrics")[1]
+    assert "fastdns_rules_installed 1.0" in metrics
+    assert 'fastdns_rules_reconcile_total{result="error"}' in metrics
+    assert fdp.stop() == 0
+
+
+def test_legacy_backend_apply_and_remove(link: GuestLink, tmp_path: Path) -> None:
+    from support.server import run_cli
+
+    before = normalized(netns.save("nat", "iptables-legacy-save"))
+    cfg = tmp_path / "lima.yaml"
+    cfg.write_text(yaml.safe_dump(fastdns_config("10.9.9.1", enabled=True, iptables="legacy")))
+    args = ("--udp-port", "5353", "--tcp-port", "5354")
+    for _ in range(2):
+        assert run_cli("rules", "apply", str(cfg), *args, cwd=tmp_path).returncode == 0
+    legacy = normalized(netns.save("nat", "iptables-legacy-save"))
+    assert legacy.count("-j FASTDNS") == 2 and legacy.count("-j DNAT") == 2
+    assert "FASTDNS" not in netns.save("nat")  # the nft rule set is a separate one
+    assert run_cli("rules", "remove", str(cfg), cwd=tmp_path).returncode == 0
+    assert normalized(netns.save("nat", "iptables-legacy-save")) == before
+    assert netns.route_localnet(HOST_IF) == 0

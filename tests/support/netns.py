@@ -1,0 +1,142 @@
+"""A "guest" network namespace joined to the test's own ("host") namespace by a veth pair.
+
+The host side is the namespace ``tests/netns-run`` made for the whole session (only ``lo``
+before this); the guest namespace is held open by an ``unshare -n sleep`` child, so nothing is
+registered under /run/netns and everything disappears with that child. Addresses are fixed test
+ranges that exist only inside these two namespaces: the link 10.200.0.0/24 (fd00:200::/64) and
+the off-link virtual DNS address 10.201.0.53 (fd00:201::53); off-link, because a guest would ARP
+for an on-link one (tech-notes §6).
+Every helper that sends refuses addresses outside these ranges and loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+
+HOST_IP = "10.200.0.1"
+GUEST_IP = "10.200.0.2"
+VIRTUAL_IP = "10.201.0.53"
+HOST_IF, GUEST_IF = "fdns-h", "fdns-g"
+VIRTUAL_IP6, HOST_IP6 = "fd00:201::53", "fd00:200::1"
+TEST_NETS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.200.0.0/24",
+        "10.201.0.0/24",
+        "127.0.0.0/8",
+        "fd00:200::/64",
+        "fd00:201::/64",
+        "::1/128",
+    )
+)
+NOBODY = 65534
+
+
+def require_test_address(address: str) -> str:
+    ip = ipaddress.ip_address(address)
+    if not any(ip in net for net in TEST_NETS):
+        raise ValueError(f"{address} is outside the test namespaces' ranges")
+    return address
+
+
+def run(*argv: str, check: bool = True, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def _netns_inode(pid: int | str) -> int:
+    return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+class GuestLink:
+    """The veth pair and the guest namespace; ``close()`` removes both."""
+
+    def __init__(self) -> None:
+        if sorted(name for _, name in socket.if_nameindex()) != ["lo"]:
+            raise RuntimeError("the host namespace must have only lo before the guest is made")
+        self.holder = subprocess.Popen(["unshare", "-n", "sleep", "600"],
+                                       stdin=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 5
+        while _netns_inode(self.holder.pid) == _netns_inode("self"):
+            if time.monotonic() > deadline or self.holder.poll() is not None:
+                self.holder.kill()
+                raise RuntimeError("unshare -n did not create the guest namespace")
+            time.sleep(0.01)
+        self.ns = f"/proc/{self.holder.pid}/ns/net"
+        try:
+            run("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", GUEST_IF,
+                "netns", str(self.holder.pid))  # fmt: skip
+            run("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_IF)
+            run("ip", "link", "set", HOST_IF, "up")
+            # A route to the virtual address, so local clients get as far as OUTPUT's DNAT.
+            run("ip", "route", "add", f"{VIRTUAL_IP}/32", "dev", HOST_IF)
+            run("ip", "-6", "addr", "add", f"{HOST_IP6}/64", "dev", HOST_IF, "nodad")
+            run("ip", "-6", "route", "add", f"{VIRTUAL_IP6}/128", "dev", HOST_IF)
+            self.guest("ip", "link", "set", "lo", "up")
+            self.guest("ip", "addr", "add", f"{GUEST_IP}/24", "dev", GUEST_IF)
+            self.guest("ip", "link", "set", GUEST_IF, "up")
+            self.guest("ip", "route", "add", "default", "via", HOST_IP)
+        except BaseException:
+            self.close()
+            raise
+
+    def guest(self, *argv: str, check: bool = True, timeout: float = 15.0
+              ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        return run("nsenter", f"--net={self.ns}", *argv, check=check, timeout=timeout)
+
+    def close(self) -> None:
+        run("ip", "link", "del", HOST_IF, check=False)
+        with contextlib.suppress(OSError):
+            self.holder.kill()
+        self.holder.wait(5)
+
+
+def dig_argv(server: str, name: str, *opts: str, port: int = 53) -> list[str]:
+    require_test_address(server)
+    for opt in opts:
+        if opt.startswith(("@", "-f")) or opt.lstrip("+").startswith(("tr", "ns")):
+            raise ValueError(f"dig option {opt!r} could send queries elsewhere")
+    return ["dig", f"@{server}", "-p", str(port), "+time=2", "+tries=1", "+short", *opts, name]
+
+
+def dig_env() -> dict[str, str]:
+    return dict(os.environ, HOME="/nonexistent")
+
+
+def answer(argv: Sequence[str], timeout: float = 10.0) -> str:
+    """The ``+short`` answer of a dig command line, "" on timeout or error."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                          env=dig_env(), check=False)  # fmt: skip
+    if proc.returncode != 0 or "timed out" in proc.stdout or "no servers" in proc.stdout:
+        return ""
+    return proc.stdout.strip()
+
+
+def as_nobody(argv: Sequence[str]) -> list[str]:
+    """Run ``argv`` as uid/gid 65534: not fastdns's uid, so OUTPUT's DNAT applies to it."""
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+
+
+def save(table: str = "nat", binary: str = "iptables-save") -> str:
+    return run(binary, "-t", table).stdout
+
+
+def route_localnet(iface: str) -> int:
+    with open(f"/proc/sys/net/ipv4/conf/{iface}/route_localnet", encoding="ascii") as fh:
+        return int(fh.read())
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout:g}s: {what or predicate}")
+        time.sleep(interval)

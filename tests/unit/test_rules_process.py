@@ -1,0 +1,180 @@
+"""fastdns.rulesproc (the reconcile loop's decisions, with a fake manager) and fastdns.loopguard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastdns import loopguard, rulesproc, wire
+from fastdns.config import build_config
+from fastdns.iptables import IptablesError, IptablesMissing, Outcome
+from fastdns.resolvconf import ResolvConf, plan_upstreams
+from fastdns.rules import RulePlan
+
+
+class FakeManager:
+    def __init__(self) -> None:
+        self.spec = "auto"
+        self.applied: list[RulePlan] = []
+        self.removed: list[tuple[str, int]] = []
+        self.fail: Exception | None = None
+
+    def apply(self, plan: RulePlan, *, owned: bool = False) -> Outcome:
+        if self.fail is not None:
+            raise self.fail
+        changed = not self.applied or self.applied[-1] != plan
+        self.applied.append(plan)
+        return Outcome(changed, changed, False, [], changed)
+
+    def remove(self, chain: str, family: int) -> bool:
+        self.removed.append((chain, family))
+        return True
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.path = "x"
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.messages.append(msg)
+
+    def close(self) -> None:
+        pass
+
+
+def config(tmp_path: Path, **rules: Any) -> Any:
+    doc = {"fastdns": {"resolv_conf": str(tmp_path / "resolv.conf"), "fallback": [],
+                       "rules": {"enabled": True, "virtual_ip": "10.201.0.53",
+                                 "reconcile_interval": 8, **rules}}}  # fmt: skip
+    return build_config(doc, str(tmp_path / "fastdns.yaml"))
+
+
+@pytest.fixture(name="proc")
+def _proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> rulesproc.RulesProcess:
+    monkeypatch.setattr(rulesproc, "listener_answers", lambda *a, **k: "")
+    monkeypatch.setattr(rulesproc, "probe_for_loop", lambda *a, **k: [])
+    p = rulesproc.RulesProcess(config(tmp_path), 5353, 5354, manager=FakeManager(),  # type: ignore[arg-type]
+                               clock=lambda: 1000.0)  # fmt: skip
+    p.sender = Sent()  # type: ignore[assignment]
+    return p
+
+
+def test_install_then_reconcile_ok(proc: rulesproc.RulesProcess) -> None:
+    assert proc.step() == 8
+    assert proc.step() == 8
+    assert proc.counts == {"ok": 1, "changed": 1, "error": 0}
+    last = proc.sender.messages[-1]  # type: ignore[attr-defined]
+    assert last["kind"] == "rules" and last["installed"] is True and last["error"] == ""
+    assert last["last_reconcile"] == 1000.0
+
+
+def test_missing_iptables_backs_off_then_installs(proc: rulesproc.RulesProcess) -> None:
+    proc.manager.fail = IptablesMissing("iptables-restore not found in PATH (/x)")  # type: ignore[attr-defined]
+    delays = [proc.step() for _ in range(6)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8, 8]  # doubling, capped at reconcile_interval
+    status = proc.sender.messages[-1]  # type: ignore[attr-defined]
+    assert status["installed"] is False and "not available" in status["error"]
+    assert status["reconcile"]["error"] == 6
+    proc.manager.fail = None  # type: ignore[attr-defined]
+    assert proc.step() == 8
+    assert proc.sender.messages[-1]["installed"] is True  # type: ignore[attr-defined]
+    assert proc.retry == rulesproc.FIRST_RETRY
+
+
+def test_failing_iptables_keeps_the_process_alive(proc: rulesproc.RulesProcess) -> None:
+    proc.manager.fail = IptablesError("iptables-restore failed: table nat missing")  # type: ignore[attr-defined]
+    assert proc.step() == 0.5
+    assert "table nat missing" in proc.error
+
+
+def test_waits_for_the_listener(proc: rulesproc.RulesProcess, monkeypatch: pytest.MonkeyPatch
+                                ) -> None:  # fmt: skip
+    monkeypatch.setattr(rulesproc, "listener_answers", lambda *a, **k: "connection refused")
+    assert proc.step() == 0.5
+    assert not proc.manager.applied  # type: ignore[attr-defined]
+    assert "waiting for fastdns" in proc.error
+
+
+def test_sighup_reads_new_ports_and_config(proc: rulesproc.RulesProcess, tmp_path: Path) -> None:
+    proc.step()
+    ports = tmp_path / "ports.json"
+    rulesproc.write_ports_file(str(ports), 6000, 6001)
+    proc.ports_path = str(ports)
+    (tmp_path / "fastdns.yaml").write_text(
+        "fastdns:\n  fallback: []\n  rules: {enabled: true, virtual_ip: 10.201.0.53, "
+        "chain: OTHER}\n")  # fmt: skip
+    proc.reload()
+    proc.step()
+    new = proc.manager.applied[-1]  # type: ignore[attr-defined]
+    assert (new.udp_port, new.tcp_port, new.chain) == (6000, 6001, "OTHER")
+    assert proc.manager.removed == [("FASTDNS", 4)]  # type: ignore[attr-defined]
+
+
+def test_invalid_config_on_reload_keeps_the_old_one(proc: rulesproc.RulesProcess,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    (tmp_path / "fastdns.yaml").write_text("fastdns: {rules: {chain: 'bad chain!'}}\n")
+    before = proc.config
+    proc.reload()
+    assert proc.config is before
+
+
+def test_ports_file_overrides_arguments(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    assert rulesproc.read_ports_file(str(path)) is None
+    rulesproc.write_ports_file(str(path), 1, 2)
+    assert rulesproc.read_ports_file(str(path)) == (1, 2)
+    path.write_text("{not json")
+    assert rulesproc.read_ports_file(str(path)) is None
+
+
+def test_shutdown_removes_and_reports(proc: rulesproc.RulesProcess) -> None:
+    proc.step()
+    assert proc.shutdown() == 0
+    assert proc.manager.removed == [("FASTDNS", 4)]  # type: ignore[attr-defined]
+    assert proc.sender.messages[-1]["installed"] is False  # type: ignore[attr-defined]
+
+
+def test_bad_plan_is_reported_not_retried_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:  # fmt: skip
+    monkeypatch.setattr(rulesproc, "listener_answers", lambda *a, **k: "")
+    p = rulesproc.RulesProcess(config(tmp_path), 0, 5354, manager=FakeManager())  # type: ignore[arg-type]
+    assert p.step() == 8
+    assert "no UDP port" in p.error
+
+
+# ------------------------------------------------------------------------- loop guard
+
+
+def test_probe_names_match_only_our_token() -> None:
+    token = loopguard.instance_token("127.0.0.1", 5353, boot="b")
+    assert token == loopguard.instance_token("127.0.0.1", 5353, boot="b")
+    assert token != loopguard.instance_token("127.0.0.1", 5354, boot="b")
+    suffix = loopguard.probe_suffix(token)
+    q = wire.parse_query(loopguard.probe_query(loopguard.probe_name(token, "abcd").upper()))
+    assert loopguard.is_probe(q.qname, suffix)
+    other = wire.parse_query(loopguard.probe_query(loopguard.probe_name("00000000")))
+    assert not loopguard.is_probe(other.qname, suffix)
+    bare = wire.name_to_wire(f"{token}.loop.fastdns.invalid")
+    assert not loopguard.is_probe(bare, suffix)  # the zone itself is not a probe
+    # a label that merely ends with the token's bytes is not a label boundary
+    glued = wire.name_to_wire(f"x{token}.loop.fastdns.invalid")
+    assert not loopguard.is_probe(glued, suffix)
+
+
+def test_marker_reply_round_trip() -> None:
+    q = wire.parse_query(loopguard.probe_query(loopguard.probe_name("12345678"), qid=7))
+    reply = loopguard.marker_reply(q)
+    assert wire.reply_id(reply) == 7 and loopguard.is_marker(reply)
+    assert not loopguard.is_marker(wire.error_reply(q, wire.NXDOMAIN))
+    assert not loopguard.is_marker(b"\x00" * 5)
+
+
+def test_upstream_plan_skips_the_virtual_address(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    resolv = ResolvConf(nameservers=("10.201.0.53", "127.0.0.9"))
+    assert plan_upstreams(cfg, resolv, 5353).servers == (("127.0.0.9", 53),)
+    only_pre = config(tmp_path, hooks=["PREROUTING"])
+    assert len(plan_upstreams(only_pre, resolv, 5353).servers) == 2
