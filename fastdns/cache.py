@@ -5,7 +5,9 @@ callback that starts a background lookup. An entry keeps the reply's bytes after
 (OPT stripped, as CoreDNS strips it) and the offsets of its TTLs, so a hit is a join of five
 byte strings: the client's ID, a precomputed header, the client's own question bytes (its 0x20
 case), the body with every TTL counted down, and our OPT record when the client sent one. The
-body is rewritten in place at most once a second per entry (TTLs change once a second).
+body is rewritten in place at most once a second per entry (TTLs change once a second). A query
+whose bytes, ID aside, were answered from the cache before skips even the question parse
+(``get_raw``): stub resolvers repeat the same bytes with a new ID.
 
 Admission follows CoreDNS ``cache.go``/``item.go`` and RFC 2308: positive answers and denials
 (NXDOMAIN/NODATA with an SOA, TTL ``min(SOA TTL, SOA MINIMUM)``) go to separate bounded maps,
@@ -25,12 +27,11 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from fastdns import wire
+from fastdns.admission import KIND_NAMES, SERVFAIL, SUCCESS, classify
 from fastdns.config import CacheConfig
 
 _U32 = struct.Struct("!I")
 _HEAD = struct.Struct("!HHHHH")  # flags, qd, an, ns, ar: the header after the ID
-_RR = struct.Struct("!HHIH")  # type, class, TTL, rdlength
-_NO_TTL = 1 << 32  # above any TTL
 
 TCP_LIMIT = 65535  # no truncation: TCP, and the pipeline's full-size replies
 MAX_TRUNCATED_FORMS = 4  # truncated renderings kept per entry (client UDP sizes seen)
@@ -41,9 +42,6 @@ STALE = -1  # Form.stamp of a body that holds the stale TTL
 # Query forms remembered for get_raw: the hot set. Each costs about 450 bytes; past this many
 # distinct hot forms a hit parses again (about 1.3 us more).
 RAW_FORMS = 8192
-
-SUCCESS, DENIAL, SERVFAIL = 0, 1, 2  # Entry.kind
-KIND_NAMES = ("success", "denial", "denial")  # CoreDNS counts SERVFAIL with the denials
 
 # WorkerStats keys, built once: a hit costs plain dict increments only.
 _REQUESTS = ("cache_requests",)
@@ -163,9 +161,10 @@ class PacketCache:
         if reply is None:
             self._remove(key, e)
             counters[_MISSES] += 1
-        elif not tcp and q.qname == key[: len(q.qname)]:
+        elif not tcp and q.qname == key[: len(q.qname)] and len(q.wire) <= 512:
             # Remember this exact query form (lower-case name: not a 0x20 client, whose every
-            # query differs) so the next one skips the parse: ``get_raw``.
+            # query differs; small: padded queries would hold memory) so that the next one
+            # skips the parse: ``get_raw``.
             raw = self.raw
             raw[q.wire[2:]] = q
             if len(raw) > self.raw_capacity:
@@ -338,7 +337,7 @@ class PacketCache:
         """
         if source in NOT_CACHED_SOURCES:
             return None
-        verdict = self._classify(q, reply, ttl)
+        verdict = classify(q, reply, self.config, ttl)
         if verdict is None or verdict[1] <= 0:  # TTL 0: use once, never cache (RFC 1035 §3.2.1)
             if verdict is None:
                 self.counters[_DROPS] += 1
@@ -366,7 +365,7 @@ class PacketCache:
         e.body = bytearray(reply[q.qend : body_end])
         e.ttls = ttls
         e.size = body_end
-        _retime(e, 0, 0)
+        _retime(e, 0, 0)  # the capped TTLs (a no-op write when nothing was capped)
         e.kind = kind
         e.ttl = life
         e.stored = now
@@ -387,103 +386,3 @@ class PacketCache:
             table.popitem(last=False)
             self.counters[_EVICTIONS[kind]] += 1
         return e
-
-    def _classify(
-        self, q: wire.Query, reply: bytes, hint: int | None
-    ) -> tuple[int, int, int, tuple[int, ...]] | None:
-        """(kind, lifetime, OPT offset or 0, (body offset, TTL shown at age 0) pairs), or None
-        for a reply that must not be cached (CoreDNS ``response.Typify`` and ``cache.key``).
-
-        One pass over the records without decoding names (``wire.iter_records`` costs about
-        3 us a record, and every forwarded reply comes through here).
-        """
-        n = len(reply)
-        if n < 12:
-            return None
-        flags, _, an, ns, ar = _HEAD.unpack_from(reply, 2)
-        if flags & (wire.TC | wire.OPCODE_MASK) or not wire.question_matches(reply, q):
-            return None
-        rcode = flags & wire.RCODE_MASK
-        if rcode not in (wire.NOERROR, wire.NXDOMAIN, wire.SERVFAIL):
-            return None
-        qtype, qend = q.qtype, q.qend
-        opt_start = 0
-        answered = False
-        min_ttl = _NO_TTL
-        negative = _NO_TTL  # RFC 2308 §5: min(SOA TTL, SOA MINIMUM)
-        found: list[int] = []  # body offset, TTL, ...
-        total = an + ns + ar
-        i = qend
-        for idx in range(total):
-            start = i
-            while True:  # skip the owner name; a compression pointer ends it
-                if i >= n:
-                    return None
-                length = reply[i]
-                if length == 0:
-                    i += 1
-                    break
-                if length >= 0xC0:
-                    i += 2
-                    break
-                if length > 63:
-                    return None
-                i += length + 1
-            if i + 10 > n:
-                return None
-            rtype, _, ttl, rdlen = _RR.unpack_from(reply, i)
-            end = i + 10 + rdlen
-            if end > n:
-                return None
-            if rtype == wire.OPT:
-                # Stripped and re-added per client: only as the last record (nothing after it
-                # to shift) and without an extended rcode (BADVERS and such are not cached).
-                if idx != total - 1 or idx < an + ns or ttl >> 24:
-                    return None
-                opt_start = start
-            else:
-                if ttl > 0x7FFFFFFF:
-                    ttl = 0  # RFC 2181 §8: a TTL with the top bit set means zero
-                found += (i + 4 - qend, ttl)
-                if ttl < min_ttl:
-                    min_ttl = ttl
-                if idx < an:
-                    if rtype == qtype or qtype == wire.ANY:
-                        answered = True
-                elif idx < an + ns and rtype == wire.SOA and rdlen >= 22:
-                    soa = min(ttl, _U32.unpack_from(reply, end - 4)[0])
-                    if soa < negative:
-                        negative = soa
-            i = end
-        if i != n:
-            return None
-        cfg = self.config
-        if rcode == wire.SERVFAIL:
-            if cfg.servfail_ttl <= 0:
-                return None
-            return SERVFAIL, cfg.servfail_ttl, opt_start, _shown(found, cfg.servfail_ttl, 0)
-        if rcode == wire.NOERROR and answered:
-            life = _clamp(min_ttl, cfg.min_ttl, cfg.max_ttl)
-            return SUCCESS, life, opt_start, _shown(found, life, cfg.max_ttl)
-        # NXDOMAIN or NODATA (maybe after a CNAME chain): only with an SOA to time it, or a
-        # negative TTL of its own from the lookup (c-ares hands no SOA over).
-        if negative == _NO_TTL:
-            if hint is None:
-                return None
-            negative = hint
-        life = _clamp(min(negative, min_ttl), cfg.min_ttl, cfg.denial_max_ttl)
-        return DENIAL, life, opt_start, _shown(found, life, 0)
-
-
-def _shown(found: list[int], life: int, cap: int) -> tuple[int, ...]:
-    """The TTL each record shows at age 0: its own, capped at ``cap`` and never below the
-    entry's lifetime (so no record expires before the entry). ``cap`` 0: all show ``life``
-    (a denial's SOA shows the negative TTL, RFC 2308 §5)."""
-    shown = list(found)
-    for i in range(1, len(shown), 2):
-        shown[i] = max(life, min(shown[i], cap)) if cap else life
-    return tuple(shown)
-
-
-def _clamp(ttl: int, low: int, high: int) -> int:
-    return max(low, min(ttl, high))

@@ -171,7 +171,7 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("fastdns_cache_prefetch_total", "counter", "Popular entries refreshed early.",
               ("server",)),
     MetricDef("fastdns_cache_served_stale_total", "counter",
-              "Expired entries served because the upstreams failed (RFC 8767).", ("server",)),
+              "Expired entries served (RFC 8767 serve-stale).", ("server",)),
     MetricDef("fastdns_cache_evictions_total", "counter", "Entries evicted to make room.",
               ("server", "type"), values={"type": frozenset(("success", "denial"))}),
     MetricDef("fastdns_cache_drops_total", "counter",

@@ -220,7 +220,11 @@ class Pipeline:
 
     async def _refresh(self, q: wire.Query) -> None:
         try:
-            await self.answer(q)  # stores the new reply (or keeps the stale one on failure)
+            # Static and hosts-file entries refresh from the tables (answer_now stores them);
+            # only the rest is looked up again. Stores the new reply, or keeps the stale one
+            # when the lookup fails.
+            if self.answer_now(q) is None:
+                await self.answer(q)
         except Exception:
             logger.exception("background cache refresh failed")
             self.stats.inc("unhandled_exceptions")

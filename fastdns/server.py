@@ -104,11 +104,10 @@ class UDPServer(asyncio.DatagramProtocol):
         cache = state.cache
         if cache is not None:
             hit = cache.get_raw(data, t0)  # the same bytes as an earlier hit: no parse
-            if hit is not None:
-                reply, q = hit
+            if hit is not None:  # (reply, the earlier query with these bytes)
                 if self.transport is not None:
-                    self.transport.sendto(reply, addr)
-                state.record("udp", q, Resolved(reply, "cache"), len(data), t0)
+                    self.transport.sendto(hit[0], addr)
+                state.record("udp", hit[1], Resolved(hit[0], "cache"), len(data), t0)
                 return
         try:
             q = wire.parse_query(data)

@@ -3,6 +3,7 @@ driven by a fake clock (``now`` is passed in) and replies built with dnspython."
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -14,8 +15,11 @@ import dns.rrset
 import pytest
 
 from fastdns import wire
+from fastdns.admission import DENIAL, SUCCESS, classify
 from fastdns.cache import PacketCache
-from fastdns.config import CacheConfig
+from fastdns.config import CacheConfig, build_config
+from fastdns.pipeline import Pipeline
+from fastdns.stats import WorkerStats
 
 T0 = 1000.0
 
@@ -483,3 +487,71 @@ def test_a_remembered_form_goes_with_its_entry() -> None:
     c.get(parse(q), T0 + 20)
     c.clear()
     assert c.get_raw(q.to_wire(), T0 + 20) is None and len(c.raw) == 0
+
+
+# ------------------------------------------------------------------------------ admission rules
+
+
+def test_admission_edge_cases() -> None:
+    cfg = CacheConfig()
+    q = make_query(edns=1232)
+    good = answer(q, "www.example.com. 300 IN A 192.0.2.1")
+    verdict = classify(parse(q), good, cfg)
+    assert verdict is not None and verdict[:2] == (SUCCESS, 300) and verdict[2] > 0  # OPT seen
+    # An extended rcode in the OPT (BADVERS and such): never cached.
+    r = dns.message.from_wire(good)
+    r.use_edns(0, ednsflags=1 << 24, payload=1232)
+    assert classify(parse(q), r.to_wire(), cfg) is None
+    # A TTL with the top bit set counts as zero (RFC 2181 §8): use once, never cache.
+    wire_ = bytearray(answer(make_query(), "www.example.com. 300 IN A 192.0.2.1"))
+    wire_[-10:-6] = b"\xff\xff\xff\xff"
+    verdict = classify(parse(make_query()), bytes(wire_), cfg)
+    assert verdict is not None and verdict[1] == 0
+    # Opcode other than QUERY, and a REFUSED: not cached.
+    notify = bytearray(good)
+    notify[2] |= 0x20
+    assert classify(parse(q), bytes(notify), cfg) is None
+    assert classify(parse(q), answer(q, rcode=5), cfg) is None
+    # Answers of another type only (a CNAME chain) with an SOA: a denial.
+    chain = answer(make_query(), "www.example.com. 30 IN CNAME gone.example.com.", rcode=3,
+                   authority=(SOA,))  # fmt: skip
+    verdict = classify(parse(make_query()), chain, cfg)
+    assert verdict is not None and verdict[:2] == (DENIAL, 30)
+
+
+# ------------------------------------------------------------------------------ pipeline wiring
+
+
+class CountingForwarder:
+    """Stands in for upstream.Forwarder: answers NXDOMAIN (no SOA) and counts the queries."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.plan = type("Plan", (), {"source": "resolv_conf"})()
+
+    async def exchange(self, q: wire.Query, deadline: float) -> Any:
+        self.asked.append(q.name)
+        reply = wire.error_reply(q, wire.NXDOMAIN)
+        return type("Result", (), {"reply": reply})()
+
+
+def test_refreshing_a_static_entry_never_forwards_it() -> None:
+    config = build_config({"hostResolver": {"hosts": {"static.test": "10.0.0.1"}},
+                           "fastdns": {"resolv_conf": "/nonexistent", "fallback": [],
+                                       "hosts_file": "/nonexistent"}})  # fmt: skip
+    loop = asyncio.new_event_loop()
+    try:
+        forwarder = CountingForwarder()
+        pipeline = Pipeline(config, loop, WorkerStats(), forwarder)  # type: ignore[arg-type]
+        q = parse(make_query("static.test"))
+        assert pipeline.answer_now(q) is not None and pipeline.cache is not None
+        assert len(pipeline.cache.success) == 1  # cached with static_ttl
+        loop.run_until_complete(pipeline._refresh(q))  # what a prefetch or stale hit starts
+        other = parse(make_query("elsewhere.test"))
+        loop.run_until_complete(pipeline._refresh(other))
+        assert forwarder.asked == ["elsewhere.test."]
+        reply = pipeline.cache.get(q, pipeline.cache.clock())
+        assert reply is not None
+        assert dns.message.from_wire(reply).answer[0][0].to_text() == "10.0.0.1"
+    finally:
+        loop.close()
