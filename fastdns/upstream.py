@@ -41,6 +41,11 @@ def sockaddr(host: str, port: int) -> tuple[int, tuple[object, ...]]:
     return socket.AF_INET, (addr, port)
 
 
+def _expire(fut: asyncio.Future[bytes]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class UpstreamDown(Exception):
     """The upstream could not be reached (ICMP unreachable, socket closed)."""
 
@@ -181,11 +186,18 @@ class Forwarder:
         return ch
 
     async def _udp(self, server: tuple[str, int], q: wire.Query, timeout: float) -> bytes:
-        ch = await self._channel(server)
+        ch = self.channels.get(server)
+        if ch is None or ch.transport is None:
+            ch = await self._channel(server)
         uid, fut = ch.send(q, self.loop)
+        # A timer that fails the future instead of asyncio.wait_for: on Python 3.11 wait_for
+        # adds a waiter future, a done callback and ensure_future per query (the forward
+        # path's largest asyncio cost). Cancelling our task still cancels ``fut``.
+        timer = self.loop.call_later(timeout, _expire, fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await fut
         finally:
+            timer.cancel()
             ch.forget(uid, fut)
 
     async def _tcp(self, server: tuple[str, int], q: wire.Query, timeout: float) -> bytes:
