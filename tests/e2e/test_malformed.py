@@ -18,6 +18,7 @@ import dns.rcode
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.clients import recv_frame
 from support.server import FastDNSProcess
 from support.upstream import FakeUpstream
 
@@ -120,19 +121,6 @@ def probe_query(qid: int) -> bytes:
 def is_probe_reply(data: bytes, qid: int) -> bool:
     return len(data) >= 12 and struct.unpack_from("!H", data)[0] == qid and PROBE.encode()[:5] in (
         data[13:18])  # fmt: skip
-
-
-def recv_frame(sock: socket.socket) -> bytes:
-    def exactly(n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            buf += chunk
-        return buf
-
-    return exactly(struct.unpack("!H", exactly(2))[0])
 
 
 def frame(data: bytes) -> bytes:

@@ -14,7 +14,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
-from support.clients import raw_tcp, raw_udp
+from support.clients import raw_tcp, raw_udp, recv_frame
 from support.server import FastDNSProcess
 from support.upstream import FakeUpstream, Seen
 
@@ -138,19 +138,6 @@ def test_case33_lima_compat_tcp_is_not_truncated(compat: FastDNSProcess) -> None
 
 
 # ------------------------------------------------------------------------------ TCP
-
-
-def recv_frame(sock: socket.socket) -> bytes:
-    def exactly(n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("closed")
-            buf += chunk
-        return buf
-
-    return exactly(struct.unpack("!H", exactly(2))[0])
 
 
 def test_case35_pipelined_tcp_queries_are_answered_by_id(server: FastDNSProcess) -> None:

@@ -130,6 +130,21 @@ def _recv_exactly(s: socket.socket, n: int, deadline: float) -> bytes | None:
     return bytes(buf)
 
 
+def recv_frame(sock: socket.socket) -> bytes:
+    """Read one 2-byte-length-framed DNS message from a blocking TCP socket (RFC 7766)."""
+
+    def exactly(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+        return buf
+
+    return exactly(struct.unpack("!H", exactly(2))[0])
+
+
 def dig(
     addr: str, port: int, *args: str, timeout: float = 15.0
 ) -> subprocess.CompletedProcess[str]:
