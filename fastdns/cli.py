@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from fastdns import __version__
 from fastdns.config import Config, load_config
-from fastdns.errors import BootError, ConfigError, ExitCode, HaltServer
+from fastdns.errors import BootError, ConfigError, ExitCode, HaltServer, report_config_error
 
 logger = logging.getLogger("fastdns")
 
@@ -96,9 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.warning("%s", warning)
         return cmd_serve(cfg, args.state_file, args.workers)
     except ConfigError as e:
-        for problem in e.problems:
-            print(f"fastdns: config error: {problem}", file=sys.stderr)
-        return ExitCode.USAGE
+        return report_config_error(e)
     except BootError as e:
         print(f"fastdns: cannot start: {e}", file=sys.stderr)
         return ExitCode.BOOT_ERROR

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from fastdns.config import Config, load_config
-from fastdns.errors import ConfigError, ExitCode
+from fastdns.errors import ConfigError, ExitCode, report_config_error
 from fastdns.rules import RulePlan, RulesError, guest_script, install_text, iptables_commands
 from fastdns.rules import plan_for as _plan_for
 
@@ -204,9 +204,7 @@ def main(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         return int(args.handler(args, config))
     except ConfigError as e:
-        for problem in e.problems:
-            print(f"fastdns: config error: {problem}", file=sys.stderr)
-        return ExitCode.USAGE
+        return report_config_error(e)
     except CommandError as e:
         print(f"fastdns: {e}", file=sys.stderr)
         return e.code

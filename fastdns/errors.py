@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import IntEnum
 
 
@@ -23,6 +24,13 @@ class ConfigError(FastDNSError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+def report_config_error(e: ConfigError) -> int:
+    """Print every problem of ``e`` as one stderr line each; the exit code for it."""
+    for problem in e.problems:
+        print(f"fastdns: config error: {problem}", file=sys.stderr)
+    return ExitCode.USAGE
 
 
 class BootError(FastDNSError):

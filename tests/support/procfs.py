@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -44,19 +44,22 @@ def mapped_files(pid: int) -> set[str]:
     return paths
 
 
-def children(pid: int) -> list[int]:
-    out = []
+def live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, ppid, process group) of every process that is not a zombie."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(os.path.join(entry.path, "stat"), "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
+                fields = fh.read().rsplit(b")", 1)[1].split()  # state, ppid, pgrp, ...
         except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != b"Z":
-            out.append(int(entry.name))
-    return sorted(out)
+            continue  # gone meanwhile
+        if fields[0] != b"Z":
+            yield int(entry.name), int(fields[1]), int(fields[2])
+
+
+def children(pid: int) -> list[int]:
+    return sorted(p for p, ppid, _ in live_processes() if ppid == pid)
 
 
 def socket_inodes(pid: int) -> set[int]:

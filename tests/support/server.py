@@ -23,7 +23,7 @@ from typing import Any
 import dns.message
 import yaml
 
-from support import require_loopback
+from support import procfs, require_loopback
 from support.clients import dig, query
 from support.upstream import FakeUpstream
 
@@ -301,18 +301,7 @@ class FastDNSProcess:
 
     def group_pids(self) -> list[int]:
         """Live (non-zombie) processes in the server's process group."""
-        pids = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(os.path.join(entry.path, "stat"), "rb") as fh:
-                    fields = fh.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue  # gone meanwhile
-            if int(fields[2]) == self.pgid and fields[0] != b"Z":  # state, ppid, pgrp
-                pids.append(int(entry.name))
-        return pids
+        return [pid for pid, _, pgrp in procfs.live_processes() if pgrp == self.pgid]
 
     # ---------------------------------------------------------------------------------------
     # Clients
