@@ -5,9 +5,9 @@ callback that starts a background lookup. An entry keeps the reply's bytes after
 (OPT stripped, as CoreDNS strips it) and the offsets of its TTLs, so a hit is a join of five
 byte strings: the client's ID, a precomputed header, the client's own question bytes (its 0x20
 case), the body with every TTL counted down, and our OPT record when the client sent one. The
-body is rewritten in place at most once a second per entry (TTLs change once a second). A query
-whose bytes, ID aside, were answered from the cache before skips even the question parse
-(``get_raw``): stub resolvers repeat the same bytes with a new ID.
+body is rewritten in place at most once a second per entry (TTLs change once a second). A UDP
+query whose bytes, ID aside, were answered from the cache before is answered from ``front``
+(``fastdns.front``) without even a parse: stub resolvers repeat the same bytes with a new ID.
 
 Admission follows CoreDNS ``cache.go``/``item.go`` and RFC 2308: positive answers and denials
 (NXDOMAIN/NODATA with an SOA, TTL ``min(SOA TTL, SOA MINIMUM)``) go to separate bounded maps,
@@ -23,12 +23,13 @@ import math
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from fastdns import wire
 from fastdns.admission import KIND_NAMES, SERVFAIL, SUCCESS, classify
 from fastdns.config import CacheConfig
+from fastdns.front import Front, FrontTable
 
 _U32 = struct.Struct("!I")
 _HEAD = struct.Struct("!HHHHH")  # flags, qd, an, ns, ar: the header after the ID
@@ -39,9 +40,6 @@ MAX_INTERNED_HEADS = 4096  # distinct (flags, counts) headers shared between ent
 FAILURE_RECHECK = 30.0  # RFC 8767 §5 "failure recheck": after a failed refresh, wait this long
 NOT_CACHED_SOURCES = frozenset(("server", "cache"))  # fastdns's own errors; already cached
 STALE = -1  # Form.stamp of a body that holds the stale TTL
-# Query forms remembered for get_raw: the hot set. Each costs about 450 bytes; past this many
-# distinct hot forms a hit parses again (about 1.3 us more).
-RAW_FORMS = 8192
 
 # WorkerStats keys, built once: a hit costs plain dict increments only.
 _REQUESTS = ("cache_requests",)
@@ -120,9 +118,9 @@ class PacketCache:
         self.max_udp = max_udp
         self.success: OrderedDict[bytes, Entry] = OrderedDict()
         self.denial: OrderedDict[bytes, Entry] = OrderedDict()
-        # Query forms (bytes after the ID) that hit before -> their parsed Query: get_raw.
-        self.raw: OrderedDict[bytes, wire.Query] = OrderedDict()
-        self.raw_capacity = RAW_FORMS
+        # Query forms (bytes after the ID) that hit before -> their ready reply: the UDP
+        # server answers them itself while fresh, and ``get_raw`` renders them again.
+        self.front = FrontTable()
         self._opts = (wire.opt_record(opt_size, False), wire.opt_record(opt_size, True))
         self._heads: dict[bytes, tuple[bytes, ...]] = {}
         self._stale_window = config.serve_stale
@@ -138,7 +136,7 @@ class PacketCache:
         """Forget everything: resolv.conf or the hosts file changed (a VPN came up, say)."""
         self.success.clear()
         self.denial.clear()
-        self.raw.clear()
+        self.front.clear()
 
     def sample(self, gauges: MutableMapping[Any, float]) -> None:
         """Entry counts for the metrics process (per tick, not per query)."""
@@ -164,51 +162,58 @@ class PacketCache:
         elif not tcp and q.qname == key[: len(q.qname)] and len(q.wire) <= 512:
             # Remember this exact query form (lower-case name: not a 0x20 client, whose every
             # query differs; small: padded queries would hold memory) so that the next one
-            # skips the parse: ``get_raw``.
-            raw = self.raw
-            raw[q.wire[2:]] = q
-            if len(raw) > self.raw_capacity:
-                raw.popitem(last=False)
+            # is answered without a parse: ``front``.
+            self._install(q.wire[2:], q, e, reply, now)
         return reply
+
+    def _install(self, form: bytes, q: wire.Query, e: Entry, reply: bytes, now: float) -> None:
+        """Keep ``reply`` for ``form`` until its TTLs change or prefetch or expiry is due."""
+        age = int(now - e.stored)
+        if age < e.ttl:  # not a stale answer: those go through _serve every time
+            until = e.stored + age + 1
+            if until > e.prefetch_at:
+                until = e.prefetch_at
+            if until > now:
+                self.front.install(form, Front(q, e, reply[2:], until))
+                return
+        self.front.drop(form)
 
     def get_raw(self, data: bytes, now: float) -> tuple[bytes, wire.Query] | None:
         """A UDP hit on a query whose bytes, ID aside, equal one answered from the cache
-        before: (reply, that query) without parsing; None means parse and call ``get``.
+        before, once its ready reply in ``front`` is out of date: (reply, that query) without
+        parsing, and ``front`` renewed; None means parse and call ``get``.
 
         Equal bytes parse equally, so the earlier ``Query`` stands for this one; only the ID
         comes from ``data``. A stub resolver repeats the same bytes with a new ID each time.
         """
-        raw = self.raw
-        q = raw.get(data[2:])
-        if q is None:
+        form = data[2:]
+        f = self.front.forms.get(form)
+        if f is None:
             return None
+        q = f.q
         e = self.success.get(q.key) or self.denial.get(q.key)
-        if e is not None:
-            # The common case inline (two calls fewer): fresh, no prefetch due, TTLs already
-            # written for this second, no truncation. Anything else takes _serve below.
-            age = int(now - e.stored)
-            if age < e.ttl and now < e.prefetch_at and age == e.stamp:
-                if q.has_opt:
-                    opt = e.opt
-                    fits = e.size + len(opt) <= min(q.udp_size, self.max_udp)
-                else:
-                    opt = b""
-                    fits = e.size <= 512
-                if fits:
-                    e.hits += 1
-                    counters = self.counters
-                    counters[_REQUESTS] += 1
-                    counters[_HITS[e.kind]] += 1
-                    return b"".join((data[:2], e.heads[(data[2] & 1) | (2 if opt else 0)],
-                                     data[12 : q.qend], e.body, opt)), q  # fmt: skip
         if e is None or int(now - e.stored) - e.ttl >= (
                 self._stale_window if e.kind != SERVFAIL else 0):  # fmt: skip
-            del raw[data[2:]]  # gone or expired: the full path counts and forgets it
+            self.front.drop(form)  # gone or expired: the full path counts and forgets it
             return None
         self.counters[_REQUESTS] += 1
         reply = self._serve(e, q, data, now, self._udp_limit(q))
         assert reply is not None  # checked above
+        self._install(form, q, e, reply, now)
         return reply, q
+
+    def fold_front(self) -> Iterator[Front]:
+        """The forms with hits not yet counted: counts them as cache hits (and towards their
+        entry's popularity), yields each for the caller's own stats, then zeroes it."""
+        counters = self.counters
+        for f in self.front.counted():
+            n = f.n + f.late
+            counters[_REQUESTS] += n
+            counters[_HITS[f.entry.kind]] += n
+            f.entry.hits += n
+            yield f
+            f.n = f.late = 0
+            f.dur = 0.0
 
     def _udp_limit(self, q: wire.Query) -> int:
         """Largest UDP reply for this client: its EDNS size capped by ours; 512 without OPT."""

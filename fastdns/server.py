@@ -1,8 +1,10 @@
 """UDP and TCP DNS servers on an asyncio (uvloop) loop.
 
-The UDP hot path is a straight line in ``datagram_received``: parse header and question, try
-the synchronous answers, else start one task. Everything is bounded: in-flight queries per
-worker (REFUSED above), TCP connections, queries and buffered bytes per connection.
+The UDP hot path is a straight line in ``datagram_received``: a query whose exact bytes were
+answered from the cache this second gets that reply again with its own ID (``fastdns.front``);
+else parse header and question, try the cache and the synchronous answers, else start one
+task. Everything is bounded: in-flight queries per worker (REFUSED above), TCP connections,
+queries and buffered bytes per connection.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from fastdns import wire
 from fastdns.config import Config
+from fastdns.front import FIRST_BUCKET, Front
 from fastdns.pipeline import Pipeline, Resolved
 from fastdns.stats import SIZE_BUCKETS, Histogram, WorkerStats
 
@@ -31,7 +34,7 @@ class ServerState:
         self.pipeline = pipeline
         self.stats = stats
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.draining = False
+        self._draining = False
         self.tcp_connections: set[TCPServer] = set()
         # Per-query histograms, looked up once instead of by a new tuple key per query
         # (record() is the metrics cost of every query: tests/unit/test_stats_overhead.py).
@@ -44,6 +47,16 @@ class ServerState:
         # here like any query, so draining waits for them and max_inflight counts them.
         self.cache = pipeline.cache
         pipeline.spawn = self.spawn
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        if value and self.cache is not None:
+            self.cache.front.clear()  # the UDP fast lane answers nothing more either
 
     def full(self) -> bool:
         return len(self.tasks) >= self.config.max_inflight
@@ -68,10 +81,41 @@ class ServerState:
                      res.source] += 1  # fmt: skip
             self.response_size[proto].observe(len(reply))
         self.request_size[proto].observe(size)
+        self._duration(qtype).observe(time.monotonic() - t0)
+
+    def _duration(self, qtype: str) -> Histogram:
         duration = self.duration.get(qtype)
         if duration is None:
             duration = self.duration[qtype] = self.stats.histogram(("duration", qtype))
-        duration.observe(time.monotonic() - t0)
+        return duration
+
+    def late_front_hit(self, f: Front, seconds: float) -> None:
+        """A fast-lane hit that took longer than the first duration bucket (a GC pause)."""
+        f.late += 1
+        self._duration(wire.TYPE_NAMES.get(f.q.qtype, "other")).observe(seconds)
+
+    def flush_fronts(self) -> None:
+        """Fold the fast lane's per-form hit counts into the stats, as ``record`` would have
+        counted each hit (called per tick, before every snapshot)."""
+        if self.cache is None:
+            return
+        counters = self.stats.counters
+        response_size, request_size = self.response_size["udp"], self.request_size["udp"]
+        for f in self.cache.fold_front():
+            n = f.n + f.late
+            q = f.q
+            qtype = wire.TYPE_NAMES.get(q.qtype, "other")
+            counters["requests", "udp", qtype] += n
+            if q.do:
+                counters["do_requests",] += n
+            counters["responses", wire.RCODE_NAMES.get(f.body[1] & 0xF, "other"), "cache"] += n
+            response_size.observe_many(len(f.body) + 2, n)
+            request_size.observe_many(len(q.wire), n)
+            if f.n:
+                duration = self._duration(qtype)
+                duration.counts[0] += f.n  # every one took at most FIRST_BUCKET
+                duration.total += f.dur
+                duration.n += f.n
 
 
 def _reply_limit(config: Config, q: wire.Query) -> int:
@@ -85,15 +129,41 @@ def _malformed_reply(data: bytes, err: wire.Malformed) -> bytes | None:
     return wire.header_only_reply(data, err.rcode) if err.rcode is not None else None
 
 
+def _no_send(data: bytes, addr: Any) -> None:
+    pass
+
+
 class UDPServer(asyncio.DatagramProtocol):
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.transport: asyncio.DatagramTransport | None = None
+        # The fast lane: query form -> ready reply (cleared when draining starts).
+        self.front: dict[bytes, Front] = (
+            state.cache.front.forms if state.cache is not None else {})
+        self.sendto: Any = _no_send
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.sendto = self.transport.sendto
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sendto = _no_send
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        # The fast lane first (fastdns.front): these bytes were answered from the cache and
+        # the reply made then is still exact. No parse, no task, two increments.
+        f = self.front.get(data[2:])
+        if f is not None:
+            t0 = time.monotonic()
+            if t0 < f.until:
+                self.sendto(data[:2] + f.body, addr)
+                seconds = time.monotonic() - t0
+                if seconds <= FIRST_BUCKET:
+                    f.n += 1
+                    f.dur += seconds
+                else:
+                    self.state.late_front_hit(f, seconds)
+                return
         state = self.state
         if state.draining:
             return
@@ -102,7 +172,7 @@ class UDPServer(asyncio.DatagramProtocol):
         # as answer_now gives them, and the cache is cleared when the hosts file or
         # resolv.conf changes (Worker.reload_hooks).
         cache = state.cache
-        if cache is not None:
+        if f is not None and cache is not None:
             hit = cache.get_raw(data, t0)  # the same bytes as an earlier hit: no parse
             if hit is not None:  # (reply, the earlier query with these bytes)
                 if self.transport is not None:

@@ -38,6 +38,12 @@ class Histogram:
         self.total += value
         self.n += 1
 
+    def observe_many(self, value: float, count: int) -> None:
+        """``count`` observations of ``value`` (folded fast-path hits)."""
+        self.counts[bisect_left(self.bounds, value)] += count
+        self.total += value * count
+        self.n += count
+
 
 class WorkerStats:
     """Counters keyed by (metric, *label values) and histograms keyed the same way."""

@@ -120,6 +120,7 @@ class Worker:
         for key in [k for k in gauges if k[0] in ("upstream_up", "upstream_source")]:
             del gauges[key]  # upstreams come and go with resolv.conf
         if self.state is not None:
+            self.state.flush_fronts()  # fast-lane hits are counted per form, folded here
             gauges[("inflight",)] = len(self.state.tasks)
             gauges[("tcp_connections",)] = len(self.state.tcp_connections)
         if self.pipeline is not None and self.pipeline.cache is not None:
@@ -317,8 +318,11 @@ class WorkerReporter:
         Several beats per ``worker_timeout`` (at most a second apart), so that a loop that is
         merely busy for a moment is never mistaken for a stalled one.
         """
+        inflight = 0
+        if worker.state is not None:
+            worker.state.flush_fronts()  # the fast lane's hits are served queries too
+            inflight = len(worker.state.tasks)
         served = sum(n for key, n in worker.stats.counters.items() if key[0] == "requests")
-        inflight = len(worker.state.tasks) if worker.state is not None else 0
         self.control.send(ready=True, served=served, inflight=inflight)
         if worker.loop is not None and not self.control.broken:
             interval = min(HEARTBEAT_MAX, worker.config.worker_timeout / 4)

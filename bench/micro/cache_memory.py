@@ -80,7 +80,7 @@ def main(n: int) -> None:
     after = rss_mb()
     print(
         f"entries: {len(cache.success)} success + {len(cache.denial)} denial, "
-        f"{len(cache.raw)} remembered query forms"
+        f"{len(cache.front)} remembered query forms"
     )
     print(
         f"RSS before {before:.1f} MB; cache entries +{stored - before:.1f} MB "

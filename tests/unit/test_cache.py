@@ -471,7 +471,7 @@ def test_mixed_case_forms_are_not_remembered() -> None:
     stored(c, q, answer(q, "www.example.com. 300 IN A 192.0.2.1"))
     client = make_query("wWw.example.com")
     assert c.get(parse(client), T0) is not None
-    assert c.get_raw(client.to_wire(), T0) is None and len(c.raw) == 0
+    assert c.get_raw(client.to_wire(), T0) is None and len(c.front) == 0
 
 
 def test_a_remembered_form_goes_with_its_entry() -> None:
@@ -481,12 +481,12 @@ def test_a_remembered_form_goes_with_its_entry() -> None:
     c.get(parse(q), T0)
     assert c.get_raw(q.to_wire(), T0 + 9) is not None
     assert c.get_raw(q.to_wire(), T0 + 10) is None  # expired: the full path decides
-    assert len(c.raw) == 0 and c.counters["cache_misses",] == 0
+    assert len(c.front) == 0 and c.counters["cache_misses",] == 0
     assert c.get(parse(q), T0 + 10) is None and len(c) == 0
     stored(c, q, answer(q, "www.example.com. 10 IN A 192.0.2.1"), now=T0 + 20)
     c.get(parse(q), T0 + 20)
     c.clear()
-    assert c.get_raw(q.to_wire(), T0 + 20) is None and len(c.raw) == 0
+    assert c.get_raw(q.to_wire(), T0 + 20) is None and len(c.front) == 0
 
 
 # ------------------------------------------------------------------------------ admission rules
