@@ -114,6 +114,9 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("fastdns_dns_dropped_total", "counter",
               "Queries dropped without a reply (too short or unparseable to answer).",
               ("server", "proto", "reason"), values={**_PROTO, "reason": frozenset(["malformed"])}),
+    MetricDef("fastdns_dns_send_errors_total", "counter",
+              "Replies that could not be sent (the socket refused them, or too many waited for "
+              "a full send buffer).", ("server", "proto"), values=_PROTO),
     MetricDef("fastdns_dns_malformed_requests_total", "counter",
               "Malformed queries answered with FORMERR or NOTIMP (not in requests_total).",
               ("server", "proto"), values=_PROTO),
@@ -215,6 +218,7 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "do_requests": (Source("fastdns_dns_do_requests_total"),),
     "dropped": (Source("fastdns_dns_dropped_total", ("proto",), (("reason", "malformed"),)),),
     "malformed": (Source("fastdns_dns_malformed_requests_total", ("proto",)),),
+    "send_errors": (Source("fastdns_dns_send_errors_total", ("proto",)),),
     "overload": (Source("fastdns_dns_max_concurrent_rejects_total", ("proto",)),),
     "coalesced": (Source("fastdns_dns_coalesced_requests_total"),),
     "unhandled_exceptions": (Source("fastdns_unhandled_exceptions_total"),),

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
+from collections import deque
 from typing import Any
 
 from fastdns import wire
@@ -24,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 TCP_MAX_PENDING = 64  # queries in progress per TCP connection before we stop reading
 TCP_MAX_BUFFER = 65535 + 2 + 4096  # one full frame plus slack
+BATCH = 64  # UDP datagrams read per wakeup before the loop runs other callbacks
+MAX_DATAGRAM = 65535  # a UDP query is read whole whatever its size (then judged by the parser)
+MAX_BACKLOG = 4096  # replies waiting for a full socket buffer to drain; more are dropped
 
 
 class ServerState:
@@ -133,37 +138,106 @@ def _no_send(data: bytes, addr: Any) -> None:
     pass
 
 
-class UDPServer(asyncio.DatagramProtocol):
+class UDPServer:
+    """Answers the UDP queries of one socket, which it reads itself on the worker's loop.
+
+    Not an asyncio ``DatagramTransport``: with one, uvloop enters a context, converts the peer
+    address twice (once through an LRU cache) and copies the context again for every datagram;
+    a minimal server that reads its socket with ``add_reader`` and ``recvfrom``, up to
+    ``BATCH`` datagrams per wakeup, spent 7.3-8.2 us of CPU per query against 8.5-9.4 us (same
+    dnsperf load, same machine). A reply that would block is queued and sent when the socket
+    is writable, as the transport would; one that fails otherwise is counted and dropped.
+    """
+
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self.transport: asyncio.DatagramTransport | None = None
         # The fast lane: query form -> ready reply (cleared when draining starts).
         self.front: dict[bytes, Front] = (
             state.cache.front.forms if state.cache is not None else {})
-        self.sendto: Any = _no_send
+        self.sendto: Any = _no_send  # the socket's sendto once started
+        self.sock: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.backlog: deque[tuple[bytes, Any]] = deque()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.sendto = self.transport.sendto
+    def start(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        """Serve ``sock`` (bound, non-blocking) on ``loop``."""
+        self.loop, self.sock = loop, sock
+        self.sendto = sock.sendto
+        loop.add_reader(sock.fileno(), self._on_readable)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_made(self, transport: Any) -> None:
+        """Send through ``transport`` instead of a socket (tests, benchmarks)."""
+        self.sendto = transport.sendto
+
+    def close(self) -> None:
+        """Stop reading, drop unsent replies, close the socket."""
+        if self.sock is not None and self.loop is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            if self.backlog:
+                self.loop.remove_writer(self.sock.fileno())
+            self.sock.close()
+        self.sock = None
         self.sendto = _no_send
+        self.backlog.clear()
+
+    def _on_readable(self) -> None:
+        """Read up to BATCH datagrams. A query whose exact bytes were answered from the cache
+        and whose reply is still exact goes out at once (the fast lane, fastdns.front: no parse,
+        no task, two increments); everything else takes ``datagram_received``."""
+        recvfrom = self.sock.recvfrom  # type: ignore[union-attr]
+        front, sendto, clock = self.front, self.sendto, time.monotonic
+        for _ in range(BATCH):
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # an error queued on the socket, now consumed; the next wakeup goes on
+            f = front.get(data[2:])
+            if f is not None:
+                t0 = clock()
+                if t0 < f.until:
+                    reply = data[:2] + f.body
+                    try:
+                        sendto(reply, addr)
+                    except OSError as e:
+                        self._send_failed(reply, addr, e)
+                    seconds = clock() - t0
+                    if seconds <= FIRST_BUCKET:
+                        f.n += 1
+                        f.dur += seconds
+                    else:
+                        self.state.late_front_hit(f, seconds)
+                    continue
+            self.datagram_received(data, addr)
+
+    def _send_failed(self, reply: bytes, addr: Any, exc: OSError) -> None:
+        """``sendto`` raised: queue the reply when the socket buffer is full, else count it."""
+        sock, loop = self.sock, self.loop
+        if isinstance(exc, BlockingIOError) and sock is not None and loop is not None and (
+                len(self.backlog) < MAX_BACKLOG):  # fmt: skip
+            if not self.backlog:
+                loop.add_writer(sock.fileno(), self._on_writable)
+            self.backlog.append((reply, addr))
+            return
+        self.state.stats.inc("send_errors", "udp")
+
+    def _on_writable(self) -> None:
+        backlog, sendto = self.backlog, self.sendto
+        while backlog:
+            reply, addr = backlog[0]
+            try:
+                sendto(reply, addr)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.state.stats.inc("send_errors", "udp")
+            backlog.popleft()
+        if self.sock is not None and self.loop is not None:
+            self.loop.remove_writer(self.sock.fileno())
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        # The fast lane first (fastdns.front): these bytes were answered from the cache and
-        # the reply made then is still exact. No parse, no task, two increments.
-        f = self.front.get(data[2:])
-        if f is not None:
-            t0 = time.monotonic()
-            if t0 < f.until:
-                self.sendto(data[:2] + f.body, addr)
-                seconds = time.monotonic() - t0
-                if seconds <= FIRST_BUCKET:
-                    f.n += 1
-                    f.dur += seconds
-                else:
-                    self.state.late_front_hit(f, seconds)
-                return
+        """One query by the full path: parse, cache, synchronous answers, else a task."""
         state = self.state
         if state.draining:
             return
@@ -172,11 +246,10 @@ class UDPServer(asyncio.DatagramProtocol):
         # as answer_now gives them, and the cache is cleared when the hosts file or
         # resolv.conf changes (Worker.reload_hooks).
         cache = state.cache
-        if f is not None and cache is not None:
+        if cache is not None:
             hit = cache.get_raw(data, t0)  # the same bytes as an earlier hit: no parse
             if hit is not None:  # (reply, the earlier query with these bytes)
-                if self.transport is not None:
-                    self.transport.sendto(hit[0], addr)
+                self._reply(hit[0], addr)
                 state.record("udp", hit[1], Resolved(hit[0], "cache"), len(data), t0)
                 return
         try:
@@ -184,14 +257,13 @@ class UDPServer(asyncio.DatagramProtocol):
         except wire.Malformed as e:
             state.stats.inc("dropped" if e.rcode is None else "malformed", "udp")
             reply = _malformed_reply(data, e)
-            if reply is not None and self.transport is not None:
-                self.transport.sendto(reply, addr)
+            if reply is not None:
+                self._reply(reply, addr)
             return
         if cache is not None:
             reply = cache.get(q, t0)
             if reply is not None:
-                if self.transport is not None:
-                    self.transport.sendto(reply, addr)
+                self._reply(reply, addr)
                 state.record("udp", q, Resolved(reply, "cache"), len(data), t0)
                 return
         res = state.pipeline.answer_now(q)
@@ -223,12 +295,14 @@ class UDPServer(asyncio.DatagramProtocol):
             except wire.Malformed:
                 reply = wire.error_reply(q, wire.SERVFAIL)
             res = Resolved(reply, res.source)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
+        self._reply(reply, addr)
         self.state.record("udp", q, res, size, t0)
 
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors from clients that went away
+    def _reply(self, reply: bytes, addr: Any) -> None:
+        try:
+            self.sendto(reply, addr)
+        except OSError as e:
+            self._send_failed(reply, addr, e)
 
 
 class TCPServer(asyncio.Protocol):

@@ -165,9 +165,8 @@ class Worker:
             # ones above all, may be wrong now.
             self.reload_hooks.append(self.pipeline.cache.clear)
         state = self.state
-        self.udp_transport, _ = await loop.create_datagram_endpoint(
-            lambda: UDPServer(state), sock=self.udp_sock
-        )
+        self.udp_server = UDPServer(state)
+        self.udp_server.start(loop, self.udp_sock)
         self.tcp_server = await loop.create_server(lambda: TCPServer(state), sock=self.tcp_sock)
         self.tick_task = loop.create_task(self._tick())
 
@@ -228,7 +227,7 @@ class Worker:
         for task in list(state.tasks):
             task.cancel()
         self.tick_task.cancel()
-        self.udp_transport.close()
+        self.udp_server.close()
         for conn in list(state.tcp_connections):
             if conn.transport is not None:
                 conn.transport.close()

@@ -51,7 +51,7 @@ def main(n: int) -> None:
     stats = WorkerStats()
     pipeline = Pipeline(config, loop, stats, Forwarder(loop, stats))
     server = UDPServer(ServerState(config, pipeline, stats))
-    server.transport = NullTransport()  # type: ignore[assignment]
+    server.connection_made(NullTransport())
     cache = pipeline.cache
     assert cache is not None
     # Build the wire replies first (dnspython is slow and its garbage would count).

@@ -45,7 +45,7 @@ def _server() -> Iterator[UDPServer]:
     stats = WorkerStats()
     pipeline = Pipeline(config, loop, stats, Forwarder(loop, stats))
     server = UDPServer(ServerState(config, pipeline, stats))
-    server.transport = NullTransport()  # type: ignore[assignment]
+    server.connection_made(NullTransport())
     yield server
     loop.close()
 
