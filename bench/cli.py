@@ -58,8 +58,8 @@ def parser() -> argparse.ArgumentParser:
         default=WORKLOADS,
         help="comma list (default: hot,cold,mix)",
     )
-    p.add_argument("--clients", type=int, default=20, help="dnsperf -c (default 20)")
-    p.add_argument("--outstanding", type=int, default=500, help="dnsperf -q (default 500)")
+    p.add_argument("--clients", type=int, default=8, help="dnsperf -c (default 8)")
+    p.add_argument("--outstanding", type=int, default=100, help="dnsperf -q (default 100)")
     p.add_argument(
         "--max-qps",
         type=int,

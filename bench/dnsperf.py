@@ -22,8 +22,8 @@ from pathlib import Path
 class Load:
     """The load settings; identical for every server in one bench run."""
 
-    clients: int = 20  # -c: client sockets (spreads over SO_REUSEPORT workers)
-    outstanding: int = 500  # -q: queries in flight
+    clients: int = 8  # -c: client sockets (spreads over SO_REUSEPORT workers)
+    outstanding: int = 100  # -q: queries in flight
     timeout: float = 2.0  # -t: a query unanswered after this is lost
     max_qps: int = 0  # -Q: 0 = as fast as the server answers
 

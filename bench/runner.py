@@ -21,7 +21,15 @@ from bench.servers import (
 )
 from bench.zone import Dataset
 
-TARGETS = ("fastdns-1w", "fastdns-2w", "dnsmasq", "dnsmasq-nocache", "unbound", "upstream")
+TARGETS = (
+    "fastdns-1w",
+    "fastdns-fwd",
+    "fastdns-2w",
+    "dnsmasq",
+    "dnsmasq-nocache",
+    "unbound",
+    "upstream",
+)
 WORKLOADS = ("hot", "cold", "mix")
 QUIET_WAIT = 60.0  # at most this long waiting for the machine to calm down before a run
 QUIET_SAMPLE = 1.0
@@ -172,6 +180,8 @@ class Bench:
         cpus, d = self.s.server_cpus, self.workdir
         if target == "fastdns-1w":
             return Fastdns(d, cpus, 1)
+        if target == "fastdns-fwd":
+            return Fastdns(d, cpus, 1, native=False)
         if target == "fastdns-2w":
             return Fastdns(d, cpus, self.s.fastdns_workers)
         if target == "dnsmasq":

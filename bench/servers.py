@@ -227,7 +227,7 @@ class Dnsmasq(Server):
             f"--port={self.endpoint.port}",
             "--bind-interfaces",
             f"--cache-size={self.cache_size}",
-            # Default 150 would drop most of dnsperf's 500 outstanding cold queries.
+            # Default 150 would drop cold queries at --outstanding above it (e.g. 500).
             "--dns-forward-max=1000",
         ]
 
@@ -292,12 +292,17 @@ def fastdns_importable(python: str = sys.executable) -> str | None:
 
 
 class Fastdns(Server):
-    """``python -m fastdns serve`` with its state file; ``workers`` processes."""
+    """``python -m fastdns serve`` with its state file; ``workers`` processes.
 
-    def __init__(self, workdir: Path, cpus: str, workers: int) -> None:
+    ``native=False`` turns the c-ares path off (``native: {enabled: false}``): every query
+    that misses the cache is forwarded raw over UDP, the "fastdns-fwd" row.
+    """
+
+    def __init__(self, workdir: Path, cpus: str, workers: int, native: bool = True) -> None:
         super().__init__(workdir, cpus)
         self.workers = workers
-        self.name = f"fastdns-{workers}w"
+        self.native = native
+        self.name = f"fastdns-{workers}w" if native else "fastdns-fwd"
         self.state_file = workdir / f"{self.name}.state.json"
         self.state: dict[str, object] = {}
 
@@ -322,6 +327,7 @@ fastdns:
   fallback: []
   workers: {self.workers}
   cache: {{enabled: true}}
+  native: {{enabled: {"true" if self.native else "false"}}}
 """
         )
         self.state_file.unlink(missing_ok=True)
