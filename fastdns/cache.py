@@ -67,9 +67,11 @@ class Form:
 class Entry(Form):
     """One cached reply; it lives ``ttl`` seconds from ``stored`` (then maybe stale)."""
 
-    __slots__ = ("hits", "kind", "next_refresh", "opt", "prefetch_at", "stored", "trunc", "ttl")
+    __slots__ = ("hits", "kind", "last_hit", "next_refresh", "opt", "prefetch_at", "stored",
+                 "trunc", "ttl")  # fmt: skip
 
-    hits: int
+    hits: int  # hits with no gap longer than prefetch_duration between them (CoreDNS freq)
+    last_hit: float
     kind: int  # SUCCESS, DENIAL or SERVFAIL
     next_refresh: float  # no background refresh before this time (one in flight at most)
     opt: bytes  # our OPT record for clients that sent one (DO echoed: DO is in the key)
@@ -126,6 +128,7 @@ class PacketCache:
         self._stale_window = config.serve_stale
         self._stale_ttl = config.stale_ttl
         self._prefetch_hits = config.prefetch
+        self._prefetch_window = config.prefetch_duration
 
     clock = staticmethod(time.monotonic)  # the clock ``now`` must come from
 
@@ -202,15 +205,21 @@ class PacketCache:
         self._install(form, q, e, reply, now)
         return reply, q
 
-    def fold_front(self) -> Iterator[Front]:
+    def fold_front(self, now: float) -> Iterator[Front]:
         """The forms with hits not yet counted: counts them as cache hits (and towards their
-        entry's popularity), yields each for the caller's own stats, then zeroes it."""
+        entry's popularity), yields each for the caller's own stats, then zeroes it.
+
+        A form lives at most a second and each one starts with a hit through ``_serve``, which
+        applied the gap rule; its fast hits all came after that one."""
         counters = self.counters
         for f in self.front.counted():
             n = f.n + f.late
             counters[_REQUESTS] += n
             counters[_HITS[f.entry.kind]] += n
-            f.entry.hits += n
+            e = f.entry
+            e.hits += n
+            if e.last_hit < now:
+                e.last_hit = now
             yield f
             f.n = f.late = 0
             f.dur = 0.0
@@ -226,7 +235,9 @@ class PacketCache:
         age = int(now - e.stored)
         counters = self.counters
         if age < e.ttl:
-            e.hits += 1
+            # CoreDNS freq.Update: a gap longer than the window starts the count over.
+            e.hits = 1 if now - e.last_hit > self._prefetch_window else e.hits + 1
+            e.last_hit = now
             if now >= e.prefetch_at and e.hits >= self._prefetch_hits and (
                     now >= e.next_refresh):  # fmt: skip
                 # CoreDNS tryPrefetch: popular and near expiry; one refresh in flight at most.
@@ -375,6 +386,7 @@ class PacketCache:
         e.ttl = life
         e.stored = now
         e.hits = 0
+        e.last_hit = now
         e.next_refresh = 0.0
         e.opt = self._opts[do]
         e.trunc = None

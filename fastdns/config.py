@@ -59,6 +59,7 @@ class CacheConfig:
     stale_ttl: int = 30  # TTL of a stale answer (RFC 8767 §4)
     prefetch: int = 10  # hits before an entry counts as popular; 0 = no prefetch
     prefetch_percent: int = 10  # refresh a popular entry when this much of its TTL is left
+    prefetch_duration: int = 60  # hits count towards ``prefetch`` while no gap exceeds this
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +358,7 @@ def _load_cache(m: Mapping[str, Any], p: _Problems) -> CacheConfig:
         stale_ttl=num("stale_ttl", 0, 86400),
         prefetch=num("prefetch", 0, 1_000_000),
         prefetch_percent=num("prefetch_percent", 1, 99),
+        prefetch_duration=num("prefetch_duration", 1, 86400),
     )
 
 

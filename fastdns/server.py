@@ -106,7 +106,7 @@ class ServerState:
             return
         counters = self.stats.counters
         response_size, request_size = self.response_size["udp"], self.request_size["udp"]
-        for f in self.cache.fold_front():
+        for f in self.cache.fold_front(time.monotonic()):
             n = f.n + f.late
             q = f.q
             qtype = wire.TYPE_NAMES.get(q.qtype, "other")

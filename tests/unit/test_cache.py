@@ -394,7 +394,7 @@ def test_failure_with_a_fresh_entry_keeps_it() -> None:
 
 
 def test_prefetch_triggers_once_for_a_popular_entry_near_expiry() -> None:
-    c = cache(prefetch=3, prefetch_percent=10)
+    c = cache(prefetch=3, prefetch_percent=10, prefetch_duration=120)
     c.refresh_hold = 10.0
     q = make_query()
     stored(c, q, answer(q, "www.example.com. 100 IN A 192.0.2.1"))
@@ -409,6 +409,21 @@ def test_prefetch_triggers_once_for_a_popular_entry_near_expiry() -> None:
     # The refresh arrives: a new entry, counting hits from zero.
     stored(c, q, answer(q, "www.example.com. 100 IN A 192.0.2.1"), now=T0 + 95)
     assert ttls(hit(c, q, T0 + 96)) == [99]
+
+
+def test_hits_count_towards_prefetch_only_without_long_gaps() -> None:
+    """CoreDNS freq: a gap longer than ``prefetch_duration`` starts the count over."""
+    c = cache(prefetch=3, prefetch_percent=10, prefetch_duration=60)
+    q = make_query()
+    stored(c, q, answer(q, "www.example.com. 100 IN A 192.0.2.1"))
+    for t in (0, 1, 2):
+        hit(c, q, T0 + t)  # three hits, but 88 s before the next one
+    hit(c, q, T0 + 90)
+    assert refreshes == []  # the count started over at 1
+    hit(c, q, T0 + 91)
+    assert refreshes == []
+    hit(c, q, T0 + 92)  # the third hit with no long gap, near expiry
+    assert len(refreshes) == 1
 
 
 def test_unpopular_entries_are_not_prefetched() -> None:

@@ -129,6 +129,14 @@ def test_unknown_keys_in_nested_fastdns_sections_are_rejected() -> None:
     assert one_problem({"fastdns": {"cache": {"size": 1}}}) == "fastdns.cache.size: unknown key"
 
 
+def test_prefetch_duration_is_read_and_bounded() -> None:
+    cfg = build_config({"fastdns": {"cache": {"prefetch_duration": 300}}})
+    assert cfg.cache.prefetch_duration == 300
+    assert build_config({}).cache.prefetch_duration == 60  # CoreDNS's default
+    assert one_problem({"fastdns": {"cache": {"prefetch_duration": 0}}}) == (
+        "fastdns.cache.prefetch_duration: must be between 1 and 86400, got 0")
+
+
 def test_all_problems_are_reported_at_once() -> None:
     found = problems(
         {

@@ -279,8 +279,11 @@ def test_hits_on_replaced_or_evicted_forms_are_still_counted(clock: Clock) -> No
     assert counters["requests", "udp", "A"] == 5 and counters["cache_hits", "success"] == 5
 
 
-def test_fast_hits_make_an_entry_popular_for_prefetch(clock: Clock) -> None:
-    server = make_server(prefetch=5, prefetch_percent=10)
+@pytest.mark.parametrize(("window", "prefetched"), [(120, True), (60, False)])
+def test_fast_hits_make_an_entry_popular_for_prefetch(
+    clock: Clock, window: int, prefetched: bool
+) -> None:
+    server = make_server(prefetch=5, prefetch_percent=10, prefetch_duration=window)
     refreshed: list[wire.Query] = []
     cache = server.state.cache
     assert cache is not None
@@ -289,9 +292,9 @@ def test_fast_hits_make_an_entry_popular_for_prefetch(clock: Clock) -> None:
     for _ in range(6):
         ask(server, query())
     server.state.flush_fronts()  # a tick
-    clock.now = T0 + 95
+    clock.now = T0 + 95  # 95 s after those hits: within a 120 s window, not a 60 s one
     ask(server, query())
-    assert len(refreshed) == 1
+    assert len(refreshed) == (1 if prefetched else 0)
 
 
 # ------------------------------------------------------------------------------ the table
