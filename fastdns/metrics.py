@@ -143,6 +143,12 @@ METRICS: tuple[MetricDef, ...] = (
               ("to", "rcode"), values={"rcode": RCODES}),
     MetricDef("fastdns_forward_tcp_retries_total", "counter",
               "Truncated UDP replies retried over TCP (the UDP -> TCP fallback).", ("to",)),
+    MetricDef("fastdns_forward_fast_lane_total", "counter",
+              "UDP queries forwarded by the callback fast lane, by outcome: answered there, or "
+              "handed to the general path after a timeout, an error, SERVFAIL/REFUSED "
+              "(failover) or a truncated reply.", ("outcome",),
+              values={"outcome": frozenset(("answered", "timeout", "error", "failover",
+                                            "truncated"))}),
     MetricDef("fastdns_forward_upstreams_exhausted_total", "counter",
               "Queries answered SERVFAIL because every upstream failed or the deadline passed."),
     MetricDef("fastdns_forward_rejected_replies_total", "counter",
@@ -228,6 +234,7 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "proxy_duration": (_PROXY,),
     "forward_failover": (Source("fastdns_forward_failover_total", ("to", "rcode")),),
     "forward_tcp_retries": (Source("fastdns_forward_tcp_retries_total", ("to",)),),
+    "forward_fast_lane": (Source("fastdns_forward_fast_lane_total", ("outcome",)),),
     "servfail_exhausted": (Source("fastdns_forward_upstreams_exhausted_total"),),
     "upstream_unmatched": (Source(_REJECTED, ("to",), (("reason", "unknown_id"),)),),
     "upstream_mismatch": (Source(_REJECTED, ("to",), (("reason", "question_mismatch"),)),),

@@ -223,18 +223,28 @@ class NativeResolver:
         self.stats.inc("native_fallback", reason)
         return None
 
-    async def __call__(self, q: wire.Query, deadline: float) -> Resolved | None:
-        qtype = q.qtype
-        if qtype not in NATIVE_TYPES:
-            # PTR, SOA, CAA, HTTPS, DS, ANY...: always raw, EDNS options and all (case 22)
-            return self._fallback("unsupported_type")
-        if q.qclass != wire.CLASS_IN:
-            return self._fallback("unsupported_type")  # (the pipeline REFUSES these first)
+    def declines(self, q: wire.Query) -> bool:
+        """True, counted as a fallback, when ``q`` goes raw whatever happens: its type, its
+        DNSSEC bits, or no channel. Then the pipeline may forward it without calling us."""
+        if q.qtype not in NATIVE_TYPES or q.qclass != wire.CLASS_IN:
+            # PTR, SOA, CAA, HTTPS, DS, ANY...: always raw, EDNS options and all (case 22).
+            # (The pipeline REFUSES other classes first.)
+            self._fallback("unsupported_type")
+            return True
         if q.do or q.cd:
-            return self._fallback("dnssec")  # c-ares cannot carry DO/CD or RRSIGs
+            self._fallback("dnssec")  # c-ares cannot carry DO/CD or RRSIGs
+            return True
+        if self.driver is None:
+            self._fallback("disabled")
+            return True
+        return False
+
+    async def __call__(self, q: wire.Query, deadline: float) -> Resolved | None:
+        if self.declines(q):
+            return None
+        qtype = q.qtype
         driver = self.driver
-        if driver is None:
-            return self._fallback("disabled")
+        assert driver is not None  # declines() says so
         if self.inflight >= self.max_inflight:
             return self._fallback("overload")
         name = lookup_name(q.qname)

@@ -78,11 +78,19 @@ class Pipeline:
         self.stats = stats
         self.forwarder = forwarder
         self.native = native
+        # Whether the native hook would forward ``q`` raw without trying (counted there as a
+        # fallback): such queries may take the forward fast lane (fastdns.relay).
+        self.native_declines: Callable[[wire.Query], bool] = getattr(
+            native, "declines", lambda q: False)
         # hostResolver.enabled false: Lima's guest would ask the dns: servers directly, so
         # nothing is answered locally (no static names, hosts file or AAAA rule).
         self.static = StaticHosts.from_pairs(config.hosts if config.enabled else ())
         self.hosts_file = HostsFile(config.hosts_file)
         self.hosts_file.refresh()
+        # The wire endings of every name the two tables know (see _local_endings), rebuilt
+        # when the hosts file is re-read (a new ``names`` dict).
+        self._endings: tuple[bytes, ...] | None = None
+        self._endings_of: object = None
         self.pending: dict[bytes, asyncio.Future[Resolved]] = {}
         self.opt_size = config.udp_payload_cap
         # Set by the worker when rules are enabled: queries under it are loop probes
@@ -128,8 +136,13 @@ class Pipeline:
         if q.qtype == wire.AAAA and not cfg.ipv6:
             # Lima: AAAA is NODATA at once when ipv6 is off (PR #3419; IPv6 is not routable
             # over slirp, lima#547).
-            return self._remember(q, Resolved(wire.error_reply(q, wire.NOERROR, self.opt_size),
+            return self.remember(q, Resolved(wire.error_reply(q, wire.NOERROR, self.opt_size),
                                               "static", cfg.static_ttl))  # fmt: skip
+        if self._endings_of is not self.hosts_file.names:
+            self._endings = self._local_endings()
+            self._endings_of = self.hosts_file.names
+        if self._endings is not None and not q.qname.lower().endswith(self._endings):
+            return None  # no static or hosts-file name ends this way: skip the text lookups
         name = _canonical_text(q.qname)
         verdict = self.static.lookup(name, q.qtype, cfg.ipv6)
         if verdict is not None:
@@ -137,13 +150,33 @@ class Pipeline:
                 return None
             # Cached like any answer, with its own TTL (CoreDNS's cache wraps its hosts plugin):
             # a hit costs a third of this lookup.
-            return self._remember(q, Resolved(self._static_reply(q, verdict, cfg.static_ttl),
+            return self.remember(q, Resolved(self._static_reply(q, verdict, cfg.static_ttl),
                                               "static", cfg.static_ttl))  # fmt: skip
         verdict = self.hosts_file.lookup(name, q.qtype, cfg.ipv6)
         if verdict is not None:
-            return self._remember(q, Resolved(self._static_reply(q, verdict, cfg.native.hosts_ttl),
+            return self.remember(q, Resolved(self._static_reply(q, verdict, cfg.native.hosts_ttl),
                                               "hosts", cfg.native.hosts_ttl))  # fmt: skip
         return None
+
+    def _local_endings(self) -> tuple[bytes, ...] | None:
+        """The last label plus root (``\\x03com\\x00``) of every name, wildcard suffix and
+        reverse name in the static tables and the hosts file, or None when a label cannot be
+        matched on the wire that simply (then every query is looked up). A query name that
+        ends in none of them cannot be static: most forwarded queries skip two text lookups
+        (about 2 us each)."""
+        static, hosts = self.static, self.hosts_file
+        labels: set[str] = set()
+        for table in (static.ips, static.aliases, static.wild_ips, static.wild_aliases,
+                      static.reverse, hosts.names, hosts.reverse):  # fmt: skip
+            for name in table:
+                last = name.rsplit(".", 1)[-1]
+                if not last or "\\" in last or not last.isascii():
+                    return None
+                labels.add(last)
+        try:
+            return tuple(wire.name_to_wire(label) for label in labels)
+        except ValueError:
+            return None
 
     # ------------------------------------------------------------------ asynchronous answers
 
@@ -157,7 +190,7 @@ class Pipeline:
                    if static.aliases or static.wild_aliases else None)  # fmt: skip
         if verdict is not None and verdict.kind == "alias":
             # Cached under the alias's own key with the static TTL: the next one is a hit.
-            return self._remember(q, await self._alias(q, verdict.target, deadline))
+            return self.remember(q, await self._alias(q, verdict.target, deadline))
         res = await self._coalesced(q, deadline)
         return Resolved(wire.splice(res.reply, q.id, q.question, q.rd), res.source)
 
@@ -175,7 +208,7 @@ class Pipeline:
         try:
             # Stored once, by the leader; the waiters get this reply with their own ID,
             # question case and OPT (below, and ``answer``).
-            res = self._remember(q, await self._resolve(q, deadline))
+            res = self.remember(q, await self._resolve(q, deadline))
         except BaseException as e:
             if not fut.done():
                 fut.set_exception(e)
@@ -196,7 +229,22 @@ class Pipeline:
             res = await self.native(q, deadline)
             if res is not None:
                 return res
-        result = await self.forwarder.exchange(q, deadline)
+        return await self.forward_rest(q, deadline)
+
+    async def forward_rest(
+        self,
+        q: wire.Query,
+        deadline: float,
+        *,
+        force_tcp: bool = False,
+        tried: frozenset[tuple[str, int]] = frozenset(),
+        refused: frozenset[tuple[str, int]] = frozenset(),
+    ) -> Resolved:
+        """Forward ``q`` raw (``Forwarder.exchange``): the reply, or SERVFAIL when every
+        upstream failed. ``force_tcp``, ``tried``, ``refused``: where the forward fast lane
+        left off."""
+        result = await self.forwarder.exchange(q, deadline, force_tcp=force_tcp, tried=tried,
+                                               refused=refused)  # fmt: skip
         if result.reply is None:
             self.stats.inc("servfail_exhausted")
             return Resolved(wire.error_reply(q, wire.SERVFAIL, self.opt_size), "server")
@@ -205,7 +253,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the packet cache
 
-    def _remember(self, q: wire.Query, res: Resolved) -> Resolved:
+    def remember(self, q: wire.Query, res: Resolved) -> Resolved:
         """Store ``res`` in the cache; the reply to send (capped TTLs, or a stale entry when
         the lookup failed, RFC 8767)."""
         cache = self.cache

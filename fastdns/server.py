@@ -20,6 +20,7 @@ from fastdns import wire
 from fastdns.config import Config
 from fastdns.front import FIRST_BUCKET, Front
 from fastdns.pipeline import Pipeline, Resolved
+from fastdns.relay import Relay
 from fastdns.stats import SIZE_BUCKETS, Histogram, WorkerStats
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class ServerState:
         # here like any query, so draining waits for them and max_inflight counts them.
         self.cache = pipeline.cache
         pipeline.spawn = self.spawn
+        # The forward fast lane (UDP misses relayed with callbacks, no task).
+        self.relay = Relay(pipeline, self.spawn)
 
     @property
     def draining(self) -> bool:
@@ -64,7 +67,12 @@ class ServerState:
             self.cache.front.clear()  # the UDP fast lane answers nothing more either
 
     def full(self) -> bool:
-        return len(self.tasks) >= self.config.max_inflight
+        return len(self.tasks) + self.relay.inflight >= self.config.max_inflight
+
+    @property
+    def inflight(self) -> int:
+        """Queries being resolved: tasks plus the forward fast lane's."""
+        return len(self.tasks) + self.relay.inflight
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -272,12 +280,14 @@ class UDPServer:
                 return
         res = state.pipeline.answer_now(q)
         if res is not None:
-            self._send(q, res, addr, len(data), t0)
+            self.send_answer(q, res, addr, len(data), t0)
             return
         if state.full():
             state.stats.inc("overload", "udp")
             res = Resolved(wire.error_reply(q, wire.REFUSED), "server")
-            self._send(q, res, addr, len(data), t0)
+            self.send_answer(q, res, addr, len(data), t0)
+            return
+        if state.relay.start(q, self, addr, len(data), t0):
             return
         state.spawn(self._answer(q, addr, len(data), t0))
 
@@ -288,9 +298,12 @@ class UDPServer:
             logger.exception("unhandled error answering a UDP query")
             self.state.stats.inc("unhandled_exceptions")
             res = Resolved(wire.error_reply(q, wire.SERVFAIL), "server")
-        self._send(q, res, addr, size, t0)
+        self.send_answer(q, res, addr, size, t0)
 
-    def _send(self, q: wire.Query, res: Resolved, addr: Any, size: int, t0: float) -> None:
+    def send_answer(
+        self, q: wire.Query, res: Resolved, addr: Any, size: int, t0: float
+    ) -> None:
+        """Send ``res`` to the client (truncated to its UDP size) and count it."""
         reply = res.reply
         limit = _reply_limit(self.state.config, q)
         if len(reply) > limit:

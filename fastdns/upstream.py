@@ -28,6 +28,7 @@ FAILOVER_RCODES = frozenset((wire.SERVFAIL, wire.REFUSED))
 MAX_FAILS = 2
 DOWN_FOR = 10.0
 TCP_MAX_REPLY = 65535
+READ_BATCH = 64  # replies read per wakeup of an upstream socket
 
 
 def sockaddr(host: str, port: int) -> tuple[int, tuple[object, ...]]:
@@ -50,17 +51,45 @@ class UpstreamDown(Exception):
     """The upstream could not be reached (ICMP unreachable, socket closed)."""
 
 
-class UdpChannel(asyncio.DatagramProtocol):
-    """One connected UDP socket to one upstream, multiplexing queries by upstream ID."""
+class UdpChannel:
+    """One connected UDP socket to one upstream, multiplexing queries by upstream ID.
+
+    The channel reads its socket itself from an ``add_reader`` callback, as the UDP server does
+    (``fastdns.server.UDPServer``: uvloop's datagram transport costs more per datagram). A
+    socket error on a connected UDP socket is an ICMP error from the upstream: every query in
+    flight on it fails at once instead of waiting for its timeout.
+    """
 
     def __init__(self, stats: WorkerStats, to: str) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
         self.pending: dict[int, tuple[asyncio.Future[bytes], wire.Query]] = {}
         self.stats = stats
         self.to = to
+        self.sock: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Sends one datagram to the upstream; None once closed.
+        self.write: Callable[[bytes], object] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def start(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        """Serve ``sock`` (connected, non-blocking) on ``loop``."""
+        self.loop, self.sock = loop, sock
+        self.write = sock.send
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    def attach(self, write: Callable[[bytes], object]) -> None:
+        """Send through ``write`` instead of a socket (tests, benchmarks)."""
+        self.write = write
+
+    def _on_readable(self) -> None:
+        recv = self.sock.recv  # type: ignore[union-attr]
+        for _ in range(READ_BATCH):
+            try:
+                data = recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.error_received(e)
+                return
+            self.datagram_received(data, None)
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         if len(data) < 12:
@@ -78,13 +107,7 @@ class UdpChannel(asyncio.DatagramProtocol):
             fut.set_result(data)
 
     def error_received(self, exc: Exception) -> None:
-        # On a connected UDP socket this is ICMP unreachable from the upstream: every query
-        # in flight on it is lost, so fail them now instead of waiting for their timeouts.
         self._fail_all(UpstreamDown(str(exc)))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self._fail_all(UpstreamDown("socket closed"))
 
     def _fail_all(self, exc: Exception) -> None:
         pending, self.pending = self.pending, {}
@@ -95,14 +118,18 @@ class UdpChannel(asyncio.DatagramProtocol):
     def send(
         self, q: wire.Query, loop: asyncio.AbstractEventLoop
     ) -> tuple[int, asyncio.Future[bytes]]:
-        if self.transport is None:
+        write = self.write
+        if write is None:
             raise UpstreamDown("socket closed")
         uid = random.getrandbits(16)
         while uid in self.pending:
             uid = random.getrandbits(16)
         fut: asyncio.Future[bytes] = loop.create_future()
+        try:
+            write(wire.set_id(q.wire, uid))
+        except OSError as e:  # an earlier ICMP error, or a full buffer: this one is lost too
+            raise UpstreamDown(str(e)) from e
         self.pending[uid] = (fut, q)
-        self.transport.sendto(wire.set_id(q.wire, uid))
         return uid, fut
 
     def forget(self, uid: int, fut: asyncio.Future[bytes]) -> None:
@@ -111,8 +138,12 @@ class UdpChannel(asyncio.DatagramProtocol):
             del self.pending[uid]
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        if self.sock is not None and self.loop is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+        self.sock = None
+        self.write = None
+        self._fail_all(UpstreamDown("socket closed"))
 
 
 @dataclass
@@ -169,25 +200,24 @@ class Forwarder:
 
     async def _channel(self, server: tuple[str, int]) -> UdpChannel:
         ch = self.channels.get(server)
-        if ch is not None and ch.transport is not None:
+        if ch is not None and ch.write is not None:
             return ch
         family, addr = sockaddr(*server)
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.connect(addr)
-            _, ch = await self.loop.create_datagram_endpoint(
-                lambda: UdpChannel(self.stats, f"{server[0]}:{server[1]}"), sock=sock
-            )
         except OSError:
             sock.close()
             raise
+        ch = UdpChannel(self.stats, f"{server[0]}:{server[1]}")
+        ch.start(self.loop, sock)
         self.channels[server] = ch
         return ch
 
     async def _udp(self, server: tuple[str, int], q: wire.Query, timeout: float) -> bytes:
         ch = self.channels.get(server)
-        if ch is None or ch.transport is None:
+        if ch is None or ch.write is None:
             ch = await self._channel(server)
         uid, fut = ch.send(q, self.loop)
         # A timer that fails the future instead of asyncio.wait_for: on Python 3.11 wait_for
@@ -226,16 +256,46 @@ class Forwarder:
             else:
                 sock.close()
 
+    def note_failure(self, server: tuple[str, int], t0: float, reason: str) -> None:
+        """An exchange with ``server`` started at ``t0`` timed out or failed ("error")."""
+        self.stats.observe(("proxy_duration", f"{server[0]}:{server[1]}", reason),
+                           self.loop.time() - t0)  # fmt: skip
+        h = self.health.setdefault(server, Health())
+        h.fails += 1
+        h.last_fail = self.clock()
+
+    def note_reply(self, server: tuple[str, int], t0: float, rcode: int) -> bool:
+        """``server`` answered with ``rcode``; False when that rcode means "try the next one"."""
+        if self.health:
+            self.health.pop(server, None)
+        to = f"{server[0]}:{server[1]}"
+        self.stats.observe(("proxy_duration", to, wire.RCODE_NAMES.get(rcode, "other")),
+                           self.loop.time() - t0)  # fmt: skip
+        if rcode in FAILOVER_RCODES:
+            self.stats.inc("forward_failover", to, wire.RCODE_NAMES[rcode])
+            return False
+        return True
+
     async def exchange(
-        self, q: wire.Query, deadline: float, *, force_tcp: bool = False
+        self,
+        q: wire.Query,
+        deadline: float,
+        *,
+        force_tcp: bool = False,
+        tried: frozenset[tuple[str, int]] = frozenset(),
+        refused: frozenset[tuple[str, int]] = frozenset(),
     ) -> ForwardResult:
-        """Try the upstreams in order until one gives an acceptable reply or time runs out."""
+        """Try the upstreams in order until one gives an acceptable reply or time runs out.
+
+        Where the forward fast lane (``fastdns.relay``) left off: ``tried``, servers that
+        timed out or failed in this first round (asked again from the next attempt);
+        ``refused``, servers that answered SERVFAIL or REFUSED (not asked again)."""
         plan = self.plan
         attempts = plan.resolv.attempts if plan.source == "resolv_conf" else 2
-        refused: set[tuple[str, int]] = set()
-        for _ in range(attempts):
+        refused_now = set(refused)
+        for attempt in range(attempts):
             for server in order_servers(plan.servers, self.health, self.clock()):
-                if server in refused:
+                if server in refused_now or (attempt == 0 and server in tried):
                     continue
                 remaining = deadline - self.loop.time()
                 if remaining <= 0.001:
@@ -253,21 +313,11 @@ class Forwarder:
                             tcp = True
                             reply = await self._tcp(server, q, deadline - self.loop.time())
                 except (TimeoutError, OSError, UpstreamDown) as e:
-                    reason = "timeout" if isinstance(e, TimeoutError) else "error"
-                    self.stats.observe(("proxy_duration", to, reason), self.loop.time() - t0)
-                    h = self.health.setdefault(server, Health())
-                    h.fails += 1
-                    h.last_fail = self.clock()
+                    self.note_failure(server, t0, "timeout" if isinstance(e, TimeoutError)
+                                      else "error")  # fmt: skip
                     continue
-                self.health.pop(server, None)
-                rcode = wire.reply_rcode(reply)
-                self.stats.observe(
-                    ("proxy_duration", to, wire.RCODE_NAMES.get(rcode, "other")),
-                    self.loop.time() - t0,
-                )
-                if rcode in FAILOVER_RCODES:
-                    self.stats.inc("forward_failover", to, wire.RCODE_NAMES[rcode])
-                    refused.add(server)
+                if not self.note_reply(server, t0, wire.reply_rcode(reply)):
+                    refused_now.add(server)
                     continue
                 return ForwardResult(reply, to, tcp)
         return ForwardResult(None)

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 TICK = 1.0  # seconds between checks of resolv.conf and the hosts file (issue: ~1-2 s)
 HEARTBEAT_MAX = 1.0  # seconds between a worker's heartbeats to the supervisor, at most
+DRAIN_WAIT = 0.05  # seconds between looks at in-flight queries while draining
 DRAIN_POLL = 0.005  # seconds between looks at a detached UDP socket's queue while draining
 
 
@@ -121,7 +122,7 @@ class Worker:
             del gauges[key]  # upstreams come and go with resolv.conf
         if self.state is not None:
             self.state.flush_fronts()  # fast-lane hits are counted per form, folded here
-            gauges[("inflight",)] = len(self.state.tasks)
+            gauges[("inflight",)] = self.state.inflight
             gauges[("tcp_connections",)] = len(self.state.tcp_connections)
         if self.pipeline is not None and self.pipeline.cache is not None:
             self.pipeline.cache.sample(gauges)
@@ -221,9 +222,13 @@ class Worker:
             conn.close_when_idle()
         while detached and queued_bytes(self.udp_sock) and loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL)  # the loop reads what is left in the queue
-        while state.tasks and (left := deadline - loop.time()) > 0:
-            await asyncio.wait(set(state.tasks), timeout=left)
+        while state.inflight and (left := deadline - loop.time()) > 0:
+            if state.tasks:
+                await asyncio.wait(set(state.tasks), timeout=min(left, DRAIN_WAIT))
+            else:  # only the forward fast lane's queries: callbacks, no task to wait on
+                await asyncio.sleep(min(left, DRAIN_POLL))
         state.draining = True
+        state.relay.close()
         for task in list(state.tasks):
             task.cancel()
         self.tick_task.cancel()
@@ -320,7 +325,7 @@ class WorkerReporter:
         inflight = 0
         if worker.state is not None:
             worker.state.flush_fronts()  # the fast lane's hits are served queries too
-            inflight = len(worker.state.tasks)
+            inflight = worker.state.inflight
         served = sum(n for key, n in worker.stats.counters.items() if key[0] == "requests")
         self.control.send(ready=True, served=served, inflight=inflight)
         if worker.loop is not None and not self.control.broken:

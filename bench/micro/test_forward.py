@@ -52,7 +52,7 @@ def _forward() -> Iterator[tuple[asyncio.AbstractEventLoop, Forwarder, wire.Quer
     r = dns.message.make_response(query)
     r.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "A", "198.18.0.1"))
     ch = UdpChannel(stats, "127.0.0.2:53")
-    ch.transport = EchoTransport(loop, ch, r.to_wire())  # type: ignore[assignment]
+    ch.attach(EchoTransport(loop, ch, r.to_wire()).sendto)
     fwd.channels[SERVER] = ch
     yield loop, fwd, wire.parse_query(query.to_wire())
     loop.close()

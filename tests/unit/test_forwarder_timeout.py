@@ -42,7 +42,8 @@ def setup(loop: asyncio.AbstractEventLoop) -> tuple[Forwarder, wire.Query, dict[
     transports = {}
     for server, reply in ((SILENT, None), (ANSWERS, r.to_wire())):
         ch = UdpChannel(stats, f"{server[0]}:{server[1]}")
-        ch.transport = transports[server] = FakeTransport(ch, reply)  # type: ignore[assignment]
+        transports[server] = FakeTransport(ch, reply)
+        ch.attach(transports[server].sendto)
         fwd.channels[server] = ch
     return fwd, wire.parse_query(query.to_wire()), transports
 

@@ -1,0 +1,210 @@
+"""The UDP forward fast lane: a cache miss relayed to the first upstream with callbacks only.
+
+The general path (``Pipeline.answer``) runs each forwarded query as a Task through five
+coroutine frames, a Future per upstream try and a timer per query; on a stream of distinct
+names that machinery costs more CPU than the forwarding itself. Here the common case is plain
+callbacks: the query goes out on the first upstream's connected socket from the datagram
+callback, and the upstream's reply, matched by ``UdpChannel`` (ID, source, question), is
+answered from that socket's callback. Timeouts come from one timer per worker at the oldest
+query's deadline (every query waits the same ``upstream_timeout``, so send order is deadline
+order).
+
+Anything else leaves the lane for the general path, from where this lane stopped: a timeout,
+an ICMP error, SERVFAIL or REFUSED go on to the next upstream (``Forwarder.exchange(tried=)``);
+a TC reply goes to TCP. Static aliases, loop probes, native lookups and questions already in
+flight (coalescing) never enter the lane. A query in the lane is in ``Pipeline.pending``, so
+identical questions coalesce onto it, and counts towards the worker's in-flight limit and
+draining like a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from fastdns import loopguard, wire
+from fastdns.pipeline import Pipeline, Resolved
+from fastdns.upstream import order_servers
+
+if TYPE_CHECKING:
+    from fastdns.server import UDPServer
+
+_TC = 0x02
+_ANSWERED = ("forward_fast_lane", "answered")  # WorkerStats key; hand-offs count by reason
+
+
+class Relayed:
+    """One query in the lane; it stands in for the Future in ``UdpChannel.pending``."""
+
+    __slots__ = ("addr", "deadline", "expires", "finished", "fut", "q", "relay", "sent",
+                 "server", "size", "t0", "udp", "uid")  # fmt: skip
+
+    def __init__(self, relay: Relay, q: wire.Query, udp: UDPServer, addr: Any, size: int,
+                 t0: float) -> None:  # fmt: skip
+        self.relay, self.q, self.udp, self.addr, self.size, self.t0 = relay, q, udp, addr, size, t0
+        self.finished = False
+        self.server: tuple[str, int] = ("", 0)
+        self.uid = 0
+        self.sent = self.expires = self.deadline = 0.0
+        self.fut: asyncio.Future[Resolved] | None = None
+
+    # The part of the Future interface UdpChannel uses.
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, data: bytes) -> None:
+        self.relay.on_reply(self, data)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.relay.on_error(self, exc)
+
+
+class Relay:
+    """The lane of one worker: admission, the in-flight queue, completion and hand-off."""
+
+    def __init__(self, pipeline: Pipeline, spawn: Any) -> None:
+        self.pipeline = pipeline
+        self.forwarder = pipeline.forwarder
+        self.loop = pipeline.loop
+        self.spawn = spawn  # ServerState.spawn: hand-offs are tasks like any other
+        self.config = pipeline.config
+        self.queue: deque[Relayed] = deque()  # send order = deadline order
+        self.inflight = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def start(self, q: wire.Query, udp: UDPServer, addr: Any, size: int, t0: float) -> bool:
+        """Relay ``q`` if the lane can take it; False: use the general path."""
+        pipeline = self.pipeline
+        if self.closed or q.key in pipeline.pending or pipeline.static.aliases or (
+                pipeline.static.wild_aliases):  # fmt: skip
+            return False
+        if pipeline.loop_suffix and loopguard.is_probe(q.qname, pipeline.loop_suffix):
+            return False
+        fwd = self.forwarder
+        servers = fwd.plan.servers
+        if not servers:
+            return False
+        server = servers[0] if not fwd.health else (
+            order_servers(servers, fwd.health, fwd.clock())[0])  # fmt: skip
+        ch = fwd.channels.get(server)
+        if ch is None or ch.write is None:
+            return False  # the general path opens the socket
+        # Last: declines() counts the native fallback, so no False may follow it.
+        if pipeline.native is not None and not pipeline.native_declines(q):
+            return False
+        now = self.loop.time()
+        r = Relayed(self, q, udp, addr, size, t0)
+        r.server = server
+        r.sent = now
+        r.deadline = now + self.config.deadline
+        r.expires = now + min(fwd.upstream_timeout, self.config.deadline)
+        pending = ch.pending
+        uid = random.getrandbits(16)
+        while uid in pending:
+            uid = random.getrandbits(16)
+        r.uid = uid
+        pending[uid] = (r, q)  # type: ignore[assignment]
+        r.fut = pipeline.pending[q.key] = self.loop.create_future()
+        self.inflight += 1
+        self.queue.append(r)
+        if self.timer is None:
+            self.timer = self.loop.call_at(r.expires, self._expire)
+        try:
+            ch.write(wire.set_id(q.wire, uid))
+        except OSError as e:
+            del pending[uid]
+            self.on_error(r, e)
+        return True
+
+    # ------------------------------------------------------------------ completion
+
+    def on_reply(self, r: Relayed, data: bytes) -> None:
+        """The upstream answered (UdpChannel checked ID, source and question)."""
+        if r.finished:
+            return
+        r.finished = True
+        self.inflight -= 1
+        fwd = self.forwarder
+        if data[2] & _TC:
+            fwd.stats.inc("forward_tcp_retries", f"{r.server[0]}:{r.server[1]}")
+            self._hand_off(r, "truncated", force_tcp=True)
+            return
+        if not fwd.note_reply(r.server, r.sent, data[3] & 0xF):
+            self._hand_off(r, "failover", refused=frozenset((r.server,)))
+            return
+        fwd.stats.counters[_ANSWERED] += 1
+        source = "fallback" if fwd.plan.source == "fallback" else "forward"
+        self._finish(r, Resolved(data, source))
+
+    def on_error(self, r: Relayed, exc: BaseException) -> None:
+        """ICMP unreachable, or the socket closed under the query."""
+        if r.finished:
+            return
+        r.finished = True
+        self.inflight -= 1
+        if self.closed:
+            return
+        self.forwarder.note_failure(r.server, r.sent, "error")
+        self._hand_off(r, "error", tried=frozenset((r.server,)))
+
+    def _expire(self) -> None:
+        """The oldest queries' deadlines: time them out, re-arm for the next one."""
+        self.timer = None
+        now = self.loop.time()
+        queue = self.queue
+        while queue and (queue[0].finished or queue[0].expires <= now):
+            r = queue.popleft()
+            if r.finished:
+                continue
+            r.finished = True
+            self.inflight -= 1
+            ch = self.forwarder.channels.get(r.server)
+            if ch is not None and ch.pending.get(r.uid, (None,))[0] is r:
+                del ch.pending[r.uid]
+            self.forwarder.note_failure(r.server, r.sent, "timeout")
+            self._hand_off(r, "timeout", tried=frozenset((r.server,)))
+        if queue and not self.closed:
+            self.timer = self.loop.call_at(max(queue[0].expires, now), self._expire)
+
+    def _finish(self, r: Relayed, res: Resolved) -> None:
+        pipeline, q = self.pipeline, r.q
+        try:
+            out = pipeline.remember(q, res)
+        finally:
+            if pipeline.pending.get(q.key) is r.fut:
+                del pipeline.pending[q.key]
+        fut = r.fut
+        if fut is not None and not fut.done():
+            fut.set_result(out)
+        if out.reply is res.reply:  # not from the cache: the upstream's ID and question case
+            out = Resolved(wire.splice(res.reply, q.id, q.question, q.rd), res.source)
+        # (else the cache rendered it for q itself: q's ID, question bytes, RD and OPT)
+        r.udp.send_answer(q, out, r.addr, r.size, r.t0)
+
+    def _hand_off(self, r: Relayed, reason: str, **how: Any) -> None:
+        """Leave the lane: the general path goes on from here, in a task."""
+        self.forwarder.stats.inc("forward_fast_lane", reason)
+        self.spawn(self._general(r, how))
+
+    async def _general(self, r: Relayed, how: dict[str, Any]) -> None:
+        pipeline, q = self.pipeline, r.q
+        try:
+            res = await pipeline.forward_rest(q, r.deadline, **how)
+        except BaseException as e:
+            if r.fut is not None and not r.fut.done():
+                r.fut.set_exception(e)
+                r.fut.exception()
+            if pipeline.pending.get(q.key) is r.fut:
+                del pipeline.pending[q.key]
+            raise
+        self._finish(r, res)
+
+    def close(self) -> None:
+        """The worker stops: no more hand-offs or timers (the sockets close next)."""
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None

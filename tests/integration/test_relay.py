@@ -1,0 +1,201 @@
+"""The UDP forward fast lane (fastdns.relay) in a real worker: FakeUpstreams on 127.0.0.x:53,
+queries over real sockets (``support.inproc.InProcessServer``), the lane's own counters read
+from the worker's stats.
+
+Each scenario checks what the client sees (the answer, which upstream gave it, how many
+queries each upstream got) and that the lane, not only the general path, handled it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.rcode
+import pytest
+from support.clients import query
+from support.fixtures import UpstreamFactory
+from support.inproc import InProcessFactory, InProcessServer
+from support.server import write_resolv_conf
+from support.upstream import FakeUpstream
+
+pytestmark = pytest.mark.integration
+
+LOCAL = "127.0.0.1"
+
+
+@pytest.fixture(name="inproc")
+def _inproc(tmp_path: Path) -> Iterator[InProcessFactory]:
+    factory = InProcessFactory(tmp_path)
+    yield factory
+    factory.close()
+
+
+def upstream(factory: UpstreamFactory, marker: str) -> FakeUpstream:
+    """``*.lane.test`` names answer ``A marker``: a test can tell which upstream answered."""
+    up = factory()
+    up.add_zone("lane.test")
+    for i in range(40):
+        up.add(f"n{i}.lane.test", "A", marker)
+    up.add("warm.lane.test", "A", marker)
+    up.big("big.lane.test", 60)
+    return up
+
+
+@pytest.fixture(name="ups")
+def _ups(upstream_factory: UpstreamFactory) -> tuple[FakeUpstream, FakeUpstream]:
+    return upstream(upstream_factory, "192.0.2.1"), upstream(upstream_factory, "192.0.2.2")
+
+
+def serve(inproc: InProcessFactory, tmp_path: Path, *servers: FakeUpstream,
+          **fastdns: Any) -> InProcessServer:  # fmt: skip
+    resolv = write_resolv_conf(tmp_path / f"resolv-{len(inproc.made)}.conf", *servers)
+    section = {"resolv_conf": str(resolv), "native": {"enabled": False},
+               "upstream_timeout": 0.3, "deadline": 2.0, **fastdns}  # fmt: skip
+    srv = inproc({"fastdns": section})
+    # The first query opens the upstream sockets (the general path does that); the lane
+    # takes the queries after it. Then the query logs start empty.
+    assert ask(srv, "warm.lane.test").rcode() == dns.rcode.NOERROR
+    for up in servers:
+        up.clear()
+    return srv
+
+
+def ask(srv: InProcessServer, name: str, rdtype: str = "A", **kw: Any) -> dns.message.Message:
+    return query(LOCAL, srv.udp_port, name, rdtype, **kw)
+
+
+def a_of(reply: dns.message.Message) -> list[str]:
+    return [rd.to_text() for rrset in reply.answer for rd in rrset if rrset.rdtype == 1]
+
+
+def lane(srv: InProcessServer, outcome: str) -> int:
+    return srv.call(lambda: srv.worker.stats.counters.get(("forward_fast_lane", outcome), 0))
+
+
+def test_misses_are_answered_by_the_lane(
+    inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    srv = serve(inproc, tmp_path, *ups)
+    before = lane(srv, "answered")
+    for i in range(10):
+        reply = ask(srv, f"n{i}.lane.test", qid=1000 + i)
+        assert reply.id == 1000 + i and a_of(reply) == ["192.0.2.1"]
+        assert reply.flags & dns.flags.RA and not reply.flags & dns.flags.AA
+    assert lane(srv, "answered") - before == 10
+    assert ups[1].count() == 0  # the second upstream was never needed
+    assert srv.call(lambda: srv.worker.state.inflight) == 0  # type: ignore[union-attr]
+
+
+def test_a_timeout_moves_on_to_the_next_upstream(
+    inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    first, second = ups
+    srv = serve(inproc, tmp_path, first, second)
+    first.behave("n1.lane.test", drop=True)
+    t0 = time.monotonic()
+    reply = ask(srv, "n1.lane.test")
+    assert a_of(reply) == ["192.0.2.2"]  # from the second upstream
+    assert time.monotonic() - t0 < 1.5  # one upstream_timeout (0.3 s), not the deadline
+    assert first.count("n1.lane.test") == 1 and second.count("n1.lane.test") == 1
+    assert lane(srv, "timeout") == 1
+
+
+def test_servfail_moves_on_and_the_failing_upstream_is_not_asked_again(
+    inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    first, second = ups
+    srv = serve(inproc, tmp_path, first, second)
+    first.behave("n2.lane.test", rcode="SERVFAIL")
+    assert a_of(ask(srv, "n2.lane.test")) == ["192.0.2.2"]
+    assert first.count("n2.lane.test") == 1 and second.count("n2.lane.test") == 1
+    assert lane(srv, "failover") == 1
+
+
+def test_every_upstream_failing_gives_servfail_within_the_deadline(
+    inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    first, second = ups
+    srv = serve(inproc, tmp_path, first, second)
+    first.behave("n3.lane.test", drop=True)
+    second.behave("n3.lane.test", drop=True)
+    t0 = time.monotonic()
+    assert ask(srv, "n3.lane.test", timeout=5).rcode() == dns.rcode.SERVFAIL
+    assert time.monotonic() - t0 < 2.5  # the 2 s deadline
+    assert lane(srv, "timeout") == 1
+
+
+def test_a_truncated_reply_is_retried_over_tcp(
+    inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    first, _ = ups
+    srv = serve(inproc, tmp_path, *ups)
+    first.behave("big.lane.test", truncate=True)  # TC over UDP, in full over TCP
+    reply = ask(srv, "big.lane.test", edns=4096)
+    assert len(a_of(reply)) == 60  # the whole answer, from TCP, fits the client's 4096
+    assert first.count("big.lane.test", transport="udp") == 1
+    assert first.count("big.lane.test", transport="tcp") == 1
+    assert lane(srv, "truncated") == 1
+
+
+def test_a_reply_with_the_wrong_question_is_never_the_answer(
+    inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    first, _ = ups
+    srv = serve(inproc, tmp_path, *ups)
+    first.behave("n4.lane.test", wrong_question="then-correct")
+    assert a_of(ask(srv, "n4.lane.test")) == ["192.0.2.1"]
+    assert srv.call(lambda: srv.worker.stats.counters.get(
+        ("upstream_mismatch", f"{first.address}:53"), 0)) == 1  # fmt: skip
+
+
+def test_identical_questions_in_flight_share_one_upstream_query(
+    inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    first, _ = ups
+    srv = serve(inproc, tmp_path, *ups, cache={"enabled": False}, upstream_timeout=1.0)
+    first.behave("n5.lane.test", delay=0.3)
+    with ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(lambda i: ask(srv, "n5.lane.test", qid=i), range(20)))
+    assert sorted(r.id for r in replies) == list(range(20))
+    assert all(a_of(r) == ["192.0.2.1"] for r in replies)
+    assert first.count("n5.lane.test") == 1
+    assert srv.call(lambda: srv.worker.stats.counters.get(("coalesced",), 0)) == 19
+
+
+def test_the_in_flight_limit_counts_lane_queries(
+    inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    first, _ = ups
+    srv = serve(inproc, tmp_path, *ups, max_inflight=3, cache={"enabled": False},
+                upstream_timeout=1.0)  # fmt: skip
+    for i in range(10, 13):
+        first.behave(f"n{i}.lane.test", delay=0.5)
+    with ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(ask, srv, f"n{i}.lane.test") for i in range(10, 13)]
+        assert first.wait_for(3, timeout=5)
+        assert ask(srv, "n13.lane.test").rcode() == dns.rcode.REFUSED  # over the limit
+        assert all(a_of(f.result()) == ["192.0.2.1"] for f in slow)
+    assert a_of(ask(srv, "n13.lane.test")) == ["192.0.2.1"]  # room again
+
+
+def test_draining_waits_for_lane_queries(
+    inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    first, _ = ups
+    srv = serve(inproc, tmp_path, *ups, upstream_timeout=1.0)
+    first.behave("n20.lane.test", delay=0.4)
+    got: list[dns.message.Message] = []
+    client = threading.Thread(target=lambda: got.append(ask(srv, "n20.lane.test")))
+    client.start()
+    assert first.wait_for(1, "n20.lane.test", "A", timeout=5)
+    assert srv.call(lambda: srv.worker.state.relay.inflight) == 1  # type: ignore[union-attr]
+    srv.close()  # stop: drain, then close
+    client.join(5)
+    assert got and a_of(got[0]) == ["192.0.2.1"]
