@@ -25,8 +25,9 @@ KIND_NAMES = ("success", "denial", "denial")  # CoreDNS counts SERVFAIL with the
 
 # (kind: SUCCESS/DENIAL/SERVFAIL, life: seconds the entry lives (capped), offset of the OPT
 # record (always the last one) or 0, flattened (offset after the question, TTL shown at age 0)
-# pairs). A plain tuple: a NamedTuple costs 0.5 us more on every miss.
-Verdict = tuple[int, int, int, tuple[int, ...]]
+# pairs, as_is: the reply already shows exactly those TTLs, so storing it rewrites none). A
+# plain tuple: a NamedTuple costs 0.5 us more on every miss.
+Verdict = tuple[int, int, int, tuple[int, ...], bool]
 
 
 def classify(
@@ -54,6 +55,7 @@ def classify(
     max_ttl = 0
     negative = _NO_TTL  # RFC 2308 §5: min(SOA TTL, SOA MINIMUM)
     found: list[int] = []  # body offset, TTL, ...
+    wrapped = False  # a TTL with the top bit set, read as 0
     total = an + ns + ar
     i = qend
     for idx in range(total):
@@ -86,6 +88,7 @@ def classify(
         else:
             if ttl > 0x7FFFFFFF:
                 ttl = 0  # RFC 2181 §8: a TTL with the top bit set means zero
+                wrapped = True
             found += (i + 4 - qend, ttl)
             if ttl < min_ttl:
                 min_ttl = ttl
@@ -104,12 +107,12 @@ def classify(
     if rcode == wire.SERVFAIL:
         if cfg.servfail_ttl <= 0:
             return None
-        return SERVFAIL, cfg.servfail_ttl, opt_start, _shown(found, cfg.servfail_ttl, 0)
+        return SERVFAIL, cfg.servfail_ttl, opt_start, _shown(found, cfg.servfail_ttl, 0), False
     if rcode == wire.NOERROR and answered:
         life = _clamp(min_ttl, cfg.min_ttl, cfg.max_ttl)
         if life == min_ttl and max_ttl <= cfg.max_ttl:
-            return SUCCESS, life, opt_start, tuple(found)  # the upstream's TTLs as is
-        return SUCCESS, life, opt_start, _shown(found, life, cfg.max_ttl)
+            return SUCCESS, life, opt_start, tuple(found), not wrapped  # the upstream's TTLs
+        return SUCCESS, life, opt_start, _shown(found, life, cfg.max_ttl), False
     # NXDOMAIN or NODATA (maybe after a CNAME chain): only with an SOA to time it, or a
     # negative TTL of its own from the lookup (c-ares hands no SOA over).
     if negative == _NO_TTL:
@@ -117,7 +120,7 @@ def classify(
             return None
         negative = hint
     life = _clamp(min(negative, min_ttl), cfg.min_ttl, cfg.denial_max_ttl)
-    return DENIAL, life, opt_start, _shown(found, life, 0)
+    return DENIAL, life, opt_start, _shown(found, life, 0), False
 
 
 def _shown(found: list[int], life: int, cap: int) -> tuple[int, ...]:

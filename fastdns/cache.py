@@ -361,7 +361,7 @@ class PacketCache:
             if old is not None:  # the answer changed into an uncacheable one: forget the old
                 self._remove(q.key, old)
             return None
-        kind, life, opt_start, ttls = verdict
+        kind, life, opt_start, ttls, as_is = verdict
         cfg = self.config
         table, other, capacity = (
             (self.success, self.denial, cfg.capacity) if kind == SUCCESS
@@ -381,7 +381,10 @@ class PacketCache:
         e.body = bytearray(reply[q.qend : body_end])
         e.ttls = ttls
         e.size = body_end
-        _retime(e, 0, 0)  # the capped TTLs (a no-op write when nothing was capped)
+        if as_is:
+            e.stamp = 0  # the body already shows the TTLs of age 0
+        else:
+            _retime(e, 0, 0)  # the capped TTLs
         e.kind = kind
         e.ttl = life
         e.stored = now
