@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from fastdns import wire
 from fastdns.resolvconf import UpstreamPlan
-from fastdns.stats import WorkerStats
+from fastdns.stats import Histogram, WorkerStats
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,7 @@ class Forwarder:
     clock: Callable[[], float] = time.monotonic
     channels: dict[tuple[str, int], UdpChannel] = field(default_factory=dict)
     health: dict[tuple[str, int], Health] = field(default_factory=dict)
+    _proxy_histograms: dict[tuple[tuple[str, int], int], Histogram] = field(default_factory=dict)
 
     def set_plan(self, plan: UpstreamPlan) -> None:
         """Switch upstreams (resolv.conf changed); sockets of servers still named are kept."""
@@ -268,11 +269,15 @@ class Forwarder:
         """``server`` answered with ``rcode``; False when that rcode means "try the next one"."""
         if self.health:
             self.health.pop(server, None)
-        to = f"{server[0]}:{server[1]}"
-        self.stats.observe(("proxy_duration", to, wire.RCODE_NAMES.get(rcode, "other")),
-                           self.loop.time() - t0)  # fmt: skip
+        # The histogram per (server, rcode), found once: this runs for every forwarded reply.
+        h = self._proxy_histograms.get((server, rcode))
+        if h is None:
+            to = f"{server[0]}:{server[1]}"
+            h = self._proxy_histograms[(server, rcode)] = self.stats.histogram(
+                ("proxy_duration", to, wire.RCODE_NAMES.get(rcode, "other")))
+        h.observe(self.loop.time() - t0)
         if rcode in FAILOVER_RCODES:
-            self.stats.inc("forward_failover", to, wire.RCODE_NAMES[rcode])
+            self.stats.inc("forward_failover", f"{server[0]}:{server[1]}", wire.RCODE_NAMES[rcode])
             return False
         return True
 
