@@ -260,13 +260,16 @@ def test_port_change_moves_existing_flows(
     a = fastdns_factory(fastdns_config("10.9.9.1"))
     b = fastdns_factory(fastdns_config("10.9.9.2"))
     rr = rules_run(a)
-    rr.wait_status(lambda s: s["installed"])
+    changed = rr.wait_status(lambda s: s["installed"])["reconcile"]["changed"]
     pinned = ("-b", f"{GUEST_IP}#40053")  # one client flow: same source port every time
     assert guest(link, *pinned) == "10.9.9.1"
 
     rr.write_ports(b)
     rr.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: installed_to(b.udp_port), what="rules moved to b")
+    # The rules are visible before the old flows are forgotten (conntrack -D runs after the
+    # restore): wait for the reconcile that did both to be reported.
+    rr.wait_status(lambda s: s["reconcile"]["changed"] > changed)
     # Without the conntrack flush this flow would still reach a for ~30 s (tech-notes §6).
     assert guest(link, *pinned) == "10.9.9.2"
     assert guest(link, "+tcp") == "10.9.9.2"
