@@ -21,7 +21,7 @@ from fastdns.cache import PacketCache
 from fastdns.config import Config
 from fastdns.hosts import HostsFile, StaticAnswer, StaticHosts
 from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder
+from fastdns.upstream import FRESH, Forwarder, Resume
 
 logger = logging.getLogger(__name__)
 
@@ -232,19 +232,11 @@ class Pipeline:
         return await self.forward_rest(q, deadline)
 
     async def forward_rest(
-        self,
-        q: wire.Query,
-        deadline: float,
-        *,
-        force_tcp: bool = False,
-        tried: frozenset[tuple[str, int]] = frozenset(),
-        refused: frozenset[tuple[str, int]] = frozenset(),
+        self, q: wire.Query, deadline: float, resume: Resume = FRESH
     ) -> Resolved:
-        """Forward ``q`` raw (``Forwarder.exchange``): the reply, or SERVFAIL when every
-        upstream failed. ``force_tcp``, ``tried``, ``refused``: where the forward fast lane
-        left off."""
-        result = await self.forwarder.exchange(q, deadline, force_tcp=force_tcp, tried=tried,
-                                               refused=refused)  # fmt: skip
+        """Forward ``q`` raw (``Forwarder.exchange``, from where ``resume`` says the forward
+        fast lane left off): the reply, or SERVFAIL when every upstream failed."""
+        result = await self.forwarder.exchange(q, deadline, resume)
         if result.reply is None:
             self.stats.inc("servfail_exhausted")
             return Resolved(wire.error_reply(q, wire.SERVFAIL, self.opt_size), "server")

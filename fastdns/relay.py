@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastdns import loopguard, wire
 from fastdns.pipeline import Pipeline, Resolved
-from fastdns.upstream import order_servers
+from fastdns.upstream import Resume, order_servers
 
 if TYPE_CHECKING:
     from fastdns.server import UDPServer
@@ -130,10 +130,10 @@ class Relay:
         fwd = self.forwarder
         if data[2] & _TC:
             fwd.stats.inc("forward_tcp_retries", f"{r.server[0]}:{r.server[1]}")
-            self._hand_off(r, "truncated", force_tcp=True)
+            self._hand_off(r, "truncated", Resume(force_tcp=True))
             return
         if not fwd.note_reply(r.server, r.sent, data[3] & 0xF):
-            self._hand_off(r, "failover", refused=frozenset((r.server,)))
+            self._hand_off(r, "failover", Resume(refused=frozenset((r.server,))))
             return
         fwd.stats.counters[_ANSWERED] += 1
         source = "fallback" if fwd.plan.source == "fallback" else "forward"
@@ -148,7 +148,7 @@ class Relay:
         if self.closed:
             return
         self.forwarder.note_failure(r.server, r.sent, "error")
-        self._hand_off(r, "error", tried=frozenset((r.server,)))
+        self._hand_off(r, "error", Resume(tried=frozenset((r.server,))))
 
     def _expire(self) -> None:
         """The oldest queries' deadlines: time them out, re-arm for the next one."""
@@ -165,7 +165,7 @@ class Relay:
             if ch is not None and ch.pending.get(r.uid, (None,))[0] is r:
                 del ch.pending[r.uid]
             self.forwarder.note_failure(r.server, r.sent, "timeout")
-            self._hand_off(r, "timeout", tried=frozenset((r.server,)))
+            self._hand_off(r, "timeout", Resume(tried=frozenset((r.server,))))
         if queue and not self.closed:
             self.timer = self.loop.call_at(max(queue[0].expires, now), self._expire)
 
@@ -184,15 +184,15 @@ class Relay:
         # (else the cache rendered it for q itself: q's ID, question bytes, RD and OPT)
         r.udp.send_answer(q, out, r.addr, r.size, r.t0)
 
-    def _hand_off(self, r: Relayed, reason: str, **how: Any) -> None:
+    def _hand_off(self, r: Relayed, reason: str, resume: Resume) -> None:
         """Leave the lane: the general path goes on from here, in a task."""
         self.forwarder.stats.inc("forward_fast_lane", reason)
-        self.spawn(self._general(r, how))
+        self.spawn(self._general(r, resume))
 
-    async def _general(self, r: Relayed, how: dict[str, Any]) -> None:
+    async def _general(self, r: Relayed, resume: Resume) -> None:
         pipeline, q = self.pipeline, r.q
         try:
-            res = await pipeline.forward_rest(q, r.deadline, **how)
+            res = await pipeline.forward_rest(q, r.deadline, resume)
         except BaseException as e:
             if r.fut is not None and not r.fut.done():
                 r.fut.set_exception(e)

@@ -165,6 +165,21 @@ def order_servers(
     return up + [s for s in servers if s not in up]
 
 
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where the forward fast lane (``fastdns.relay``) left a query for ``exchange``:
+    ``force_tcp`` after a TC reply; ``tried``, servers that timed out or failed in this first
+    round (asked again from the next attempt); ``refused``, servers that answered SERVFAIL or
+    REFUSED (not asked again)."""
+
+    force_tcp: bool = False
+    tried: frozenset[tuple[str, int]] = frozenset()
+    refused: frozenset[tuple[str, int]] = frozenset()
+
+
+FRESH = Resume()  # a query nothing was sent for yet
+
+
 @dataclass
 class ForwardResult:
     reply: bytes | None  # None: every upstream failed
@@ -282,22 +297,14 @@ class Forwarder:
         return True
 
     async def exchange(
-        self,
-        q: wire.Query,
-        deadline: float,
-        *,
-        force_tcp: bool = False,
-        tried: frozenset[tuple[str, int]] = frozenset(),
-        refused: frozenset[tuple[str, int]] = frozenset(),
+        self, q: wire.Query, deadline: float, resume: Resume = FRESH
     ) -> ForwardResult:
-        """Try the upstreams in order until one gives an acceptable reply or time runs out.
-
-        Where the forward fast lane (``fastdns.relay``) left off: ``tried``, servers that
-        timed out or failed in this first round (asked again from the next attempt);
-        ``refused``, servers that answered SERVFAIL or REFUSED (not asked again)."""
+        """Try the upstreams in order until one gives an acceptable reply or time runs out,
+        from where ``resume`` says the fast lane left off."""
         plan = self.plan
         attempts = plan.resolv.attempts if plan.source == "resolv_conf" else 2
-        refused_now = set(refused)
+        refused_now = set(resume.refused)
+        tried = resume.tried
         for attempt in range(attempts):
             for server in order_servers(plan.servers, self.health, self.clock()):
                 if server in refused_now or (attempt == 0 and server in tried):
@@ -307,7 +314,7 @@ class Forwarder:
                     return ForwardResult(None)
                 to = f"{server[0]}:{server[1]}"
                 t0 = self.loop.time()
-                tcp = force_tcp
+                tcp = resume.force_tcp
                 try:
                     if tcp:
                         reply = await self._tcp(server, q, remaining)

@@ -544,7 +544,7 @@ class CountingForwarder:
         self.asked: list[str] = []
         self.plan = type("Plan", (), {"source": "resolv_conf"})()
 
-    async def exchange(self, q: wire.Query, deadline: float, **where: Any) -> Any:
+    async def exchange(self, q: wire.Query, deadline: float, resume: Any = None) -> Any:
         self.asked.append(q.name)
         reply = wire.error_reply(q, wire.NXDOMAIN)
         return type("Result", (), {"reply": reply})()
