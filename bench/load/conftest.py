@@ -5,17 +5,18 @@ per round only)."""
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
 import pytest
+
+from bench import netns
 
 REPORT = pytest.StashKey[list[dict[str, Any]]]()
 
 
 def isolation_problem() -> str | None:
     """Why this process is not in a network namespace whose only interface is lo, or None."""
-    interfaces = sorted(name for _, name in socket.if_nameindex())
+    interfaces = netns.interfaces()
     if interfaces != ["lo"]:
         return f"network interfaces other than lo are present: {', '.join(interfaces)}"
     if os.environ.get("FASTDNS_TEST_NETNS") != "1":
