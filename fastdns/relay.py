@@ -20,6 +20,7 @@ draining like a task.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from fastdns.upstream import Resume, order_servers
 
 if TYPE_CHECKING:
     from fastdns.server import UDPServer
+
+logger = logging.getLogger(__name__)
 
 _TC = 0x02
 _ANSWERED = ("forward_fast_lane", "answered")  # WorkerStats key; hand-offs count by reason
@@ -173,6 +176,13 @@ class Relay:
         pipeline, q = self.pipeline, r.q
         try:
             out = pipeline.remember(q, res)
+        except Exception as e:  # a bug: the client and any waiters still get an answer
+            logger.exception("unhandled error storing a forwarded reply")
+            self.forwarder.stats.inc("unhandled_exceptions")
+            if r.fut is not None and not r.fut.done():
+                r.fut.set_exception(e)
+                r.fut.exception()  # retrieved: there may be no waiter
+            out = res
         finally:
             if pipeline.pending.get(q.key) is r.fut:
                 del pipeline.pending[q.key]

@@ -199,3 +199,20 @@ def test_draining_waits_for_lane_queries(
     srv.close()  # stop: drain, then close
     client.join(5)
     assert got and a_of(got[0]) == ["192.0.2.1"]
+
+
+def test_a_failure_storing_the_reply_still_answers_the_client(
+    inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    srv = serve(inproc, tmp_path, *ups)
+    pipeline = srv.worker.pipeline
+    assert pipeline is not None
+
+    def broken(q: Any, res: Any) -> Any:
+        raise RuntimeError("a bug in the cache")
+
+    srv.call(lambda: setattr(pipeline, "remember", broken))
+    reply = ask(srv, "n30.lane.test", qid=4242)
+    assert reply.id == 4242 and a_of(reply) == ["192.0.2.1"]  # the upstream's answer, spliced
+    assert srv.call(lambda: srv.worker.stats.counters.get(("unhandled_exceptions",), 0)) == 1
+    assert srv.call(lambda: len(pipeline.pending)) == 0
