@@ -112,7 +112,10 @@ class Relay:
         pending[uid] = (r, q)  # type: ignore[assignment]
         r.fut = pipeline.pending[q.key] = self.loop.create_future()
         self.inflight += 1
-        self.queue.append(r)
+        queue = self.queue
+        while queue and queue[0].finished:  # answered ones at the head: drop them now, not
+            queue.popleft()  # at the next timeout (keeps the queue at about what is in flight)
+        queue.append(r)
         if self.timer is None:
             self.timer = self.loop.call_at(r.expires, self._expire)
         try:
