@@ -155,21 +155,21 @@ class ServerState:
             return
         counters = self.stats.counters
         response_size, request_size = self.response_size["udp"], self.request_size["udp"]
-        for f in self.cache.fold_front(time.monotonic()):
-            n = f.n + f.late
-            q = f.q
-            qtype = wire.TYPE_NAMES.get(q.qtype, "other")
-            counters["requests", "udp", qtype] += n
-            if q.do:
-                counters["do_requests",] += n
-            counters["responses", wire.RCODE_NAMES.get(f.body[1] & 0xF, "other"), "cache"] += n
-            response_size.observe_many(len(f.body) + 2, n)
-            request_size.observe_many(len(q.wire), n)
-            if f.n:
+        for (qtype_code, do, rcode, reply_size, query_size), (n, fast, seconds) in (
+                self.cache.fold_front(time.monotonic()).items()):  # fmt: skip
+            hits = int(n)
+            qtype = wire.TYPE_NAMES.get(qtype_code, "other")
+            counters["requests", "udp", qtype] += hits
+            if do:
+                counters[_DO_REQUESTS] += hits
+            counters["responses", wire.RCODE_NAMES.get(rcode, "other"), "cache"] += hits
+            response_size.observe_many(reply_size, hits)
+            request_size.observe_many(query_size, hits)
+            if fast:
                 duration = self._duration(qtype)
-                duration.counts[0] += f.n  # every one took at most FIRST_BUCKET
-                duration.total += f.dur
-                duration.n += f.n
+                duration.counts[0] += int(fast)  # every one took at most FIRST_BUCKET
+                duration.total += seconds
+                duration.n += int(fast)
 
 
 def _reply_limit(config: Config, q: wire.Query) -> int:

@@ -121,7 +121,6 @@ class Worker:
         for key in [k for k in gauges if k[0] in ("upstream_up", "upstream_source")]:
             del gauges[key]  # upstreams come and go with resolv.conf
         if self.state is not None:
-            self.state.flush_fronts()  # fast-lane hits are counted per form, folded here
             gauges[("inflight",)] = self.state.inflight
             gauges[("tcp_connections",)] = len(self.state.tcp_connections)
         if self.pipeline is not None and self.pipeline.cache is not None:
@@ -322,10 +321,8 @@ class WorkerReporter:
         Several beats per ``worker_timeout`` (at most a second apart), so that a loop that is
         merely busy for a moment is never mistaken for a stalled one.
         """
-        inflight = 0
-        if worker.state is not None:
-            worker.state.flush_fronts()  # the fast lane's hits are served queries too
-            inflight = worker.state.inflight
+        inflight = worker.state.inflight if worker.state is not None else 0
+        # (the fast lane's hits are in ``served`` from the last tick's fold: send_stats)
         served = sum(n for key, n in worker.stats.counters.items() if key[0] == "requests")
         self.control.send(ready=True, served=served, inflight=inflight)
         if worker.loop is not None and not self.control.broken:
@@ -333,6 +330,10 @@ class WorkerReporter:
             worker.loop.call_later(interval, self.beat, worker)
 
     def send_stats(self, worker: Worker) -> None:
+        if worker.state is not None:
+            # Fast-lane hits are counted per form; fold them into the per-query stats (and
+            # the served count) once a tick, here, and at the last report.
+            worker.state.flush_fronts()
         if self.status.path:
             worker.sample_gauges()
             self.status.send(worker_message(self.slot, os.getpid(), self.generation,
