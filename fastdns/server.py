@@ -1,9 +1,10 @@
 """UDP and TCP DNS servers on an asyncio (uvloop) loop.
 
-The UDP hot path is a straight line in ``datagram_received``: a query whose exact bytes were
-answered from the cache this second gets that reply again with its own ID (``fastdns.front``);
-else parse header and question, try the cache and the synchronous answers, else start one
-task. Everything is bounded: in-flight queries per worker (REFUSED above), TCP connections,
+The UDP hot path is a straight line in ``UDPServer._on_readable``: a query whose exact bytes
+were answered from the cache this second gets that reply again with its own ID
+(``fastdns.front``); else ``datagram_received`` parses header and question, tries the cache
+and the synchronous answers, else relays the query with callbacks (``fastdns.relay``) or starts
+one task. Everything is bounded: in-flight queries per worker (REFUSED above), TCP connections,
 queries and buffered bytes per connection.
 """
 
