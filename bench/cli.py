@@ -42,8 +42,8 @@ def _csv(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Throughput, latency and CPU per query: fastdns vs dnsmasq, unbound and "
-        "the NSD upstream, in a loopback-only network namespace.",
+        description="Throughput, latency and CPU per query: fastdns vs dnsmasq, unbound, "
+        "dnsdist and the NSD upstream, in a loopback-only network namespace.",
     )
     p.add_argument("--quick", action="store_true", help="short run (about 1-2 minutes)")
     p.add_argument(

@@ -15,7 +15,7 @@ from typing import Any
 from bench.runner import Measurement, as_dict
 
 FASTDNS = ("fastdns-1w", "fastdns-fwd", "fastdns-2w")
-PEERS = ("dnsmasq", "dnsmasq-nocache", "unbound", "upstream")
+PEERS = ("dnsmasq", "dnsmasq-nocache", "unbound", "dnsdist", "dnsdist-nocache", "upstream")
 
 
 def _f(v: float | None, fmt: str) -> str:
@@ -117,6 +117,7 @@ def environment(repo: Path) -> dict[str, Any]:
             "nsd": _version(["nsd", "-v"], r"NSD version ([\d.]+)"),
             "dnsmasq": _version(["dnsmasq", "--version"], r"version ([\d.]+)"),
             "unbound": _version(["unbound", "-V"], r"Version ([\d.]+)"),
+            "dnsdist": _version(["dnsdist", "--version"], r"dnsdist ([\d.]+)"),
         },
     }
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from bench import dnsperf, procstat
 from bench.servers import (
+    Dnsdist,
     Dnsmasq,
     Fastdns,
     Nsd,
@@ -28,6 +29,8 @@ TARGETS = (
     "dnsmasq",
     "dnsmasq-nocache",
     "unbound",
+    "dnsdist",
+    "dnsdist-nocache",
     "upstream",
 )
 WORKLOADS = ("hot", "cold", "mix")
@@ -190,6 +193,10 @@ class Bench:
             return Dnsmasq(d, cpus, cache_size=0)
         if target == "unbound":
             return Unbound(d, cpus)
+        if target == "dnsdist":
+            return Dnsdist(d, cpus, cache_size=10000)
+        if target == "dnsdist-nocache":
+            return Dnsdist(d, cpus, cache_size=0)
         raise ValueError(target)
 
     def _pin(self, server: Server, cpus: str) -> None:
