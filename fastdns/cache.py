@@ -95,6 +95,12 @@ def _retime(form: Form, stamp: int, stale_ttl: int) -> None:
     form.stamp = stamp
 
 
+# A reply stored as it came, made into an Entry on its first hit (PacketCache.lookup): kind,
+# life, stored, reply, question end, OPT offset, TTL offsets, DO. A tuple: the store is on
+# every miss, and a cold name is usually never asked again.
+Raw = tuple[int, int, float, bytes, int, int, tuple[int, ...], bool]
+
+
 class PacketCache:
     """Success and denial maps in insertion order, each bounded; the oldest entry goes first.
 
@@ -120,8 +126,8 @@ class PacketCache:
         self.refresh_hold = refresh_hold  # a refresh in flight blocks another this long
         self.failure_recheck = FAILURE_RECHECK
         self.max_udp = max_udp
-        self.success: OrderedDict[bytes, Entry] = OrderedDict()
-        self.denial: OrderedDict[bytes, Entry] = OrderedDict()
+        self.success: OrderedDict[bytes, Entry | Raw] = OrderedDict()
+        self.denial: OrderedDict[bytes, Entry | Raw] = OrderedDict()
         # Query forms (bytes after the ID) that hit before -> their ready reply: the UDP
         # server answers them itself while fresh, and ``get_raw`` renders them again.
         self.front = FrontTable()
@@ -156,7 +162,7 @@ class PacketCache:
         counters = self.counters
         counters[_REQUESTS] += 1
         key = q.key
-        e = self.success.get(key) or self.denial.get(key)
+        e = self.lookup(key)
         if e is None or q.edns_version:  # an unknown EDNS version gets BADVERS, not a hit
             counters[_MISSES] += 1
             return None
@@ -196,7 +202,7 @@ class PacketCache:
         if f is None:
             return None
         q = f.q
-        e = self.success.get(q.key) or self.denial.get(q.key)
+        e = self.lookup(q.key)
         if e is None or int(now - e.stored) - e.ttl >= (
                 self._stale_window if e.kind != SERVFAIL else 0):  # fmt: skip
             self.front.drop(form)  # gone or expired: the full path counts and forgets it
@@ -344,7 +350,7 @@ class PacketCache:
         source "cache"), or else ``reply`` untouched.
         """
         if len(reply) >= 4 and reply[3] & 0xF in (wire.SERVFAIL, wire.REFUSED):
-            old = self.success.get(q.key) or self.denial.get(q.key)
+            old = self.lookup(q.key)
             if old is not None and old.kind != SERVFAIL:
                 age = int(now - old.stored)
                 if age - old.ttl < self._stale_window:
@@ -356,11 +362,56 @@ class PacketCache:
         entry = self.put(q, reply, source, ttl, now)
         if entry is None:
             return reply, source
+        if type(entry) is tuple:
+            return self._first_reply(entry, q), source
         return self._render(entry, q, 0, TCP_LIMIT), source
+
+    def _entry(self, kind: int, life: int, stored: float, reply: bytes, qend: int,
+               opt_start: int, ttls: tuple[int, ...], do: bool) -> Entry:  # fmt: skip
+        """An Entry for ``reply`` (its body showing the TTLs it came with: ``stamp`` 0)."""
+        body_end = opt_start or len(reply)
+        flags, _, an, ns, ar = _HEAD.unpack_from(reply, 2)
+        # A cache answers for itself: not authoritative; RA always (fastdns recurses for its
+        # clients); AD only for DO queries (RFC 6840 §5.8), and DO is part of the key.
+        flags = (flags & ~(wire.AA | wire.TC)) | wire.RA
+        if not do:
+            flags &= ~wire.AD
+        e = Entry()
+        e.heads = self._heads_for(flags, an, ns, ar - (1 if opt_start else 0))
+        e.body = bytearray(reply[qend:body_end])
+        e.ttls = ttls
+        e.size = body_end
+        e.stamp = 0
+        e.kind = kind
+        e.ttl = life
+        e.stored = stored
+        e.hits = 0
+        e.last_hit = stored
+        e.next_refresh = 0.0
+        e.opt = self._opts[do]
+        e.trunc = None
+        if self._prefetch_hits > 0 and kind != SERVFAIL:
+            e.prefetch_at = stored + life - math.ceil(self.config.prefetch_percent / 100 * life)
+        else:
+            e.prefetch_at = math.inf
+        return e
+
+    def lookup(self, key: bytes) -> Entry | None:
+        """The entry for ``key`` (a raw one made into an Entry now, in its place), or None."""
+        table = self.success
+        e = table.get(key)
+        if e is None:
+            table = self.denial
+            e = table.get(key)
+            if e is None:
+                return None
+        if type(e) is tuple:
+            e = table[key] = self._entry(*e)  # the same place in the eviction order
+        return e
 
     def put(
         self, q: wire.Query, reply: bytes, source: str, ttl: int | None, now: float
-    ) -> Entry | None:
+    ) -> Entry | Raw | None:
         """Cache ``reply`` to ``q`` if CoreDNS would; None when it is not cacheable.
 
         ``ttl`` is the negative TTL of a reply that has no SOA to say it (native and static
@@ -372,7 +423,7 @@ class PacketCache:
         if verdict is None or verdict[1] <= 0:  # TTL 0: use once, never cache (RFC 1035 §3.2.1)
             if verdict is None:
                 self.counters[_DROPS] += 1
-            old = self.success.get(q.key) or self.denial.get(q.key)
+            old = self.lookup(q.key)
             if old is not None:  # the answer changed into an uncacheable one: forget the old
                 self._remove(q.key, old)
             return None
@@ -383,35 +434,12 @@ class PacketCache:
             else (self.denial, self.success, cfg.denial_capacity))  # fmt: skip
         if capacity <= 0:
             return None
-        body_end = opt_start or len(reply)
-        flags, _, an, ns, ar = _HEAD.unpack_from(reply, 2)
-        # A cache answers for itself: not authoritative; RA always (fastdns recurses for its
-        # clients); AD only for DO queries (RFC 6840 §5.8), and DO is part of the key.
-        flags = (flags & ~(wire.AA | wire.TC)) | wire.RA
-        do = q.key[-2] == 1
-        if not do:
-            flags &= ~wire.AD
-        e = Entry()
-        e.heads = self._heads_for(flags, an, ns, ar - (1 if opt_start else 0))
-        e.body = bytearray(reply[q.qend : body_end])
-        e.ttls = ttls
-        e.size = body_end
-        if as_is:
-            e.stamp = 0  # the body already shows the TTLs of age 0
+        e: Entry | Raw
+        if as_is:  # built on its first hit: most names asked once are never asked again
+            e = (kind, life, now, reply, q.qend, opt_start, ttls, q.key[-2] == 1)
         else:
+            e = self._entry(kind, life, now, reply, q.qend, opt_start, ttls, q.key[-2] == 1)
             _retime(e, 0, 0)  # the capped TTLs
-        e.kind = kind
-        e.ttl = life
-        e.stored = now
-        e.hits = 0
-        e.last_hit = now
-        e.next_refresh = 0.0
-        e.opt = self._opts[do]
-        e.trunc = None
-        if self._prefetch_hits > 0 and kind != SERVFAIL:
-            e.prefetch_at = now + life - math.ceil(cfg.prefetch_percent / 100 * life)
-        else:
-            e.prefetch_at = math.inf
         key = q.key
         other.pop(key, None)
         if key in table:
@@ -421,3 +449,16 @@ class PacketCache:
             table.popitem(last=False)
             self.counters[_EVICTIONS[kind]] += 1
         return e
+
+    def _first_reply(self, raw: Raw, q: wire.Query) -> bytes:
+        """What ``_render`` of the Entry that ``raw`` becomes would give ``q`` at age 0."""
+        _, _, _, reply, qend, opt_start, _, do = raw
+        flags, _, an, ns, ar = _HEAD.unpack_from(reply, 2)
+        flags = (flags & ~(wire.AA | wire.TC)) | wire.RA
+        if not do:
+            flags &= ~wire.AD
+        heads = self._heads_for(flags, an, ns, ar - (1 if opt_start else 0))
+        opt = self._opts[do] if q.has_opt else b""
+        data = q.wire
+        return b"".join((data[:2], heads[(data[2] & 1) | (2 if opt else 0)], data[12 : q.qend],
+                         reply[qend : opt_start or len(reply)], opt))  # fmt: skip

@@ -148,6 +148,26 @@ def test_rendered_reply_is_the_upstream_reply_with_our_id_and_flags() -> None:
     assert hit(c, make_query(qid=78), T0 + 1).flags & dns.flags.RD
 
 
+@pytest.mark.parametrize("edns", [None, 1232])
+@pytest.mark.parametrize("do", [False, True])
+def test_a_reply_stored_raw_answers_as_the_entry_it_becomes(edns: int | None, do: bool) -> None:
+    """The store keeps a miss's reply as it came and builds the entry on its first hit; the
+    reply sent for the miss must equal what that entry renders, byte for byte."""
+    c = cache()
+    q = make_query("wWw.example.com", edns=edns, do=do, qid=77)
+    upstream = answer(q, "www.example.com. 300 IN A 192.0.2.1",
+                      authority=("example.com. 300 IN NS ns.example.com.",), aa=True)  # fmt: skip
+    first, source = c.admit(parse(q), upstream, "forward", None, T0)
+    assert type(c.success[parse(q).key]) is tuple  # not built yet
+    entry = c.lookup(parse(q).key)
+    assert entry is not None and c.success[parse(q).key] is entry  # built, in its place
+    assert first == c._render(entry, parse(q), 0, 65535) and source == "forward"
+    m = dns.message.from_wire(first)
+    assert m.id == 77 and str(m.question[0].name) == "wWw.example.com."
+    assert not m.flags & dns.flags.AA and m.flags & dns.flags.RA
+    assert (m.edns >= 0) == (edns is not None or do)
+
+
 def test_client_question_case_is_kept() -> None:
     c = cache()
     q = make_query("www.example.com")
