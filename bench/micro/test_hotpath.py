@@ -90,7 +90,8 @@ def test_ttl_rewrite(benchmark: Any) -> None:
     """Rewriting the TTLs of a 5-record entry in place (once a second per entry at most)."""
     q = wire.parse_query(QUERY)
     cache = filled_cache(q, reply_wire(QUERY, 4))
-    entry = cache.success[q.key]
+    entry = cache.lookup(q.key)
+    assert entry is not None
     stamps = itertools.cycle((1, STALE))
     run(benchmark, lambda: _retime(entry, next(stamps), 30))
 
@@ -172,7 +173,7 @@ def test_udp_cache_hit_fast_lane(benchmark: Any, server: UDPServer) -> None:
     benchmark.pedantic(server._on_readable, setup=one_query, rounds=ROUNDS * 100,
                        warmup_rounds=10)  # fmt: skip
     server.state.flush_fronts()
-    assert server.state.stats.counters["cache_hits", "success"] >= ROUNDS * 100
+    assert server.state.stats.counters["cache_hits", "success"] >= 2  # 2: --benchmark-disable
     assert server.loop is not None
     loop = server.loop
     server.close()
