@@ -321,6 +321,17 @@ class PacketCache:
             trunc[budget] = form
         return form
 
+    def _cached_heads(self, reply: bytes, opt_start: int, do: bool) -> tuple[bytes, ...]:
+        """The headers the cache answers ``reply`` with (OPT counted apart, added per client).
+
+        A cache answers for itself: not authoritative; RA always (fastdns recurses for its
+        clients); AD only for DO queries (RFC 6840 §5.8), and DO is part of the key."""
+        flags, _, an, ns, ar = _HEAD.unpack_from(reply, 2)
+        flags = (flags & ~(wire.AA | wire.TC)) | wire.RA
+        if not do:
+            flags &= ~wire.AD
+        return self._heads_for(flags, an, ns, ar - (1 if opt_start else 0))
+
     def _heads_for(self, flags: int, an: int, ns: int, ar: int) -> tuple[bytes, ...]:
         base = _HEAD.pack(flags, 1, an, ns, ar)
         heads = self._heads.get(base)
@@ -370,14 +381,8 @@ class PacketCache:
                opt_start: int, ttls: tuple[int, ...], do: bool) -> Entry:  # fmt: skip
         """An Entry for ``reply`` (its body showing the TTLs it came with: ``stamp`` 0)."""
         body_end = opt_start or len(reply)
-        flags, _, an, ns, ar = _HEAD.unpack_from(reply, 2)
-        # A cache answers for itself: not authoritative; RA always (fastdns recurses for its
-        # clients); AD only for DO queries (RFC 6840 §5.8), and DO is part of the key.
-        flags = (flags & ~(wire.AA | wire.TC)) | wire.RA
-        if not do:
-            flags &= ~wire.AD
         e = Entry()
-        e.heads = self._heads_for(flags, an, ns, ar - (1 if opt_start else 0))
+        e.heads = self._cached_heads(reply, opt_start, do)
         e.body = bytearray(reply[qend:body_end])
         e.ttls = ttls
         e.size = body_end
@@ -453,11 +458,7 @@ class PacketCache:
     def _first_reply(self, raw: Raw, q: wire.Query) -> bytes:
         """What ``_render`` of the Entry that ``raw`` becomes would give ``q`` at age 0."""
         _, _, _, reply, qend, opt_start, _, do = raw
-        flags, _, an, ns, ar = _HEAD.unpack_from(reply, 2)
-        flags = (flags & ~(wire.AA | wire.TC)) | wire.RA
-        if not do:
-            flags &= ~wire.AD
-        heads = self._heads_for(flags, an, ns, ar - (1 if opt_start else 0))
+        heads = self._cached_heads(reply, opt_start, do)
         opt = self._opts[do] if q.has_opt else b""
         data = q.wire
         return b"".join((data[:2], heads[(data[2] & 1) | (2 if opt else 0)], data[12 : q.qend],
