@@ -197,10 +197,12 @@ class PacketCache:
         Equal bytes parse equally, so the earlier ``Query`` stands for this one; only the ID
         comes from ``data``. A stub resolver repeats the same bytes with a new ID each time.
         """
+        f = self.front.forms.get(data[2:])
+        return None if f is None else self.renew(f, data, now)
+
+    def renew(self, f: Front, data: bytes, now: float) -> tuple[bytes, wire.Query] | None:
+        """``get_raw`` for the form ``f`` of ``data``, already looked up by the caller."""
         form = data[2:]
-        f = self.front.forms.get(form)
-        if f is None:
-            return None
         q = f.q
         e = self.lookup(q.key)
         if e is None or int(now - e.stored) - e.ttl >= (

@@ -2,7 +2,7 @@
 
 The UDP hot path is a straight line in ``UDPServer._on_readable``: a query whose exact bytes
 were answered from the cache this second gets that reply again with its own ID
-(``fastdns.front``); else ``datagram_received`` parses header and question, tries the cache
+(``fastdns.front``); else ``_full`` parses header and question, tries the cache
 and the synchronous answers, else relays the query with callbacks (``fastdns.relay``) or starts
 one task. Everything is bounded: in-flight queries per worker (REFUSED above), TCP connections,
 queries and buffered bytes per connection.
@@ -134,7 +134,7 @@ class UDPServer:
     def _on_readable(self) -> None:
         """Read up to BATCH datagrams. A query whose exact bytes were answered from the cache
         and whose reply is still exact goes out at once (the fast lane, fastdns.front: no parse,
-        no task, two increments); everything else takes ``datagram_received``.
+        no task, two increments); everything else takes ``_full``.
 
         One clock read per datagram: ``t`` is when the worker started taking the datagram off
         the socket (the previous one's end), so a fast hit's duration includes its read, and
@@ -163,7 +163,7 @@ class UDPServer:
                 else:
                     self.state.late_front_hit(f, t - t0)
                 continue
-            self.datagram_received(data, addr)
+            self._full(data, addr, f)
             t = clock()
 
     def _send_failed(self, reply: bytes, addr: Any, exc: OSError) -> None:
@@ -192,7 +192,12 @@ class UDPServer:
             self.loop.remove_writer(self.sock.fileno())
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        """One query by the full path: parse, cache, synchronous answers, else a task."""
+        """One query by the full path (tests, benchmarks: the socket reader calls ``_full``)."""
+        self._full(data, addr, self.front.get(data[2:]))
+
+    def _full(self, data: bytes, addr: Any, f: Front | None) -> None:
+        """Parse, cache, synchronous answers, else relay or a task. ``f``: the fast lane's form
+        for these bytes (out of date), as the reader found it; None when there is none."""
         state = self.state
         if state.draining:
             return
@@ -201,8 +206,8 @@ class UDPServer:
         # as answer_now gives them, and the cache is cleared when the hosts file or
         # resolv.conf changes (Worker.reload_hooks).
         cache = state.cache
-        if cache is not None:
-            hit = cache.get_raw(data, t0)  # the same bytes as an earlier hit: no parse
+        if f is not None and cache is not None:
+            hit = cache.renew(f, data, t0)  # the same bytes as an earlier hit: no parse
             if hit is not None:  # (reply, the earlier query with these bytes)
                 self._reply(hit[0], addr)
                 state.record("udp", hit[1], Resolved(hit[0], "cache"), len(data), t0)
