@@ -39,9 +39,6 @@ class NullTransport:
     def sendto(self, data: bytes, addr: Any) -> None:
         pass
 
-    def is_closing(self) -> bool:
-        return False
-
 
 def main(n: int) -> None:
     config = build_config({"fastdns": {

@@ -36,12 +36,6 @@ class EchoTransport:
     def sendto(self, data: bytes, addr: Any = None) -> None:
         self.loop.call_soon(self.ch.datagram_received, data[:2] + self.reply[2:], SERVER)
 
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
 
 @pytest.fixture(name="forward")
 def _forward() -> Iterator[tuple[asyncio.AbstractEventLoop, Forwarder, wire.Query]]:

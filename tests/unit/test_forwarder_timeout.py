@@ -29,9 +29,6 @@ class FakeTransport:
             loop = asyncio.get_running_loop()
             loop.call_soon(self.ch.datagram_received, data[:2] + self.reply[2:], None)
 
-    def close(self) -> None:
-        pass
-
 
 def setup(loop: asyncio.AbstractEventLoop) -> tuple[Forwarder, wire.Query, dict[Any, Any]]:
     stats = WorkerStats()

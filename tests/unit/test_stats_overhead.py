@@ -30,9 +30,6 @@ class NullTransport:
     def sendto(self, data: bytes, addr: Any) -> None:
         pass
 
-    def is_closing(self) -> bool:
-        return False
-
 
 @pytest.fixture(name="server")
 def _server() -> Iterator[UDPServer]:
