@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -104,12 +103,7 @@ class Relay:
         r.sent = now
         r.deadline = now + self.config.deadline
         r.expires = now + min(fwd.upstream_timeout, self.config.deadline)
-        pending = ch.pending
-        uid = random.getrandbits(16)
-        while uid in pending:
-            uid = random.getrandbits(16)
-        r.uid = uid
-        pending[uid] = (r, q)  # type: ignore[assignment]
+        r.uid = uid = ch.track(r, q)
         r.fut = pipeline.pending[q.key] = self.loop.create_future()
         self.inflight += 1
         queue = self.queue
@@ -121,7 +115,7 @@ class Relay:
         try:
             ch.write(wire.set_id(q.wire, uid))
         except OSError as e:
-            del pending[uid]
+            ch.forget(uid, r)
             self.on_error(r, e)
         return True
 
@@ -168,8 +162,8 @@ class Relay:
             r.finished = True
             self.inflight -= 1
             ch = self.forwarder.channels.get(r.server)
-            if ch is not None and ch.pending.get(r.uid, (None,))[0] is r:
-                del ch.pending[r.uid]
+            if ch is not None:
+                ch.forget(r.uid, r)
             self.forwarder.note_failure(r.server, r.sent, "timeout")
             self._hand_off(r, "timeout", Resume(tried=frozenset((r.server,))))
         if queue and not self.closed:

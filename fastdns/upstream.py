@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fastdns import wire
 from fastdns.resolvconf import UpstreamPlan
@@ -47,6 +48,16 @@ def _expire(fut: asyncio.Future[bytes]) -> None:
         fut.set_exception(TimeoutError())
 
 
+class Waiter(Protocol):
+    """Who gets an upstream reply: a Future, or a fast-lane query (``fastdns.relay``)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, data: bytes) -> None: ...
+
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
 class UpstreamDown(Exception):
     """The upstream could not be reached (ICMP unreachable, socket closed)."""
 
@@ -61,7 +72,7 @@ class UdpChannel:
     """
 
     def __init__(self, stats: WorkerStats, to: str) -> None:
-        self.pending: dict[int, tuple[asyncio.Future[bytes], wire.Query]] = {}
+        self.pending: dict[int, tuple[Waiter, wire.Query]] = {}
         self.stats = stats
         self.to = to
         self.sock: socket.socket | None = None
@@ -121,18 +132,24 @@ class UdpChannel:
         write = self.write
         if write is None:
             raise UpstreamDown("socket closed")
-        uid = random.getrandbits(16)
-        while uid in self.pending:
-            uid = random.getrandbits(16)
         fut: asyncio.Future[bytes] = loop.create_future()
+        uid = self.track(fut, q)
         try:
             write(wire.set_id(q.wire, uid))
         except OSError as e:  # an earlier ICMP error, or a full buffer: this one is lost too
+            del self.pending[uid]
             raise UpstreamDown(str(e)) from e
-        self.pending[uid] = (fut, q)
         return uid, fut
 
-    def forget(self, uid: int, fut: asyncio.Future[bytes]) -> None:
+    def track(self, waiter: Waiter, q: wire.Query) -> int:
+        """A fresh upstream ID for ``q``, whose reply (or failure) goes to ``waiter``."""
+        uid = random.getrandbits(16)
+        while uid in self.pending:
+            uid = random.getrandbits(16)
+        self.pending[uid] = (waiter, q)
+        return uid
+
+    def forget(self, uid: int, fut: Waiter) -> None:
         entry = self.pending.get(uid)
         if entry is not None and entry[0] is fut:
             del self.pending[uid]
