@@ -25,6 +25,7 @@ from bench.zone import Dataset
 TARGETS = (
     "fastdns-1w",
     "fastdns-fwd",
+    "fastdns-cares",
     "fastdns-2w",
     "dnsmasq",
     "dnsmasq-nocache",
@@ -185,6 +186,8 @@ class Bench:
             return Fastdns(d, cpus, 1)
         if target == "fastdns-fwd":
             return Fastdns(d, cpus, 1, native=False)
+        if target == "fastdns-cares":
+            return Fastdns(d, cpus, 1, forward_first=False)
         if target == "fastdns-2w":
             return Fastdns(d, cpus, self.s.fastdns_workers)
         if target == "dnsmasq":

@@ -338,13 +338,18 @@ class Fastdns(Server):
 
     ``native=False`` turns the c-ares path off (``native: {enabled: false}``): every query
     that misses the cache is forwarded raw over UDP, the "fastdns-fwd" row.
+    ``forward_first=False`` sends every A/AAAA miss through c-ares (``native.forward_first:
+    false``), the "fastdns-cares" row: the native path as c-ares alone runs it.
     """
 
-    def __init__(self, workdir: Path, cpus: str, workers: int, native: bool = True) -> None:
+    def __init__(self, workdir: Path, cpus: str, workers: int, native: bool = True,
+                 forward_first: bool = True) -> None:  # fmt: skip
         super().__init__(workdir, cpus)
         self.workers = workers
         self.native = native
-        self.name = f"fastdns-{workers}w" if native else "fastdns-fwd"
+        self.forward_first = forward_first
+        self.name = (f"fastdns-{workers}w" if native and forward_first
+                     else "fastdns-fwd" if not native else "fastdns-cares")  # fmt: skip
         self.state_file = workdir / f"{self.name}.state.json"
         self.state: dict[str, object] = {}
 
@@ -369,7 +374,7 @@ fastdns:
   fallback: []
   workers: {self.workers}
   cache: {{enabled: true}}
-  native: {{enabled: {"true" if self.native else "false"}}}
+  native: {{enabled: {str(self.native).lower()}, forward_first: {str(self.forward_first).lower()}}}
 """
         )
         self.state_file.unlink(missing_ok=True)

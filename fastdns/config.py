@@ -42,6 +42,10 @@ class NativeConfig:
     negative_ttl: int = 5  # NXDOMAIN/NODATA from c-ares carry no SOA
     hosts_ttl: int = 5  # TTL of answers that came from the hosts file (c-ares reports 0)
     max_inflight: int = 512  # per worker; above it the query is forwarded raw
+    # A/AAAA of a name c-ares would try as is first (at least ndots dots): forward it raw
+    # first and answer that reply when it has the address; c-ares only runs when it has not
+    # and the search list could still find one. Same answers, a third of the CPU.
+    forward_first: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +340,7 @@ def _load_native(m: Mapping[str, Any], p: _Problems) -> NativeConfig:
         hosts_ttl=_get_number(m, "hosts_ttl", path, d.hosts_ttl, p, kind=int, low=0, high=86400),
         max_inflight=_get_number(m, "max_inflight", path, d.max_inflight, p, kind=int, low=1,
                                  high=100000),
+        forward_first=_get_bool(m, "forward_first", path, d.forward_first, p),
     )  # fmt: skip
 
 

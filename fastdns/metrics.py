@@ -53,6 +53,8 @@ SOURCE_TO_PLUGIN = {"server": ""}
 NATIVE_FALLBACK_REASONS = frozenset(("unsupported_type", "dnssec", "disabled", "overload", "error",
                                      "timeout", "nodata", "nxdomain", "servfail",
                                      "refused"))  # fmt: skip
+# fastdns/native.py NativeResolver.settle outcomes (native.forward_first).
+FORWARD_FIRST_OUTCOMES = frozenset(("answered", "negative", "search", "failed"))
 UPSTREAM_SOURCES = frozenset(("resolv_conf", "dns", "fallback", "none"))
 RECONCILE_RESULTS = frozenset(("ok", "changed", "error"))
 # Label values chosen by configuration (upstream addresses) or the supervisor (slots, restart
@@ -169,6 +171,12 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("fastdns_native_fallbacks_total", "counter",
               "Queries the native path handed to raw forwarding, by reason.", ("reason",),
               values={"reason": NATIVE_FALLBACK_REASONS}),
+    MetricDef("fastdns_native_forward_first_total", "counter",
+              "A/AAAA questions forwarded raw before c-ares (native.forward_first), by what the "
+              "reply settled: answered (it had the address), negative (no address, and no "
+              "search domain to try), search (no address: c-ares went on with the search "
+              "list), failed (SERVFAIL or REFUSED from every upstream: answered as is).",
+              ("outcome",), values={"outcome": FORWARD_FIRST_OUTCOMES}),
     # --- the packet cache (CoreDNS plugin/cache) ------------------------------------------
     MetricDef("fastdns_cache_entries", "gauge", "Cached replies, summed over workers' caches.",
               ("server", "type"), values={"type": frozenset(("success", "denial"))}),
@@ -242,6 +250,7 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "upstream_source": (Source("fastdns_forward_upstream_source", ("source",)),),
     "native_duration": (Source("fastdns_native_request_duration_seconds", ("type", "rcode")),),
     "native_fallback": (Source("fastdns_native_fallbacks_total", ("reason",)),),
+    "native_forward_first": (Source("fastdns_native_forward_first_total", ("outcome",)),),
     "cache_entries": (Source("fastdns_cache_entries", ("type",)),),
     "cache_requests": (Source("fastdns_cache_requests_total"),),
     "cache_hits": (Source("fastdns_cache_hits_total", ("type",)),),

@@ -39,6 +39,8 @@ CHANNEL_FLAGS = pycares.ARES_FLAG_EDNS
 RETIRE_GRACE = 1.0  # seconds past native.timeout before a replaced channel is cancelled
 MIN_TRY_TIMEOUT = TIMER_MAX  # c-ares' own floor for adaptive timeouts; the glue relies on it
 
+_ADDRESS_TYPES = (wire.A, wire.AAAA)
+_SPECIAL_TLDS = (b"localhost", b"onion")  # RFC 6761 §6.3, RFC 7686: c-ares answers them
 _DEADLINE = -1  # our own hard deadline ran out (c-ares may still be trying)
 # c-ares status -> (fallback reason, duration label). ENOTFOUND/ENODATA are answers, not here.
 # Reasons and labels are the bounded sets of fastdns.metrics (NATIVE_FALLBACK_REASONS,
@@ -154,6 +156,10 @@ class NativeResolver:
                                  local_ttl=config.native.hosts_ttl,
                                  opt_size=config.udp_payload_cap)  # fmt: skip
         self.retiring: set[AresDriver] = set()
+        # native.forward_first (never in lima_compat: Lima's answers are flattened, TTL 5).
+        self.first = config.native.forward_first and not config.lima_compat
+        self.ndots = 1
+        self.searching = False  # the resolv.conf has search domains
         # pycares has no hosts_path: c-ares reads $CARES_HOSTS when a lookup passes
         # ARES_AI_ENVHOSTS (tech-notes §1.4). One worker process serves one config.
         os.environ["CARES_HOSTS"] = config.hosts_file
@@ -172,6 +178,7 @@ class NativeResolver:
 
     def _new_driver(self) -> AresDriver | None:
         plan = self.plan()
+        self.ndots, self.searching = plan.resolv.ndots, bool(plan.resolv.search)
         if not plan.servers:
             # No nameserver and no fallback: c-ares would query 127.0.0.1:53 (maybe fastdns
             # itself). The hosts file is answered by the pipeline; the rest gets SERVFAIL.
@@ -238,6 +245,45 @@ class NativeResolver:
             self._fallback("disabled")
             return True
         return False
+
+    def forward_first(self, q: wire.Query) -> bool:
+        """True when ``q`` (not declined) may be forwarded raw before c-ares is asked.
+
+        For A and AAAA, c-ares' getaddrinfo looks in the hosts file (the pipeline already has),
+        then asks DNS for the name as is when it has at least ``ndots`` dots, and goes on to
+        the search domains only when that finds no address (NXDOMAIN or NODATA). So when the
+        raw reply to the same question, from the same servers, has the address, it is the
+        answer c-ares would have built from it, plus the upstream's authority and additional
+        sections. ``settle`` says when c-ares must still run. Not for ``localhost`` and
+        ``.onion``, which c-ares answers without DNS.
+        """
+        if not self.first or q.qtype not in _ADDRESS_TYPES or q.do or q.cd or self.driver is None:
+            return False  # (DO/CD and no channel: declined, forwarded raw anyway)
+        name = q.qname
+        i = dots = 0
+        last = 0
+        while name[i]:
+            last = i
+            i += name[i] + 1
+            dots += 1
+        if dots <= self.ndots:  # labels - 1 < ndots: c-ares tries the search list first
+            return False
+        return name[last + 1 : i].lower() not in _SPECIAL_TLDS
+
+    def settle(self, q: wire.Query, reply: bytes) -> bool:
+        """After ``forward_first``: True when c-ares must still run, because ``reply`` is an
+        NXDOMAIN or NODATA and the host has search domains to try; counted either way."""
+        if reply[3] & wire.RCODE_MASK not in (wire.NOERROR, wire.NXDOMAIN):
+            self.stats.inc("native_forward_first", "failed")
+            return False  # every upstream failed: c-ares would ask the same ones
+        if wire.has_answer(reply, q.qend, q.qtype):
+            self.stats.inc("native_forward_first", "answered")
+            return False
+        if not self.searching:
+            self.stats.inc("native_forward_first", "negative")
+            return False
+        self.stats.inc("native_forward_first", "search")
+        return True
 
     async def __call__(self, q: wire.Query, deadline: float) -> Resolved | None:
         if self.declines(q):

@@ -82,6 +82,12 @@ class Pipeline:
         # fallback): such queries may take the forward fast lane (fastdns.relay).
         self.native_declines: Callable[[wire.Query], bool] = getattr(
             native, "declines", lambda q: False)
+        # native.forward_first: A/AAAA forwarded raw first, c-ares only when the search list
+        # may still find what that reply lacks (NativeResolver.forward_first and settle).
+        self.native_forward_first: Callable[[wire.Query], bool] = getattr(
+            native, "forward_first", lambda q: False)
+        self.native_settle: Callable[[wire.Query, bytes], bool] = getattr(
+            native, "settle", lambda q, reply: False)
         # hostResolver.enabled false: Lima's guest would ask the dns: servers directly, so
         # nothing is answered locally (no static names, hosts file or AAAA rule).
         self.static = StaticHosts.from_pairs(config.hosts if config.enabled else ())
@@ -226,10 +232,21 @@ class Pipeline:
             self._loop_detected(q)
             return Resolved(loopguard.marker_reply(q, self.opt_size), "server")
         if self.native is not None:
+            if self.native_forward_first(q):
+                return await self.settle(q, await self.forward_rest(q, deadline), deadline)
             res = await self.native(q, deadline)
             if res is not None:
                 return res
         return await self.forward_rest(q, deadline)
+
+    async def settle(self, q: wire.Query, res: Resolved, deadline: float) -> Resolved:
+        """The answer to a question forwarded first (``native_forward_first``): ``res``, or
+        when it has no address and the host has search domains, what c-ares finds with them
+        (``res`` still, if c-ares falls back)."""
+        if self.native is None or not self.native_settle(q, res.reply):
+            return res
+        found = await self.native(q, deadline)
+        return res if found is None else found
 
     async def forward_rest(
         self, q: wire.Query, deadline: float, resume: Resume = FRESH

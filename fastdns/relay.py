@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from fastdns import loopguard, wire
@@ -40,13 +41,14 @@ _ANSWERED = ("forward_fast_lane", "answered")  # WorkerStats key; hand-offs coun
 class Relayed:
     """One query in the lane; it stands in for the Future in ``UdpChannel.pending``."""
 
-    __slots__ = ("addr", "deadline", "expires", "finished", "fut", "q", "relay", "sent",
-                 "server", "size", "t0", "udp", "uid")  # fmt: skip
+    __slots__ = ("addr", "deadline", "expires", "finished", "fut", "native", "q", "relay",
+                 "sent", "server", "size", "t0", "udp", "uid")  # fmt: skip
 
     def __init__(self, relay: Relay, q: wire.Query, udp: UDPServer, addr: Any, size: int,
                  t0: float) -> None:  # fmt: skip
         self.relay, self.q, self.udp, self.addr, self.size, self.t0 = relay, q, udp, addr, size, t0
         self.finished = False
+        self.native = False  # forwarded first for the native path (native.forward_first)
         self.server: tuple[str, int] = ("", 0)
         self.uid = 0
         self.sent = self.expires = self.deadline = 0.0
@@ -94,11 +96,13 @@ class Relay:
         ch = fwd.channels.get(server)
         if ch is None or ch.write is None:
             return False  # the general path opens the socket
-        # Last: declines() counts the native fallback, so no False may follow it.
-        if pipeline.native is not None and not pipeline.native_declines(q):
+        # Last: declines() counts the native fallback, so no False may follow a True.
+        native = pipeline.native is not None and not pipeline.native_declines(q)
+        if native and not pipeline.native_forward_first(q):
             return False
         now = self.loop.time()
         r = Relayed(self, q, udp, addr, size, t0)
+        r.native = native
         r.server = server
         r.sent = now
         r.deadline = now + self.config.deadline
@@ -137,7 +141,11 @@ class Relay:
             return
         fwd.stats.counters[_ANSWERED] += 1
         source = "fallback" if fwd.plan.source == "fallback" else "forward"
-        self._finish(r, Resolved(data, source))
+        res = Resolved(data, source)
+        if r.native and self.pipeline.native_settle(r.q, data):
+            self.spawn(self._general(r, self._search(r, res)))  # no address: c-ares' turn
+            return
+        self._finish(r, res)
 
     def on_error(self, r: Relayed, exc: BaseException) -> None:
         """ICMP unreachable, or the socket closed under the query."""
@@ -194,12 +202,24 @@ class Relay:
     def _hand_off(self, r: Relayed, reason: str, resume: Resume) -> None:
         """Leave the lane: the general path goes on from here, in a task."""
         self.forwarder.stats.inc("forward_fast_lane", reason)
-        self.spawn(self._general(r, resume))
+        self.spawn(self._general(r, self._forward_rest(r, resume)))
 
-    async def _general(self, r: Relayed, resume: Resume) -> None:
+    async def _forward_rest(self, r: Relayed, resume: Resume) -> Resolved:
+        pipeline = self.pipeline
+        res = await pipeline.forward_rest(r.q, r.deadline, resume)
+        return await pipeline.settle(r.q, res, r.deadline) if r.native else res
+
+    async def _search(self, r: Relayed, res: Resolved) -> Resolved:
+        """c-ares with the search list, after ``res`` had no address (``settle``)."""
+        native = self.pipeline.native
+        found = await native(r.q, r.deadline) if native is not None else None
+        return res if found is None else found
+
+    async def _general(self, r: Relayed, step: Awaitable[Resolved]) -> None:
+        """Finish ``r`` with what ``step`` (the general path's rest of it) resolves to."""
         pipeline, q = self.pipeline, r.q
         try:
-            res = await pipeline.forward_rest(q, r.deadline, resume)
+            res = await step
         except BaseException as e:
             if r.fut is not None and not r.fut.done():
                 r.fut.set_exception(e)

@@ -431,6 +431,34 @@ def match_opt(reply: bytes, q: Query, opt_size: int) -> bytes:
     return reply
 
 
+def has_answer(reply: bytes, qend: int, qtype: int) -> bool:
+    """True when ``reply`` (a NOERROR response whose one question ends at ``qend``) has an
+    answer record of ``qtype``: an address, not only a CNAME on the way to none. False for any
+    other reply, damaged ones included."""
+    n = len(reply)
+    if n < 12 or reply[3] & RCODE_MASK:
+        return False
+    i = qend
+    for _ in range((reply[6] << 8) | reply[7]):
+        while True:  # the owner name; a compression pointer ends it
+            if i >= n:
+                return False
+            length = reply[i]
+            if length == 0:
+                i += 1
+                break
+            if length >= 0xC0:
+                i += 2
+                break
+            i += length + 1
+        if i + 10 > n:
+            return False
+        if (reply[i] << 8) | reply[i + 1] == qtype:
+            return True
+        i += 10 + ((reply[i + 8] << 8) | reply[i + 9])
+    return False
+
+
 def question_matches(reply: bytes, q: Query) -> bool:
     """True when ``reply`` is a response with exactly one question equal to ``q``'s, ignoring
     case (RFC 4343). The question must be uncompressed, as every server sends it."""

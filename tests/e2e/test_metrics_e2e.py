@@ -179,7 +179,8 @@ def test_native_answers_and_fallbacks_are_counted(
 ) -> None:
     """The native (c-ares) path: what it answers is plugin="native"; what it hands to raw
     forwarding is counted by reason and then answered by plugin="forward"."""
-    fdp = fastdns_factory(config(native={"enabled": True}), upstreams=[up])
+    fdp = fastdns_factory(config(native={"enabled": True, "forward_first": False}),
+                          upstreams=[up])  # fmt: skip
     for i in range(3):
         assert str(ask(fdp, f"fwd{i}.test").answer[0][0]) == f"192.0.2.{i + 1}"
     assert ask(fdp, "test", "SOA").rcode() == 0  # not a native type: raw
@@ -192,6 +193,24 @@ def test_native_answers_and_fallbacks_are_counted(
     assert value(s, "fastdns_native_request_duration_seconds_count", type="A",
                  rcode="NOERROR") == 3  # fmt: skip
     assert value(s, "fastdns_dns_do_requests_total", server=f"dns://{HOST}:{fdp.udp_port}") == 1
+
+
+def test_forward_first_answers_are_counted_by_outcome(
+    fastdns_factory: Any, up: FakeUpstream
+) -> None:
+    """The defaults (native.forward_first): an A/AAAA question whose name has a dot is
+    forwarded raw first; its reply settles it (plugin="forward"), c-ares is never asked, and
+    the outcome is counted."""
+    fdp = fastdns_factory(config(native={"enabled": True}), upstreams=[up])
+    for i in range(3):
+        assert str(ask(fdp, f"fwd{i}.test").answer[0][0]) == f"192.0.2.{i + 1}"
+    assert ask(fdp, "nothere.test").rcode() == dns.rcode.NXDOMAIN
+    s = scrape_when(fdp, 4)
+    assert total(s, "fastdns_dns_responses_total", plugin="forward") == 4
+    assert total(s, "fastdns_dns_responses_total", plugin="native") == 0
+    assert value(s, "fastdns_native_forward_first_total", outcome="answered") == 3
+    assert value(s, "fastdns_native_forward_first_total", outcome="negative") == 1
+    assert not series(s, "fastdns_native_request_duration_seconds_count")
 
 
 def _quietly(fn: Any, *args: Any) -> None:

@@ -78,9 +78,11 @@ def serve(
                                options=options)  # fmt: skip
     hosts_file = tmp_path / f"hosts-{n}"
     hosts_file.write_text("127.0.0.1 localhost\n" + hosts)
-    # fastdns's own cache off: these tests look at what the native path itself sends
+    # fastdns's own cache off: these tests look at what the native path itself sends; and
+    # c-ares for every A/AAAA too (native.forward_first has its own tests)
+    native = {"forward_first": False, **fastdns.pop("native", {})}
     section = {"resolv_conf": str(resolv), "hosts_file": str(hosts_file),
-               "cache": {"enabled": False}, **fastdns}  # fmt: skip
+               "cache": {"enabled": False}, "native": native, **fastdns}  # fmt: skip
     return inproc({"hostResolver": resolver or {}, "fastdns": section})
 
 

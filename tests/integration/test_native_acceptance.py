@@ -96,9 +96,11 @@ def serve(
     **fastdns: Any,
 ) -> InProcessServer:
     resolv = write_resolv_conf(tmp_path / f"resolv-{len(inproc.made)}.conf", up)
-    # fastdns's own cache off: these tests look at what the native path itself sends
+    # fastdns's own cache off: these tests look at what the native path itself sends; and
+    # c-ares for every A/AAAA too (native.forward_first has its own tests)
+    native = {"forward_first": False, **fastdns.pop("native", {})}
     section = {"resolv_conf": str(resolv), "lima_compat": lima, "cache": {"enabled": False},
-               **fastdns}  # fmt: skip
+               "native": native, **fastdns}  # fmt: skip
     return inproc({"hostResolver": {"ipv6": ipv6}, "fastdns": section})
 
 

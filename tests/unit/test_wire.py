@@ -446,3 +446,41 @@ def test_match_opt_adds_or_removes_opt() -> None:
     assert len(added.answer[0]) == 2 and len(added.additional) == 1
     removed = dns.message.from_wire(wire.match_opt(with_opt, plain, 1232))
     assert removed.edns == -1 and len(removed.answer[0]) == 2 and len(removed.additional) == 1
+
+
+def _reply_with(qname: str, qtype: str, *rrsets: tuple[str, str, str], rcode: int = 0) -> tuple[
+        bytes, wire.Query]:  # fmt: skip
+    q = dns.message.make_query(qname, qtype)
+    r = dns.message.make_response(q)
+    r.set_rcode(rcode)
+    for name, rdtype, value in rrsets:
+        r.answer.append(dns.rrset.from_text(name, 60, "IN", rdtype, value))
+    return r.to_wire(), wire.parse_query(q.to_wire())
+
+
+@pytest.mark.parametrize(
+    ("qtype", "rrsets", "rcode", "want"),
+    [
+        ("A", [("a.example.", "A", "192.0.2.1")], 0, True),
+        ("A", [("a.example.", "CNAME", "b.example."), ("b.example.", "A", "192.0.2.1")], 0, True),
+        ("A", [("a.example.", "CNAME", "b.example.")], 0, False),  # a chain to nothing
+        ("A", [("a.example.", "AAAA", "2001:db8::1")], 0, False),  # the other family
+        ("AAAA", [("a.example.", "AAAA", "2001:db8::1")], 0, True),
+        ("A", [], 0, False),  # NODATA
+        ("A", [], 3, False),  # NXDOMAIN
+        ("A", [("a.example.", "A", "192.0.2.1")], 2, False),  # SERVFAIL, whatever it holds
+    ],
+)  # fmt: skip
+def test_has_answer_wants_a_record_of_the_asked_type(
+    qtype: str, rrsets: list[tuple[str, str, str]], rcode: int, want: bool
+) -> None:
+    reply, q = _reply_with("a.example.", qtype, *rrsets, rcode=rcode)
+    assert wire.has_answer(reply, q.qend, q.qtype) is want
+
+
+def test_has_answer_is_false_on_damaged_replies() -> None:
+    reply, q = _reply_with("a.example.", "A", ("a.example.", "A", "192.0.2.1"))
+    for cut in range(len(reply) - 1, q.qend - 1, -1):  # every cut through the answer
+        got = wire.has_answer(reply[:cut], q.qend, q.qtype)
+        assert got is (cut >= q.qend + 12)  # owner pointer and fixed fields still whole
+    assert wire.has_answer(b"\x00" * 5, 5, 1) is False
