@@ -13,8 +13,9 @@ Admission follows CoreDNS ``cache.go``/``item.go`` and RFC 2308: positive answer
 (NXDOMAIN/NODATA with an SOA, TTL ``min(SOA TTL, SOA MINIMUM)``) go to separate bounded maps,
 SERVFAIL is kept ``servfail_ttl`` seconds, every TTL a client sees is the capped one; TC,
 mismatched, malformed and SOA-less negative replies are never cached (unless the lookup gives a
-negative TTL of its own: native and static answers). Serve-stale (RFC 8767, "immediate") and
-prefetch start at most one background refresh per entry.
+negative TTL of its own: native and static answers). Serve-stale (RFC 8767, "immediate", or
+"verify": look up first, stale only when that fails) and prefetch start at most one background
+refresh per entry.
 """
 
 from __future__ import annotations
@@ -134,6 +135,10 @@ class PacketCache:
         self._opts = (wire.opt_record(opt_size, False), wire.opt_record(opt_size, True))
         self._heads: dict[bytes, tuple[bytes, ...]] = {}
         self._stale_window = config.serve_stale
+        # Verify mode: an expired entry is a miss that is kept; ``admit`` answers it when the
+        # lookup fails. Immediate mode serves it from ``_serve`` (and the fast lane's renew).
+        self._verify = config.stale_refresh == "verify"
+        self._serve_window = 0 if self._verify else config.serve_stale
         self._stale_ttl = config.stale_ttl
         self._prefetch_hits = config.prefetch
         self._prefetch_window = config.prefetch_duration
@@ -168,7 +173,9 @@ class PacketCache:
             return None
         reply = self._serve(e, q, q.wire, now, TCP_LIMIT if tcp else self._udp_limit(q))
         if reply is None:
-            self._remove(key, e)
+            if not self._verify or int(now - e.stored) - e.ttl >= self._stale_window or (
+                    e.kind == SERVFAIL):  # fmt: skip
+                self._remove(key, e)  # (verify keeps a stale entry for ``admit``)
             counters[_MISSES] += 1
         elif not tcp and q.qname == key[: len(q.qname)] and len(q.wire) <= 512:
             # Remember this exact query form (lower-case name: not a 0x20 client, whose every
@@ -206,7 +213,7 @@ class PacketCache:
         q = f.q
         e = self.lookup(q.key)
         if e is None or int(now - e.stored) - e.ttl >= (
-                self._stale_window if e.kind != SERVFAIL else 0):  # fmt: skip
+                self._serve_window if e.kind != SERVFAIL else 0):  # fmt: skip
             self.front.drop(form)  # gone or expired: the full path counts and forgets it
             return None
         self.counters[_REQUESTS] += 1
@@ -267,8 +274,11 @@ class PacketCache:
                 e.next_refresh = now + self.refresh_hold
                 counters[_PREFETCH] += 1
                 self.refresh(q)
-        elif age - e.ttl < self._stale_window and e.kind != SERVFAIL:
+        elif age - e.ttl < self._stale_window and e.kind != SERVFAIL and (
+                not self._verify or now < e.next_refresh):  # fmt: skip
             # RFC 8767 §4 immediate mode: answer stale now with a short TTL, refresh behind.
+            # Verify mode: only within the failure recheck after a failed lookup (RFC 8767
+            # §5), else the lookup goes first (a miss; ``admit`` serves it if that fails).
             age = STALE
             counters[_STALE] += 1
             if now >= e.next_refresh:

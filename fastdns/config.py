@@ -61,6 +61,9 @@ class CacheConfig:
     servfail_ttl: int = 5  # 0 = do not cache SERVFAIL
     serve_stale: int = 3600  # seconds an expired entry may still be served (RFC 8767); 0 = off
     stale_ttl: int = 30  # TTL of a stale answer (RFC 8767 §4)
+    # "immediate": answer stale at once, refresh behind; "verify": ask the upstream first and
+    # answer stale only when it fails (CoreDNS serve_stale's REFRESH_MODE).
+    stale_refresh: str = "immediate"
     prefetch: int = 10  # hits before an entry counts as popular; 0 = no prefetch
     prefetch_percent: int = 10  # refresh a popular entry when this much of its TTL is left
     prefetch_duration: int = 60  # hits count towards ``prefetch`` while no gap exceeds this
@@ -189,6 +192,15 @@ def _get_str(m: Mapping[str, Any], key: str, path: str, default: str, p: _Proble
         return default
     if not isinstance(value, str):
         p.add(f"{path}.{key}", f"must be a string, got {_type_name(value)} {value!r}")
+        return default
+    return value
+
+
+def _get_choice(m: Mapping[str, Any], key: str, path: str, default: str,
+                choices: tuple[str, ...], p: _Problems) -> str:  # fmt: skip
+    value = _get_str(m, key, path, default, p)
+    if value not in choices:
+        p.add(f"{path}.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
         return default
     return value
 
@@ -361,6 +373,8 @@ def _load_cache(m: Mapping[str, Any], p: _Problems) -> CacheConfig:
         servfail_ttl=num("servfail_ttl", 0, 300),  # RFC 2308 §7.1: at most 5 minutes
         serve_stale=num("serve_stale", 0, 7 * 86400),
         stale_ttl=num("stale_ttl", 0, 86400),
+        stale_refresh=_get_choice(m, "stale_refresh", path, d.stale_refresh,
+                                  ("immediate", "verify"), p),
         prefetch=num("prefetch", 0, 1_000_000),
         prefetch_percent=num("prefetch_percent", 1, 99),
         prefetch_duration=num("prefetch_duration", 1, 86400),

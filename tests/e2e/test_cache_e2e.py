@@ -167,6 +167,36 @@ def test_stale_answer_while_the_upstream_is_dead(
     upstream.behave("stale.cache.test")  # back to normal for whoever comes next
 
 
+def test_verify_mode_asks_the_upstream_before_answering_stale(
+    fastdns_factory: Any, upstream: FakeUpstream
+) -> None:
+    """``stale_refresh: verify`` (CoreDNS serve_stale verify): an expired entry is looked up
+    first; it is answered stale only when that lookup fails, and then for the 30 s failure
+    recheck without asking again."""
+    fast = {**FAST, "cache": {**CACHE, "stale_refresh": "verify"}}
+    server = fastdns_factory({"fastdns": fast}, upstreams=[upstream])
+    name = "verify.cache.test"
+    upstream.add(name, "A", "192.0.2.6", ttl=1)
+    assert a_of(server.query(name)) == ["192.0.2.6"]
+    time.sleep(1.1)
+    upstream.remove(name)
+    upstream.add(name, "A", "192.0.2.7", ttl=1)
+    assert a_of(server.query(name)) == ["192.0.2.7"]  # asked first: the new answer
+    assert upstream.count(name) == 2
+    time.sleep(1.1)
+    upstream.behave(name, drop=True)
+    asked = upstream.count(name)
+    stale = server.query(name, timeout=3)  # waits for the lookup to fail (<= 1.5 s)
+    assert stale.rcode() == dns.rcode.NOERROR and a_of(stale) == ["192.0.2.7"]
+    assert ttl_of(stale) == 30
+    assert upstream.count(name) > asked  # it did ask
+    asked = upstream.count(name)
+    for _ in range(3):  # within the failure recheck: at once, and the upstream is left alone
+        assert a_of(server.query(name, timeout=0.5)) == ["192.0.2.7"]
+    assert upstream.count(name) == asked
+    upstream.behave(name)
+
+
 def test_prefetch_refreshes_a_popular_entry_before_it_expires(
     server: FastDNSProcess, upstream: FakeUpstream
 ) -> None:

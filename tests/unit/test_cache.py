@@ -18,6 +18,7 @@ from fastdns import wire
 from fastdns.admission import DENIAL, SUCCESS, classify
 from fastdns.cache import PacketCache
 from fastdns.config import CacheConfig, build_config
+from fastdns.errors import ConfigError
 from fastdns.pipeline import Pipeline
 from fastdns.stats import WorkerStats
 
@@ -400,6 +401,43 @@ def test_failed_refresh_serves_the_stale_entry_and_waits_to_recheck() -> None:
     # An upstream's SERVFAIL or REFUSED does not replace it either.
     reply, source = c.admit(parse(q), answer(q, rcode=5), "forward", None, T0 + 56)
     assert source == "cache" and len(c.success) == 1
+
+
+def test_verify_mode_asks_first_and_serves_stale_only_when_that_fails() -> None:
+    c = cache(serve_stale=600, stale_ttl=30, stale_refresh="verify")
+    q = make_query()
+    stored(c, q, answer(q, "www.example.com. 10 IN A 192.0.2.1"))
+    assert hit(c, q, T0 + 9) is not None
+    # Expired: a miss (the caller looks it up), no background refresh, but the entry stays.
+    assert hit(c, q, T0 + 20) is None and refreshes == [] and len(c.success) == 1
+    assert c.counters["cache_misses",] == 1 and c.counters["cache_served_stale",] == 0
+    # The lookup fails: the stale entry answers, with the stale TTL.
+    reply, source = c.admit(parse(q), answer(q, rcode=2), "server", None, T0 + 22)
+    m = dns.message.from_wire(reply)
+    assert source == "cache" and m.rcode() == 0 and ttls(m) == [30]
+    assert c.counters["cache_served_stale",] == 1
+    # Within the failure recheck (30 s) it is answered at once, without asking again...
+    assert ttls(hit(c, q, T0 + 40)) == [30] and refreshes == []
+    # ...after it, the upstream is asked first again, and a good answer replaces it.
+    assert hit(c, q, T0 + 53) is None
+    reply, source = c.admit(parse(q), answer(q, "www.example.com. 10 IN A 192.0.2.2"),
+                            "forward", None, T0 + 54)  # fmt: skip
+    assert source == "forward"
+    assert [r.to_text() for r in hit(c, q, T0 + 55).answer[0]] == ["192.0.2.2"]
+
+
+def test_verify_mode_forgets_entries_past_the_stale_window() -> None:
+    c = cache(serve_stale=60, stale_refresh="verify")
+    q = make_query()
+    stored(c, q, answer(q, "www.example.com. 10 IN A 192.0.2.1"))
+    assert hit(c, q, T0 + 10 + 60) is None and len(c) == 0
+    _, source = c.admit(parse(q), answer(q, rcode=2), "server", None, T0 + 71)
+    assert source == "server"  # nothing stale left to answer with
+
+
+def test_stale_refresh_must_be_a_known_mode() -> None:
+    with pytest.raises(ConfigError, match="stale_refresh"):
+        build_config({"fastdns": {"cache": {"stale_refresh": "lazy"}}})
 
 
 def test_failure_with_a_fresh_entry_keeps_it() -> None:
