@@ -365,7 +365,12 @@ class Supervisor:
             logger.error("SIGHUP: reload of %s failed, keeping the running config: %s",
                          path, e)  # fmt: skip
             return
-        size = self.workers_override or config.worker_count()
+        # SIGTTIN/SIGTTOU adjustments survive a reload that leaves ``workers`` as it was (an
+        # operator who scaled up and then edited something else keeps the workers they added).
+        # (--workers fixes the count across reloads, so it always keeps the current size.)
+        latest = self.current
+        same_count = config.worker_count() == latest.config.worker_count()
+        size = latest.size if self.workers_override or same_count else config.worker_count()
         new = Generation(next(self.generations), config, _port(socks[0], base.udp_port),
                          _port(socks[1], base.tcp_port), size, user, socks)  # fmt: skip
         if self.current is not self.serving:

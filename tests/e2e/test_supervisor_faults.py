@@ -203,3 +203,24 @@ def _check_privilege_drop(shared: Path) -> None:
         for _ in range(40):
             assert str(fdp.query(NAME).answer[0][0]) == "10.0.0.1"
         fdp.wait_state(lambda s: min(s["served"]) > 0)
+
+
+def test_ttin_survives_a_reload_unless_the_reload_changes_workers(
+    fastdns_factory: Any,
+) -> None:
+    fdp = fastdns_factory(config(workers=1))
+    fdp.send_signal(signal.SIGTTIN)
+    fdp.wait_state(lambda s: len(s["workers"]) == 2)
+    doc = copy.deepcopy(fdp.config)
+    doc["fastdns"]["static_ttl"] = 7  # something else changes
+    rewrite_config(fdp, doc)
+    fdp.send_signal(signal.SIGHUP)
+    state = fdp.wait_state(lambda s: s["generation"] == 2 and len(s["workers"]) == 2)
+    assert procfs.wait_until(lambda: len(procfs.bound_sockets("udp", fdp.udp_port)) == 2, 10)
+    reply = fdp.query(NAME)
+    assert reply.answer[0].ttl == 7 and str(reply.answer[0][0]) == "10.0.0.1"
+    doc["fastdns"]["workers"] = 3  # the reload sets workers: that count wins
+    rewrite_config(fdp, doc)
+    fdp.send_signal(signal.SIGHUP)
+    state = fdp.wait_state(lambda s: s["generation"] == 3 and len(s["workers"]) == 3)
+    assert len(state["workers"]) == 3
