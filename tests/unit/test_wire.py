@@ -484,3 +484,19 @@ def test_has_answer_is_false_on_damaged_replies() -> None:
         got = wire.has_answer(reply[:cut], q.qend, q.qtype)
         assert got is (cut >= q.qend + 12)  # owner pointer and fixed fields still whole
     assert wire.has_answer(b"\x00" * 5, 5, 1) is False
+
+
+def test_truncate_never_splits_an_rrset_whose_owners_are_spelled_differently() -> None:
+    """One RRset, the second record's owner written out (``X.example``) where the first points
+    at the question: the two are one RRset, kept or dropped together."""
+    q = dns.message.make_query("x.example.", "A")
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text("x.example.", 60, "IN", "A", "192.0.2.1", "192.0.2.2"))
+    data = r.to_wire()
+    second = data.rindex(b"\xc0\x0c")  # the second record's owner pointer
+    data = data[:second] + b"\x01X\x07example\x00" + data[second + 2 :]
+    assert len(dns.message.from_wire(data).answer[0]) == 2
+    cut = wire.truncate(data, second + 2)  # room for the first record only
+    m = dns.message.from_wire(cut)
+    assert m.flags & dns.flags.TC and not m.answer
+    assert wire.truncate(data, len(data)) == data
