@@ -36,6 +36,8 @@ from fastdns.stats import rules_message
 
 logger = logging.getLogger("fastdns.rules")
 
+LOOP_REPROBES = 3  # probes again of upstreams that did not answer the loop probe
+LOOP_REPROBE_DELAY = 2.0  # seconds before each
 FIRST_RETRY = 0.5  # seconds; doubles up to reconcile_interval while iptables is missing/failing
 PROBE_TIMEOUT = 1.0  # listener and loop probes
 CH = 3  # class CHAOS: fastdns answers it at once (REFUSED), without forwarding
@@ -102,9 +104,11 @@ def listener_answers(
     return ""
 
 
-def probe_for_loop(config: Config, udp_port: int, timeout: float = PROBE_TIMEOUT) -> list[str]:
+def probe_for_loop(config: Config, udp_port: int, timeout: float = PROBE_TIMEOUT,
+                   silent: list[str] | None = None) -> list[str]:  # fmt: skip
     """Send one loop probe to each upstream fastdns would forward to; return the upstreams
-    whose answer came back from fastdns itself (a forwarding loop)."""
+    whose answer came back from fastdns itself (a forwarding loop). Those that did not answer
+    within ``timeout`` are appended to ``silent``."""
     plan = plan_upstreams(config, read_resolv_conf(config.resolv_conf), udp_port)
     token = loopguard.instance_token(config.listen, udp_port)
     pending: dict[socket.socket, tuple[str, bytes]] = {}
@@ -146,6 +150,8 @@ def probe_for_loop(config: Config, udp_port: int, timeout: float = PROBE_TIMEOUT
     finally:
         for s in pending:
             s.close()
+    if silent is not None:
+        silent += [host for host, _ in pending.values()]
     return looped
 
 
@@ -179,6 +185,8 @@ class RulesProcess:
         self.retry = FIRST_RETRY
         self.listener_ok = False
         self.loop_checked: RulePlan | None = None
+        self.loop_retry_plan: RulePlan | None = None  # re-probes left for this plan:
+        self.loop_retries = LOOP_REPROBES
         self.pending: list[int] = []
         self.stopping = False
 
@@ -264,9 +272,18 @@ class RulesProcess:
         self.installed = plan
         self.report()
         if self.loop_checked != plan:
+            if self.loop_retry_plan != plan:
+                self.loop_retry_plan, self.loop_retries = plan, LOOP_REPROBES
             self.loop_checked = plan
-            if self.check_loop(plan):
+            silent: list[str] = []
+            if self.check_loop(plan, silent):
                 self.report()
+            if silent and self.loop_retries > 0:
+                # An upstream that did not answer may be a local stub still starting (or a
+                # busy machine): probe again soon rather than never.
+                self.loop_retries -= 1
+                self.loop_checked = None
+                return min(interval, LOOP_REPROBE_DELAY)
         return interval
 
     def _backoff(self, interval: float) -> float:
@@ -274,9 +291,9 @@ class RulesProcess:
         self.retry = min(self.retry * 2, interval)
         return delay
 
-    def check_loop(self, plan: RulePlan) -> bool:
+    def check_loop(self, plan: RulePlan, silent: list[str] | None = None) -> bool:
         """Warn about a resolv.conf that names the virtual address and probe for loops;
-        returns whether the loop state changed."""
+        returns whether the loop state changed (upstreams that did not answer: ``silent``)."""
         cfg = self.config
         names = read_resolv_conf(cfg.resolv_conf).nameservers if cfg.enabled else cfg.dns
         if "OUTPUT" in plan.hooks and any(_same(ns, plan.virtual_ip) for ns in names):
@@ -287,7 +304,7 @@ class RulesProcess:
                 plan.virtual_ip,
             )
         before = self.loop_error
-        looped = probe_for_loop(cfg, plan.udp_port)
+        looped = probe_for_loop(cfg, plan.udp_port, silent=silent)
         if looped:
             self.loop_error = (
                 f"forwarding loop: queries fastdns forwards to {', '.join(looped)} come back to "
@@ -318,7 +335,7 @@ class RulesProcess:
                     logger.info("rules config reloaded from %s", new.path)
                 self.config = new
                 self.manager.spec = new.rules.iptables
-        self.loop_checked = None
+        self.loop_checked = self.loop_retry_plan = None  # probe again, with fresh re-probes
         self.retry = FIRST_RETRY
 
     def _on_signal(self, sig: int, frame: object) -> None:

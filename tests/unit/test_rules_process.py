@@ -178,3 +178,26 @@ def test_upstream_plan_skips_the_virtual_address(tmp_path: Path) -> None:
     assert plan_upstreams(cfg, resolv, 5353).servers == (("127.0.0.9", 53),)
     only_pre = config(tmp_path, hooks=["PREROUTING"])
     assert len(plan_upstreams(only_pre, resolv, 5353).servers) == 2
+
+
+def test_an_upstream_silent_to_the_loop_probe_is_probed_again_a_few_times(
+    proc: rulesproc.RulesProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local stub that is still starting answers no probe: the loop check is repeated 2 s
+    later, at most LOOP_REPROBES times, and stops once every upstream answered."""
+    calls: list[int] = []
+
+    def probe(*a: Any, silent: list[str] | None = None, **k: Any) -> list[str]:
+        calls.append(1)
+        if len(calls) < 3 and silent is not None:
+            silent.append("127.0.0.9")
+        return []
+
+    monkeypatch.setattr(rulesproc, "probe_for_loop", probe)
+    assert [proc.step() for _ in range(4)] == [2.0, 2.0, 8, 8]
+    assert len(calls) == 3  # twice silent, then answered: no more probes
+
+    monkeypatch.setattr(rulesproc, "probe_for_loop",
+                        lambda *a, silent=None, **k: (silent.append("x"), [])[1])  # fmt: skip
+    proc.loop_checked = proc.loop_retry_plan = None  # as a reload does
+    assert [proc.step() for _ in range(6)] == [2.0, 2.0, 2.0, 8, 8, 8]  # then it gives up
