@@ -42,9 +42,9 @@ class NativeConfig:
     negative_ttl: int = 5  # NXDOMAIN/NODATA from c-ares carry no SOA
     hosts_ttl: int = 5  # TTL of answers that came from the hosts file (c-ares reports 0)
     max_inflight: int = 512  # per worker; above it the query is forwarded raw
-    # A/AAAA of a name c-ares would try as is first (at least ndots dots): forward it raw
-    # first and answer that reply when it has the address; c-ares only runs when it has not
-    # and the search list could still find one. Same answers, a third of the CPU.
+    # A name c-ares would try as is first (at least ndots dots): forward it raw first and
+    # answer that reply when it has what c-ares wanted; c-ares only runs when it has not and
+    # the search list could still find it. Same answers, a quarter of the CPU.
     forward_first: bool = True
 
 

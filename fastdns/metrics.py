@@ -172,10 +172,10 @@ METRICS: tuple[MetricDef, ...] = (
               "Queries the native path handed to raw forwarding, by reason.", ("reason",),
               values={"reason": NATIVE_FALLBACK_REASONS}),
     MetricDef("fastdns_native_forward_first_total", "counter",
-              "A/AAAA questions forwarded raw before c-ares (native.forward_first), by what the "
-              "reply settled: answered (it had the address), negative (no address, and no "
-              "search domain to try), search (no address: c-ares went on with the search "
-              "list), failed (SERVFAIL or REFUSED from every upstream: answered as is).",
+              "Native-type questions forwarded raw before c-ares (native.forward_first), by "
+              "what the reply settled: answered (it had the data), negative (it had not, and "
+              "no search domain to try), search (it had not: c-ares went on with the search "
+              "list), failed (SERVFAIL or REFUSED: answered as is).",
               ("outcome",), values={"outcome": FORWARD_FIRST_OUTCOMES}),
     # --- the packet cache (CoreDNS plugin/cache) ------------------------------------------
     MetricDef("fastdns_cache_entries", "gauge", "Cached replies, summed over workers' caches.",

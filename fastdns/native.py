@@ -249,15 +249,16 @@ class NativeResolver:
     def forward_first(self, q: wire.Query) -> bool:
         """True when ``q`` (not declined) may be forwarded raw before c-ares is asked.
 
-        For A and AAAA, c-ares' getaddrinfo looks in the hosts file (the pipeline already has),
-        then asks DNS for the name as is when it has at least ``ndots`` dots, and goes on to
-        the search domains only when that finds no address (NXDOMAIN or NODATA). So when the
-        raw reply to the same question, from the same servers, has the address, it is the
-        answer c-ares would have built from it, plus the upstream's authority and additional
-        sections. ``settle`` says when c-ares must still run. Not for ``localhost`` and
-        ``.onion``, which c-ares answers without DNS.
+        c-ares asks DNS for a name with at least ``ndots`` dots as is first, and goes on to
+        the search domains only when that finds nothing: for A and AAAA (``getaddrinfo``,
+        after the hosts file, which the pipeline has already looked in) no address, NXDOMAIN
+        or NODATA; for the other five (``search()``, no hosts file) no answer record,
+        NXDOMAIN or SERVFAIL. So when the raw reply to the same question from the same
+        servers has what c-ares wanted, it is the answer c-ares would have built from it, plus
+        the upstream's authority and additional sections. ``settle`` says when c-ares must
+        still run. Not for ``localhost`` and ``.onion``, which c-ares answers without DNS.
         """
-        if not self.first or q.qtype not in _ADDRESS_TYPES or q.do or q.cd or self.driver is None:
+        if not self.first or q.do or q.cd or self.driver is None:
             return False  # (DO/CD and no channel: declined, forwarded raw anyway)
         name = q.qname
         i = dots = 0
@@ -271,19 +272,26 @@ class NativeResolver:
         return name[last + 1 : i].lower() not in _SPECIAL_TLDS
 
     def settle(self, q: wire.Query, reply: bytes) -> bool:
-        """After ``forward_first``: True when c-ares must still run, because ``reply`` is an
-        NXDOMAIN or NODATA and the host has search domains to try; counted either way."""
-        if reply[3] & wire.RCODE_MASK not in (wire.NOERROR, wire.NXDOMAIN):
-            self.stats.inc("native_forward_first", "failed")
-            return False  # every upstream failed: c-ares would ask the same ones
-        if wire.has_answer(reply, q.qend, q.qtype):
-            self.stats.inc("native_forward_first", "answered")
-            return False
-        if not self.searching:
-            self.stats.inc("native_forward_first", "negative")
-            return False
-        self.stats.inc("native_forward_first", "search")
-        return True
+        """After ``forward_first``: True when c-ares must still run (``reply`` lacks what
+        c-ares wanted and the host has search domains to try); counted either way."""
+        rcode = reply[3] & wire.RCODE_MASK
+        if q.qtype in _ADDRESS_TYPES:
+            found = wire.has_answer(reply, q.qend, q.qtype)
+            go_on = rcode in (wire.NOERROR, wire.NXDOMAIN)
+        else:
+            found = rcode == wire.NOERROR and reply[6:8] != b"\x00\x00"
+            go_on = rcode in (wire.NOERROR, wire.NXDOMAIN, wire.SERVFAIL)
+        if found:
+            outcome = "answered"
+        elif not go_on:
+            outcome = "failed"  # c-ares would stop there too, and the forward already failed
+        elif self.searching:
+            self.stats.inc("native_forward_first", "search")
+            return True
+        else:
+            outcome = "failed" if rcode == wire.SERVFAIL else "negative"
+        self.stats.inc("native_forward_first", outcome)
+        return False
 
     async def __call__(self, q: wire.Query, deadline: float) -> Resolved | None:
         if self.declines(q):

@@ -82,7 +82,7 @@ class Pipeline:
         # fallback): such queries may take the forward fast lane (fastdns.relay).
         self.native_declines: Callable[[wire.Query], bool] = getattr(
             native, "declines", lambda q: False)
-        # native.forward_first: A/AAAA forwarded raw first, c-ares only when the search list
+        # native.forward_first: native types forwarded raw first, c-ares only when the search list
         # may still find what that reply lacks (NativeResolver.forward_first and settle).
         self.native_forward_first: Callable[[wire.Query], bool] = getattr(
             native, "forward_first", lambda q: False)

@@ -50,6 +50,10 @@ def _up(upstream_factory: UpstreamFactory) -> FakeUpstream:
     up.add("dangling.test.corp.test", "A", "192.0.2.8", ttl=80)
     up.add("foo.corp.test", "A", "192.0.2.9", ttl=90)
     up.add("pc.test", "A", "192.0.2.10", ttl=100)
+    up.add("txt.test", "TXT", ["one", "two"], ttl=30)
+    up.add("test", "MX", "10 mail.test.", ttl=40)
+    up.add("_sip._udp.test", "SRV", "1 2 5060 sip.test.", ttl=70)
+    up.add("svc.internal.corp.test", "TXT", ["via search"], ttl=30)
     return up
 
 
@@ -101,6 +105,29 @@ def test_a_name_with_a_dot_is_answered_from_one_raw_forward(
     assert outcomes(srv) == {"answered": 1}
     assert cares_lookups(srv) == 0
     assert srv.counter("responses", "NOERROR", "forward") == 1
+
+
+@pytest.mark.parametrize(("name", "rdtype", "want"), [
+    ("txt.test", "TXT", '"one" "two"'), ("_sip._udp.test", "SRV", "1 2 5060 sip.test."),
+    ("www.test", "CNAME", "a.test.")])  # fmt: skip
+def test_the_other_native_types_are_forwarded_first_too(
+    inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream, name: str, rdtype: str, want: str
+) -> None:
+    srv = serve(inproc, tmp_path, up)
+    got = ask(srv, name, rdtype)
+    assert [r.to_text() for rrset in got.answer for r in rrset] == [want]
+    assert outcomes(srv) == {"answered": 1}
+    assert up.count(name, rdtype) == 1
+
+
+def test_a_txt_question_with_no_answer_goes_on_to_the_search_list(
+    inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream
+) -> None:
+    srv = serve(inproc, tmp_path, up)
+    got = ask(srv, "svc.internal", "TXT")
+    assert [r.to_text() for rrset in got.answer for r in rrset] == ['"via search"']
+    assert outcomes(srv) == {"search": 1}
+    assert srv.histogram_count("native_duration", "TXT", "NOERROR") == 1
 
 
 def test_the_chain_to_the_address_is_answered_as_the_upstream_gave_it(
