@@ -14,6 +14,7 @@ from bench.servers import (
     Dnsdist,
     Dnsmasq,
     Fastdns,
+    Lima,
     Nsd,
     Server,
     ServerFailed,
@@ -32,6 +33,7 @@ TARGETS = (
     "unbound",
     "dnsdist",
     "dnsdist-nocache",
+    "lima",
     "upstream",
 )
 WORKLOADS = ("hot", "cold", "mix")
@@ -200,6 +202,8 @@ class Bench:
             return Dnsdist(d, cpus, cache_size=10000)
         if target == "dnsdist-nocache":
             return Dnsdist(d, cpus, cache_size=0)
+        if target == "lima":
+            return Lima(d, cpus)
         raise ValueError(target)
 
     def _pin(self, server: Server, cpus: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import struct
@@ -414,3 +415,45 @@ fastdns:
         workers = self.state.get("workers")
         extra = [int(w) for w in workers] if isinstance(workers, list) else []
         return sorted({*super().roots(), *extra})
+
+
+LIMA_ENV = "FASTDNS_BENCH_LIMA"
+
+
+class Lima(Server):
+    """Lima's own host-agent DNS server, when a build of it is named by ``$FASTDNS_BENCH_LIMA``:
+    a command that takes ``UDPPORT TCPPORT`` as ``limactl debug dns`` does (e.g.
+    ``limactl debug dns``, or a small binary that starts ``pkg/hostagent/dns`` the same way).
+
+    Lima reads ``/etc/resolv.conf`` itself and forwards to port 53, and answers A/AAAA/...
+    through Go's resolver, which reads it too: the server runs in a mount namespace of its own
+    where a generated resolv.conf naming only the loopback upstream is bind-mounted over
+    ``/etc/resolv.conf``, and an empty hosts file over ``/etc/hosts``. Nothing else changes.
+    """
+
+    name = "lima"
+
+    def __init__(self, workdir: Path, cpus: str) -> None:
+        super().__init__(workdir, cpus)
+        self.endpoint = Endpoint("127.0.0.1", 5304)  # Lima always listens on 127.0.0.1
+        self.lima: list[str] = []
+
+    def check(self) -> None:
+        self.lima = shlex.split(os.environ.get(LIMA_ENV, ""))
+        if not self.lima:
+            raise ServerUnavailable(f"no build of Lima's DNS server (set {LIMA_ENV}, see "
+                                    "bench/README.md)")  # fmt: skip
+        if not os.access(self.lima[0], os.X_OK):
+            raise ServerUnavailable(f"{LIMA_ENV}: {self.lima[0]} is not an executable")
+        self.unshare = _require("unshare", "util-linux")
+
+    def command(self) -> list[str]:
+        d = self.workdir
+        resolv, hosts = d / "lima-resolv.conf", d / "lima-hosts"
+        resolv.write_text(f"nameserver {UPSTREAM_IP}\n")
+        hosts.write_text("")
+        script = ('mount --bind "$1" /etc/resolv.conf && mount --bind "$2" /etc/hosts && '
+                  'shift 2 && exec "$@"')  # fmt: skip
+        return [self.unshare, "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                str(resolv), str(hosts), *self.lima, str(self.endpoint.port),
+                str(self.endpoint.port + 1)]  # fmt: skip
