@@ -76,6 +76,7 @@ class Measurement:
     error_rcodes: int = 0
     server_cpu_s: float = 0.0
     server_cpu_us_per_q: float | None = None
+    server_sys_us_per_q: float | None = None  # of server_cpu_us_per_q: in the kernel
     server_core_us_per_q: float | None = None  # all busy time of the server's CPUs
     server_pids: int = 0
     upstream_cpu_s: float = 0.0
@@ -99,6 +100,7 @@ class Usage:
     """CPU use over one measured window, in ticks."""
 
     server: int
+    server_system: int  # of ``server``: time in the kernel (system calls, softirq charged)
     upstream: int
     other: int  # processes that are not part of the bench (the noise)
     other_top: dict[str, int]  # the biggest of them, by command name
@@ -155,6 +157,7 @@ class Window:
         other = max(other_proc, round(d.user - bench_user), 0)
         return Usage(
             server=sum(sum(by_pid[p]) for p in server if p in by_pid),
+            server_system=sum(by_pid[p][1] for p in server if p in by_pid),
             upstream=sum(sum(by_pid[p]) for p in upstream if p in by_pid),
             other=other,
             other_top=dict(sorted(top.items(), key=lambda kv: -kv[1])[:3]),
@@ -322,6 +325,7 @@ class Bench:
         m.client_cpu_s = res.client_user_s + res.client_system_s
         per_q = 1e6 / m.answered if m.answered else None
         m.server_cpu_us_per_q = m.server_cpu_s * per_q if per_q else None
+        m.server_sys_us_per_q = tk(u.server_system) * per_q if per_q else None
         m.server_core_us_per_q = tk(u.server_cores) * per_q if per_q else None
         m.wall_s = wall
         m.other_cpu_cores = tk(u.other) / wall
