@@ -429,6 +429,7 @@ class Lima(Server):
     through Go's resolver, which reads it too: the server runs in a mount namespace of its own
     where a generated resolv.conf naming only the loopback upstream is bind-mounted over
     ``/etc/resolv.conf``, and an empty hosts file over ``/etc/hosts``. Nothing else changes.
+    ``-6`` (Lima's ``hostResolver.ipv6: true``), as the fastdns rows have it: AAAA is looked up.
     """
 
     name = "lima"
@@ -456,4 +457,4 @@ class Lima(Server):
                   'shift 2 && exec "$@"')  # fmt: skip
         return [self.unshare, "--mount", "--propagation", "private", "sh", "-c", script, "sh",
                 str(resolv), str(hosts), *self.lima, str(self.endpoint.port),
-                str(self.endpoint.port + 1)]  # fmt: skip
+                str(self.endpoint.port + 1), "-6"]  # fmt: skip
