@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,13 +31,6 @@ pytestmark = pytest.mark.integration
 LOCAL = "127.0.0.1"
 LONG = bytes(range(65, 91)) * 11 + b"0123"  # 290 bytes
 assert len(LONG) == 290
-
-
-@pytest.fixture(name="inproc")
-def _inproc(tmp_path: Path) -> Iterator[InProcessFactory]:
-    factory = InProcessFactory(tmp_path)
-    yield factory
-    factory.close()
 
 
 @pytest.fixture(name="up")

@@ -9,7 +9,6 @@ resolv.conf, and the mocked results are records on the FakeUpstream. F cases are
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,6 @@ pytestmark = pytest.mark.integration
 
 LOCAL = "127.0.0.1"
 LONG = "1234567890" * 29  # 290 characters, as in Lima's dns_test.go
-
-
-@pytest.fixture(name="inproc")
-def _inproc(tmp_path: Path) -> Iterator[InProcessFactory]:
-    factory = InProcessFactory(tmp_path)
-    yield factory
-    factory.close()
 
 
 def ordered(*rrsets: tuple[str, str, int, list[str]]) -> Any:

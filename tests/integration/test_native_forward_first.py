@@ -10,7 +10,6 @@ upstream; c-ares' cache is per server, so each test uses its own names.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,6 @@ from support.upstream import FakeUpstream, dead_address
 pytestmark = pytest.mark.integration
 
 LOCAL = "127.0.0.1"
-
-
-@pytest.fixture(name="inproc")
-def _inproc(tmp_path: Path) -> Iterator[InProcessFactory]:
-    factory = InProcessFactory(tmp_path)
-    yield factory
-    factory.close()
 
 
 @pytest.fixture(name="up")

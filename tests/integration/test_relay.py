@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,6 @@ from support.upstream import FakeUpstream
 pytestmark = pytest.mark.integration
 
 LOCAL = "127.0.0.1"
-
-
-@pytest.fixture(name="inproc")
-def _inproc(tmp_path: Path) -> Iterator[InProcessFactory]:
-    factory = InProcessFactory(tmp_path)
-    yield factory
-    factory.close()
 
 
 def upstream(factory: UpstreamFactory, marker: str) -> FakeUpstream:
