@@ -60,20 +60,8 @@ def classify(
     i = qend
     for idx in range(total):
         start = i
-        while True:  # skip the owner name; a compression pointer ends it
-            if i >= n:
-                return None
-            length = reply[i]
-            if length == 0:
-                i += 1
-                break
-            if length >= 0xC0:
-                i += 2
-                break
-            if length > 63:
-                return None
-            i += length + 1
-        if i + 10 > n:
+        i = wire.name_end(reply, i, n)
+        if i < 0 or i + 10 > n:
             return None
         rtype, _, ttl, rdlen = _RR.unpack_from(reply, i)
         end = i + 10 + rdlen

@@ -431,6 +431,22 @@ def match_opt(reply: bytes, q: Query, opt_size: int) -> bytes:
     return reply
 
 
+def name_end(buf: bytes, i: int, n: int) -> int:
+    """Where the (possibly compressed) name at ``i`` ends, or -1 when it runs past ``n`` or
+    has a bad label type. Only its end: what pointers point at is not followed (the callers
+    walk records of replies they pass on as they came)."""
+    while i < n:
+        length = buf[i]
+        if length == 0:
+            return i + 1
+        if length >= 0xC0:
+            return i + 2
+        if length > 63:
+            return -1
+        i += length + 1
+    return -1
+
+
 def has_answer(reply: bytes, qend: int, qtype: int) -> bool:
     """True when ``reply`` (a NOERROR response whose one question ends at ``qend``) has an
     answer record of ``qtype``: an address, not only a CNAME on the way to none. False for any
@@ -440,18 +456,8 @@ def has_answer(reply: bytes, qend: int, qtype: int) -> bool:
         return False
     i = qend
     for _ in range((reply[6] << 8) | reply[7]):
-        while True:  # the owner name; a compression pointer ends it
-            if i >= n:
-                return False
-            length = reply[i]
-            if length == 0:
-                i += 1
-                break
-            if length >= 0xC0:
-                i += 2
-                break
-            i += length + 1
-        if i + 10 > n:
+        i = name_end(reply, i, n)
+        if i < 0 or i + 10 > n:
             return False
         if (reply[i] << 8) | reply[i + 1] == qtype:
             return True
@@ -536,19 +542,9 @@ def truncate(reply: bytes, limit: int) -> bytes:
     opt_start = 0
     for idx in range(an + ns + ar):
         start = i
-        while True:  # the owner: only where it ends (what the pointers say is not our business)
-            if i >= n:
-                raise Malformed(FORMERR, "name runs past the end")
-            length = reply[i]
-            if length == 0:
-                i += 1
-                break
-            if length >= 0xC0:
-                i += 2
-                break
-            if length > 63:
-                raise Malformed(FORMERR, "bad label type")
-            i += length + 1
+        i = name_end(reply, i, n)
+        if i < 0:
+            raise Malformed(FORMERR, "bad owner name")
         if i + 10 > n:
             raise Malformed(FORMERR, "record cut short")
         rtype = (reply[i] << 8) | reply[i + 1]
