@@ -241,11 +241,15 @@ class Pipeline:
 
     async def settle(self, q: wire.Query, res: Resolved, deadline: float) -> Resolved:
         """The answer to a question forwarded first (``native_forward_first``): ``res``, or
-        when it has no address and the host has search domains, what c-ares finds with them
-        (``res`` still, if c-ares falls back)."""
+        when it lacks the data and the host has search domains, ``search``."""
         if self.native is None or not self.native_settle(q, res.reply):
             return res
-        found = await self.native(q, deadline)
+        return await self.search(q, res, deadline)
+
+    async def search(self, q: wire.Query, res: Resolved, deadline: float) -> Resolved:
+        """What c-ares finds with the search list after the forwarded ``res`` lacked the data
+        (``res`` still, if c-ares falls back)."""
+        found = await self.native(q, deadline) if self.native is not None else None
         return res if found is None else found
 
     async def forward_rest(

@@ -142,8 +142,8 @@ class Relay:
         fwd.stats.counters[_ANSWERED] += 1
         source = "fallback" if fwd.plan.source == "fallback" else "forward"
         res = Resolved(data, source)
-        if r.native and self.pipeline.native_settle(r.q, data):
-            self.spawn(self._general(r, self._search(r, res)))  # no address: c-ares' turn
+        if r.native and self.pipeline.native_settle(r.q, data):  # lacks the data: c-ares' turn
+            self.spawn(self._general(r, self.pipeline.search(r.q, res, r.deadline)))
             return
         self._finish(r, res)
 
@@ -208,12 +208,6 @@ class Relay:
         pipeline = self.pipeline
         res = await pipeline.forward_rest(r.q, r.deadline, resume)
         return await pipeline.settle(r.q, res, r.deadline) if r.native else res
-
-    async def _search(self, r: Relayed, res: Resolved) -> Resolved:
-        """c-ares with the search list, after ``res`` had no address (``settle``)."""
-        native = self.pipeline.native
-        found = await native(r.q, r.deadline) if native is not None else None
-        return res if found is None else found
 
     async def _general(self, r: Relayed, step: Awaitable[Resolved]) -> None:
         """Finish ``r`` with what ``step`` (the general path's rest of it) resolves to."""
