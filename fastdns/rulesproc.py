@@ -185,7 +185,7 @@ class RulesProcess:
         self.retry = FIRST_RETRY
         self.listener_ok = False
         self.loop_checked: RulePlan | None = None
-        self.loop_retry_plan: RulePlan | None = None  # re-probes left for this plan:
+        self.loop_retry_plan: RulePlan | None = None  # the plan loop_retries counts for
         self.loop_retries = LOOP_REPROBES
         self.pending: list[int] = []
         self.stopping = False
