@@ -113,6 +113,9 @@ class Config:
     max_inflight: int = 1000  # per worker; REFUSED above it (CoreDNS max_concurrent)
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 256  # per worker
+    tcp_max_connections_per_source: int = 64  # per worker and client address
+    tcp_frame_timeout: float = 2.0  # first byte of a frame to its last (fastdns.tcp)
+    tcp_max_write_buffer: int = 256 * 1024  # unsent reply bytes per connection
     workers: int = 0  # 0 = number of CPUs
     graceful_timeout: float = 5.0
     worker_timeout: float = 10.0  # a worker whose loop is silent this long is replaced
@@ -336,7 +339,8 @@ def _load_hosts(
 _FASTDNS_KEYS = {
     "instance", "listen", "udp_port", "tcp_port", "resolv_conf", "hosts_file", "fallback",
     "upstream_timeout", "deadline", "lima_compat", "static_ttl", "edns_max_udp", "host_ip",
-    "guest_ip", "max_inflight", "tcp_idle_timeout", "tcp_max_connections", "workers",
+    "guest_ip", "max_inflight", "tcp_idle_timeout", "tcp_max_connections",
+    "tcp_max_connections_per_source", "tcp_frame_timeout", "tcp_max_write_buffer", "workers",
     "graceful_timeout", "worker_timeout", "user", "native", "cache", "metrics", "rules",
 }  # fmt: skip
 
@@ -501,6 +505,10 @@ def build_config(doc: Mapping[str, Any], path: str = "") -> Config:
         max_inflight=num("max_inflight", int, 1, 1_000_000),
         tcp_idle_timeout=num("tcp_idle_timeout", float, 0.1, 3600),
         tcp_max_connections=num("tcp_max_connections", int, 1, 100000),
+        tcp_max_connections_per_source=num("tcp_max_connections_per_source", int, 1, 100000),
+        tcp_frame_timeout=num("tcp_frame_timeout", float, 0.05, 60),
+        # at least one largest reply (65535 + 2) over the pause mark (fastdns.tcp.WRITE_HIGH)
+        tcp_max_write_buffer=num("tcp_max_write_buffer", int, 128 * 1024, 1 << 30),
         workers=workers,
         graceful_timeout=num("graceful_timeout", float, 0, 600),
         worker_timeout=num("worker_timeout", float, 1, 3600),

@@ -55,6 +55,9 @@ NATIVE_FALLBACK_REASONS = frozenset(("unsupported_type", "dnssec", "disabled", "
                                      "refused"))  # fmt: skip
 # fastdns/native.py NativeResolver.settle outcomes (native.forward_first).
 FORWARD_FIRST_OUTCOMES = frozenset(("answered", "negative", "search", "failed"))
+# fastdns/tcp.py CloseReason (kept here: this module must not import the serving code).
+TCP_CLOSE_REASONS = frozenset(("idle", "frame_timeout", "write_stalled", "write_buffer",
+                               "oversize", "per_source", "evicted", "max_connections"))  # fmt: skip
 UPSTREAM_SOURCES = frozenset(("resolv_conf", "dns", "fallback", "none"))
 RECONCILE_RESULTS = frozenset(("ok", "changed", "error"))
 # Label values chosen by configuration (upstream addresses) or the supervisor (slots, restart
@@ -131,6 +134,10 @@ METRICS: tuple[MetricDef, ...] = (
               "Queries being resolved now, summed over workers.", ("server",)),
     MetricDef("fastdns_dns_tcp_connections", "gauge",
               "Open client TCP connections, summed over workers.", ("server",)),
+    MetricDef("fastdns_dns_tcp_connections_closed_total", "counter",
+              "Client TCP connections fastdns closed or refused, by reason (fastdns/tcp.py: "
+              "idle, frame_timeout, write_stalled, write_buffer, oversize, per_source, evicted, "
+              "max_connections).", ("server", "reason"), values={"reason": TCP_CLOSE_REASONS}),
     MetricDef("fastdns_loop_probes_total", "counter",
               "Loop-detection probes of fastdns that came back to it: a forwarding loop."),
     MetricDef("fastdns_unhandled_exceptions_total", "counter",
@@ -239,6 +246,7 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "loop_probes": (Source("fastdns_loop_probes_total"),),
     "inflight": (Source("fastdns_inflight_requests"),),
     "tcp_connections": (Source("fastdns_dns_tcp_connections"),),
+    "tcp_closed": (Source("fastdns_dns_tcp_connections_closed_total", ("reason",)),),
     "proxy_duration": (_PROXY,),
     "forward_failover": (Source("fastdns_forward_failover_total", ("to", "rcode")),),
     "forward_tcp_retries": (Source("fastdns_forward_tcp_retries_total", ("to",)),),

@@ -4,8 +4,8 @@ The UDP hot path is a straight line in ``UDPServer._on_readable``: a query whose
 were answered from the cache this second gets that reply again with its own ID
 (``fastdns.front``); else ``_full`` parses header and question, tries the cache
 and the synchronous answers, else relays the query with callbacks (``fastdns.relay``) or starts
-one task. Everything is bounded: in-flight queries per worker (REFUSED above), TCP connections,
-queries and buffered bytes per connection.
+one task. Everything is bounded: in-flight queries per worker (REFUSED above); the TCP server
+and its bounds are in ``fastdns.tcp``.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ from fastdns.front import FIRST_BUCKET, Front
 from fastdns.pipeline import Pipeline, Resolved
 from fastdns.relay import Relay
 from fastdns.stats import WorkerStats
+from fastdns.tcp import TCPServer
+from fastdns.tcpslots import TCPSlots
+
+__all__ = ["ServerState", "TCPServer", "UDPServer"]  # TCPServer lives in fastdns.tcp
 
 logger = logging.getLogger(__name__)
 
-TCP_MAX_PENDING = 64  # queries in progress per TCP connection before we stop reading
-TCP_MAX_BUFFER = 65535 + 2 + 4096  # one full frame plus slack
 BATCH = 64  # UDP datagrams read per wakeup before the loop runs other callbacks
 MAX_DATAGRAM = 65535  # a UDP query is read whole whatever its size (then judged by the parser)
 MAX_BACKLOG = 4096  # replies waiting for a full socket buffer to drain; more are dropped
@@ -44,7 +46,8 @@ class ServerState(Accounting):
         self.pipeline = pipeline
         self.tasks: set[asyncio.Task[Any]] = set()
         self._draining = False
-        self.tcp_connections: set[TCPServer] = set()
+        self.tcp_connections: TCPSlots[TCPServer] = TCPSlots(
+            config.tcp_max_connections, config.tcp_max_connections_per_source)
         # The cache's hit path runs in the datagram callback; its refreshes are tasks tracked
         # here like any query, so draining waits for them and max_inflight counts them.
         pipeline.spawn = self.spawn
@@ -268,128 +271,3 @@ class UDPServer:
             self.sendto(reply, addr)
         except OSError as e:
             self._send_failed(reply, addr, e)
-
-
-class TCPServer(asyncio.Protocol):
-    """RFC 7766: 2-byte length framing, pipelined queries answered as they complete."""
-
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.pending = 0
-        self.paused = False
-        self.idle_handle: asyncio.TimerHandle | None = None
-        self.eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        state = self.state
-        if state.draining or len(state.tcp_connections) >= state.config.tcp_max_connections:
-            state.stats.inc("overload", "tcp")
-            transport.close()
-            return
-        state.tcp_connections.add(self)
-        self._arm_idle()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.state.tcp_connections.discard(self)
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-        self.transport = None
-
-    def _arm_idle(self) -> None:
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-        loop = asyncio.get_running_loop()
-        self.idle_handle = loop.call_later(self.state.config.tcp_idle_timeout, self._on_idle)
-
-    def _on_idle(self) -> None:
-        self.idle_handle = None
-        if self.pending:
-            self._arm_idle()
-        elif self.transport is not None:
-            self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) > TCP_MAX_BUFFER:
-            self.buffer.clear()
-            if self.transport is not None:
-                self.transport.close()
-            return
-        self._arm_idle()
-        while len(self.buffer) >= 2:
-            size = int.from_bytes(self.buffer[:2], "big")
-            if len(self.buffer) < 2 + size:
-                break
-            frame = bytes(self.buffer[2 : 2 + size])
-            del self.buffer[: 2 + size]
-            self._handle(frame)
-        if self.pending >= TCP_MAX_PENDING and not self.paused and self.transport is not None:
-            self.transport.pause_reading()
-            self.paused = True
-
-    def eof_received(self) -> bool | None:
-        # Keep the write side open until pending replies are sent; then close.
-        self.eof = True
-        if not self.pending and self.transport is not None:
-            self.transport.close()
-        return True
-
-    def _handle(self, frame: bytes) -> None:
-        t0 = time.monotonic()
-        state = self.state
-        try:
-            q = wire.parse_query(frame)
-        except wire.Malformed as e:
-            state.stats.inc("dropped" if e.rcode is None else "malformed", "tcp")
-            reply = _malformed_reply(frame, e)
-            if reply is not None:
-                self._write(reply)
-            return
-        cache = state.cache  # first, as for UDP; no truncation over TCP
-        if cache is not None:
-            reply = cache.get(q, t0, tcp=True)
-            if reply is not None:
-                self._write(reply)
-                state.record("tcp", q, Resolved(reply, "cache"), len(frame), t0)
-                return
-        res = state.pipeline.answer_now(q)
-        if res is None and state.full():
-            state.stats.inc("overload", "tcp")
-            res = Resolved(wire.error_reply(q, wire.REFUSED), "server")
-        if res is not None:
-            self._write(res.reply)
-            state.record("tcp", q, res, len(frame), t0)
-            return
-        self.pending += 1
-        state.spawn(self._answer(q, len(frame), t0))
-
-    async def _answer(self, q: wire.Query, size: int, t0: float) -> None:
-        try:
-            res = await self.state.pipeline.answer(q)
-        except Exception:
-            logger.exception("unhandled error answering a TCP query")
-            self.state.stats.inc("unhandled_exceptions")
-            res = Resolved(wire.error_reply(q, wire.SERVFAIL), "server")
-        self.pending -= 1
-        self._write(res.reply)
-        self.state.record("tcp", q, res, size, t0)
-        if self.paused and self.pending < TCP_MAX_PENDING // 2 and self.transport is not None:
-            self.transport.resume_reading()
-            self.paused = False
-        if (self.eof or self.state.draining) and not self.pending and self.transport is not None:
-            self.transport.close()
-
-    def _write(self, reply: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(len(reply).to_bytes(2, "big") + reply)
-
-    def close_when_idle(self) -> None:
-        """Draining: stop reading; close now if nothing is pending."""
-        if self.transport is None:
-            return
-        self.transport.pause_reading()
-        if not self.pending:
-            self.transport.close()
