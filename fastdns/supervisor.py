@@ -115,7 +115,9 @@ class Child:
     stopping: bool = False  # we asked it to exit: its exit is not a crash
     kill_at: float | None = None  # SIGKILL it at this time if it is still there
     timed_out: bool = False  # the watchdog aborted it
-    boot_error: str = ""
+    stop_signal: int = 0  # the signal we sent it to stop: dying of it is no crash
+    boot_error: str = ""  # why it could not start, as it reported it
+    error: str = ""  # the exception it died of, as it reported it
 
     @property
     def name(self) -> str:
@@ -240,7 +242,8 @@ class Supervisor:
             self._shutdown(fast=stop.fast)
             return ExitCode.OK
         except HaltServer as halt:
-            logger.error("halting: %s", halt.reason)
+            if halt.exit_code != ExitCode.BOOT_ERROR:  # that reason is the CLI's one line
+                logger.error("halting: %s", halt.reason)
             self._shutdown(fast=False)
             raise
         finally:
@@ -560,11 +563,15 @@ class Supervisor:
         child.info.update(message)
         if "boot_error" in message:
             child.boot_error = str(message["boot_error"])
+        if "error" in message:
+            child.error = str(message["error"])
         if isinstance(message.get("served"), int):
             child.served = message["served"]
+        up = message.get("ready") is True
         if isinstance(message.get("metrics_port"), int):
             self.metrics_port = message["metrics_port"]
-        if message.get("ready") is True and not child.ready:
+            up = True  # the metrics process is up once it listens
+        if up and not child.ready:
             child.ready = True
             logger.debug("%s (pid %d) serves", child.name, child.pid)
 
@@ -589,12 +596,18 @@ class Supervisor:
     def _on_exit(self, child: Child, code: int) -> None:
         how = _describe_exit(code)
         if child.stopping or self.stopping:
-            level = logging.INFO if code == 0 else logging.WARNING
+            # Dying of the signal we sent (a worker still booting keeps SIGTERM's default
+            # action) is as expected as exiting 0.
+            if code != 0 and child.stop_signal != 0 and code == -child.stop_signal:
+                how = f"stopped by {signal.Signals(child.stop_signal).name}"
+            level = logging.INFO if code == 0 or how.startswith("stopped") else logging.WARNING
             logger.log(level, "%s (pid %d) %s", child.name, child.pid, how)
             return
         now = self.clock()
-        if code == ExitCode.BOOT_ERROR:
-            reason = child.boot_error or how
+        if code == ExitCode.BOOT_ERROR or not (child.ready or child.timed_out):
+            # A child that fails before it is up will fail again: halt instead of looping
+            # (gunicorn's WORKER_BOOT_ERROR). A stalled boot (watchdog) is retried below.
+            reason = child.boot_error or child.error or how
             if (child.kind == "worker" and self.serving is not None
                     and child.generation == self.current.number
                     and self.current is not self.serving):  # fmt: skip
@@ -663,6 +676,7 @@ class Supervisor:
         if timeout is None:
             timeout = (child.config or self.config).graceful_timeout + STOP_GRACE
         child.kill_at = self.clock() + timeout
+        child.stop_signal = signal.SIGTERM
         _kill(child.pid, signal.SIGTERM)
 
     def _abandon(self, gen: Generation, why: str) -> None:
@@ -767,6 +781,7 @@ class Supervisor:
         for child in workers:
             if fast:
                 child.stopping = True
+                child.stop_signal = signal.SIGQUIT
                 _kill(child.pid, signal.SIGQUIT)
                 child.kill_at = self.clock() + STOP_GRACE
             else:
