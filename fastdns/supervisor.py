@@ -21,11 +21,9 @@ import json
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -33,7 +31,7 @@ from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import Any, Literal
 
-from fastdns import process
+from fastdns import process, rundir
 from fastdns.children import child_metrics, child_rules, child_worker, run_child
 from fastdns.config import Config, load_config
 from fastdns.errors import BootError, ConfigError, ExitCode, HaltServer
@@ -210,7 +208,8 @@ class Supervisor:
         self.signals: SimpleQueue[int] = SimpleQueue()
         self.wake_r = self.wake_w = -1
         self.stopping = False
-        self.run_dir: str | None = None  # private folder: stats socket, rules ports file
+        self.rundir: rundir.RunDir | None = None  # private: stats socket, rules ports file
+        self.run_dir: str | None = None  # its path
         self.stats_path: str | None = None
         self.ports_path: str | None = None
         self.status = StatusSender(None)
@@ -231,6 +230,8 @@ class Supervisor:
         gen = self.current
         try:
             gen.user = process.resolve_user(gen.config.user)
+            owners = {os.geteuid()} | ({gen.user.uid} if gen.user else set())
+            rundir.remove_stale(owners=owners)  # left by a supervisor killed with SIGKILL
             self._prepare_run_dir(gen.config, gen.user)
             gen.prebound = bind_first(gen.config)
             gen.udp_port = _port(gen.prebound[0], 0)
@@ -349,6 +350,7 @@ class Supervisor:
         try:
             config = load_config(path)
             user = process.resolve_user(config.user)
+            self._prepare_run_dir(config, user)
         except (ConfigError, BootError) as e:
             problems = e.problems if isinstance(e, ConfigError) else [str(e)]
             logger.error("SIGHUP: reload of %s failed, keeping the running config: %s",
@@ -378,7 +380,6 @@ class Supervisor:
                          _port(socks[1], base.tcp_port), size, user, socks)  # fmt: skip
         if self.current is not self.serving:
             self._abandon(self.current, "superseded by a newer reload")
-        self._prepare_run_dir(config, user)
         self.current = new
         number = new.number
         logger.info("SIGHUP: reloaded %s; starting worker generation %d", path, number)
@@ -424,6 +425,7 @@ class Supervisor:
             for sock in (gen.prebound or ()) if gen is not None else ():
                 if sock is not None and sock.fileno() not in keep:
                     sock.close()
+        rundir.close_in_child(self.rundir)
         self.children.clear()
 
     def _spawn(
@@ -514,8 +516,7 @@ class Supervisor:
             return
         if any(c.kind == "rules" for c in self.children.values()):
             return  # the old one is still removing its rules
-        self._prepare_run_dir(gen.config, gen.user)
-        assert self.ports_path is not None
+        assert self.ports_path is not None  # made by the reload that enabled rules
         write_state(self.ports_path, {"udp_port": gen.udp_port, "tcp_port": gen.tcp_port},
                     echo=False)  # fmt: skip
         config, udp_port, tcp_port = gen.config, gen.udp_port, gen.tcp_port
@@ -531,14 +532,18 @@ class Supervisor:
         ports file, made once either is configured."""
         if not config.metrics.listen and not config.rules.enabled:
             return
-        if self.run_dir is None:
-            self.run_dir = tempfile.mkdtemp(prefix="fastdns-")
+        if self.rundir is None:
+            try:
+                self.rundir = rundir.RunDir()
+            except OSError as e:
+                raise BootError(f"cannot create a run directory: {e}") from e
+            self.run_dir = self.rundir.path
             self.ports_path = os.path.join(self.run_dir, "ports.json")
         if config.metrics.listen and self.stats_path is None:
             self.stats_path = os.path.join(self.run_dir, "stats.sock")
             self.status = StatusSender(self.stats_path)
         if user is not None:  # the metrics process binds there after dropping privileges
-            os.chown(self.run_dir, user.uid, user.gid)
+            self.rundir.chown(user.uid, user.gid)
 
     # -----------------------------------------------------------------------------------
     # Children's messages, exits and stalls
@@ -827,8 +832,8 @@ class Supervisor:
             os.close(self.wake_w)
             self.wake_r = self.wake_w = -1
         self.status.close()
-        if self.run_dir is not None:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.rundir is not None:
+            self.rundir.remove()
 
     # -----------------------------------------------------------------------------------
     # Small helpers

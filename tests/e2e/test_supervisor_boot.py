@@ -9,12 +9,15 @@ by the next start, never a live instance's.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import procfs
 from support.server import REPO_ROOT, FastDNSProcess
 
 from fastdns.errors import ExitCode
@@ -94,3 +97,61 @@ def test_a_metrics_process_that_crashes_while_booting_halts_with_the_cause(
     assert "metrics" in cause[0] and "ImportError" in cause[0]
     assert not [line for line in err.splitlines() if any(s in line for s in SECONDARY)], err
     assert fdp.orphans == []
+
+
+def run_dirs(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob("fastdns-*"))
+
+
+def metrics_health(fdp: FastDNSProcess) -> int:
+    url = f"http://127.0.0.1:{fdp.state['metrics_port']}/health"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return int(reply.status)
+
+
+def test_a_killed_supervisors_run_directory_is_removed_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"TMPDIR": str(tmp)}
+    doc = config(metrics={"listen": "127.0.0.1:0"})
+    first = FastDNSProcess(doc, tmp_path, env=env)
+    try:
+        (stale,) = run_dirs(tmp)
+        assert stale.name.startswith(f"fastdns-{first.pid}-")
+        children = procfs.children(first.pid)
+        assert len(children) == 3  # two workers and the metrics process
+        os.kill(first.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        # The children exit by themselves (parent-death signal), none is left behind.
+        assert procfs.wait_until(lambda: not any(procfs.alive(p) for p in children), 10), [
+            procfs.cmdline(p) for p in children if procfs.alive(p)
+        ]
+        assert stale.is_dir()  # nobody removed it: that is the next start's job
+    finally:
+        first.close()
+    with FastDNSProcess(doc, tmp_path, env=env) as second:
+        assert not stale.exists()
+        (fresh,) = run_dirs(tmp)
+        assert fresh.name.startswith(f"fastdns-{second.pid}-")
+        assert answer(second) == STATIC_IP
+        assert metrics_health(second) == 200
+        assert f"removed {stale}" in second.stderr
+        assert second.stop() == 0
+    assert run_dirs(tmp) == []  # a clean stop removes its own
+
+
+def test_a_live_instances_run_directory_is_never_removed(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"TMPDIR": str(tmp)}
+    doc = config(metrics={"listen": "127.0.0.1:0"}, workers=1)
+    with FastDNSProcess(doc, tmp_path, env=env) as first:
+        (mine,) = run_dirs(tmp)
+        with FastDNSProcess(doc, tmp_path, env=env) as second:
+            assert mine in run_dirs(tmp) and len(run_dirs(tmp)) == 2
+            assert (mine / "stats.sock").exists()
+            assert answer(first) == STATIC_IP and metrics_health(first) == 200
+            assert answer(second) == STATIC_IP and metrics_health(second) == 200
+            assert "removed" not in second.stderr
