@@ -818,7 +818,18 @@ class Supervisor:
             self._send_status()  # /health stays 200 (and /ready 503) for the whole drain
         return fast
 
+    def _unpublish(self) -> None:
+        """Leave a state file that no longer says ready (its pid is about to be gone)."""
+        if self.published is None:
+            return
+        state = {**self.published, "ready": False, "workers": [], "served": []}
+        try:
+            write_state(self.state_file, state, echo=False)
+        except OSError as e:
+            logger.error("cannot write the state file %s: %s", self.state_file, e)
+
     def _cleanup(self) -> None:
+        self._unpublish()
         for gen in (self.current, self.serving):
             if gen is not None:
                 gen.close_prebound()

@@ -196,6 +196,19 @@ def test_signals_stop_cleanly_with_exit_0_and_finish_in_flight_queries(
     assert [rd.to_text() for rrset in reply.answer for rd in rrset] == ["192.0.2.1"]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT], ids=["SIGTERM", "SIGQUIT"])
+def test_after_a_stop_the_state_file_no_longer_says_ready(
+    fastdns_factory: Any, sig: int
+) -> None:
+    fdp: FastDNSProcess = fastdns_factory({})
+    pid = fdp.state["pid"]
+    assert fdp.stop(sig) == 0
+    state = fdp.read_state()
+    assert state is not None and state["ready"] is False, state
+    assert state["pid"] == pid and state["workers"] == []
+    assert len(fdp.stdout.splitlines()) == 1  # stdout keeps one line per serving change
+
+
 def test_query_names_are_not_logged_at_info(
     fastdns_factory: Any, slow_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
