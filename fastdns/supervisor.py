@@ -811,8 +811,9 @@ class Supervisor:
                     logger.warning("%s while stopping: killing the children now",
                                    signal.Signals(sig).name)  # fmt: skip
                     fast = True
-                    for child in self.children.values():
-                        child.kill_at = self.clock()
+                    for child in self.children.values():  # at once: nothing timed out
+                        child.stop_signal, child.kill_at = signal.SIGKILL, None
+                        _kill(child.pid, signal.SIGKILL)
             self._reap()
             self._murder_stalled()
             self._send_status()  # /health stays 200 (and /ready 503) for the whole drain
