@@ -23,6 +23,8 @@ from fastdns.errors import BootError, ExitCode
 from fastdns.ipc import ControlWriter
 from fastdns.process import Credentials
 
+ERROR_MAX = 500  # characters of a crashed child's exception passed up the control pipe
+
 
 def run_child(body: Callable[[], None], control_fd: int) -> NoReturn:
     """Run ``body`` in a forked child and leave with ``os._exit``: never return into the
@@ -33,12 +35,13 @@ def run_child(body: Callable[[], None], control_fd: int) -> NoReturn:
         code = ExitCode.OK
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else ExitCode.ERROR
-    except BootError as e:
-        print(f"fastdns: {e}", file=sys.stderr)
+    except BootError as e:  # the supervisor reports it: one line, not one per process
         ControlWriter(control_fd).send(boot_error=str(e))
         code = ExitCode.BOOT_ERROR
-    except BaseException:
+    except BaseException as e:
         traceback.print_exc()
+        # Named in the supervisor's reason if this child had not reported ready yet.
+        ControlWriter(control_fd).send(error=f"{type(e).__name__}: {e}"[:ERROR_MAX])
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
@@ -125,5 +128,7 @@ def child_rules(
     # Stays privileged (CAP_NET_ADMIN); SIGTERM when the supervisor dies removes the DNAT.
     if not process.die_with_parent(supervisor_pid):
         return
+    # Up: from here on it reports iptables failures itself and retries; an exit is a crash.
+    ControlWriter(control_fd).send(ready=True)
     _call_entry(entry, config, udp_port, tcp_port, stats_path=stats_path, ports_path=ports_path,
                 control_fd=control_fd)  # fmt: skip

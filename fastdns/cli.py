@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fastdns: cannot start: {e}", file=sys.stderr)
         return ExitCode.BOOT_ERROR
     except HaltServer as e:
-        print(f"fastdns: stopped: {e.reason}", file=sys.stderr)
+        prefix = "" if e.exit_code == ExitCode.BOOT_ERROR else "stopped: "
+        print(f"fastdns: {prefix}{e.reason}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return ExitCode.OK

@@ -332,8 +332,7 @@ def metrics_main(
         serve(config, stats_path, lambda: stop.is_set() or os.getppid() != ppid,
               on_ready=lambda port: control.send(metrics_port=port),
               http_sock=http_sock)  # fmt: skip
-    except BootError as e:
-        logger.error("%s", e)
+    except BootError as e:  # the supervisor reports it
         control.send(boot_error=str(e))
         return ExitCode.BOOT_ERROR
     return ExitCode.OK

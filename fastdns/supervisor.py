@@ -21,11 +21,9 @@ import json
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -33,7 +31,7 @@ from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import Any, Literal
 
-from fastdns import process
+from fastdns import process, rundir
 from fastdns.children import child_metrics, child_rules, child_worker, run_child
 from fastdns.config import Config, load_config
 from fastdns.errors import BootError, ConfigError, ExitCode, HaltServer
@@ -115,7 +113,9 @@ class Child:
     stopping: bool = False  # we asked it to exit: its exit is not a crash
     kill_at: float | None = None  # SIGKILL it at this time if it is still there
     timed_out: bool = False  # the watchdog aborted it
-    boot_error: str = ""
+    stop_signal: int = 0  # the signal we sent it to stop: dying of it is no crash
+    boot_error: str = ""  # why it could not start, as it reported it
+    error: str = ""  # the exception it died of, as it reported it
 
     @property
     def name(self) -> str:
@@ -208,7 +208,8 @@ class Supervisor:
         self.signals: SimpleQueue[int] = SimpleQueue()
         self.wake_r = self.wake_w = -1
         self.stopping = False
-        self.run_dir: str | None = None  # private folder: stats socket, rules ports file
+        self.rundir: rundir.RunDir | None = None  # private: stats socket, rules ports file
+        self.run_dir: str | None = None  # its path
         self.stats_path: str | None = None
         self.ports_path: str | None = None
         self.status = StatusSender(None)
@@ -229,6 +230,8 @@ class Supervisor:
         gen = self.current
         try:
             gen.user = process.resolve_user(gen.config.user)
+            owners = {os.geteuid()} | ({gen.user.uid} if gen.user else set())
+            rundir.remove_stale(owners=owners)  # left by a supervisor killed with SIGKILL
             self._prepare_run_dir(gen.config, gen.user)
             gen.prebound = bind_first(gen.config)
             gen.udp_port = _port(gen.prebound[0], 0)
@@ -240,7 +243,8 @@ class Supervisor:
             self._shutdown(fast=stop.fast)
             return ExitCode.OK
         except HaltServer as halt:
-            logger.error("halting: %s", halt.reason)
+            if halt.exit_code != ExitCode.BOOT_ERROR:  # that reason is the CLI's one line
+                logger.error("halting: %s", halt.reason)
             self._shutdown(fast=False)
             raise
         finally:
@@ -346,6 +350,7 @@ class Supervisor:
         try:
             config = load_config(path)
             user = process.resolve_user(config.user)
+            self._prepare_run_dir(config, user)
         except (ConfigError, BootError) as e:
             problems = e.problems if isinstance(e, ConfigError) else [str(e)]
             logger.error("SIGHUP: reload of %s failed, keeping the running config: %s",
@@ -375,7 +380,6 @@ class Supervisor:
                          _port(socks[1], base.tcp_port), size, user, socks)  # fmt: skip
         if self.current is not self.serving:
             self._abandon(self.current, "superseded by a newer reload")
-        self._prepare_run_dir(config, user)
         self.current = new
         number = new.number
         logger.info("SIGHUP: reloaded %s; starting worker generation %d", path, number)
@@ -421,6 +425,7 @@ class Supervisor:
             for sock in (gen.prebound or ()) if gen is not None else ():
                 if sock is not None and sock.fileno() not in keep:
                     sock.close()
+        rundir.close_in_child(self.rundir)
         self.children.clear()
 
     def _spawn(
@@ -511,8 +516,7 @@ class Supervisor:
             return
         if any(c.kind == "rules" for c in self.children.values()):
             return  # the old one is still removing its rules
-        self._prepare_run_dir(gen.config, gen.user)
-        assert self.ports_path is not None
+        assert self.ports_path is not None  # made by the reload that enabled rules
         write_state(self.ports_path, {"udp_port": gen.udp_port, "tcp_port": gen.tcp_port},
                     echo=False)  # fmt: skip
         config, udp_port, tcp_port = gen.config, gen.udp_port, gen.tcp_port
@@ -528,14 +532,18 @@ class Supervisor:
         ports file, made once either is configured."""
         if not config.metrics.listen and not config.rules.enabled:
             return
-        if self.run_dir is None:
-            self.run_dir = tempfile.mkdtemp(prefix="fastdns-")
+        if self.rundir is None:
+            try:
+                self.rundir = rundir.RunDir()
+            except OSError as e:
+                raise BootError(f"cannot create a run directory: {e}") from e
+            self.run_dir = self.rundir.path
             self.ports_path = os.path.join(self.run_dir, "ports.json")
         if config.metrics.listen and self.stats_path is None:
             self.stats_path = os.path.join(self.run_dir, "stats.sock")
             self.status = StatusSender(self.stats_path)
         if user is not None:  # the metrics process binds there after dropping privileges
-            os.chown(self.run_dir, user.uid, user.gid)
+            self.rundir.chown(user.uid, user.gid)
 
     # -----------------------------------------------------------------------------------
     # Children's messages, exits and stalls
@@ -560,11 +568,15 @@ class Supervisor:
         child.info.update(message)
         if "boot_error" in message:
             child.boot_error = str(message["boot_error"])
+        if "error" in message:
+            child.error = str(message["error"])
         if isinstance(message.get("served"), int):
             child.served = message["served"]
+        up = message.get("ready") is True
         if isinstance(message.get("metrics_port"), int):
             self.metrics_port = message["metrics_port"]
-        if message.get("ready") is True and not child.ready:
+            up = True  # the metrics process is up once it listens
+        if up and not child.ready:
             child.ready = True
             logger.debug("%s (pid %d) serves", child.name, child.pid)
 
@@ -589,12 +601,18 @@ class Supervisor:
     def _on_exit(self, child: Child, code: int) -> None:
         how = _describe_exit(code)
         if child.stopping or self.stopping:
-            level = logging.INFO if code == 0 else logging.WARNING
+            # Dying of the signal we sent (a worker still booting keeps SIGTERM's default
+            # action) is as expected as exiting 0.
+            if code != 0 and child.stop_signal != 0 and code == -child.stop_signal:
+                how = f"stopped by {signal.Signals(child.stop_signal).name}"
+            level = logging.INFO if code == 0 or how.startswith("stopped") else logging.WARNING
             logger.log(level, "%s (pid %d) %s", child.name, child.pid, how)
             return
         now = self.clock()
-        if code == ExitCode.BOOT_ERROR:
-            reason = child.boot_error or how
+        if code == ExitCode.BOOT_ERROR or not (child.ready or child.timed_out):
+            # A child that fails before it is up will fail again: halt instead of looping
+            # (gunicorn's WORKER_BOOT_ERROR). A stalled boot (watchdog) is retried below.
+            reason = child.boot_error or child.error or how
             if (child.kind == "worker" and self.serving is not None
                     and child.generation == self.current.number
                     and self.current is not self.serving):  # fmt: skip
@@ -663,6 +681,7 @@ class Supervisor:
         if timeout is None:
             timeout = (child.config or self.config).graceful_timeout + STOP_GRACE
         child.kill_at = self.clock() + timeout
+        child.stop_signal = signal.SIGTERM
         _kill(child.pid, signal.SIGTERM)
 
     def _abandon(self, gen: Generation, why: str) -> None:
@@ -767,6 +786,7 @@ class Supervisor:
         for child in workers:
             if fast:
                 child.stopping = True
+                child.stop_signal = signal.SIGQUIT
                 _kill(child.pid, signal.SIGQUIT)
                 child.kill_at = self.clock() + STOP_GRACE
             else:
@@ -791,14 +811,26 @@ class Supervisor:
                     logger.warning("%s while stopping: killing the children now",
                                    signal.Signals(sig).name)  # fmt: skip
                     fast = True
-                    for child in self.children.values():
-                        child.kill_at = self.clock()
+                    for child in self.children.values():  # at once: nothing timed out
+                        child.stop_signal, child.kill_at = signal.SIGKILL, None
+                        _kill(child.pid, signal.SIGKILL)
             self._reap()
             self._murder_stalled()
             self._send_status()  # /health stays 200 (and /ready 503) for the whole drain
         return fast
 
+    def _unpublish(self) -> None:
+        """Leave a state file that no longer says ready (its pid is about to be gone)."""
+        if self.published is None:
+            return
+        state = {**self.published, "ready": False, "workers": [], "served": []}
+        try:
+            write_state(self.state_file, state, echo=False)
+        except OSError as e:
+            logger.error("cannot write the state file %s: %s", self.state_file, e)
+
     def _cleanup(self) -> None:
+        self._unpublish()
         for gen in (self.current, self.serving):
             if gen is not None:
                 gen.close_prebound()
@@ -812,8 +844,8 @@ class Supervisor:
             os.close(self.wake_w)
             self.wake_r = self.wake_w = -1
         self.status.close()
-        if self.run_dir is not None:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.rundir is not None:
+            self.rundir.remove()
 
     # -----------------------------------------------------------------------------------
     # Small helpers

@@ -196,6 +196,59 @@ def test_signals_stop_cleanly_with_exit_0_and_finish_in_flight_queries(
     assert [rd.to_text() for rrset in reply.answer for rd in rrset] == ["192.0.2.1"]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT], ids=["SIGTERM", "SIGQUIT"])
+def test_after_a_stop_the_state_file_no_longer_says_ready(
+    fastdns_factory: Any, sig: int
+) -> None:
+    fdp: FastDNSProcess = fastdns_factory({})
+    pid = fdp.state["pid"]
+    assert fdp.stop(sig) == 0
+    state = fdp.read_state()
+    assert state is not None and state["ready"] is False, state
+    assert state["pid"] == pid and state["workers"] == []
+    assert len(fdp.stdout.splitlines()) == 1  # stdout keeps one line per serving change
+
+
+def test_a_second_sigint_kills_at_once_and_says_so_truthfully(
+    fastdns_factory: Any, slow_upstream: FakeUpstream
+) -> None:
+    """Ctrl+C twice: nothing timed out, so no "did not exit in time" line."""
+    section = {"native": {"enabled": False}, "cache": {"enabled": False}, "graceful_timeout": 5}
+    fdp: FastDNSProcess = fastdns_factory({"fastdns": section}, upstreams=[slow_upstream])
+    slow_upstream.behave("slow.test", delay=3.0)
+    asker = threading.Thread(target=lambda: raw_udp_quiet(fdp), daemon=True)
+    asker.start()
+    assert slow_upstream.wait_for(1, "slow.test", timeout=3.0)  # a worker has to drain
+    fdp.send_signal(signal.SIGINT)
+    assert wait_for_text(fdp, "stopping: draining", 5)
+    start = time.monotonic()
+    rc = fdp.stop(signal.SIGINT, timeout=10)
+    took = time.monotonic() - start
+    err = fdp.stderr
+    assert rc == 0, err
+    assert took < 2.0, err  # not the 5 s drain
+    assert "SIGINT while stopping: killing the children now" in err
+    assert "did not exit in time" not in err, err
+    assert "stopped by SIGKILL" in err
+    assert fdp.orphans == []
+
+
+def raw_udp_quiet(fdp: FastDNSProcess) -> None:
+    try:
+        query(fdp.address, fdp.udp_port, "slow.test", timeout=5.0)
+    except Exception:  # the server is killed under it: no reply is fine
+        pass
+
+
+def wait_for_text(fdp: FastDNSProcess, text: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in fdp.stderr:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def test_query_names_are_not_logged_at_info(
     fastdns_factory: Any, slow_upstream: FakeUpstream, tmp_path: Path
 ) -> None:

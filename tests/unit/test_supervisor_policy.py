@@ -45,13 +45,13 @@ def test_restart_delay_doubles_per_crash_up_to_the_cap_and_resets_when_healthy()
     s = make(clock)
     delays = []
     for pid in range(100, 110):
-        child(s, pid)
+        child(s, pid, ready=True)  # it was up: a crash, not a boot failure
         clock.now += 1  # short-lived: a crash
         s.crashes.clear()  # only the backoff here, not the crash-loop limit
         s._on_exit(s.children.pop(pid), 1)
         delays.append(round(s.slots[("worker", 0)].next_start - clock.now, 3))
     assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0]
-    child(s, 200)
+    child(s, 200, ready=True)
     clock.now += sup.HEALTHY_AFTER  # lived long enough: back to the first step
     s.crashes.clear()
     s._on_exit(s.children.pop(200), -9)
@@ -63,10 +63,10 @@ def test_more_than_ten_crashes_in_a_minute_halt_with_crash_loop() -> None:
     clock = Clock()
     s = make(clock)
     for pid in range(100, 110):
-        child(s, pid)
+        child(s, pid, ready=True)
         clock.now += 5
         s._on_exit(s.children.pop(pid), 1)
-    child(s, 110)
+    child(s, 110, ready=True)
     with pytest.raises(HaltServer) as halt:
         s._on_exit(s.children.pop(110), 1)
     assert halt.value.exit_code == ExitCode.CRASH_LOOP
@@ -76,7 +76,7 @@ def test_crashes_older_than_the_window_do_not_count() -> None:
     clock = Clock()
     s = make(clock)
     for pid in range(100, 130):
-        child(s, pid)
+        child(s, pid, ready=True)
         clock.now += 7  # 30 crashes, but never more than 10 within 60 s
         s._on_exit(s.children.pop(pid), 1)
 
@@ -89,6 +89,42 @@ def test_a_boot_error_halts_with_the_workers_reason() -> None:
         s._on_exit(s.children.pop(100), ExitCode.BOOT_ERROR)
     assert halt.value.exit_code == ExitCode.BOOT_ERROR
     assert halt.value.reason == f"{c.name} could not start: {c.boot_error}"
+
+
+@pytest.mark.parametrize("kind", ["worker", "metrics", "rules"])
+@pytest.mark.parametrize("code", [1, -11, 0], ids=["crash", "signal", "exit"])
+def test_a_child_that_dies_before_it_is_up_is_a_boot_failure(kind: str, code: int) -> None:
+    """gunicorn's WORKER_BOOT_ERROR for any failure before ready: it would fail again."""
+    clock = Clock()
+    s = make(clock)
+    c = child(s, 100)
+    c.kind = kind  # type: ignore[assignment]
+    s._on_message(c, {"error": "ImportError: no module named x"})
+    with pytest.raises(HaltServer) as halt:
+        s._on_exit(s.children.pop(100), code)
+    assert halt.value.exit_code == ExitCode.BOOT_ERROR
+    assert halt.value.reason == f"{c.name} could not start: ImportError: no module named x"
+    assert not s.crashes and not s.slots
+
+
+@pytest.mark.parametrize("message", [{"ready": True}, {"metrics_port": 9100}])
+def test_a_child_that_was_up_is_restarted(message: dict[str, Any]) -> None:
+    clock = Clock()
+    s = make(clock)
+    c = child(s, 100)
+    c.kind = "metrics"
+    s._on_message(c, message)
+    s._on_exit(s.children.pop(100), 1)
+    assert s.slots[("metrics", 0)].next_start == pytest.approx(clock.now + sup.BACKOFF_BASE)
+
+
+def test_a_worker_stalled_in_boot_is_retried_not_halted() -> None:
+    clock = Clock()
+    s = make(clock)
+    c = child(s, 100)
+    c.timed_out = True  # the watchdog aborted it (BOOT_TIMEOUT)
+    s._on_exit(s.children.pop(100), -9)
+    assert s.restarts[(0, "timeout")] == 1
 
 
 def test_a_boot_error_in_a_reload_keeps_the_serving_generation(
