@@ -33,6 +33,7 @@ from fastdns.cares import (
     keep_txt_strings,
 )
 from fastdns.config import Config
+from fastdns.files import GraceHold
 from fastdns.hosts import HostsFile
 from fastdns.pipeline import Resolved
 from fastdns.resolvconf import UpstreamPlan
@@ -160,7 +161,8 @@ class NativeResolver:
         self.plan = plan
         # Our own view of the hosts file, only to tell hosts-file answers (TTL 0 from c-ares)
         # from DNS ones; c-ares re-reads the file itself when its mtime changes.
-        self.hosts = HostsFile(config.hosts_file)
+        self.hosts = HostsFile(config.hosts_file,  # (the pipeline's copy logs its holds)
+                               hold=GraceHold(config.hosts_file, "entries", log=False))
         self._hosts_checked = -1.0
         self.timeout = config.native.timeout
         self.max_inflight = config.native.max_inflight
