@@ -197,6 +197,11 @@ class HostsFile:
         if self.hold is None:
             self.hold = GraceHold(self.path, "entries")
 
+    @property
+    def hold_pending(self) -> bool:
+        """An empty or unreadable read is being held: ``refresh`` soon."""
+        return self.hold is not None and self.hold.holding
+
     def refresh(self) -> bool:
         """Re-read the file if it changed; True when the entries changed (a rewrite with the
         same entries is no change, and a held empty read neither)."""

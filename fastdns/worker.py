@@ -38,6 +38,10 @@ from fastdns.upstream import Forwarder
 logger = logging.getLogger(__name__)
 
 TICK = 1.0  # seconds between checks of resolv.conf and the hosts file (issue: ~1-2 s)
+# Seconds between reads of a file whose empty read is being held (fastdns.files): the writer
+# of an in-place rewrite is about to finish. Polling only once a TICK could land in the blank
+# every time (a file rewritten every 0.5 s: issue 12) and wrongly give up after the grace.
+RECHECK = 0.1
 HEARTBEAT_MAX = 1.0  # seconds between a worker's heartbeats to the supervisor, at most
 DRAIN_WAIT = 0.05  # seconds between looks at in-flight queries while draining
 DRAIN_POLL = 0.005  # seconds between looks at a detached UDP socket's queue while draining
@@ -111,6 +115,7 @@ class Worker:
         self.resolv_hold = GraceHold(config.resolv_conf, "nameservers")
         self._plan_told = False  # replan() has logged a plan
         self.reload_hooks: list[Callable[[], None]] = []
+        self._recheck: asyncio.TimerHandle | None = None
 
     @property
     def own_udp_port(self) -> int:
@@ -213,6 +218,18 @@ class Worker:
         if changed:
             for hook in self.reload_hooks:
                 hook()
+        holding = self.resolv_hold.holding or self.pipeline.hosts_file.hold_pending
+        if holding and self._recheck is None and self.loop is not None:
+            self._recheck = self.loop.call_later(RECHECK, self._check_again)
+
+    def _check_again(self) -> None:
+        self._recheck = None
+        if self.stop_event is not None and self.stop_event.is_set():
+            return
+        try:
+            self.check_files()
+        except Exception:
+            logger.exception("periodic check failed")
 
     def stop(self) -> None:
         if self.stop_event is not None:
@@ -247,6 +264,8 @@ class Worker:
         for task in list(state.tasks):
             task.cancel()
         self.tick_task.cancel()
+        if self._recheck is not None:
+            self._recheck.cancel()
         self.udp_server.close()
         for conn in list(state.tcp_connections):
             if conn.transport is not None:
