@@ -54,20 +54,86 @@ class _KeepAliveFFI:
         return getattr(self._ffi, name)
 
 
+class QueryCacheUnsupported(RuntimeError):
+    """``make_channel(qcache_max_ttl=...)`` on a pycares or c-ares (< 1.23) without the option."""
+
+
+class _QueryCacheLib:
+    """Delegates to pycares' cffi ``lib`` but adds c-ares' query-cache option to
+    ``ares_init_options``: pycares 5.2 has the ``qcache_max_ttl`` field in its
+    ``struct ares_options`` but neither a keyword for it nor the ``ARES_OPT_QUERY_CACHE`` bit."""
+
+    def __init__(self, lib: Any, max_ttl: int) -> None:
+        self._lib = lib
+        self._max_ttl = max_ttl
+
+    def ares_init_options(self, channel: Any, options: Any, optmask: int) -> int:
+        options.qcache_max_ttl = self._max_ttl
+        return int(self._lib.ares_init_options(channel, options, optmask | ARES_OPT_QUERY_CACHE))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lib, name)
+
+
+# c-ares ares.h (1.23+): ``#define ARES_OPT_QUERY_CACHE (1 << 21)``, between
+# ARES_OPT_MAXTIMEOUTMS (1 << 20) and ARES_OPT_EVENT_THREAD (1 << 22), which pycares exports.
+ARES_OPT_QUERY_CACHE = 1 << 21
+
 _channel_lock = threading.Lock()
 
 
-def make_channel(**options: Any) -> pycares.Channel:
-    """``pycares.Channel(**options)`` with string options that survive until c-ares reads them."""
+def make_channel(*, qcache_max_ttl: int | None = None, **options: Any) -> pycares.Channel:
+    """``pycares.Channel(**options)`` with string options that survive until c-ares reads them.
+
+    ``qcache_max_ttl``: the longest time c-ares' own query cache keeps an answer (0 turns the
+    cache off; None leaves c-ares' default, 3600 s). Raises ``RuntimeError`` when this pycares
+    cannot set it: ``QueryCacheUnsupported`` (``query_cache_ttl`` reads back what the channel
+    uses).
+    """
     with _channel_lock:
         real = getattr(pycares, "_ffi", None)
-        if real is None:  # a pycares without the module-level FFI: nothing to work around
-            return pycares.Channel(**options)
-        setattr(pycares, "_ffi", _KeepAliveFFI(real))  # noqa: B010 (a private name)
+        real_lib = getattr(pycares, "_lib", None)
+        if qcache_max_ttl is not None:
+            if real_lib is None or not _has_query_cache(real_lib, real):
+                raise QueryCacheUnsupported("this pycares/c-ares cannot configure its query cache")
+            setattr(pycares, "_lib", _QueryCacheLib(real_lib, qcache_max_ttl))  # noqa: B010
         try:
-            return pycares.Channel(**options)
+            if real is None:  # a pycares without the module-level FFI: nothing to work around
+                return pycares.Channel(**options)
+            setattr(pycares, "_ffi", _KeepAliveFFI(real))  # noqa: B010 (a private name)
+            try:
+                return pycares.Channel(**options)
+            finally:
+                setattr(pycares, "_ffi", real)  # noqa: B010
         finally:
-            setattr(pycares, "_ffi", real)  # noqa: B010
+            if real_lib is not None:
+                setattr(pycares, "_lib", real_lib)  # noqa: B010
+
+
+def _has_query_cache(lib: Any, ffi: Any) -> bool:
+    """The bit is where ares.h puts it (checked against its neighbour) and the struct has the
+    field: c-ares 1.23 or later."""
+    if ffi is None or getattr(lib, "ARES_OPT_EVENT_THREAD", None) != ARES_OPT_QUERY_CACHE << 1:
+        return False
+    fields = {name for name, _ in ffi.typeof("struct ares_options").fields}
+    return "qcache_max_ttl" in fields
+
+
+def query_cache_ttl(channel: pycares.Channel) -> int | None:
+    """The query cache's max TTL a channel runs with (c-ares ``ares_save_options``), or None
+    when it was left at c-ares' default (or cannot be read)."""
+    lib, ffi = getattr(pycares, "_lib", None), getattr(pycares, "_ffi", None)
+    handle = getattr(channel, "_channel", None)
+    if lib is None or ffi is None or handle is None or not hasattr(lib, "ares_save_options"):
+        return None
+    options = ffi.new("struct ares_options *")
+    mask = ffi.new("int *")
+    if lib.ares_save_options(handle[0], options, mask) != lib.ARES_SUCCESS:
+        return None
+    try:
+        return int(options.qcache_max_ttl) if mask[0] & ARES_OPT_QUERY_CACHE else None
+    finally:
+        lib.ares_destroy_options(options)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from fastdns import wire
 from fastdns.config import canonical_name
+from fastdns.files import GraceHold
 
 logger = logging.getLogger(__name__)
 
@@ -156,48 +157,75 @@ class StaticHosts:
         return StaticAnswer("answer", ((rtype, packed),))
 
 
+def parse_hosts(lines: list[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """hosts(5) lines -> (name -> addresses, reverse name -> names), in file order."""
+    names: dict[str, list[str]] = {}
+    reverse: dict[str, list[str]] = {}
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2 or not _is_ip(fields[0].split("%", 1)[0]):
+            continue
+        ip = fields[0]
+        for n in fields[1:]:
+            key = canonical_name(n)
+            if not _is_name(key):
+                continue  # e.g. "a..b": it could never be asked, and PTR could not encode it
+            if ip not in names.setdefault(key, []):
+                names[key].append(ip)
+            rev = canonical_name(wire.reverse_name(ip))
+            if key not in reverse.setdefault(rev, []):
+                reverse[rev].append(key)
+    return names, reverse
+
+
 @dataclass
 class HostsFile:
-    """A hosts(5) file, re-read when its mtime, size or inode changes (checked by ``refresh``)."""
+    """A hosts(5) file, re-read when its mtime, size or inode changes (checked by ``refresh``).
+
+    An empty or unreadable read keeps the previous entries for a while (``hold``, see
+    fastdns.files): a file rewritten in place is empty for a moment.
+    """
 
     path: str
     names: dict[str, list[str]] = field(default_factory=dict)
     reverse: dict[str, list[str]] = field(default_factory=dict)
+    hold: GraceHold | None = None
     _stamp: tuple[int, int, int] | None = None
     _loaded: bool = False  # a missing file (stamp None) must not look changed on every tick
 
+    def __post_init__(self) -> None:
+        if self.hold is None:
+            self.hold = GraceHold(self.path, "entries")
+
+    @property
+    def hold_pending(self) -> bool:
+        """An empty or unreadable read is being held: ``refresh`` soon."""
+        return self.hold is not None and self.hold.holding
+
     def refresh(self) -> bool:
-        """Re-read the file if it changed; True when the contents were reloaded."""
+        """Re-read the file if it changed; True when the entries changed (a rewrite with the
+        same entries is no change, and a held empty read neither)."""
+        assert self.hold is not None
         try:
             st = os.stat(self.path)
             stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError:
             stamp = None
-        if self._loaded and stamp == self._stamp:
+        if self._loaded and stamp == self._stamp and not self.hold.holding:
             return False
+        first = not self._loaded
         self._stamp = stamp
         self._loaded = True
-        names: dict[str, list[str]] = {}
-        reverse: dict[str, list[str]] = {}
         try:
             with open(self.path, encoding="utf-8", errors="replace") as fh:
                 lines = fh.readlines()
         except OSError:
             lines = []
-        for line in lines:
-            fields = line.split("#", 1)[0].split()
-            if len(fields) < 2 or not _is_ip(fields[0].split("%", 1)[0]):
-                continue
-            ip = fields[0]
-            for n in fields[1:]:
-                key = canonical_name(n)
-                if not _is_name(key):
-                    continue  # e.g. "a..b": it could never be asked, and PTR could not encode it
-                if ip not in names.setdefault(key, []):
-                    names[key].append(ip)
-                rev = canonical_name(wire.reverse_name(ip))
-                if key not in reverse.setdefault(rev, []):
-                    reverse[rev].append(key)
+        names, reverse = parse_hosts(lines)
+        if not self.hold.check(bool(names)):
+            return False
+        if not first and names == self.names and reverse == self.reverse:
+            return False
         self.names, self.reverse = names, reverse
         return True
 

@@ -24,8 +24,16 @@ import pycares
 
 from fastdns import answers, wire
 from fastdns.answers import AnswerStyle, Unusable
-from fastdns.cares import TIMER_MAX, AresDriver, E, Outcome, keep_txt_strings
+from fastdns.cares import (
+    TIMER_MAX,
+    AresDriver,
+    E,
+    Outcome,
+    QueryCacheUnsupported,
+    keep_txt_strings,
+)
 from fastdns.config import Config
+from fastdns.files import GraceHold
 from fastdns.hosts import HostsFile
 from fastdns.pipeline import Resolved
 from fastdns.resolvconf import UpstreamPlan
@@ -36,6 +44,12 @@ logger = logging.getLogger(__name__)
 NATIVE_TYPES = frozenset((wire.A, wire.AAAA, wire.CNAME, wire.TXT, wire.NS, wire.MX, wire.SRV))
 # Passing flags turns c-ares' default EDNS off unless it is ORed in (tech-notes §1.1).
 CHANNEL_FLAGS = pycares.ARES_FLAG_EDNS
+# c-ares' own query cache (on by default, answers kept up to 3600 s) is turned off: fastdns's
+# cache, bounded by cache.capacity, is the one cache. Left on, it held every distinct name the
+# native path resolved for its TTL whatever the cache settings said (issue 12: 200,000 names
+# with TTL 300 grew a worker from 27 to 261 MB), served answers fastdns's cache had expired or
+# evicted, and kept them across a cache flush.
+CARES_QCACHE_MAX_TTL = 0
 RETIRE_GRACE = 1.0  # seconds past native.timeout before a replaced channel is cancelled
 MIN_TRY_TIMEOUT = TIMER_MAX  # c-ares' own floor for adaptive timeouts; the glue relies on it
 
@@ -73,6 +87,7 @@ def channel_options(config: Config, plan: UpstreamPlan) -> dict[str, Any]:
         "rotate": resolv.rotate,
         "lookups": "fb",  # hosts file first, then DNS (the issue; glibc "files dns")
         "resolvconf_path": config.resolv_conf,
+        "qcache_max_ttl": CARES_QCACHE_MAX_TTL,
     }
     if resolv.search:
         opts["domains"] = list(resolv.search)
@@ -146,7 +161,8 @@ class NativeResolver:
         self.plan = plan
         # Our own view of the hosts file, only to tell hosts-file answers (TTL 0 from c-ares)
         # from DNS ones; c-ares re-reads the file itself when its mtime changes.
-        self.hosts = HostsFile(config.hosts_file)
+        self.hosts = HostsFile(config.hosts_file,  # (the pipeline's copy logs its holds)
+                               hold=GraceHold(config.hosts_file, "entries", log=False))
         self._hosts_checked = -1.0
         self.timeout = config.native.timeout
         self.max_inflight = config.native.max_inflight
@@ -160,6 +176,7 @@ class NativeResolver:
         self.first = config.native.forward_first and not config.lima_compat
         self.ndots = 1
         self.searching = False  # the resolv.conf has search domains
+        self._qcache_warned = False
         # pycares has no hosts_path: c-ares reads $CARES_HOSTS when a lookup passes
         # ARES_AI_ENVHOSTS (tech-notes §1.4). One worker process serves one config.
         os.environ["CARES_HOSTS"] = config.hosts_file
@@ -184,9 +201,17 @@ class NativeResolver:
             # itself). The hosts file is answered by the pipeline; the rest gets SERVFAIL.
             logger.warning("native lookups are off: no nameserver to send them to")
             return None
+        options = channel_options(self.config, plan)
         try:
-            return AresDriver(self.loop, server_csv_entries(plan),
-                              **channel_options(self.config, plan))  # fmt: skip
+            try:
+                return AresDriver(self.loop, server_csv_entries(plan), **options)
+            except QueryCacheUnsupported as e:
+                if not self._qcache_warned:
+                    self._qcache_warned = True
+                    logger.warning("%s: c-ares keeps its own cache of native answers, beyond "
+                                   "cache.capacity", e)  # fmt: skip
+                del options["qcache_max_ttl"]
+                return AresDriver(self.loop, server_csv_entries(plan), **options)
         except (pycares.AresError, ValueError, RuntimeError) as e:
             logger.error("cannot start a c-ares channel (%s): native lookups are off", e)
             return None

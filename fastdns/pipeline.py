@@ -310,7 +310,11 @@ class Pipeline:
             tq = wire.parse_query(_question_wire(target, q))
         except (ValueError, wire.Malformed):
             return Resolved(wire.error_reply(q, wire.SERVFAIL, self.opt_size), "static")
-        res = await self._coalesced(tq, deadline)
+        # The target goes through the same sources as a query for it would: the hosts file
+        # (and the AAAA rule) first. Looking it up elsewhere only would ask DNS for a name the
+        # hosts file owns, and cache that NXDOMAIN under the target's own key, where it beats
+        # the hosts file for every later query of the target (the cache is read first).
+        res = self.answer_now(tq) or await self._coalesced(tq, deadline)
         reply = res.reply
         rcode = wire.reply_rcode(reply)
         try:

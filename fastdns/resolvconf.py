@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastdns.config import Config
 
@@ -82,6 +82,13 @@ class UpstreamPlan:
     servers: tuple[tuple[str, int], ...]
     source: str  # "resolv_conf" | "dns" | "fallback" | "none"
     resolv: ResolvConf = field(default_factory=ResolvConf)
+
+
+def same_plan(a: UpstreamPlan, b: UpstreamPlan) -> bool:
+    """True when ``a`` and ``b`` forward alike: same servers, source and resolv.conf settings
+    (search, ndots, options). A resolv.conf rewritten with the same contents is no change."""
+    return (a.servers, a.source, replace(a.resolv, readable=True)) == (
+        b.servers, b.source, replace(b.resolv, readable=True))  # fmt: skip
 
 
 def plan_upstreams(config: Config, resolv: ResolvConf, own_port: int | None) -> UpstreamPlan:

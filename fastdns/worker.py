@@ -19,10 +19,17 @@ from typing import Any, NoReturn
 from fastdns import loopguard, wire
 from fastdns.config import Config
 from fastdns.errors import BootError, ExitCode
+from fastdns.files import GraceHold
 from fastdns.ipc import ControlWriter, StatusSender
 from fastdns.pipeline import NativeLookup, Pipeline
 from fastdns.process import Credentials, die_with_parent, drop_privileges
-from fastdns.resolvconf import FileWatch, UpstreamPlan, plan_upstreams, read_resolv_conf
+from fastdns.resolvconf import (
+    FileWatch,
+    UpstreamPlan,
+    plan_upstreams,
+    read_resolv_conf,
+    same_plan,
+)
 from fastdns.server import ServerState, TCPServer, UDPServer
 from fastdns.sockets import bind_tcp, bind_udp, leave_reuseport_group, queued_bytes
 from fastdns.stats import WorkerStats, worker_message
@@ -31,6 +38,10 @@ from fastdns.upstream import Forwarder
 logger = logging.getLogger(__name__)
 
 TICK = 1.0  # seconds between checks of resolv.conf and the hosts file (issue: ~1-2 s)
+# Seconds between reads of a file whose empty read is being held (fastdns.files): the writer
+# of an in-place rewrite is about to finish. Polling only once a TICK could land in the blank
+# every time (a file rewritten every 0.5 s: issue 12) and wrongly give up after the grace.
+RECHECK = 0.1
 HEARTBEAT_MAX = 1.0  # seconds between a worker's heartbeats to the supervisor, at most
 DRAIN_WAIT = 0.05  # seconds between looks at in-flight queries while draining
 DRAIN_POLL = 0.005  # seconds between looks at a detached UDP socket's queue while draining
@@ -101,8 +112,10 @@ class Worker:
         self.pipeline: Pipeline | None = None
         self.state: ServerState | None = None
         self.resolv_watch = FileWatch(config.resolv_conf)
+        self.resolv_hold = GraceHold(config.resolv_conf, "nameservers")
         self._plan_told = False  # replan() has logged a plan
         self.reload_hooks: list[Callable[[], None]] = []
+        self._recheck: asyncio.TimerHandle | None = None
 
     @property
     def own_udp_port(self) -> int:
@@ -133,20 +146,28 @@ class Worker:
                 up = 0 if health is not None and health.down(now) else 1
                 gauges[("upstream_up", f"{server[0]}:{server[1]}")] = up
 
-    def replan(self, *, log: bool = True) -> UpstreamPlan:
+    def replan(self, *, log: bool = True) -> bool:
+        """Read resolv.conf and plan the upstreams again; True when the plan changed.
+
+        An empty or unreadable resolv.conf is held for a while first (``resolv_hold``, see
+        fastdns.files: a file rewritten in place is empty for a moment), and a rewrite that
+        names the same servers and options is no change: the cache and the c-ares channel stay.
+        """
         assert self.forwarder is not None
-        plan = plan_upstreams(self.config, read_resolv_conf(self.config.resolv_conf),
-                              self.own_udp_port)  # fmt: skip
+        resolv = read_resolv_conf(self.config.resolv_conf)
+        if not self.resolv_hold.check(resolv.readable and bool(resolv.nameservers)):
+            return False
+        plan = plan_upstreams(self.config, resolv, self.own_udp_port)
         # The first plan is always told: an empty one equals the Forwarder's initial plan, and
         # "no nameserver, no fallback" must still be warned about (acceptance case 28).
-        changed = not self._plan_told or plan.servers != self.forwarder.plan.servers or (
-            plan.source != self.forwarder.plan.source)  # fmt: skip
+        if self._plan_told and same_plan(plan, self.forwarder.plan):
+            return False
         self.forwarder.set_plan(plan)
-        if log and changed:
+        if log:
             self._plan_told = True
             level = logging.WARNING if plan.source in ("fallback", "none") else logging.INFO
             logger.log(level, "%s", describe_plan(plan, self.config))
-        return plan
+        return True
 
     async def setup(self) -> None:
         loop = asyncio.get_running_loop()
@@ -188,15 +209,27 @@ class Worker:
         """Pick up resolv.conf and hosts-file changes without a restart (VPNs, lima#3101)."""
         assert self.pipeline is not None
         changed = False
-        if self.resolv_watch.changed():
-            self.replan()
-            changed = True
+        # (while a blank read is held, read again at every tick: the grace may run out)
+        if self.resolv_watch.changed() or self.resolv_hold.holding:
+            changed = self.replan()
         if self.pipeline.hosts_file.refresh():
             logger.info("reloaded %s", self.config.hosts_file)
             changed = True
         if changed:
             for hook in self.reload_hooks:
                 hook()
+        holding = self.resolv_hold.holding or self.pipeline.hosts_file.hold_pending
+        if holding and self._recheck is None and self.loop is not None:
+            self._recheck = self.loop.call_later(RECHECK, self._check_again)
+
+    def _check_again(self) -> None:
+        self._recheck = None
+        if self.stop_event is not None and self.stop_event.is_set():
+            return
+        try:
+            self.check_files()
+        except Exception:
+            logger.exception("periodic check failed")
 
     def stop(self) -> None:
         if self.stop_event is not None:
@@ -231,6 +264,8 @@ class Worker:
         for task in list(state.tasks):
             task.cancel()
         self.tick_task.cancel()
+        if self._recheck is not None:
+            self._recheck.cancel()
         self.udp_server.close()
         for conn in list(state.tcp_connections):
             if conn.transport is not None:

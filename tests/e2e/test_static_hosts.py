@@ -288,3 +288,59 @@ def test_a_label_holding_a_dot_is_not_a_static_name(
 def test_a_46_byte_label_is_still_matched(server: FastDNSProcess) -> None:
     name = "b" * 46 + ".example.dev"
     assert texts(server.query(name, "A")) == [f"{name}. 5 IN A 10.0.0.46"]
+
+
+# ------------------------------------------------------------------------------ alias -> hosts file
+
+
+@pytest.fixture(name="filealias", scope="module")
+def _filealias(
+    mod_fastdns_factory: Any, upstream: FakeUpstream, mod_tmp: Any
+) -> FastDNSProcess:
+    """Two workers; static aliases whose targets only the hosts file knows (issue 12, item 8).
+    The upstream has no such names: asking it gets NXDOMAIN."""
+    hosts = mod_tmp / "alias-hosts"
+    hosts.write_text("127.0.0.1 localhost\n10.7.7.7 hostsfile.test\nfd00::77 hostsfile.test\n"
+                     "10.7.7.8 second.test\n")  # fmt: skip
+    aliases = {"alias.test": "hostsfile.test", "alias2.test": "second.test",
+               "alias6.test": "hostsfile.test"}  # fmt: skip
+    server: FastDNSProcess = mod_fastdns_factory(
+        {"hostResolver": {"ipv6": True, "hosts": aliases},
+         "fastdns": {"workers": 2, "hosts_file": str(hosts)}},
+        upstreams=[upstream])  # fmt: skip
+    return server
+
+
+def test_alias_to_a_hosts_file_name_does_not_poison_the_target(
+    filealias: FastDNSProcess, upstream: FakeUpstream
+) -> None:
+    """One query for the alias used to cache the upstream's NXDOMAIN under the target's own key
+    (the alias's lookup skipped the hosts file): then the hosts-file name got NXDOMAIN."""
+    for _ in range(8):  # fresh source ports: both workers see the alias
+        assert texts(filealias.query("alias.test", "A")) == ["alias.test. 5 IN A 10.7.7.7"]
+    for _ in range(8):
+        reply = filealias.query("hostsfile.test", "A")
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert texts(reply) == ["hostsfile.test. 5 IN A 10.7.7.7"]
+    assert upstream.count("hostsfile.test") == 0
+
+
+def test_alias_to_a_hosts_file_name_asked_after_the_target(
+    filealias: FastDNSProcess, upstream: FakeUpstream
+) -> None:
+    for _ in range(8):
+        assert texts(filealias.query("second.test", "A")) == ["second.test. 5 IN A 10.7.7.8"]
+    for _ in range(8):
+        assert texts(filealias.query("alias2.test", "A")) == ["alias2.test. 5 IN A 10.7.7.8"]
+    for _ in range(8):
+        assert texts(filealias.query("second.test", "A")) == ["second.test. 5 IN A 10.7.7.8"]
+    assert upstream.count("second.test") == 0
+
+
+def test_alias_to_a_hosts_file_name_aaaa(filealias: FastDNSProcess, upstream: FakeUpstream) -> None:
+    for _ in range(8):
+        assert texts(filealias.query("alias6.test", "AAAA")) == ["alias6.test. 5 IN AAAA fd00::77"]
+    for _ in range(8):
+        assert texts(filealias.query("hostsfile.test", "AAAA")) == [
+            "hostsfile.test. 5 IN AAAA fd00::77"]
+    assert upstream.count("hostsfile.test") == 0

@@ -13,7 +13,7 @@ import pytest
 from support.fixtures import UpstreamFactory
 from support.upstream import FakeUpstream
 
-from fastdns.cares import AresDriver, E, keep_txt_strings
+from fastdns.cares import AresDriver, E, keep_txt_strings, query_cache_ttl
 from fastdns.worker import new_event_loop
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,26 @@ def test_a_cache_hit_completes_inside_the_call(up: FakeUpstream) -> None:
 
     run(main)
     assert up.count("t.test", "TXT") == 1
+
+
+def test_the_query_cache_can_be_turned_off(up: FakeUpstream) -> None:
+    """What fastdns.native does (CARES_QCACHE_MAX_TTL): the option takes effect, read back
+    from c-ares, and the second question goes to the upstream again."""
+
+    async def main() -> None:
+        keep_txt_strings()
+        d = AresDriver(asyncio.get_running_loop(), [f"{up.address}:53"],
+                       flags=pycares.ARES_FLAG_EDNS, timeout=1.0, tries=1,
+                       qcache_max_ttl=0)  # fmt: skip
+        assert query_cache_ttl(d.channel) == 0
+        for _ in range(2):
+            fut = d.search("t.test", pycares.QUERY_TYPE_TXT)
+            assert not fut.done()
+            assert (await fut)[1] is None
+        d.close()
+
+    run(main)
+    assert up.count("t.test", "TXT") == 2
 
 
 def test_a_bad_name_is_reported_once(up: FakeUpstream) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fastdns import wire
+from fastdns.files import FILE_GRACE, GraceHold
 from fastdns.hosts import NODATA, SERVFAIL, HostsFile, StaticAnswer, StaticHosts
 
 A, AAAA, CNAME, PTR, TXT, MX = wire.A, wire.AAAA, wire.CNAME, wire.PTR, wire.TXT, wire.MX
@@ -186,7 +187,9 @@ def test_hosts_file_reload_on_change(tmp_path: Path) -> None:
 
 
 def test_missing_hosts_file_is_empty_and_not_reloaded_every_time(tmp_path: Path) -> None:
-    h = HostsFile(str(tmp_path / "none"))
+    now = [0.0]
+    missing = str(tmp_path / "none")
+    h = HostsFile(missing, hold=GraceHold(missing, "entries", clock=lambda: now[0]))
     h.refresh()
     assert h.lookup("localhost", A, False) is None
     # Every refresh reports a reload to the worker, which logs it and runs the reload hooks
@@ -197,9 +200,33 @@ def test_missing_hosts_file_is_empty_and_not_reloaded_every_time(tmp_path: Path)
     assert h.refresh() is True
     assert h.lookup("late", A, False) == a("10.0.0.1")
     (tmp_path / "none").unlink()
+    # Held for the grace (fastdns.files): no reload, the entries stay, until it runs out.
+    assert h.refresh() is False
+    assert h.lookup("late", A, False) == a("10.0.0.1")
+    now[0] += FILE_GRACE
     assert h.refresh() is True
     assert h.lookup("late", A, False) is None
     assert h.refresh() is False
+
+
+def test_hosts_file_rewritten_in_place(tmp_path: Path) -> None:
+    """Truncated, then written again with the same entries: never empty, never a reload."""
+    path = tmp_path / "hosts"
+    write(path, "10.0.0.1 a\n")
+    now = [0.0]
+    h = HostsFile(str(path), hold=GraceHold(str(path), "entries", clock=lambda: now[0]))
+    assert h.refresh() is True
+    path.write_text("")  # in place: same inode
+    assert h.refresh() is False
+    assert h.lookup("a", A, False) == a("10.0.0.1")
+    now[0] += 1.0
+    assert h.refresh() is False  # still held: read again although the stamp is the same
+    path.write_text("10.0.0.1   a  # again\n")
+    assert h.refresh() is False  # the same entries: nothing for the worker to do
+    assert h.lookup("a", A, False) == a("10.0.0.1")
+    path.write_text("10.0.0.2 a\n")
+    assert h.refresh() is True  # a real change is one at once
+    assert h.lookup("a", A, False) == a("10.0.0.2")
 
 
 def test_hosts_file_names_that_cannot_be_encoded_are_skipped(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from fastdns.resolvconf import (
     parse_resolv_conf,
     plan_upstreams,
     read_resolv_conf,
+    same_plan,
 )
 
 
@@ -131,6 +132,19 @@ def test_plan_keeps_the_resolv_conf_it_came_from() -> None:
 
 
 # ------------------------------------------------------------------------------ FileWatch
+
+
+def test_same_plan_ignores_a_rewrite_with_the_same_contents() -> None:
+    """What decides whether a resolv.conf change flushes the cache and replaces the c-ares
+    channel (fastdns.worker.Worker.replan)."""
+    text = "nameserver 10.0.0.1\nsearch corp.example\noptions ndots:2\n"
+    a = plan_upstreams(cfg(), parse_resolv_conf(text), None)
+    assert same_plan(a, plan_upstreams(cfg(), parse_resolv_conf("# again\n" + text), None))
+    for other in ("nameserver 10.0.0.2\nsearch corp.example\noptions ndots:2\n",
+                  "nameserver 10.0.0.1\nsearch other.example\noptions ndots:2\n",
+                  "nameserver 10.0.0.1\nsearch corp.example\n"):  # fmt: skip
+        assert not same_plan(a, plan_upstreams(cfg(), parse_resolv_conf(other), None))
+    assert not same_plan(a, plan_upstreams(cfg(), ResolvConf(readable=False), None))
 
 
 def test_file_watch(tmp_path: Path) -> None:
