@@ -132,6 +132,7 @@ class SlotState:
 
     crashes: int = 0
     next_start: float = 0.0
+    was_up: bool = False  # a child in this slot reported ready once
 
 
 def write_state(path: str | None, state: dict[str, Any], *, echo: bool = True,
@@ -578,6 +579,7 @@ class Supervisor:
             up = True  # the metrics process is up once it listens
         if up and not child.ready:
             child.ready = True
+            self._slot(child.key).was_up = True
             logger.debug("%s (pid %d) serves", child.name, child.pid)
 
     def _reap(self) -> None:
@@ -609,9 +611,12 @@ class Supervisor:
             logger.log(level, "%s (pid %d) %s", child.name, child.pid, how)
             return
         now = self.clock()
-        if code == ExitCode.BOOT_ERROR or not (child.ready or child.timed_out):
+        retry = child.ready or child.timed_out or (code < 0 and self._was_up(child))
+        if code == ExitCode.BOOT_ERROR or not retry:
             # A child that fails before it is up will fail again: halt instead of looping
-            # (gunicorn's WORKER_BOOT_ERROR). A stalled boot (watchdog) is retried below.
+            # (gunicorn's WORKER_BOOT_ERROR). A stalled boot (watchdog) is retried below, and
+            # so is a replacement killed by a signal while booting (the OOM killer, an
+            # operator): its slot served before, so the signal is no verdict on the config.
             reason = child.boot_error or child.error or how
             if (child.kind == "worker" and self.serving is not None
                     and child.generation == self.current.number
@@ -859,6 +864,11 @@ class Supervisor:
             if child.kind == kind and not child.stopping:
                 return child
         return None
+
+    def _was_up(self, child: Child) -> bool:
+        """A child in ``child``'s slot reported ready before."""
+        slot = self.slots.get(child.key)
+        return slot is not None and slot.was_up
 
     def _slot(self, key: tuple[str, int]) -> SlotState:
         state = self.slots.get(key)

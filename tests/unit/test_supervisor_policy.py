@@ -181,3 +181,24 @@ def test_a_booting_worker_gets_more_time_than_worker_timeout(
     clock.now += 1
     s._murder_stalled()
     assert kills == [(100, 6)]
+
+
+@pytest.mark.parametrize("kind", ["worker", "metrics", "rules"])
+def test_a_replacement_killed_by_a_signal_while_booting_is_restarted(kind: str) -> None:
+    """The OOM killer or an operator's kill of a booting replacement is no boot failure when
+    its slot was up before: the service stays up and the slot is restarted with backoff."""
+    clock = Clock()
+    s = make(clock)
+    first = child(s, 100)
+    first.kind = kind  # type: ignore[assignment]
+    s._on_message(first, {"ready": True})
+    s._on_exit(s.children.pop(100), 1)  # crashed while up: restarted
+    replacement = child(s, 101)
+    replacement.kind = kind  # type: ignore[assignment]
+    s._on_exit(s.children.pop(101), -9)  # killed before it reported ready
+    assert s.slots[(kind, 0)].crashes == 2 and len(s.crashes) == 2
+    replacement = child(s, 102)
+    replacement.kind = kind  # type: ignore[assignment]
+    with pytest.raises(HaltServer) as halt:  # an exit of its own while booting still halts
+        s._on_exit(s.children.pop(102), 1)
+    assert halt.value.exit_code == ExitCode.BOOT_ERROR
