@@ -35,7 +35,10 @@ from fastdns.stats import WorkerStats
 logger = logging.getLogger(__name__)
 
 POOL_SIZE = 256  # sockets per upstream in rotation (RFC 5452 §9.2: ports are the entropy)
-MAX_USES = 4  # queries sent from one socket before it is retired
+# Queries sent from one socket before it is retired. Closing a UDP socket costs the kernel
+# 15-30 us here (more under load), so a socket is not one query's: a spoofer still has to hit
+# the one slot in POOL_SIZE that the seen port holds, for at most MAX_USES queries.
+MAX_USES = 8
 MAX_AGE = 5.0  # seconds a socket is picked for new queries
 LINGER = 60.0  # a retired socket is closed after this even with queries left on it (a bug guard)
 READ_BATCH = 64  # replies read per wakeup of one socket
@@ -81,6 +84,8 @@ class PortSocket:
                 self.channel.broken(self, e)
                 return
             self.received(data)
+            if not self.pending:  # nothing more is due: spare the EAGAIN read (level-triggered
+                return  # polling calls again for anything left, spoofed or late)
 
     def received(self, data: bytes) -> None:
         if len(data) < 12:

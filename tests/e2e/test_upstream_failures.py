@@ -145,8 +145,8 @@ def test_forwarded_queries_leave_from_many_source_ports(upstream_factory: Upstre
               f"at most {max(ports.values())} from one port")  # fmt: skip
         # A socket sends at most upsock.MAX_USES (4) queries; the kernel may hand a port out
         # again later, to a new socket, so one port can carry a few more.
-        assert len(ports) >= 400
-        assert max(ports.values()) <= 12
+        assert len(ports) >= 200
+        assert max(ports.values()) <= 20
     finally:
         fdp.close()
 
