@@ -270,7 +270,23 @@ class StatsAggregator:
             return False, f"rules: {error}"
         if not sup.get("ready", False):
             return False, "the supervisor is not ready"
+        down = self.upstreams_down()
+        if down is not None and down[1] and len(down[1]) == down[0]:
+            # Not ready only when *every* upstream is unreachable: with one of several down the
+            # others still answer (a Lima VM's DNS must not go "not ready" over one of them).
+            return False, "every upstream is unreachable: " + ", ".join(down[1])
+        if down is not None and down[1]:
+            return True, "OK; unreachable upstreams: " + ", ".join(down[1])
         return True, "OK"
+
+    def upstreams_down(self) -> tuple[int, list[str]] | None:
+        """(upstreams the workers report, those marked down) from fastdns_forward_upstream_up
+        (max over recent workers: down only when every worker has it down); None: none."""
+        gauges = self.totals().gauges
+        ups = {k[1]: v for k, v in gauges.items() if k[0] == "upstream_up" and len(k) == 2}
+        if not ups:
+            return None
+        return len(ups), sorted(to for to, v in ups.items() if not v)
 
     # --------------------------------------------------------------------------- labels
 

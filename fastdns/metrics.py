@@ -167,6 +167,16 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("fastdns_forward_upstream_up", "gauge",
               "1 when at least one worker considers the upstream healthy, 0 when all have "
               "marked it down after repeated failures.", ("to",), aggregate="max"),
+    MetricDef("fastdns_forward_upstream_sockets", "gauge",
+              "Open random-port UDP sockets to the upstream (RFC 5452 §9.2), retired ones "
+              "still waiting for replies included.", ("to",)),
+    MetricDef("fastdns_forward_socket_events_total", "counter",
+              "Upstream UDP socket events: opened (a fresh random port), error (ICMP "
+              "unreachable: the queries on it failed over, the socket closed), stalled (a "
+              "timeout found replies unread: replaced), fallback (no descriptor or port free: "
+              "an open socket reused), lingered (closed with replies still due).",
+              ("to", "event"), values={"event": frozenset(("opened", "error", "stalled",
+                                                           "fallback", "lingered"))}),
     MetricDef("fastdns_forward_upstream_source", "gauge",
               "Workers whose upstream list comes from this source: resolv_conf, dns (lima.yaml), "
               "fallback (resolv.conf had no usable server) or none.", ("source",),
@@ -256,6 +266,8 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "upstream_mismatch": (Source(_REJECTED, ("to",), (("reason", "question_mismatch"),)),),
     "upstream_up": (Source("fastdns_forward_upstream_up", ("to",)),),
     "upstream_source": (Source("fastdns_forward_upstream_source", ("source",)),),
+    "upstream_sockets": (Source("fastdns_forward_upstream_sockets", ("to",)),),
+    "upstream_socket": (Source("fastdns_forward_socket_events_total", ("to", "event")),),
     "native_duration": (Source("fastdns_native_request_duration_seconds", ("type", "rcode")),),
     "native_fallback": (Source("fastdns_native_fallbacks_total", ("reason",)),),
     "native_forward_first": (Source("fastdns_native_forward_first_total", ("outcome",)),),

@@ -3,18 +3,19 @@
 The general path (``Pipeline.answer``) runs each forwarded query as a Task through five
 coroutine frames, a Future per upstream try and a timer per query; on a stream of distinct
 names that machinery costs more CPU than the forwarding itself. Here the common case is plain
-callbacks: the query goes out on the first upstream's connected socket from the datagram
-callback, and the upstream's reply, matched by ``UdpChannel`` (ID, source, question), is
-answered from that socket's callback. Timeouts come from one timer per worker at the oldest
-query's deadline (every query waits the same ``upstream_timeout``, so send order is deadline
-order).
+callbacks: the query goes out on a random-port socket to the first upstream
+(``fastdns.upsock``) from the datagram callback, and the upstream's reply, matched by
+``PortSocket`` (ID, source, question), is answered from that socket's callback. Timeouts come
+from one timer per worker at the oldest query's deadline (every query waits the same
+``upstream_timeout``, so send order is deadline order).
 
 Anything else leaves the lane for the general path, from where this lane stopped: a timeout,
 an ICMP error, SERVFAIL or REFUSED go on to the next upstream (``Forwarder.exchange(tried=)``);
-a TC reply goes to TCP. Static aliases, loop probes, native lookups and questions already in
-flight (coalescing) never enter the lane. A query in the lane is in ``Pipeline.pending``, so
-identical questions coalesce onto it, and counts towards the worker's in-flight limit and
-draining like a task.
+a TC reply goes to TCP. After a timeout the lane's ID stays valid: ``Forwarder.carry`` hands
+its reply to the general path, which still takes it until the client's deadline. Static
+aliases, loop probes, native lookups and questions already in flight (coalescing) never enter
+the lane. A query in the lane is in ``Pipeline.pending``, so identical questions coalesce onto
+it, and counts towards the worker's in-flight limit and draining like a task.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastdns import loopguard, wire
 from fastdns.pipeline import Pipeline, Resolved
+from fastdns.upsock import PortSocket, UpstreamDown
 from fastdns.upstream import Resume, order_servers
 
 if TYPE_CHECKING:
@@ -39,10 +41,10 @@ _ANSWERED = ("forward_fast_lane", "answered")  # WorkerStats key; hand-offs coun
 
 
 class Relayed:
-    """One query in the lane; it stands in for the Future in ``UdpChannel.pending``."""
+    """One query in the lane; it stands in for the Future in ``PortSocket.pending``."""
 
     __slots__ = ("addr", "deadline", "expires", "finished", "fut", "native", "q", "relay",
-                 "sent", "server", "size", "t0", "udp", "uid")  # fmt: skip
+                 "sent", "server", "size", "sock", "t0", "udp", "uid")  # fmt: skip
 
     def __init__(self, relay: Relay, q: wire.Query, udp: UDPServer, addr: Any, size: int,
                  t0: float) -> None:  # fmt: skip
@@ -50,11 +52,12 @@ class Relayed:
         self.finished = False
         self.native = False  # forwarded first for the native path (native.forward_first)
         self.server: tuple[str, int] = ("", 0)
+        self.sock: PortSocket | None = None
         self.uid = 0
         self.sent = self.expires = self.deadline = 0.0
         self.fut: asyncio.Future[Resolved] | None = None
 
-    # The part of the Future interface UdpChannel uses.
+    # The part of the Future interface PortSocket uses.
     def done(self) -> bool:
         return self.finished
 
@@ -93,21 +96,23 @@ class Relay:
             return False
         server = servers[0] if not fwd.health else (
             order_servers(servers, fwd.health, fwd.clock())[0])  # fmt: skip
-        ch = fwd.channels.get(server)
-        if ch is None or ch.write is None:
-            return False  # the general path opens the socket
+        now = self.loop.time()
+        try:
+            s = fwd.channel(server).pick(now)
+        except UpstreamDown:
+            return False  # the general path counts the failure
         # Last: declines() counts the native fallback, so no False may follow a True.
         native = pipeline.native is not None and not pipeline.native_declines(q)
         if native and not pipeline.native_forward_first(q):
             return False
-        now = self.loop.time()
         r = Relayed(self, q, udp, addr, size, t0)
         r.native = native
         r.server = server
         r.sent = now
         r.deadline = now + self.config.deadline
         r.expires = now + min(fwd.upstream_timeout, self.config.deadline)
-        r.uid = uid = ch.track(r, q)
+        r.sock = s
+        r.uid = uid = s.track(r, q)
         r.fut = pipeline.pending[q.key] = self.loop.create_future()
         self.inflight += 1
         queue = self.queue
@@ -117,16 +122,15 @@ class Relay:
         if self.timer is None:
             self.timer = self.loop.call_at(r.expires, self._expire)
         try:
-            ch.write(wire.set_id(q.wire, uid))
-        except OSError as e:
-            ch.forget(uid, r)
-            self.on_error(r, e)
+            s.write(wire.set_id(q.wire, uid))
+        except OSError as e:  # an ICMP error from an earlier query: fails ``r`` (on_error)
+            s.channel.broken(s, e)
         return True
 
     # ------------------------------------------------------------------ completion
 
     def on_reply(self, r: Relayed, data: bytes) -> None:
-        """The upstream answered (UdpChannel checked ID, source and question)."""
+        """The upstream answered (PortSocket checked ID, source and question)."""
         if r.finished:
             return
         r.finished = True
@@ -165,15 +169,16 @@ class Relay:
         queue = self.queue
         while queue and (queue[0].finished or queue[0].expires <= now):
             r = queue.popleft()
+            if not r.finished and r.sock is not None:
+                r.sock.channel.stalled(r.sock)  # replies left unread answer now
             if r.finished:
                 continue
             r.finished = True
             self.inflight -= 1
-            ch = self.forwarder.channels.get(r.server)
-            if ch is not None:
-                ch.forget(r.uid, r)
-            self.forwarder.note_failure(r.server, r.sent, "timeout")
-            self._hand_off(r, "timeout", Resume(tried=frozenset((r.server,))))
+            fwd = self.forwarder
+            fwd.note_failure(r.server, r.sent, "timeout")
+            box = fwd.carry(r.sock, r.uid, r, r.server, r.sent) if r.sock is not None else None
+            self._hand_off(r, "timeout", Resume(tried=frozenset((r.server,)), box=box))
         if queue and not self.closed:
             self.timer = self.loop.call_at(max(queue[0].expires, now), self._expire)
 

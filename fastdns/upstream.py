@@ -1,9 +1,11 @@
-"""Raw forwarding of client queries to upstream servers over long-lived sockets.
+"""Raw forwarding of client queries to upstream servers.
 
-Each upstream has one connected UDP socket with a table of in-flight upstream IDs. A reply is
-accepted only when its ID is in flight, it came from that upstream (the connected socket makes
-the kernel filter the source) and its question equals ours (RFC 5452 §9). TC replies are
-retried over TCP; timeouts, socket errors, SERVFAIL and REFUSED move on to the next upstream.
+Each UDP attempt leaves from a random-port socket (``fastdns.upsock``, RFC 5452 §9.2) with a
+fresh upstream ID. A reply is accepted only when its ID is in flight on the socket it came to,
+it came from that upstream (the connected socket makes the kernel filter the source) and its
+question equals ours (RFC 5452 §9). TC replies are retried over TCP; timeouts, socket errors,
+SERVFAIL and REFUSED move on to the next upstream, and every attempt's ID stays valid until the
+client's deadline, so a reply slower than ``upstream_timeout`` still answers (issue 12).
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ import logging
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from fastdns import wire
 from fastdns.resolvconf import UpstreamPlan
 from fastdns.stats import Histogram, WorkerStats
+from fastdns.upsock import PortSocket, UdpChannel, UpstreamDown, Waiter
+
+__all__ = ["FRESH", "Attempt", "ForwardResult", "Forwarder", "Mailbox", "Resume", "UdpChannel",
+           "UpstreamDown", "Waiter", "order_servers", "sockaddr"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +35,7 @@ FAILOVER_RCODES = frozenset((wire.SERVFAIL, wire.REFUSED))
 MAX_FAILS = 2
 DOWN_FOR = 10.0
 TCP_MAX_REPLY = 65535
-READ_BATCH = 64  # replies read per wakeup of an upstream socket
+_TC = 0x02
 
 
 def sockaddr(host: str, port: int) -> tuple[int, tuple[object, ...]]:
@@ -43,124 +49,75 @@ def sockaddr(host: str, port: int) -> tuple[int, tuple[object, ...]]:
     return socket.AF_INET, (addr, port)
 
 
-def _expire(fut: asyncio.Future[bytes]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
+class Attempt:
+    """One UDP attempt of an exchange; it stands in for a Future in ``PortSocket.pending``
+    until the client's deadline, so a late reply still answers (issue 12)."""
+
+    __slots__ = ("box", "finished", "server", "sock", "t0", "uid")
+
+    def __init__(self, box: Mailbox, server: tuple[str, int], t0: float) -> None:
+        self.box, self.server, self.t0 = box, server, t0
+        self.sock: PortSocket | None = None
+        self.uid = 0
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, data: bytes) -> None:
+        self.finished = True
+        self.box.put(self, data)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.finished = True
+        self.box.put(self, exc)
 
 
-class Waiter(Protocol):
-    """Who gets an upstream reply: a Future, or a fast-lane query (``fastdns.relay``)."""
+class Mailbox:
+    """Where the replies and errors of every UDP attempt of one exchange arrive."""
 
-    def done(self) -> bool: ...
+    __slots__ = ("attempts", "events", "fut", "loop")
 
-    def set_result(self, data: bytes) -> None: ...
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.attempts: list[Attempt] = []
+        self.events: deque[tuple[Attempt, bytes | BaseException]] = deque()
+        self.fut: asyncio.Future[None] | None = None
 
-    def set_exception(self, exc: BaseException) -> None: ...
+    def put(self, attempt: Attempt, outcome: bytes | BaseException) -> None:
+        self.events.append((attempt, outcome))
+        fut = self.fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
-
-class UpstreamDown(Exception):
-    """The upstream could not be reached (ICMP unreachable, socket closed)."""
-
-
-class UdpChannel:
-    """One connected UDP socket to one upstream, multiplexing queries by upstream ID.
-
-    The channel reads its socket itself from an ``add_reader`` callback, as the UDP server does
-    (``fastdns.server.UDPServer``: uvloop's datagram transport costs more per datagram). A
-    socket error on a connected UDP socket is an ICMP error from the upstream: every query in
-    flight on it fails at once instead of waiting for its timeout.
-    """
-
-    def __init__(self, stats: WorkerStats, to: str) -> None:
-        self.pending: dict[int, tuple[Waiter, wire.Query]] = {}
-        self.stats = stats
-        self.to = to
-        self.sock: socket.socket | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        # Sends one datagram to the upstream; None once closed.
-        self.write: Callable[[bytes], object] | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        """Serve ``sock`` (connected, non-blocking) on ``loop``."""
-        self.loop, self.sock = loop, sock
-        self.write = sock.send
-        loop.add_reader(sock.fileno(), self._on_readable)
-
-    def attach(self, write: Callable[[bytes], object]) -> None:
-        """Send through ``write`` instead of a socket (tests, benchmarks)."""
-        self.write = write
-
-    def _on_readable(self) -> None:
-        recv = self.sock.recv  # type: ignore[union-attr]
-        for _ in range(READ_BATCH):
+    async def get(self, until: float) -> tuple[Attempt, bytes | BaseException] | None:
+        """The next reply or error, or None once the loop clock passes ``until``."""
+        if not self.events:
+            # A timer that completes the future instead of asyncio.wait_for: on Python 3.11
+            # wait_for adds a waiter future, a done callback and ensure_future per query.
+            fut = self.fut = self.loop.create_future()
+            timer = self.loop.call_at(until, _wake, fut)
             try:
-                data = recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self.error_received(e)
-                return
-            self.datagram_received(data, None)
+                await fut
+            finally:
+                timer.cancel()
+                self.fut = None
+        return self.events.popleft() if self.events else None
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        if len(data) < 12:
-            return
-        entry = self.pending.get(wire.reply_id(data))
-        if entry is None:
-            self.stats.inc("upstream_unmatched", self.to)  # late or spoofed
-            return
-        fut, q = entry
-        if not wire.question_matches(data, q):
-            self.stats.inc("upstream_mismatch", self.to)  # never an answer (STYLE R7)
-            return
-        del self.pending[wire.reply_id(data)]
-        if not fut.done():
-            fut.set_result(data)
-
-    def error_received(self, exc: Exception) -> None:
-        self._fail_all(UpstreamDown(str(exc)))
-
-    def _fail_all(self, exc: Exception) -> None:
-        pending, self.pending = self.pending, {}
-        for fut, _ in pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
-
-    def send(
-        self, q: wire.Query, loop: asyncio.AbstractEventLoop
-    ) -> tuple[int, asyncio.Future[bytes]]:
-        write = self.write
-        if write is None:
-            raise UpstreamDown("socket closed")
-        fut: asyncio.Future[bytes] = loop.create_future()
-        uid = self.track(fut, q)
-        try:
-            write(wire.set_id(q.wire, uid))
-        except OSError as e:  # an earlier ICMP error, or a full buffer: this one is lost too
-            del self.pending[uid]
-            raise UpstreamDown(str(e)) from e
-        return uid, fut
-
-    def track(self, waiter: Waiter, q: wire.Query) -> int:
-        """A fresh upstream ID for ``q``, whose reply (or failure) goes to ``waiter``."""
-        uid = random.getrandbits(16)
-        while uid in self.pending:
-            uid = random.getrandbits(16)
-        self.pending[uid] = (waiter, q)
-        return uid
-
-    def forget(self, uid: int, fut: Waiter) -> None:
-        entry = self.pending.get(uid)
-        if entry is not None and entry[0] is fut:
-            del self.pending[uid]
+    def waiting(self) -> bool:
+        return any(not a.finished for a in self.attempts)
 
     def close(self) -> None:
-        if self.sock is not None and self.loop is not None:
-            self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-        self.sock = None
-        self.write = None
-        self._fail_all(UpstreamDown("socket closed"))
+        """The exchange is over: no attempt's reply is awaited any more."""
+        for a in self.attempts:
+            if not a.finished and a.sock is not None:
+                a.finished = True
+                a.sock.forget(a.uid, a)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 @dataclass
@@ -187,11 +144,13 @@ class Resume:
     """Where the forward fast lane (``fastdns.relay``) left a query for ``exchange``:
     ``force_tcp`` after a TC reply; ``tried``, servers that timed out or failed in this first
     round (asked again from the next attempt); ``refused``, servers that answered SERVFAIL or
-    REFUSED (not asked again)."""
+    REFUSED (not asked again); ``box``, where the lane's attempt still waiting for its reply
+    now reports (``Forwarder.carry``)."""
 
     force_tcp: bool = False
     tried: frozenset[tuple[str, int]] = frozenset()
     refused: frozenset[tuple[str, int]] = frozenset()
+    box: Mailbox | None = None
 
 
 FRESH = Resume()  # a query nothing was sent for yet
@@ -231,37 +190,42 @@ class Forwarder:
             ch.close()
         self.channels.clear()
 
-    async def _channel(self, server: tuple[str, int]) -> UdpChannel:
+    def channel(self, server: tuple[str, int]) -> UdpChannel:
         ch = self.channels.get(server)
-        if ch is not None and ch.write is not None:
-            return ch
-        family, addr = sockaddr(*server)
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.connect(addr)
-        except OSError:
-            sock.close()
-            raise
-        ch = UdpChannel(self.stats, f"{server[0]}:{server[1]}")
-        ch.start(self.loop, sock)
-        self.channels[server] = ch
+        if ch is None:
+            ch = self.channels[server] = UdpChannel(
+                self.stats, f"{server[0]}:{server[1]}", self.loop, sockaddr(*server))
         return ch
 
-    async def _udp(self, server: tuple[str, int], q: wire.Query, timeout: float) -> bytes:
-        ch = self.channels.get(server)
-        if ch is None or ch.write is None:
-            ch = await self._channel(server)
-        uid, fut = ch.send(q, self.loop)
-        # A timer that fails the future instead of asyncio.wait_for: on Python 3.11 wait_for
-        # adds a waiter future, a done callback and ensure_future per query (the forward
-        # path's largest asyncio cost). Cancelling our task still cancels ``fut``.
-        timer = self.loop.call_later(timeout, _expire, fut)
+    def sweep(self) -> None:
+        """Periodic (the worker's tick): retire old sockets, close lingering ones."""
+        now = self.loop.time()
+        for ch in self.channels.values():
+            ch.sweep(now)
+
+    def _send(self, server: tuple[str, int], q: wire.Query, box: Mailbox, t0: float) -> Attempt:
+        """Send ``q`` to ``server`` from a random-port socket; its outcome goes to ``box``."""
+        s = self.channel(server).pick(t0)
+        a = Attempt(box, server, t0)
+        a.sock = s
+        a.uid = s.track(a, q)
+        box.attempts.append(a)
         try:
-            return await fut
-        finally:
-            timer.cancel()
-            ch.forget(uid, fut)
+            s.write(wire.set_id(q.wire, a.uid))
+        except OSError as e:  # an earlier ICMP error, or a full buffer: this one is lost too
+            s.channel.broken(s, e)  # fails ``a`` (and any other query on ``s``) into ``box``
+        return a
+
+    def carry(self, sock: PortSocket, uid: int, old: Waiter, server: tuple[str, int],
+              t0: float) -> Mailbox:  # fmt: skip
+        """A mailbox that takes over the reply to ``uid`` on ``sock`` (sent by the fast lane
+        at ``t0``), for the general path's ``exchange`` to go on with."""
+        box = Mailbox(self.loop)
+        a = Attempt(box, server, t0)
+        if sock.repoint(uid, old, a):
+            a.sock, a.uid = sock, uid
+            box.attempts.append(a)
+        return box
 
     async def _tcp(self, server: tuple[str, int], q: wire.Query, timeout: float) -> bytes:
         family, addr = sockaddr(*server)
@@ -317,36 +281,90 @@ class Forwarder:
         self, q: wire.Query, deadline: float, resume: Resume = FRESH
     ) -> ForwardResult:
         """Try the upstreams in order until one gives an acceptable reply or time runs out,
-        from where ``resume`` says the fast lane left off."""
+        from where ``resume`` says the fast lane left off. Every UDP attempt's ID stays valid
+        until the deadline: a reply later than ``upstream_timeout`` still answers."""
         plan = self.plan
         attempts = plan.resolv.attempts if plan.source == "resolv_conf" else 2
         refused_now = set(resume.refused)
         tried = resume.tried
-        for attempt in range(attempts):
-            for server in order_servers(plan.servers, self.health, self.clock()):
-                if server in refused_now or (attempt == 0 and server in tried):
-                    continue
-                remaining = deadline - self.loop.time()
-                if remaining <= 0.001:
-                    return ForwardResult(None)
-                to = f"{server[0]}:{server[1]}"
-                t0 = self.loop.time()
-                tcp = resume.force_tcp
-                try:
-                    if tcp:
-                        reply = await self._tcp(server, q, remaining)
+        box = resume.box if resume.box is not None else Mailbox(self.loop)
+        try:
+            for attempt in range(attempts):
+                for server in order_servers(plan.servers, self.health, self.clock()):
+                    if server in refused_now or (attempt == 0 and server in tried):
+                        continue
+                    t0 = self.loop.time()
+                    if deadline - t0 <= 0.001:
+                        return ForwardResult(None)
+                    if resume.force_tcp:
+                        result = await self._over_tcp(server, q, t0, deadline, refused_now)
                     else:
-                        reply = await self._udp(server, q, min(self.upstream_timeout, remaining))
-                        if reply[2] & 0x02:  # TC: retry the same upstream over TCP
-                            self.stats.inc("forward_tcp_retries", to)
-                            tcp = True
-                            reply = await self._tcp(server, q, deadline - self.loop.time())
-                except (TimeoutError, OSError, UpstreamDown) as e:
-                    self.note_failure(server, t0, "timeout" if isinstance(e, TimeoutError)
-                                      else "error")  # fmt: skip
-                    continue
-                if not self.note_reply(server, t0, wire.reply_rcode(reply)):
-                    refused_now.add(server)
-                    continue
-                return ForwardResult(reply, to, tcp)
-        return ForwardResult(None)
+                        try:
+                            current = self._send(server, q, box, t0)
+                        except (OSError, UpstreamDown):
+                            self.note_failure(server, t0, "error")
+                            continue
+                        until = min(t0 + self.upstream_timeout, deadline)
+                        result = await self._wait(box, q, current, until, deadline, refused_now)
+                    if result is not None:
+                        return result
+            # Every server was asked: replies still due may come until the deadline.
+            if box.waiting():
+                result = await self._wait(box, q, None, deadline, deadline, refused_now)
+                if result is not None:
+                    return result
+            return ForwardResult(None)
+        finally:
+            box.close()
+
+    async def _wait(
+        self, box: Mailbox, q: wire.Query, current: Attempt | None, until: float,
+        deadline: float, refused_now: set[tuple[str, int]],
+    ) -> ForwardResult | None:  # fmt: skip
+        """The first acceptable reply to any attempt in ``box`` before ``until``; None when
+        ``current`` failed (error, SERVFAIL/REFUSED, timeout) or ``until`` passed."""
+        timed_out = False
+        while True:
+            event = await box.get(until)
+            if event is None:
+                if current is not None and not current.finished and not timed_out:
+                    timed_out = True
+                    self.note_failure(current.server, current.t0, "timeout")
+                    if current.sock is not None:
+                        current.sock.channel.stalled(current.sock)
+                        if box.events:  # the hand read found a reply: take it
+                            continue
+                return None
+            a, outcome = event
+            if isinstance(outcome, BaseException):
+                self.note_failure(a.server, a.t0, "error")
+                if a is current:
+                    return None
+                continue
+            reply = outcome
+            if reply[2] & _TC:  # retry the same upstream over TCP
+                self.stats.inc("forward_tcp_retries", f"{a.server[0]}:{a.server[1]}")
+                result = await self._over_tcp(a.server, q, a.t0, deadline, refused_now)
+                if result is not None or a is current:
+                    return result
+                continue
+            if not self.note_reply(a.server, a.t0, wire.reply_rcode(reply)):
+                refused_now.add(a.server)
+                if a is current:
+                    return None
+                continue
+            return ForwardResult(reply, f"{a.server[0]}:{a.server[1]}")
+
+    async def _over_tcp(
+        self, server: tuple[str, int], q: wire.Query, t0: float, deadline: float,
+        refused_now: set[tuple[str, int]],
+    ) -> ForwardResult | None:  # fmt: skip
+        try:
+            reply = await self._tcp(server, q, deadline - self.loop.time())
+        except (TimeoutError, OSError, UpstreamDown) as e:
+            self.note_failure(server, t0, "timeout" if isinstance(e, TimeoutError) else "error")
+            return None
+        if not self.note_reply(server, t0, wire.reply_rcode(reply)):
+            refused_now.add(server)
+            return None
+        return ForwardResult(reply, f"{server[0]}:{server[1]}", True)

@@ -10,6 +10,7 @@ import asyncio
 import faulthandler
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -54,6 +55,18 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:  # pragma: no cover - uvloop is a hard dependency
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+def raise_nofile_limit() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one: upstream queries leave from many sockets
+    (``fastdns.upsock``, up to POOL_SIZE per upstream plus retired ones in flight)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (OSError, ValueError) as e:  # then fewer sockets: upsock counts "fallback"
+        logger.warning("could not raise the open-file limit: %s", e)
 
 
 def describe_plan(plan: UpstreamPlan, config: Config) -> str:
@@ -131,7 +144,8 @@ class Worker:
     def sample_gauges(self) -> None:
         """Point-in-time values for the metrics process, taken per tick (never per query)."""
         gauges = self.stats.gauges
-        for key in [k for k in gauges if k[0] in ("upstream_up", "upstream_source")]:
+        for key in [k for k in gauges
+                    if k[0] in ("upstream_up", "upstream_source", "upstream_sockets")]:  # fmt: skip
             del gauges[key]  # upstreams come and go with resolv.conf
         if self.state is not None:
             gauges[("inflight",)] = self.state.inflight
@@ -145,6 +159,8 @@ class Worker:
                 health = self.forwarder.health.get(server)
                 up = 0 if health is not None and health.down(now) else 1
                 gauges[("upstream_up", f"{server[0]}:{server[1]}")] = up
+            for ch in self.forwarder.channels.values():
+                gauges[("upstream_sockets", ch.to)] = ch.open
 
     def replan(self, *, log: bool = True) -> bool:
         """Read resolv.conf and plan the upstreams again; True when the plan changed.
@@ -170,6 +186,7 @@ class Worker:
         return True
 
     async def setup(self) -> None:
+        raise_nofile_limit()
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.stop_event = asyncio.Event()
@@ -200,6 +217,8 @@ class Worker:
                 pass
             try:
                 self.check_files()
+                if self.forwarder is not None:
+                    self.forwarder.sweep()
                 if self.on_tick is not None:
                     self.on_tick(self)
             except Exception:

@@ -34,7 +34,7 @@ class EchoTransport:
         self.loop, self.ch, self.reply = loop, ch, reply
 
     def sendto(self, data: bytes, addr: Any = None) -> None:
-        self.loop.call_soon(self.ch.datagram_received, data[:2] + self.reply[2:], SERVER)
+        self.loop.call_soon(self.ch.datagram_received, data[:2] + self.reply[2:])
 
 
 @pytest.fixture(name="forward")

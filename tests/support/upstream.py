@@ -416,6 +416,15 @@ class FakeUpstream:
                 timeout,
             )
 
+    def send_udp(self, dst: tuple[Any, ...], datagrams: list[bytes]) -> None:
+        """Send ``datagrams`` to ``dst`` from the fake's own UDP address and port, as a spoofer
+        that forges this upstream's address would (RFC 5452 §4)."""
+        for data in datagrams:
+            try:
+                self._udp.sendto(data, dst)
+            except BlockingIOError:  # the socket buffer is full: let the receiver catch up
+                time.sleep(0.001)
+
     def clear(self) -> None:
         """Empty the query log."""
         with self._log_cond:

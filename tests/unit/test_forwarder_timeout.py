@@ -20,14 +20,14 @@ SILENT, ANSWERS = ("127.0.0.2", 53), ("127.0.0.3", 53)
 
 
 class FakeTransport:
-    def __init__(self, ch: UdpChannel, reply: bytes | None) -> None:
-        self.ch, self.reply, self.sent = ch, reply, 0
+    def __init__(self, ch: UdpChannel, reply: bytes | None, delay: float = 0.0) -> None:
+        self.ch, self.reply, self.sent, self.delay = ch, reply, 0, delay
 
     def sendto(self, data: bytes, addr: Any = None) -> None:
         self.sent += 1
         if self.reply is not None:
             loop = asyncio.get_running_loop()
-            loop.call_soon(self.ch.datagram_received, data[:2] + self.reply[2:], None)
+            loop.call_later(self.delay, self.ch.datagram_received, data[:2] + self.reply[2:])
 
 
 def setup(loop: asyncio.AbstractEventLoop) -> tuple[Forwarder, wire.Query, dict[Any, Any]]:
@@ -52,7 +52,7 @@ def test_timeout_fails_over_and_cleans_up() -> None:
         res = await fwd.exchange(q, loop.time() + 5.0)
         assert res.reply is not None and res.to == "127.0.0.3:53"
         assert transports[SILENT].sent == 1 and transports[ANSWERS].sent == 1
-        assert not fwd.channels[SILENT].pending and not fwd.channels[ANSWERS].pending
+        assert not fwd.channels[SILENT].in_flight() and not fwd.channels[ANSWERS].in_flight()
         assert fwd.health[SILENT].fails == 1
         assert fwd.stats.histograms[("proxy_duration", "127.0.0.2:53", "timeout")].n == 1
         assert fwd.stats.histograms[("proxy_duration", "127.0.0.3:53", "NOERROR")].n == 1
@@ -70,13 +70,32 @@ def test_cancel_forgets_the_pending_query() -> None:
             if transports[SILENT].sent:
                 break
             await asyncio.sleep(0)
-        assert fwd.channels[SILENT].pending
+        assert fwd.channels[SILENT].in_flight()
         task.cancel()
         try:
             await task
         except asyncio.CancelledError:
             pass
         assert task.cancelled()
-        assert not fwd.channels[SILENT].pending and transports[ANSWERS].sent == 0
+        assert not fwd.channels[SILENT].in_flight() and transports[ANSWERS].sent == 0
+
+    asyncio.run(main())
+
+
+def test_a_reply_later_than_the_attempt_timeout_still_answers() -> None:
+    """Issue 12: the first attempt's reply comes after upstream_timeout, during the second
+    attempt; it answers (its ID stayed valid), and nothing stays in flight afterwards."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fwd, q, transports = setup(loop)
+        fwd.plan = UpstreamPlan((ANSWERS,), "dns")
+        slow = transports[ANSWERS]
+        slow.delay = 0.08  # upstream_timeout is 0.05: the second attempt is out by then
+        res = await fwd.exchange(q, loop.time() + 5.0)
+        assert res.reply is not None and res.to == "127.0.0.3:53"
+        assert slow.sent == 2
+        assert not fwd.channels[ANSWERS].in_flight()
+        assert fwd.stats.histograms[("proxy_duration", "127.0.0.3:53", "timeout")].n == 1
 
     asyncio.run(main())

@@ -70,7 +70,7 @@ def test_n1_ipv6_upstreams_in_order_and_static_tables(
     assert plan.servers == (("8.8.4.4", 53), ("1.1.1.1", 53), ("9.9.9.9", 53))
     assert plan.source == "resolv_conf"
     # Lima's two clients (udp, then tcp): fastdns forwards over UDP and retries TC over TCP.
-    assert callable(handler.forwarder._udp) and callable(handler.forwarder._tcp)
+    assert callable(handler.forwarder._send) and callable(handler.forwarder._tcp)
     assert handler.static.ips["test.local"] == "192.168.1.1"
     assert handler.static.aliases["alias.local"] == "test.local"
 
