@@ -8,7 +8,6 @@ tables, invisible to the ``iptables-nft`` that most distributions ship (tech-not
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -170,27 +169,6 @@ def localnet_to_enable(plan: RulePlan, sysctl: RouteLocalnet) -> list[str]:
     if not plan.needs_localnet or sysctl.get("all") == 1:
         return []
     return [i for i in sysctl.interfaces() if plan.scoped(i) and sysctl.get(i) == 0]
-
-
-IP_COMMAND = "ip"
-
-
-def interface_addresses(path: str | None = None,
-                        runner: Runner | None = None) -> dict[str, list[str]]:  # fmt: skip
-    """{interface: its addresses} from ``ip -j address show`` (iproute2)."""
-    binary = shutil.which(IP_COMMAND, path=path if path is not None else os.environ.get("PATH"))
-    if binary is None:
-        raise IptablesMissing("ip (iproute2) not found: it tells which interfaces hold "
-                              "fastdns.host_ip (or list them in fastdns.rules.interfaces)")
-    proc = (runner or run_command)([binary, "-j", "address", "show"], None)
-    if proc.returncode != 0:
-        raise IptablesError(f"ip address show failed: {_why(proc)}")
-    try:
-        links = json.loads(proc.stdout or "[]")
-        return {str(link["ifname"]): [str(a["local"]) for a in link.get("addr_info", [])
-                                      if "local" in a] for link in links}  # fmt: skip
-    except (ValueError, KeyError, TypeError) as e:
-        raise IptablesError(f"cannot read `ip -j address show`: {e}") from e
 
 
 def forget_flows(plan: RulePlan, runner: Runner = run_command, path: str | None = None) -> str:

@@ -426,6 +426,12 @@ COMMIT
 EOF
 # Jump to it from position 1, so it runs before Docker's nat rules (colima#18).
 {jumps}
+# A packet to an address with no route fails (ENETUNREACH) before the nat OUTPUT chain sees
+# it. Lima's user-mode network routes {plan.virtual_ip} (it is on the guest's /24); a guest
+# on a veth or a bridge may have no route that covers it: add one via the host.
+if command -v ip >/dev/null 2>&1 && ! ip route get {plan.virtual_ip} >/dev/null 2>&1; then
+  ip route replace {plan.prefix} via {plan.target}
+fi
 """
 
 

@@ -28,8 +28,9 @@ from typing import Any
 from fastdns import loopguard
 from fastdns.config import Config, load_config
 from fastdns.errors import BootError, ConfigError, ExitCode
+from fastdns.ifaddrs import interface_addresses
 from fastdns.ipc import StatusSender
-from fastdns.iptables import IptablesError, IptablesMissing, RulesManager, interface_addresses
+from fastdns.iptables import IptablesError, IptablesMissing, RulesManager
 from fastdns.resolvconf import plan_upstreams, read_resolv_conf
 from fastdns.rules import NoInterface, RulePlan, RulesError, plan_for
 from fastdns.stats import rules_message
@@ -77,12 +78,15 @@ def exempt_uid(config: Config) -> int:
     return os.geteuid()
 
 
-def addresses_for(config: Config, path: str | None = None) -> dict[str, list[str]]:
+def addresses_for(config: Config) -> dict[str, list[str]]:
     """The interfaces' addresses when PREROUTING is scoped to the holders of host_ip, else {}."""
     rules = config.rules
     if "PREROUTING" not in rules.hooks or rules.interfaces:
         return {}
-    return interface_addresses(path)
+    try:
+        return interface_addresses()
+    except OSError as e:
+        raise IptablesError(f"cannot list the interfaces' addresses: {e}") from e
 
 
 def probe_address(plan: RulePlan) -> str:
@@ -224,7 +228,7 @@ class RulesProcess:
 
     def plan(self) -> RulePlan:
         uid = self.exempt if self.exempt is not None else exempt_uid(self.config)
-        addresses = addresses_for(self.config, self.manager.path)
+        addresses = addresses_for(self.config)
         return plan_for(self.config, self.udp_port, self.tcp_port, uid, addresses)
 
     def step(self) -> float:

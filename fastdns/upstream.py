@@ -19,6 +19,7 @@ from typing import Protocol
 
 from fastdns import wire
 from fastdns.resolvconf import UpstreamPlan
+from fastdns.sockmark import mark_upstream
 from fastdns.stats import Histogram, WorkerStats
 
 logger = logging.getLogger(__name__)
@@ -238,6 +239,7 @@ class Forwarder:
         family, addr = sockaddr(*server)
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            mark_upstream(sock)  # before the first packet (fastdns.sockmark)
             sock.setblocking(False)
             sock.connect(addr)
         except OSError:
@@ -266,6 +268,7 @@ class Forwarder:
     async def _tcp(self, server: tuple[str, int], q: wire.Query, timeout: float) -> bytes:
         family, addr = sockaddr(*server)
         sock = socket.socket(family, socket.SOCK_STREAM)
+        mark_upstream(sock)  # before the SYN (fastdns.sockmark)
         sock.setblocking(False)
         writer = None
         try:

@@ -17,7 +17,6 @@ from fastdns.rules import RulePlan
 class FakeManager:
     def __init__(self) -> None:
         self.spec = "auto"
-        self.path: str | None = None
         self.applied: list[RulePlan] = []
         self.removed: list[tuple[str, int]] = []
         self.fail: Exception | None = None
@@ -214,7 +213,7 @@ def test_no_guest_facing_interface_refuses_to_start_then_only_reports(
     monkeypatch.setattr(rulesproc, "listener_answers", lambda *a, **k: "")
     monkeypatch.setattr(rulesproc, "probe_for_loop", lambda *a, **k: [])
     held = {"eth0": ["10.0.0.9"]}
-    monkeypatch.setattr(rulesproc, "interface_addresses", lambda path=None: held)
+    monkeypatch.setattr(rulesproc, "interface_addresses", lambda: held)
     doc = config(tmp_path)
     cfg = build_config({"fastdns": {"fallback": [], "host_ip": "10.200.0.1", "rules": {
         "enabled": True, "virtual_ip": "10.201.0.53"}}}, doc.path)  # fmt: skip
@@ -228,3 +227,11 @@ def test_no_guest_facing_interface_refuses_to_start_then_only_reports(
     del held["br0"]  # later: reported, the process keeps running
     proc.step()
     assert "no interface holds" in proc.sender.messages[-1]["error"]  # type: ignore[attr-defined]
+
+
+def test_interface_addresses_from_netlink() -> None:
+    # The test namespace has lo; the netlink dump must name it with both loopback addresses.
+    from fastdns.ifaddrs import interface_addresses
+
+    found = interface_addresses()
+    assert "127.0.0.1" in found["lo"]
