@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -637,3 +638,46 @@ def test_guest_script_runs_in_a_guest_and_answers(
     jumps = script_guest.guest("iptables-save", "-t", "nat").stdout
     assert jumps.count("-j FASTDNS") == 2, jumps
     assert fdp.stop() == 0
+
+
+def test_the_example_config_boots_once_its_user_exists(
+    link: GuestLink, nat: str, fastdns_factory: Any
+) -> None:
+    # deploy/examples/rules.yaml, made safe to serve here (generated resolv.conf and hosts,
+    # loopback metrics, free ports) and pointed at this host's guest-facing address.
+    example = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "rules.yaml"
+    doc = yaml.safe_load(example.read_text())
+    section = doc["fastdns"]
+    for key in ("resolv_conf", "hosts_file", "udp_port", "tcp_port"):
+        section.pop(key)
+    section.update(host_ip=HOST_IP, workers=1, graceful_timeout=1.0,
+                   metrics={"listen": "127.0.0.1:0"})  # fmt: skip
+    section["rules"].update(virtual_ip=VIRTUAL_IP, reconcile_interval=0.5)
+    assert section["user"] == "fastdns"
+    try:
+        import pwd
+
+        pwd.getpwnam("fastdns")
+    except KeyError:
+        fdp = fastdns_factory(doc, wait=False)
+        assert fdp.proc.wait(15) == 3
+        assert "no such user 'fastdns': create it with `useradd --system" in fdp.stderr
+    section["user"] = "nobody"  # a user that exists here
+    # No metrics process: it imports modules after dropping to nobody, and this machine's Python
+    # lives under /root (0700); a packaged Python is readable by every user.
+    section["metrics"] = {"listen": ""}
+    shared = Path(tempfile.mkdtemp(prefix="fastdns-example-"))
+    os.chmod(shared, 0o755)  # the unprivileged workers read the generated files in there
+    try:
+        with FastDNSProcess(doc, shared) as fdp:
+            wait_for(lambda: installed_to(fdp.udp_port), what="rules installed")
+            # Workers as nobody cannot set SO_MARK: its uid is exempt too.
+            out = [r for r in netns.save("nat").splitlines() if r.startswith("-A OUTPUT")]
+            assert out[0] == (f"-A OUTPUT -m mark ! --mark 0x53 -m owner ! --uid-owner "
+                              f"{netns.NOBODY} -j FASTDNS")  # fmt: skip
+            vip = dig_argv(VIRTUAL_IP, "host.docker.internal")
+            assert answer(["nsenter", f"--net={link.ns}", *vip]) == HOST_IP  # the guest
+            assert answer(vip) == HOST_IP  # a root client on the host
+            assert fdp.stop() == 0
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
