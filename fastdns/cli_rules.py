@@ -15,8 +15,15 @@ import sys
 from typing import Any
 
 from fastdns.config import Config, load_config
-from fastdns.errors import ConfigError, ExitCode, report_config_error
-from fastdns.rules import RulePlan, RulesError, guest_script, install_text, iptables_commands
+from fastdns.errors import BootError, ConfigError, ExitCode, report_config_error
+from fastdns.rules import (
+    NoInterface,
+    RulePlan,
+    RulesError,
+    guest_script,
+    install_text,
+    iptables_commands,
+)
 from fastdns.rules import plan_for as _plan_for
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -99,29 +106,37 @@ def _ports(args: argparse.Namespace, config: Config) -> tuple[int, int]:
 
 
 def _plan(args: argparse.Namespace, config: Config) -> RulePlan:
-    from fastdns.rulesproc import exempt_uid
+    from fastdns.iptables import IptablesError
+    from fastdns.rulesproc import addresses_for, exempt_uid
 
     udp, tcp = _ports(args, config)
     uid = args.exempt_uid if args.exempt_uid is not None else exempt_uid(config)
     try:
-        return _plan_for(config, udp, tcp, uid)
-    except RulesError as e:
+        return _plan_for(config, udp, tcp, uid, addresses_for(config))
+    except NoInterface as e:
+        raise CommandError(f"fastdns.rules: {e}", ExitCode.BOOT_ERROR) from e
+    except (RulesError, IptablesError) as e:
         raise CommandError(str(e)) from e
 
 
+def _exemption(plan: RulePlan) -> str:
+    parts = [f"mark 0x{plan.exempt_mark:x}"] if plan.exempt_mark else []
+    if plan.exempt_uid is not None:
+        parts.append(f"uid {plan.exempt_uid}")
+    return " and ".join(parts) or "nothing"
+
+
 def cmd_show(args: argparse.Namespace, config: Config) -> int:
-    from fastdns.iptables import RouteLocalnet, tool_names
+    from fastdns.iptables import RouteLocalnet, localnet_to_enable, tool_names
 
     plan = _plan(args, config)
     restore = tool_names(config.rules.iptables, plan.family)[0]
-    sysctl = RouteLocalnet()
-    enable = [i for i in sysctl.interfaces() if sysctl.get(i) == 0]
-    if sysctl.get("all") == 1:
-        enable = []
+    enable = localnet_to_enable(plan, RouteLocalnet())
+    scope = "any interface" if plan.interfaces is None else ", ".join(plan.interfaces)
     print(f"# fastdns rules for {config.path}: {plan.mapping}")
     print(
-        f"# hooks: {', '.join(plan.hooks)} (jumps at position 1); "
-        f"OUTPUT exempts uid {plan.exempt_uid} (fastdns's own queries: loop guard)"
+        f"# hooks: {', '.join(plan.hooks)} (jumps first); PREROUTING from {scope}; "
+        f"OUTPUT exempts {_exemption(plan)} (fastdns's own queries: loop guard)"
     )
     print(f"# apply as one transaction with: {restore} -w 5 --noflush")
     if plan.needs_localnet:
@@ -176,7 +191,10 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     udp, tcp = _ports_or_file(args, config)
     proc = RulesProcess(config, udp, tcp, args.status_socket, ports_path=args.ports_file,
                         exempt=args.exempt_uid)  # fmt: skip
-    return proc.run()
+    try:
+        return proc.run()
+    except BootError as e:
+        raise CommandError(str(e), ExitCode.BOOT_ERROR) from e
 
 
 def _ports_or_file(args: argparse.Namespace, config: Config) -> tuple[int, int]:

@@ -83,6 +83,13 @@ class RulesConfig:
     chain: str = "FASTDNS"
     reconcile_interval: float = 10.0
     iptables: str = "auto"  # auto | nft | legacy | /path/to/iptables
+    # PREROUTING only from these (iptables -i names, "veth+" wildcards); () = the interfaces
+    # that hold fastdns.host_ip; ("any",) = every interface (issue 13: the side door).
+    interfaces: tuple[str, ...] = ()
+    # SO_MARK of fastdns's upstream sockets, exempt from the OUTPUT jump; 0 = exempt by uid.
+    # 0x53 ("53") avoids the bits kube-proxy (0x4000, 0x8000), Calico (0xffff0000), Cilium
+    # (0x0f00) and Tailscale (0xff0000) use.
+    mark: int = 0x53
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +392,25 @@ def _load_cache(m: Mapping[str, Any], p: _Problems) -> CacheConfig:
     )
 
 
+def _rules_interfaces(value: object, path: str, p: _Problems) -> tuple[str, ...]:
+    """``any``, or a non-empty list of interface names (``-i`` syntax: ``veth+`` is a prefix)."""
+    if value is None:
+        return ()
+    if value == "any":
+        return ("any",)
+    if not isinstance(value, list) or not value:
+        p.add(path, "must be `any` or a non-empty list of interface names "
+                    "(omit it to use the interfaces that hold fastdns.host_ip)")  # fmt: skip
+        return ()
+    for i, name in enumerate(value):
+        # IFNAMSIZ: 15 characters; no '/', whitespace or ':' (iptables rejects them).
+        base = name.removesuffix("+") if isinstance(name, str) else ""
+        if not 0 < len(base) <= 15 or any(c in base for c in "/: +!\t") or name == "any":
+            p.add(f"{path}[{i}]", f"not an interface name: {name!r}")
+            return ()
+    return tuple(sorted(set(value)))
+
+
 def _load_rules(m: Mapping[str, Any], p: _Problems) -> RulesConfig:
     path, d = "fastdns.rules", RulesConfig()
     _reject_unknown(m, set(RulesConfig.__dataclass_fields__), path, p)
@@ -411,6 +437,8 @@ def _load_rules(m: Mapping[str, Any], p: _Problems) -> RulesConfig:
             f"{path}.iptables", f"must be auto, nft, legacy or an absolute path, got {iptables!r}"
         )
     return RulesConfig(
+        interfaces=_rules_interfaces(m.get("interfaces"), f"{path}.interfaces", p),
+        mark=_get_number(m, "mark", path, d.mark, p, kind=int, low=0, high=0xFFFFFFFF),
         enabled=_get_bool(m, "enabled", path, d.enabled, p),
         virtual_ip=_get_ip(m, "virtual_ip", path, d.virtual_ip, p),
         target=target,

@@ -24,7 +24,7 @@ from fastdns.rules import (
     guard_jump,
     guard_rules,
     guarded_interfaces,
-    jump_rule,
+    hook_jumps,
     parse_save,
     sync_chain,
     transaction,
@@ -163,6 +163,14 @@ class RouteLocalnet:
         return True
 
 
+def localnet_to_enable(plan: RulePlan, sysctl: RouteLocalnet) -> list[str]:
+    """Interfaces in the plan's PREROUTING scope where route_localnet must be turned on (only
+    there: elsewhere it would open 127.0.0.0/8 to that link)."""
+    if not plan.needs_localnet or sysctl.get("all") == 1:
+        return []
+    return [i for i in sysctl.interfaces() if plan.scoped(i) and sysctl.get(i) == 0]
+
+
 def forget_flows(plan: RulePlan, runner: Runner = run_command, path: str | None = None) -> str:
     """Delete the conntrack entries of flows to ``virtual_ip``:53: NAT is decided on a flow's
     first packet, so a client that keeps its source port would otherwise keep reaching the old
@@ -222,7 +230,7 @@ class RulesManager:
         nf = self.netfilter(plan.family)
         nat = nf.save("nat")
         desired = dnat_rules(plan)
-        hooks = {hook: jump_rule(plan, hook) for hook in plan.hooks}
+        hooks = hook_jumps(plan)
         old_body = nat.body(plan.chain)
         stale = not owned and plan.chain in nat.chains
         parts = {"nat": sync_chain(nat, plan.chain, desired, hooks)}
@@ -259,15 +267,16 @@ class RulesManager:
         if not plan.needs_localnet:
             return unhook_chain(filt, guard), [], recorded
         present = self.sysctl.interfaces()
-        enable = [] if self.sysctl.get("all") == 1 else [
-            i for i in present if self.sysctl.get(i) == 0]  # fmt: skip
-        keep = sorted((set(recorded) | set(enable)) & set(present))
+        enable = localnet_to_enable(plan, self.sysctl)
+        # Interfaces an earlier run enabled that are out of scope now go back to 0 first.
+        restore = [i for i in recorded if not plan.scoped(i)]
+        keep = sorted((set(recorded) - set(restore) | set(enable)) & set(present))
         if not keep:
-            return unhook_chain(filt, guard), enable, []
+            return unhook_chain(filt, guard), enable, restore
         # The guard (our record of these interfaces) goes in before the sysctl is written.
         lines = sync_chain(filt, guard, guard_rules(plan.chain, keep),
                            {"INPUT": guard_jump(plan.chain)})  # fmt: skip
-        return lines, enable, []
+        return lines, enable, restore
 
     def _restore_localnet(self, iface: str) -> None:
         if self.sysctl.get(iface) == 1 and self.sysctl.set(iface, 0):
@@ -303,5 +312,4 @@ class RulesManager:
     def installed(self, plan: RulePlan) -> bool:
         """Whether ``plan`` is in place right now (no changes made)."""
         nf = self.netfilter(plan.family)
-        hooks = {hook: jump_rule(plan, hook) for hook in plan.hooks}
-        return not sync_chain(nf.save("nat"), plan.chain, dnat_rules(plan), hooks)
+        return not sync_chain(nf.save("nat"), plan.chain, dnat_rules(plan), hook_jumps(plan))

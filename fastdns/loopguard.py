@@ -28,7 +28,10 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 def boot_id() -> str:
     try:
-        with open(BOOT_ID, encoding="ascii") as fh:
+        # utf-8, not ascii: its codec is built in, while "ascii" is imported on first use, which
+        # fails in a worker that dropped to fastdns.user when Python's own files are unreadable
+        # to that user.
+        with open(BOOT_ID, encoding="utf-8") as fh:
             return fh.read().strip()
     except OSError:
         return ""

@@ -89,7 +89,11 @@ def resolve_user(name: str) -> Credentials | None:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise BootError(f"fastdns.user: no such user {name!r}") from None
+        # The user is the operator's to create (deploy/systemd/fastdns.sysusers does it).
+        raise BootError(f"fastdns.user: no such user {name!r}: create it with `useradd --system "
+                        f"--no-create-home --shell /usr/sbin/nologin {name}` (or systemd-sysusers "
+                        "with deploy/systemd/fastdns.sysusers), or remove fastdns.user to run "
+                        "the workers as root") from None  # fmt: skip
     if os.geteuid() != 0:
         if entry.pw_uid != os.geteuid():
             logger.warning("fastdns.user is %r but fastdns does not run as root: "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,10 @@ class RulesError(FastDNSError):
     """A rules configuration that cannot work (reported, never retried until it changes)."""
 
 
+class NoInterface(RulesError):
+    """PREROUTING has no interface to be scoped to (a boot error when the rules start)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RulePlan:
     """Everything that decides the installed rules; equal plans give identical rules."""
@@ -45,6 +49,9 @@ class RulePlan:
     tcp_port: int
     hooks: tuple[str, ...]
     exempt_uid: int | None = None  # fastdns's own uid: its traffic is never redirected
+    exempt_mark: int = 0  # SO_MARK of fastdns's upstream sockets (fastdns.sockmark): the same
+    # PREROUTING only from these interfaces (-i syntax); None = from any interface
+    interfaces: tuple[str, ...] | None = None
 
     @property
     def prefix(self) -> str:
@@ -70,9 +77,47 @@ class RulePlan:
     def port(self, proto: str) -> int:
         return self.udp_port if proto == "udp" else self.tcp_port
 
+    def scoped(self, iface: str) -> bool:
+        """Whether PREROUTING takes packets from ``iface`` (route_localnet goes only there)."""
+        return self.interfaces is None or any(
+            iface.startswith(i[:-1]) if i.endswith("+") else iface == i for i in self.interfaces
+        )
+
 
 def guard_chain_name(chain: str) -> str:
     return chain[: MAX_CHAIN - len(GUARD_SUFFIX)] + GUARD_SUFFIX
+
+
+def scope_interfaces(
+    rules: RulesConfig, host_ip: str, addresses: Mapping[str, Sequence[str]]
+) -> tuple[str, ...] | None:
+    """The interfaces PREROUTING takes packets from: ``rules.interfaces``, else those of
+    ``addresses`` (interface -> its addresses) that hold ``host_ip`` (the address guests use
+    for the host, Lima's gateway); None = any. ``NoInterface`` when there are none: unscoped,
+    a loopback-only fastdns would answer every network this host routes (issue 13)."""
+    if "PREROUTING" not in rules.hooks or rules.interfaces == ("any",):
+        return None
+    if rules.interfaces:
+        return rules.interfaces
+    want = ipaddress.ip_address(host_ip)
+    found = []
+    for iface, addrs in addresses.items():
+        for addr in addrs:
+            try:
+                if ipaddress.ip_address(addr.split("%", 1)[0]) == want:
+                    found.append(iface)
+                    break
+            except ValueError:
+                continue
+    if not found:
+        raise NoInterface(
+            f"no interface holds fastdns.host_ip {host_ip}, so there is no guest-facing "
+            "interface to limit PREROUTING to: set fastdns.host_ip to the address guests use "
+            "for this host, or fastdns.rules.interfaces to the guest-facing interfaces "
+            "(`interfaces: any` accepts every interface, exposing fastdns to every network "
+            "this host routes), or rules.hooks to [OUTPUT]"
+        )
+    return tuple(sorted(found))
 
 
 def plan_rules(
@@ -81,9 +126,13 @@ def plan_rules(
     udp_port: int,
     tcp_port: int,
     exempt_uid: int | None = None,
+    interfaces: tuple[str, ...] | None = None,
 ) -> RulePlan:
-    """The plan for ``rules`` with fastdns bound to ``listen`` udp/``udp_port`` tcp/``tcp_port``;
-    ``RulesError`` when it cannot work."""
+    """The plan for ``rules`` with fastdns bound to ``listen`` udp/``udp_port`` tcp/``tcp_port``,
+    PREROUTING scoped to ``interfaces`` (None: any); ``RulesError`` when it cannot work.
+
+    fastdns's own traffic is exempt from OUTPUT by its mark, and by ``exempt_uid`` unless that
+    is root: a uid-0 exemption would also exempt every root client on the host."""
     for name, port in (("UDP", udp_port), ("TCP", tcp_port)):
         if not 0 < port < 65536:
             raise RulesError(f"no {name} port to redirect to (got {port}): fastdns's bound ports "
@@ -111,12 +160,17 @@ def plan_rules(
         udp_port=udp_port,
         tcp_port=tcp_port,
         hooks=tuple(rules.hooks),
-        exempt_uid=exempt_uid,
+        exempt_uid=None if exempt_uid == 0 and rules.mark else exempt_uid,
+        exempt_mark=rules.mark,
+        interfaces=interfaces if "PREROUTING" in rules.hooks else None,
     )
 
 
-def plan_for(config: Config, udp_port: int, tcp_port: int, exempt_uid: int | None) -> RulePlan:
-    return plan_rules(config.rules, config.listen, udp_port, tcp_port, exempt_uid)
+def plan_for(config: Config, udp_port: int, tcp_port: int, exempt_uid: int | None,
+             addresses: Mapping[str, Sequence[str]]) -> RulePlan:  # fmt: skip
+    """The plan for ``config``; ``addresses`` (interface -> addresses) scopes PREROUTING."""
+    scope = scope_interfaces(config.rules, config.host_ip, addresses)
+    return plan_rules(config.rules, config.listen, udp_port, tcp_port, exempt_uid, scope)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,12 +192,29 @@ def dnat_rules(plan: RulePlan) -> list[str]:
     return out
 
 
+def jump_rules(plan: RulePlan, hook: str) -> list[str]:
+    """``-A <hook> ... -j <chain>``: on PREROUTING one per interface in scope; on OUTPUT
+    fastdns's own traffic (its mark, its uid) is exempt (loop guard: its upstream queries to
+    the virtual address must not come back to itself)."""
+    if hook == "PREROUTING" and plan.interfaces is not None:
+        return [f"-A PREROUTING -i {i} -j {plan.chain}" for i in plan.interfaces]
+    match = ""
+    if hook == "OUTPUT":
+        if plan.exempt_mark:
+            match += f" -m mark ! --mark 0x{plan.exempt_mark:x}"
+        if plan.exempt_uid is not None:
+            match += f" -m owner ! --uid-owner {plan.exempt_uid}"
+    return [f"-A {hook}{match} -j {plan.chain}"]
+
+
 def jump_rule(plan: RulePlan, hook: str) -> str:
-    """``-A <hook> ... -j <chain>``; on OUTPUT, fastdns's own uid is exempt (loop guard: its
-    upstream queries to the virtual address must not come back to itself)."""
-    if hook == "OUTPUT" and plan.exempt_uid is not None:
-        return f"-A OUTPUT -m owner ! --uid-owner {plan.exempt_uid} -j {plan.chain}"
-    return f"-A {hook} -j {plan.chain}"
+    """The first jump of ``hook`` (the only one except on a PREROUTING scoped to several
+    interfaces)."""
+    return jump_rules(plan, hook)[0]
+
+
+def hook_jumps(plan: RulePlan) -> dict[str, list[str]]:
+    return {hook: jump_rules(plan, hook) for hook in plan.hooks}
 
 
 def guard_rules(chain: str, interfaces: Iterable[str]) -> list[str]:
@@ -241,10 +312,12 @@ def _delete(rule: str) -> str:
     return "-D" + rule[2:]
 
 
-def sync_chain(table: Table, chain: str, body: list[str], hooks: dict[str, str]) -> list[str]:
-    """Restore lines that make ``chain`` hold ``body`` and be jumped to exactly once, at
-    position 1, from each hook in ``hooks`` (hook -> jump rule) and from nowhere else; ``[]``
-    when it already does."""
+def sync_chain(table: Table, chain: str, body: list[str],
+               hooks: Mapping[str, str | Sequence[str]]) -> list[str]:  # fmt: skip
+    """Restore lines that make ``chain`` hold ``body`` and be jumped to from the first
+    positions of each hook in ``hooks`` (hook -> its jump rules, in order) and from nowhere
+    else; ``[]`` when it already does."""
+    want = {h: [j] if isinstance(j, str) else list(j) for h, j in hooks.items()}
     lines: list[str] = []
     if chain not in table.chains or table.body(chain) != body:
         lines.append(f":{chain} - [0:0]")  # with --noflush: creates the chain or empties it
@@ -253,15 +326,15 @@ def sync_chain(table: Table, chain: str, body: list[str], hooks: dict[str, str])
     for parent, pos, rule in table.jumps_to(chain):
         by_parent.setdefault(parent, []).append((pos, rule))
     for parent, found in by_parent.items():
-        wanted = hooks.get(parent)
-        if wanted is not None and found == [(0, wanted)]:
+        wanted = want.get(parent)
+        if wanted is not None and found == list(enumerate(wanted)):
             continue
         # Delete by rule text, never by number: a number could name another tool's rule if the
         # chain changed since we read it; a vanished text makes the transaction fail instead.
         lines.extend(_delete(rule) for _, rule in found)
-    for hook, jump in hooks.items():
-        if by_parent.get(hook) != [(0, jump)]:
-            lines.append(f"-I {hook} 1 {jump.split(' ', 2)[2]}")
+    for hook, jumps in want.items():
+        if by_parent.get(hook) != list(enumerate(jumps)):
+            lines += [f"-I {hook} {n} {jump.split(' ', 2)[2]}" for n, jump in enumerate(jumps, 1)]
     return lines
 
 
@@ -284,8 +357,7 @@ def transaction(parts: dict[str, list[str]]) -> str:
 
 def install_text(plan: RulePlan, guard_interfaces: Iterable[str] = ()) -> str:
     """The whole ruleset as a restore document for an empty table (``rules show``)."""
-    hooks = {hook: jump_rule(plan, hook) for hook in plan.hooks}
-    parts = {"nat": sync_chain(Table(), plan.chain, dnat_rules(plan), hooks)}
+    parts = {"nat": sync_chain(Table(), plan.chain, dnat_rules(plan), hook_jumps(plan))}
     interfaces = list(guard_interfaces)
     if plan.needs_localnet and interfaces:
         parts["filter"] = sync_chain(Table(), plan.guard_chain,
@@ -314,10 +386,10 @@ def iptables_commands(plan: RulePlan, binary: str = "iptables") -> list[str]:
     lines = [f"{b} -t nat -N {c} 2>/dev/null || {b} -t nat -F {c}"]
     lines += [f"{b} -t nat {r}" for r in dnat_rules(plan)]
     for hook in plan.hooks:
-        spec = shlex.split(jump_rule(plan, hook))[2:]
-        args = " ".join(shlex.quote(a) for a in spec)
-        lines.append(f"{b} -t nat -C {hook} {args} 2>/dev/null || "
-                     f"{b} -t nat -I {hook} 1 {args}")  # fmt: skip
+        for n, jump in enumerate(jump_rules(plan, hook), 1):
+            args = " ".join(shlex.quote(a) for a in shlex.split(jump)[2:])
+            lines.append(f"{b} -t nat -C {hook} {args} 2>/dev/null || "
+                         f"{b} -t nat -I {hook} {n} {args}")  # fmt: skip
     return lines
 
 
@@ -354,6 +426,12 @@ COMMIT
 EOF
 # Jump to it from position 1, so it runs before Docker's nat rules (colima#18).
 {jumps}
+# A packet to an address with no route fails (ENETUNREACH) before the nat OUTPUT chain sees
+# it. Lima's user-mode network routes {plan.virtual_ip} (it is on the guest's /24); a guest
+# on a veth or a bridge may have no route that covers it: add one via the host.
+if command -v ip >/dev/null 2>&1 && ! ip route get {plan.virtual_ip} >/dev/null 2>&1; then
+  ip route replace {plan.prefix} via {plan.target}
+fi
 """
 
 

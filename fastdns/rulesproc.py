@@ -27,11 +27,12 @@ from typing import Any
 
 from fastdns import loopguard
 from fastdns.config import Config, load_config
-from fastdns.errors import ConfigError, ExitCode
+from fastdns.errors import BootError, ConfigError, ExitCode
+from fastdns.ifaddrs import interface_addresses
 from fastdns.ipc import StatusSender
 from fastdns.iptables import IptablesError, IptablesMissing, RulesManager
 from fastdns.resolvconf import plan_upstreams, read_resolv_conf
-from fastdns.rules import RulePlan, RulesError, plan_for
+from fastdns.rules import NoInterface, RulePlan, RulesError, plan_for
 from fastdns.stats import rules_message
 
 logger = logging.getLogger("fastdns.rules")
@@ -75,6 +76,17 @@ def exempt_uid(config: Config) -> int:
             logger.warning("fastdns.user %r does not exist: exempting uid %d instead",
                            config.user, os.geteuid())  # fmt: skip
     return os.geteuid()
+
+
+def addresses_for(config: Config) -> dict[str, list[str]]:
+    """The interfaces' addresses when PREROUTING is scoped to the holders of host_ip, else {}."""
+    rules = config.rules
+    if "PREROUTING" not in rules.hooks or rules.interfaces:
+        return {}
+    try:
+        return interface_addresses()
+    except OSError as e:
+        raise IptablesError(f"cannot list the interfaces' addresses: {e}") from e
 
 
 def probe_address(plan: RulePlan) -> str:
@@ -189,6 +201,7 @@ class RulesProcess:
         self.loop_retries = LOOP_REPROBES
         self.pending: list[int] = []
         self.stopping = False
+        self.planned = False  # a plan was made once: later planning errors are not boot errors
 
     # ------------------------------------------------------------------------ status
 
@@ -215,17 +228,29 @@ class RulesProcess:
 
     def plan(self) -> RulePlan:
         uid = self.exempt if self.exempt is not None else exempt_uid(self.config)
-        return plan_for(self.config, self.udp_port, self.tcp_port, uid)
+        addresses = addresses_for(self.config)
+        return plan_for(self.config, self.udp_port, self.tcp_port, uid, addresses)
 
     def step(self) -> float:
         """One reconcile; returns the seconds until the next one."""
         interval = self.config.rules.reconcile_interval
         try:
             plan = self.plan()
+        except NoInterface as e:
+            if not self.planned:  # refuse to start rather than serve every network (issue 13)
+                raise BootError(f"fastdns.rules: {e}") from e
+            self._fail(f"rules cannot be updated: {e}")
+            self.report()
+            return interval
         except RulesError as e:
             self._fail(f"rules cannot be installed: {e}")
             self.report()
             return interval  # a config problem: only a reload (SIGHUP) can fix it
+        except IptablesError as e:
+            self._fail(f"cannot find the guest-facing interfaces (retrying): {e}")
+            self.report()
+            return self._backoff(interval)
+        self.planned = True
         if not self.listener_ok:
             why = listener_answers(probe_address(plan), plan.udp_port, plan.tcp_port)
             if why:
@@ -392,7 +417,7 @@ class RulesProcess:
         if plan is None:
             try:
                 plan = self.plan()
-            except RulesError:
+            except (RulesError, IptablesError):
                 plan = None
         if plan is not None:
             try:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fastdns import wire
+from fastdns.sockmark import mark_upstream
 from fastdns.stats import WorkerStats
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class UdpChannel:
                 return None
             raise UpstreamDown(str(e)) from e
         try:
+            mark_upstream(sock)  # before the first packet (fastdns.sockmark)
             sock.setblocking(False)
             sock.connect(addr)  # the kernel picks a random ephemeral port (autobind)
         except OSError as e:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from fastdns import wire
 from fastdns.resolvconf import UpstreamPlan
+from fastdns.sockmark import mark_upstream
 from fastdns.stats import Histogram, WorkerStats
 from fastdns.upsock import PortSocket, UdpChannel, UpstreamDown, Waiter
 
@@ -230,6 +231,7 @@ class Forwarder:
     async def _tcp(self, server: tuple[str, int], q: wire.Query, timeout: float) -> bytes:
         family, addr = sockaddr(*server)
         sock = socket.socket(family, socket.SOCK_STREAM)
+        mark_upstream(sock)  # before the SYN (fastdns.sockmark)
         sock.setblocking(False)
         writer = None
         try:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from fastdns import loopguard, wire
+from fastdns import loopguard, sockmark, wire
 from fastdns.config import Config
 from fastdns.errors import BootError, ExitCode
 from fastdns.files import GraceHold
@@ -431,6 +431,7 @@ def worker_process_main(
             drop_privileges(user)  # after binding: the port may be < 1024
         if not die_with_parent(parent):  # after the drop: a uid change clears the setting
             raise SystemExit(ExitCode.OK)
+        sockmark.configure(config.rules.mark)  # after the drop: it decides if SO_MARK works
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         worker = Worker(config, udp_sock, tcp_sock, slot=slot, on_tick=reporter.tick)

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,24 @@ from typing import Any
 import pytest
 import yaml
 from support import netns, procfs
-from support.netns import GUEST_IP, HOST_IF, VIRTUAL_IP, GuestLink, answer, dig_argv, wait_for
+from support.netns import (
+    GUEST_IP,
+    HOST_IF,
+    HOST_IP,
+    OUTSIDER_HOST_IF,
+    OUTSIDER_HOST_IP,
+    OUTSIDER_IF,
+    OUTSIDER_IP,
+    SCRIPT_GUEST_IF,
+    SCRIPT_GUEST_IP,
+    SCRIPT_HOST_IF,
+    SCRIPT_HOST_IP,
+    VIRTUAL_IP,
+    GuestLink,
+    answer,
+    dig_argv,
+    wait_for,
+)
 from support.server import FastDNSProcess, child_env
 
 from fastdns.rules import normalized
@@ -63,7 +81,8 @@ def _nat(link: GuestLink) -> Iterator[str]:
 
 
 def fastdns_config(ip: str, **rules: Any) -> dict[str, Any]:
-    section = {"workers": 1, "graceful_timeout": 1.0}
+    # host_ip: the address guests use for this host; PREROUTING is limited to its interface.
+    section = {"workers": 1, "graceful_timeout": 1.0, "host_ip": HOST_IP}
     if rules:
         section["rules"] = {"virtual_ip": VIRTUAL_IP, "reconcile_interval": 0.5, **rules}
     return {"hostResolver": {"hosts": {NAME: ip}}, "fastdns": section}
@@ -189,8 +208,9 @@ def test_serve_dnats_guest_and_local_clients_and_cleans_up(
     rules = normalized(netns.save("nat")).splitlines()
     pre = [r for r in rules if r.startswith("-A PREROUTING")]
     out = [r for r in rules if r.startswith("-A OUTPUT")]
-    assert pre[0] == "-A PREROUTING -j FASTDNS" and len(pre) == 2
-    assert out[0] == f"-A OUTPUT -m owner ! --uid-owner {os.geteuid()} -j FASTDNS"
+    assert pre[0] == f"-A PREROUTING -i {HOST_IF} -j FASTDNS" and len(pre) == 2
+    # fastdns runs as root without fastdns.user: exempt by its sockets' mark, not by uid 0.
+    assert out[0] == "-A OUTPUT -m mark ! --mark 0x53 -j FASTDNS"
     assert len(out) == 2 and len(chain_body()) == 2
 
     # SIGTERM: the rules go first (new clients stop arriving), then the workers drain; the nat
@@ -507,3 +527,154 @@ def test_legacy_backend_apply_and_remove(link: GuestLink, tmp_path: Path) -> Non
     assert run_cli("rules", "remove", str(cfg), cwd=tmp_path).returncode == 0
     assert normalized(netns.save("nat", "iptables-legacy-save")) == before
     assert netns.route_localnet(HOST_IF) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Closed by default (issue 13): only the guest-facing interface, root clients, the guest script.
+
+
+@pytest.fixture(name="outsider")
+def _outsider() -> Iterator[GuestLink]:
+    """Another namespace on another interface of the host, with a route for the virtual
+    address via the host: a network the host routes but does not serve."""
+    link = GuestLink(OUTSIDER_HOST_IF, OUTSIDER_IF, OUTSIDER_HOST_IP, OUTSIDER_IP, first=False,
+                     host_routes=False)  # fmt: skip
+    yield link
+    link.close()
+
+
+def test_prerouting_serves_the_guest_interface_only(
+    link: GuestLink, outsider: GuestLink, nat: str, fastdns_factory: Any
+) -> None:
+    fdp = fastdns_factory(fastdns_config("10.9.9.1", enabled=True))
+    wait_for(lambda: installed_to(fdp.udp_port), what="rules installed")
+    assert guest(link) == "10.9.9.1" and guest(link, "+tcp") == "10.9.9.1"
+
+    def outside(*opts: str) -> str:
+        return answer(["nsenter", f"--net={outsider.ns}", *dig_argv(VIRTUAL_IP, NAME, *opts)])
+
+    assert outside() == "" and outside("+tcp") == ""
+    assert netns.route_localnet(HOST_IF) == 1
+    assert netns.route_localnet(OUTSIDER_HOST_IF) == 0
+    assert fdp.stop() == 0
+    assert netns.route_localnet(HOST_IF) == 0
+
+
+def test_no_guest_facing_interface_is_a_boot_error_unless_any(
+    link: GuestLink, outsider: GuestLink, nat: str, fastdns_factory: Any
+) -> None:
+    cfg = fastdns_config("10.9.9.1", enabled=True)
+    cfg["fastdns"]["host_ip"] = "10.200.0.99"  # held by no interface
+    fdp = fastdns_factory(cfg, wait=False)
+    assert fdp.proc.wait(15) == 3
+    assert "no interface holds fastdns.host_ip 10.200.0.99" in fdp.stderr
+    assert "interfaces: any" in fdp.stderr
+    assert normalized(netns.save("nat")) == nat
+
+    cfg["fastdns"]["rules"]["interfaces"] = "any"  # told so: today's unscoped behaviour
+    fdp = fastdns_factory(cfg)
+    wait_for(lambda: installed_to(fdp.udp_port), what="rules installed")
+    wait_for(lambda: netns.route_localnet(OUTSIDER_HOST_IF) == 1, what="route_localnet")
+    assert "-A PREROUTING -j FASTDNS" in netns.save("nat")
+    assert answer(["nsenter", f"--net={outsider.ns}", *dig_argv(VIRTUAL_IP, NAME)]) == "10.9.9.1"
+    assert fdp.stop() == 0
+
+
+def test_root_client_on_the_host_gets_answers(
+    link: GuestLink, nat: str, fastdns_factory: Any, upstream: Any, resolv_conf: Any
+) -> None:
+    # fastdns runs as root with no fastdns.user: its own traffic is exempt by mark, so a root
+    # client is redirected like any other (with a uid-0 exemption it timed out).
+    upstream.add("far.test", "A", "10.7.7.7")
+    cfg = fastdns_config("10.9.9.1", enabled=True)
+    cfg["fastdns"]["resolv_conf"] = str(resolv_conf(upstream))
+    fdp = fastdns_factory(cfg)
+    wait_for(lambda: installed_to(fdp.udp_port), what="rules installed")
+    assert os.geteuid() == 0
+    assert answer(dig_argv(VIRTUAL_IP, NAME)) == "10.9.9.1"
+    assert answer(dig_argv(VIRTUAL_IP, NAME, "+tcp")) == "10.9.9.1"
+    # Forwarded queries leave on sockets carrying the mark (SO_MARK, fastdns.sockmark).
+    assert answer(dig_argv(VIRTUAL_IP, "far.test")) == "10.7.7.7"
+    sockets = netns.run("ss", "-uanpe", "dst", f"{upstream.address}:53").stdout
+    assert "fwmark:0x53" in sockets, sockets
+    assert fdp.stop() == 0
+
+
+@pytest.fixture(name="script_guest")
+def _script_guest() -> Iterator[GuestLink]:
+    """A guest with only its link's /24: no route to the virtual address until the script."""
+    link = GuestLink(SCRIPT_HOST_IF, SCRIPT_GUEST_IF, SCRIPT_HOST_IP, SCRIPT_GUEST_IP,
+                     first=False, host_routes=False, default_route=False)  # fmt: skip
+    yield link
+    link.close()
+
+
+def test_guest_script_runs_in_a_guest_and_answers(
+    script_guest: GuestLink, tmp_path: Path, fastdns_factory: Any
+) -> None:
+    from support.server import run_cli
+
+    cfg = fastdns_config("10.9.9.1")
+    cfg["fastdns"].update(listen=SCRIPT_HOST_IP, host_ip=SCRIPT_HOST_IP,
+                          rules={"virtual_ip": VIRTUAL_IP})  # fmt: skip
+    fdp = fastdns_factory(cfg)
+    made = run_cli("guest-script", str(fdp.config_path), "--udp-port", str(fdp.udp_port),
+                   "--tcp-port", str(fdp.tcp_port), cwd=tmp_path)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+
+    def in_guest(*opts: str) -> str:
+        return answer(["nsenter", f"--net={script_guest.ns}", *dig_argv(VIRTUAL_IP, NAME, *opts)])
+
+    assert in_guest() == ""  # no route to the virtual address, no DNAT yet
+    for _ in range(2):  # at every boot: twice changes nothing
+        ran = script_guest.guest("sh", "-c", made.stdout, check=False)
+        assert ran.returncode == 0, ran.stderr
+    assert in_guest() == "10.9.9.1" and in_guest("+tcp") == "10.9.9.1"
+    routes = script_guest.guest("ip", "route", "show", f"{VIRTUAL_IP}/32").stdout
+    assert f"via {SCRIPT_HOST_IP}" in routes
+    jumps = script_guest.guest("iptables-save", "-t", "nat").stdout
+    assert jumps.count("-j FASTDNS") == 2, jumps
+    assert fdp.stop() == 0
+
+
+def test_the_example_config_boots_once_its_user_exists(
+    link: GuestLink, nat: str, fastdns_factory: Any
+) -> None:
+    # deploy/examples/rules.yaml, made safe to serve here (generated resolv.conf and hosts,
+    # loopback metrics, free ports) and pointed at this host's guest-facing address.
+    example = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "rules.yaml"
+    doc = yaml.safe_load(example.read_text())
+    section = doc["fastdns"]
+    for key in ("resolv_conf", "hosts_file", "udp_port", "tcp_port"):
+        section.pop(key)
+    section.update(host_ip=HOST_IP, workers=1, graceful_timeout=1.0,
+                   metrics={"listen": "127.0.0.1:0"})  # fmt: skip
+    section["rules"].update(virtual_ip=VIRTUAL_IP, reconcile_interval=0.5)
+    assert section["user"] == "fastdns"
+    try:
+        import pwd
+
+        pwd.getpwnam("fastdns")
+    except KeyError:
+        fdp = fastdns_factory(doc, wait=False)
+        assert fdp.proc.wait(15) == 3
+        assert "no such user 'fastdns': create it with `useradd --system" in fdp.stderr
+    section["user"] = "nobody"  # a user that exists here
+    # No metrics process: it imports modules after dropping to nobody, and this machine's Python
+    # lives under /root (0700); a packaged Python is readable by every user.
+    section["metrics"] = {"listen": ""}
+    shared = Path(tempfile.mkdtemp(prefix="fastdns-example-"))
+    os.chmod(shared, 0o755)  # the unprivileged workers read the generated files in there
+    try:
+        with FastDNSProcess(doc, shared) as fdp:
+            wait_for(lambda: installed_to(fdp.udp_port), what="rules installed")
+            # Workers as nobody cannot set SO_MARK: its uid is exempt too.
+            out = [r for r in netns.save("nat").splitlines() if r.startswith("-A OUTPUT")]
+            assert out[0] == (f"-A OUTPUT -m mark ! --mark 0x53 -m owner ! --uid-owner "
+                              f"{netns.NOBODY} -j FASTDNS")  # fmt: skip
+            vip = dig_argv(VIRTUAL_IP, "host.docker.internal")
+            assert answer(["nsenter", f"--net={link.ns}", *vip]) == HOST_IP  # the guest
+            assert answer(vip) == HOST_IP  # a root client on the host
+            assert fdp.stop() == 0
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

@@ -23,12 +23,20 @@ HOST_IP = "10.200.0.1"
 GUEST_IP = "10.200.0.2"
 VIRTUAL_IP = "10.201.0.53"
 HOST_IF, GUEST_IF = "fdns-h", "fdns-g"
+# An "outsider": another namespace on another interface of the host (issue 13: the rules must
+# not serve it), and a guest that runs the guest script (no default route).
+OUTSIDER_HOST_IP, OUTSIDER_IP = "10.202.0.1", "10.202.0.2"
+OUTSIDER_HOST_IF, OUTSIDER_IF = "fdns-oh", "fdns-og"
+SCRIPT_HOST_IP, SCRIPT_GUEST_IP = "10.203.0.1", "10.203.0.2"
+SCRIPT_HOST_IF, SCRIPT_GUEST_IF = "fdns-sh", "fdns-sg"
 VIRTUAL_IP6, HOST_IP6 = "fd00:201::53", "fd00:200::1"
 TEST_NETS = tuple(
     ipaddress.ip_network(n)
     for n in (
         "10.200.0.0/24",
         "10.201.0.0/24",
+        "10.202.0.0/24",
+        "10.203.0.0/24",
         "127.0.0.0/8",
         "fd00:200::/64",
         "fd00:201::/64",
@@ -57,11 +65,28 @@ def _netns_inode(pid: int | str) -> int:
 
 
 class GuestLink:
-    """The veth pair and the guest namespace; ``close()`` removes both."""
+    """The veth pair and the guest namespace; ``close()`` removes both.
 
-    def __init__(self) -> None:
-        if sorted(name for _, name in socket.if_nameindex()) != ["lo"]:
+    The defaults make the module's guest (a default route via the host, routes on the host for
+    the virtual addresses); other links (the outsider, the script guest) name their own.
+    """
+
+    def __init__(
+        self,
+        host_if: str = HOST_IF,
+        guest_if: str = GUEST_IF,
+        host_ip: str = HOST_IP,
+        guest_ip: str = GUEST_IP,
+        *,
+        first: bool = True,
+        host_routes: bool = True,
+        default_route: bool = True,
+    ) -> None:
+        if first and sorted(name for _, name in socket.if_nameindex()) != ["lo"]:
             raise RuntimeError("the host namespace must have only lo before the guest is made")
+        require_test_address(host_ip)
+        require_test_address(guest_ip)
+        self.host_if = host_if
         self.holder = subprocess.Popen(["unshare", "-n", "sleep", "600"],
                                        stdin=subprocess.DEVNULL)  # fmt: skip
         deadline = time.monotonic() + 5
@@ -72,18 +97,20 @@ class GuestLink:
             time.sleep(0.01)
         self.ns = f"/proc/{self.holder.pid}/ns/net"
         try:
-            run("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", GUEST_IF,
+            run("ip", "link", "add", host_if, "type", "veth", "peer", "name", guest_if,
                 "netns", str(self.holder.pid))  # fmt: skip
-            run("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_IF)
-            run("ip", "link", "set", HOST_IF, "up")
-            # A route to the virtual address, so local clients get as far as OUTPUT's DNAT.
-            run("ip", "route", "add", f"{VIRTUAL_IP}/32", "dev", HOST_IF)
-            run("ip", "-6", "addr", "add", f"{HOST_IP6}/64", "dev", HOST_IF, "nodad")
-            run("ip", "-6", "route", "add", f"{VIRTUAL_IP6}/128", "dev", HOST_IF)
+            run("ip", "addr", "add", f"{host_ip}/24", "dev", host_if)
+            run("ip", "link", "set", host_if, "up")
+            if host_routes:
+                # A route to the virtual address, so local clients get as far as OUTPUT's DNAT.
+                run("ip", "route", "add", f"{VIRTUAL_IP}/32", "dev", host_if)
+                run("ip", "-6", "addr", "add", f"{HOST_IP6}/64", "dev", host_if, "nodad")
+                run("ip", "-6", "route", "add", f"{VIRTUAL_IP6}/128", "dev", host_if)
             self.guest("ip", "link", "set", "lo", "up")
-            self.guest("ip", "addr", "add", f"{GUEST_IP}/24", "dev", GUEST_IF)
-            self.guest("ip", "link", "set", GUEST_IF, "up")
-            self.guest("ip", "route", "add", "default", "via", HOST_IP)
+            self.guest("ip", "addr", "add", f"{guest_ip}/24", "dev", guest_if)
+            self.guest("ip", "link", "set", guest_if, "up")
+            if default_route:
+                self.guest("ip", "route", "add", "default", "via", host_ip)
         except BaseException:
             self.close()
             raise
@@ -93,7 +120,7 @@ class GuestLink:
         return run("nsenter", f"--net={self.ns}", *argv, check=check, timeout=timeout)
 
     def close(self) -> None:
-        run("ip", "link", "del", HOST_IF, check=False)
+        run("ip", "link", "del", self.host_if, check=False)
         with contextlib.suppress(OSError):
             self.holder.kill()
         self.holder.wait(5)

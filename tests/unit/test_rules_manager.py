@@ -125,9 +125,10 @@ def manager(kernel: FakeKernel, bin_path: str, sysctl: RouteLocalnet) -> RulesMa
     return RulesManager("auto", runner=kernel, sysctl=sysctl, path=bin_path)
 
 
-def plan(udp: int = 5353, hooks: tuple[str, ...] = ("PREROUTING", "OUTPUT"), uid: int = 0):  # type: ignore[no-untyped-def]
-    rules = RulesConfig(enabled=True, virtual_ip="10.201.0.53", hooks=hooks)  # type: ignore[arg-type]
-    return plan_rules(rules, "127.0.0.1", udp, 5354, uid)
+def plan(udp: int = 5353, hooks: tuple[str, ...] = ("PREROUTING", "OUTPUT"), uid: int = 0,  # type: ignore[no-untyped-def]
+         interfaces: tuple[str, ...] | None = None):  # fmt: skip
+    rules = RulesConfig(enabled=True, virtual_ip="10.201.0.53", hooks=hooks, mark=0)  # type: ignore[arg-type]
+    return plan_rules(rules, "127.0.0.1", udp, 5354, uid, interfaces)
 
 
 def test_tool_names() -> None:

@@ -48,7 +48,8 @@ class Sent:
 def config(tmp_path: Path, **rules: Any) -> Any:
     doc = {"fastdns": {"resolv_conf": str(tmp_path / "resolv.conf"), "fallback": [],
                        "rules": {"enabled": True, "virtual_ip": "10.201.0.53",
-                                 "reconcile_interval": 8, **rules}}}  # fmt: skip
+                                 "reconcile_interval": 8, "interfaces": "any",
+                                 **rules}}}  # fmt: skip
     return build_config(doc, str(tmp_path / "fastdns.yaml"))
 
 
@@ -105,7 +106,7 @@ def test_sighup_reads_new_ports_and_config(proc: rulesproc.RulesProcess, tmp_pat
     proc.ports_path = str(ports)
     (tmp_path / "fastdns.yaml").write_text(
         "fastdns:\n  fallback: []\n  rules: {enabled: true, virtual_ip: 10.201.0.53, "
-        "chain: OTHER}\n")  # fmt: skip
+        "chain: OTHER, interfaces: any}\n")  # fmt: skip
     proc.reload()
     proc.step()
     new = proc.manager.applied[-1]  # type: ignore[attr-defined]
@@ -201,3 +202,36 @@ def test_an_upstream_silent_to_the_loop_probe_is_probed_again_a_few_times(
                         lambda *a, silent=None, **k: (silent.append("x"), [])[1])  # fmt: skip
     proc.loop_checked = proc.loop_retry_plan = None  # as a reload does
     assert [proc.step() for _ in range(6)] == [2.0, 2.0, 2.0, 8, 8, 8]  # then it gives up
+
+
+def test_no_guest_facing_interface_refuses_to_start_then_only_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 13: unscoped, PREROUTING would serve every network the host routes.
+    from fastdns.errors import BootError
+
+    monkeypatch.setattr(rulesproc, "listener_answers", lambda *a, **k: "")
+    monkeypatch.setattr(rulesproc, "probe_for_loop", lambda *a, **k: [])
+    held = {"eth0": ["10.0.0.9"]}
+    monkeypatch.setattr(rulesproc, "interface_addresses", lambda: held)
+    doc = config(tmp_path)
+    cfg = build_config({"fastdns": {"fallback": [], "host_ip": "10.200.0.1", "rules": {
+        "enabled": True, "virtual_ip": "10.201.0.53"}}}, doc.path)  # fmt: skip
+    proc = rulesproc.RulesProcess(cfg, 5353, 5354, manager=FakeManager())  # type: ignore[arg-type]
+    proc.sender = Sent()  # type: ignore[assignment]
+    with pytest.raises(BootError, match=r"no interface holds fastdns.host_ip 10.200.0.1"):
+        proc.step()
+    held["br0"] = ["fe80::1", "10.200.0.1"]
+    proc.step()
+    assert proc.manager.applied[-1].interfaces == ("br0",)  # type: ignore[attr-defined]
+    del held["br0"]  # later: reported, the process keeps running
+    proc.step()
+    assert "no interface holds" in proc.sender.messages[-1]["error"]  # type: ignore[attr-defined]
+
+
+def test_interface_addresses_from_netlink() -> None:
+    # The test namespace has lo; the netlink dump must name it with both loopback addresses.
+    from fastdns.ifaddrs import interface_addresses
+
+    found = interface_addresses()
+    assert "127.0.0.1" in found["lo"]
