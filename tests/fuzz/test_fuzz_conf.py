@@ -27,7 +27,7 @@ WORDS = st.sampled_from((
     "nan", "inf", "99999999999999999999", "#", ";", ".", "..", "a..b", "localhost", "LOCALHOST.",
     "xn--nxasmq6b", "ünï", "*", "\t", "\x00", "\ufeff", "\r",
 ))  # fmt: skip
-TOKENS = st.one_of(WORDS, st.text(max_size=12), st.from_regex(r"(ndots|timeout|attempts):-?[0-9.e]{0,6}", fullmatch=True))  # fmt: skip
+TOKENS = st.one_of(WORDS, st.text(max_size=12))
 OPTIONS = st.builds("{}:{}".format, st.sampled_from(("ndots", "timeout", "attempts")),
                     st.one_of(WORDS, st.integers(-(2**40), 2**40).map(str),
                               st.floats(allow_nan=True, allow_infinity=True).map(str)))

@@ -84,7 +84,8 @@ def test_any_bytes_parse_or_raise_malformed(data: bytes) -> None:
         assert msg.question[0].name.to_wire() == q.qname
         assert (msg.question[0].rdtype, msg.question[0].rdclass) == (q.qtype, q.qclass)
     # every reply the server can build for it is a valid DNS message echoing the question
-    for rcode in (wire.NOERROR, wire.SERVFAIL, wire.REFUSED) + ((wire.BADVERS,) if q.has_opt else ()):
+    rcodes = (wire.NOERROR, wire.SERVFAIL, wire.REFUSED) + ((wire.BADVERS,) if q.has_opt else ())
+    for rcode in rcodes:
         reply = wire.error_reply(q, rcode)
         assert reply[:2] == data[:2] and reply[12 : q.qend] == q.question
         out = dnspython(reply)

@@ -108,7 +108,7 @@ def test_any_upstream_reply_is_handled_or_refused(
                 assert int.from_bytes(got[at : at + 4], "big") == ttls[i + 1]
     # the store, the first render, a later hit and a stale one
     cache = PacketCache(CacheConfig())
-    sent, source = cache.admit(q, got, "forward", None, 100.0)
+    sent, _ = cache.admit(q, got, "forward", None, 100.0)
     replies = [sent]
     for now in (101.0, 100.0 + 86400 * 30):
         hit = cache.get(q, now)

@@ -9,6 +9,7 @@ deliver a stream in any pieces.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import types
 from typing import Any
 
@@ -97,7 +98,7 @@ def feed(stream: bytes, cuts: list[int], eof: bool) -> Framing:
         transport = Transport()
         conn.connection_made(transport)  # type: ignore[arg-type]
         points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-        for a, b in zip(points, points[1:], strict=False):
+        for a, b in itertools.pairwise(points):
             if transport.closed:
                 break
             conn.data_received(stream[a:b])

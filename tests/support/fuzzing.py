@@ -30,8 +30,8 @@ FUZZ = settings(
     deadline=None,
     database=None,
     derandomize=os.environ.get("FASTDNS_FUZZ_RANDOM") != "1",
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],  # fmt: skip
+    suppress_health_check=[
+        HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 
 ops = st.lists(
@@ -93,7 +93,8 @@ def reply_to(query: bytes, rng: random.Random) -> bytes:
     elif shape == "servfail":
         r.set_rcode(dns.rcode.SERVFAIL)
     else:
-        add(r.answer, name, "A", *[f"10.0.{i // 256}.{i % 256}" for i in range(rng.randint(20, 120))])
+        addresses = [f"10.0.{i // 256}.{i % 256}" for i in range(rng.randint(20, 120))]
+        add(r.answer, name, "A", *addresses)
         add(r.authority, dns.name.from_text("fuzz.test"), "NS",
             *[f"ns{i}.fuzz.test." for i in range(rng.randint(0, 8))] or ["ns.fuzz.test."])
         add(r.additional, dns.name.from_text("ns0.fuzz.test"), "A", "192.0.2.53")
