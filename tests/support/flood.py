@@ -148,9 +148,8 @@ class Flood:
                     data = s.recv(65535)
                 except BlockingIOError:
                     continue
-                if len(data) >= 2 and data[:2] == query[:2]:
-                    if self._expect(data, qid, i, "UDP"):
-                        return
+                if data[:2] == query[:2] and self._expect(data, qid, i, "UDP"):
+                    return
         self.tally.fail(f"UDP valid query {i} ({name_of(i)}): no answer in 3 tries")
 
     # ---------------------------------------------------------------------------- TCP
