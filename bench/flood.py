@@ -10,15 +10,19 @@ workers replaced, peak RSS per worker and elapsed time; exits 1 on any failure.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import netns
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the FakeUpstream and server runner of the tests
 RSS_LIMIT_KB = 200 * 1024
+UPSTREAM = "127.0.0.53"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,6 +34,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--budget", type=float, default=900.0, help="seconds before giving up")
     return p
+
+
+def _serve_upstream(address: str, ready: Any, stop: Any) -> None:
+    """The FakeUpstream of tests/e2e/test_flood.py, serving until ``stop`` is set."""
+    from support.flood import NAMES, ZONE, address_of, name_of
+    from support.upstream import FakeUpstream
+
+    with FakeUpstream(address) as up:
+        up.add_zone(ZONE)
+        up.add_zone("fuzz.test")  # the names of the mutated queries: NXDOMAIN, at once
+        for i in range(NAMES):
+            up.add(name_of(i), "A", address_of(i))
+        ready.set()
+        stop.wait(3600)
 
 
 def rss_kb(pid: int) -> int:
@@ -46,22 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     if not netns.isolated():
         netns.reexec_isolated(argv, module="bench.flood")  # does not return
     netns.bring_up_loopback()
-    sys.path.insert(0, str(REPO / "tests"))  # the FakeUpstream and server runner of the tests
-    from support.fixtures import FastDNSFactory, UpstreamFactory
-    from support.flood import NAMES, ZONE, Flood, address_of, name_of
+    from support.fixtures import FastDNSFactory
+    from support.flood import Flood, name_of
 
     streams = args.streams if args.streams is not None else max(1_000, args.packets // 1_000)
-    upstreams = UpstreamFactory()
+    # The FakeUpstream serves from its own process: in this one it would share the GIL with
+    # the flood's sending loop and answer late, and fastdns would rightly answer SERVFAIL.
+    ready, stop = multiprocessing.Event(), multiprocessing.Event()
+    upstream = multiprocessing.Process(target=_serve_upstream, args=(UPSTREAM, ready, stop))
+    upstream.start()
+    if not ready.wait(10):
+        upstream.kill()
+        raise SystemExit("bench.flood: the FakeUpstream did not start")
     with tempfile.TemporaryDirectory(prefix="fastdns-flood-") as tmp:
         factory = FastDNSFactory(Path(tmp))
         try:
-            up = upstreams()
-            up.add_zone(ZONE)
-            up.add_zone("fuzz.test")
-            for i in range(NAMES):
-                up.add(name_of(i), "A", address_of(i))
-            server = factory({"fastdns": {"workers": args.workers, "upstream_timeout": 0.3,
-                                          "deadline": 1.0}}, upstreams=[up])  # fmt: skip
+            server = factory({"fastdns": {"workers": args.workers, "upstream_timeout": 1.0,
+                                          "deadline": 2.0}}, upstreams=[UPSTREAM])  # fmt: skip
             workers = list(server.state["workers"])
             peak = {pid: rss_kb(pid) for pid in workers}
 
@@ -86,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             alive = server.proc.poll() is None and server.query(name_of(3)).rcode() == 0
         finally:
             factory.close()
-            upstreams.close()
+            stop.set()
+            upstream.join(10)
     sent = tally.udp_packets + tally.valid_sent + tally.retries
     print(f"datagrams sent:        {sent:,} ({tally.udp_packets:,} hostile)")
     print(f"TCP streams:           {tally.tcp_streams:,}")
