@@ -25,8 +25,8 @@ def isolated() -> bool:
     return interfaces() == ["lo"]
 
 
-def reexec_isolated(argv: list[str]) -> None:
-    """Replace this process with ``unshare --net python -m bench ARGV`` (does not return)."""
+def reexec_isolated(argv: list[str], module: str = "bench") -> None:
+    """Replace this process with ``unshare --net python -m MODULE ARGV`` (does not return)."""
     if os.environ.get(MARK):
         raise SystemExit(f"bench: still not isolated after unshare (interfaces: {interfaces()})")
     unshare = shutil.which("unshare")
@@ -35,7 +35,7 @@ def reexec_isolated(argv: list[str]) -> None:
     flags = ["--net"] if os.geteuid() == 0 else ["--map-root-user", "--net"]
     os.environ[MARK] = "1"
     os.chdir(Path(__file__).resolve().parent.parent)  # so "-m bench" finds this package
-    os.execv(unshare, [unshare, *flags, "--", sys.executable, "-m", "bench", *argv])
+    os.execv(unshare, [unshare, *flags, "--", sys.executable, "-m", module, *argv])
 
 
 def bring_up_loopback() -> None:

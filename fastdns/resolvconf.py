@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 from dataclasses import dataclass, field, replace
 
@@ -43,20 +44,21 @@ def parse_resolv_conf(text: str) -> ResolvConf:
         if key == "nameserver" and args:
             addr = args[0]
             try:
-                ipaddress.ip_address(addr.split("%", 1)[0])
+                ipaddress.ip_address(addr)  # only IPv6 may carry a %zone (RFC 4007)
             except ValueError:
                 logger.warning("resolv.conf: ignoring bad nameserver %r", addr)
                 continue
             servers.append(addr)
         elif key in ("search", "domain") and args:
-            search = tuple(a.rstrip(".") for a in args) if key == "search" else (args[0],)
+            domains = args if key == "search" else args[:1]
+            search = tuple(d for d in (a.rstrip(".") for a in domains) if d)  # "." adds nothing
         elif key == "options":
             for opt in args:
                 name, _, value = opt.partition(":")
                 try:
                     if name == "ndots":
-                        ndots = min(int(value), 15)
-                    elif name == "timeout":
+                        ndots = min(max(int(value), 0), 15)  # glibc RES_MAXNDOTS
+                    elif name == "timeout" and math.isfinite(float(value)):
                         timeout = max(float(value), 0.1)
                     elif name == "attempts":
                         attempts = min(max(int(value), 1), 5)

@@ -539,7 +539,7 @@ def truncate(reply: bytes, limit: int) -> bytes:
     # (start, owner end, end, section, rtype) of every record but OPT
     body: list[tuple[int, int, int, int, int]] = []
     opt = b""
-    opt_start = 0
+    opt_start = opt_fixed = 0
     for idx in range(an + ns + ar):
         start = i
         i = name_end(reply, i, n)
@@ -552,12 +552,17 @@ def truncate(reply: bytes, limit: int) -> bytes:
         if end > n:
             raise Malformed(FORMERR, "rdata runs past the end")
         if rtype == OPT:
-            opt, opt_start = reply[start:end], start
+            opt, opt_start, opt_fixed = reply[start:end], start, i + 8
         else:
             body.append((start, i, end, 0 if idx < an else 1 if idx < an + ns else 2, rtype))
         i = end
     if i != n:
         raise Malformed(FORMERR, "trailing bytes after the records")
+    if opt and qend + len(opt) > limit:
+        # Options (padding, RFC 7830; a cookie) too big for even the minimal response, which is
+        # header, question and OPT (RFC 6891 §7): keep the OPT, without its options, at the end.
+        opt = reply[opt_start:opt_fixed] + b"\x00\x00"
+        opt_start = n
     budget = limit - qend - len(opt)
     keep = 0  # number of records kept, always an RRset boundary
     k = 0

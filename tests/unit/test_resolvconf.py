@@ -176,3 +176,24 @@ def test_plan_skips_loopback_when_listening_on_a_wildcard(listen: str, skipped: 
     plan = plan_upstreams(cfg(listen=listen), rc, 53)
     assert [h for h, _ in plan.servers] == [s for s in servers if s not in skipped]
     assert len(plan_upstreams(cfg(listen=listen), rc, 5353).servers) == len(servers)
+
+
+def test_options_out_of_range_or_not_finite_are_ignored_or_clamped() -> None:
+    # Found by tests/fuzz: "ndots:-1" gave ndots -1 and "timeout:nan" a NaN timeout, both
+    # handed to c-ares (fastdns.native.channel_options). glibc clamps and ignores the same.
+    rc = parse_resolv_conf("options ndots:-1 timeout:nan attempts:-3\n")
+    assert (rc.ndots, rc.timeout, rc.attempts) == (0, 5.0, 1)
+    assert parse_resolv_conf("options timeout:inf timeout:1e400\n").timeout == 5.0
+
+
+def test_an_ipv4_nameserver_with_a_scope_is_ignored() -> None:
+    # Found by tests/fuzz: only IPv6 addresses have zones (RFC 4007); glibc ignores the line.
+    rc = parse_resolv_conf("nameserver 1.2.3.4%eth0\nnameserver fe80::1%lo\n")
+    assert rc.nameservers == ("fe80::1%lo",)
+
+
+def test_search_root_gives_no_empty_domain() -> None:
+    # Found by tests/fuzz: "search ." gave the domain "" (then handed to c-ares as a search
+    # domain); the root adds nothing to a search list.
+    assert parse_resolv_conf("search . example.com.\n").search == ("example.com",)
+    assert parse_resolv_conf("domain .\n").search == ()

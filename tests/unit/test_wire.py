@@ -500,3 +500,20 @@ def test_truncate_never_splits_an_rrset_whose_owners_are_spelled_differently() -
     m = dns.message.from_wire(cut)
     assert m.flags & dns.flags.TC and not m.answer
     assert wire.truncate(data, len(data)) == data
+
+
+def test_truncate_drops_the_options_of_an_opt_record_that_cannot_fit() -> None:
+    # Found by tests/fuzz: an upstream OPT carrying 800 bytes of padding (RFC 7830) was
+    # re-appended whole, so a reply "truncated" to 512 bytes went out at 900. The minimal
+    # response is header, question and an OPT record (RFC 6891 §7): without its options.
+    q = dns.message.make_query("pad.test", "A", use_edns=0, payload=4096)
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text("pad.test.", 300, "IN", "A", "192.0.2.1"))
+    r.use_edns(0, 0, 4096, options=[dns.edns.GenericOption(12, bytes(800))])  # padding
+    raw = r.to_wire()
+    assert len(raw) > 512
+    t = wire.truncate(raw, 512)
+    assert len(t) <= 512
+    m = dns.message.from_wire(t)
+    assert m.edns == 0 and m.payload == 4096 and not m.options
+    assert not m.flags & dns.flags.TC and len(m.answer[0]) == 1  # the answer fits beside it
