@@ -1,6 +1,6 @@
 """Fuzz: what a worker does with the bytes of an upstream reply, in the order it does it.
 
-``UdpChannel.datagram_received`` (length, ``reply_id``, ``question_matches``), then the relay's
+``PortSocket.received`` (length, ``reply_id``, ``question_matches``), then the relay's
 flag reads, ``PacketCache.admit`` (``admission.classify``: the record walk and TTL offsets, the
 cache store and first render), ``splice`` (client ID and question case), and ``truncate`` to
 the client's UDP size; beside them the other walkers of reply bytes (``has_answer``,
@@ -54,12 +54,15 @@ def dnspython(data: bytes) -> dns.message.Message | None:
 
 
 def received(q: wire.Query, data: bytes) -> bytes | None:
-    """What the upstream channel hands on for ``data`` arriving to ``q`` (sent with ID 0x1234
-    rewritten into it: ``set_id``), or None when it drops it (short, unmatched, mismatched)."""
+    """What the upstream socket hands on for ``data`` arriving to ``q`` (sent with the ID the
+    socket chose rewritten into it: ``set_id``), or None when it drops it (short, unmatched,
+    mismatched)."""
     channel = UdpChannel(WorkerStats(), "127.0.0.53:53")
+    channel.attach(lambda _: None)
+    sock = channel.pick(0.0)
     waiter = Waiter()
-    channel.pending[0x1234] = (waiter, q)
-    channel.datagram_received(wire.set_id(data, 0x1234) if len(data) >= 2 else data, None)
+    uid = sock.track(waiter, q)
+    sock.received(wire.set_id(data, uid) if len(data) >= 2 else data)
     return waiter.result
 
 

@@ -17,8 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.fuzzing import EXAMPLES, FUZZ, queries
 
-from fastdns import server
+from fastdns import tcp
 from fastdns.stats import WorkerStats
+from fastdns.tcpslots import TCPSlots
 
 
 def reference_frames(stream: bytes) -> tuple[list[bytes], bytes]:
@@ -43,6 +44,18 @@ class Transport:
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 5353) if name == "peername" else None
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def is_closing(self) -> bool:
         return self.closed
 
@@ -56,7 +69,7 @@ class Transport:
         self.written.append(data)
 
 
-class Framing(server.TCPServer):
+class Framing(tcp.TCPServer):
     """The real framing; ``_handle`` only records the frames it would serve."""
 
     def __init__(self, state: Any) -> None:
@@ -68,8 +81,9 @@ class Framing(server.TCPServer):
 
 
 def state() -> Any:
-    config = types.SimpleNamespace(tcp_max_connections=8, tcp_idle_timeout=10.0)
-    return types.SimpleNamespace(draining=False, tcp_connections=set(), config=config,
+    config = types.SimpleNamespace(tcp_idle_timeout=10.0, tcp_frame_timeout=2.0,
+                                   tcp_max_write_buffer=256 * 1024)  # fmt: skip
+    return types.SimpleNamespace(draining=False, tcp_connections=TCPSlots(8, 8), config=config,
                                  stats=WorkerStats())  # fmt: skip
 
 
@@ -136,10 +150,10 @@ def test_small_pieces_never_overflow_the_buffer(stream: bytes, size: int) -> Non
     frames, rest = reference_frames(stream)
     assert conn.frames == frames
     assert bytes(conn.buffer) == rest
-    assert len(conn.buffer) <= server.TCP_MAX_BUFFER
+    assert len(conn.buffer) <= tcp.TCP_MAX_INPUT
 
 
 def test_one_piece_over_the_bound_closes_the_connection() -> None:
-    stream = b"\x00\x05hello" + bytes(server.TCP_MAX_BUFFER)
+    stream = b"\x00\x05hello" + bytes(tcp.TCP_MAX_INPUT)
     conn = feed(stream, [], eof=False)
     assert conn.frames == [] and not conn.buffer
