@@ -113,7 +113,11 @@ def _unsafe(doc: Mapping[str, Any]) -> list[str]:
         real = os.path.realpath(value)
         if any(real == d or real.startswith(d + "/") for d in _SYSTEM_DIRS):
             problems.append(f"fastdns.{key} is a system file ({real}); generate one")
-    addresses: list[tuple[str, Any]] = [("fastdns.listen", section["listen"])]
+    addresses: list[tuple[str, Any]] = []
+    # A wildcard listen address sends nothing itself, and inside tests/netns-run the only links
+    # are the ones a test makes (tests/privileged/test_acl_netns.py: closed by default).
+    if section["listen"] not in ("0.0.0.0", "::"):
+        addresses.append(("fastdns.listen", section["listen"]))
     for key, values in (("fastdns.fallback", section["fallback"]), ("dns", doc.get("dns"))):
         if values is None:
             continue
