@@ -87,7 +87,8 @@ def serve(factory: Any, **acl: Any) -> Any:
     section: dict[str, Any] = {"listen": "0.0.0.0", "workers": 1, "graceful_timeout": 1.0}
     if acl:
         section["acl"] = acl
-    return factory({"hostResolver": {"hosts": {NAME: "10.9.9.9"}}, "fastdns": section})
+    return factory({"hostResolver": {"hosts": {NAME: "10.9.9.9"}}, "fastdns": section},
+                   wildcard_listen=True)
 
 
 ANSWERED = {"result": "NOERROR", "answers": ["10.9.9.9"]}
