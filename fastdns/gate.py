@@ -1,11 +1,11 @@
 """The per-source verdict the UDP reader and the TCP acceptor act on, cached per address.
 
 ``fastdns.acl`` says who may query and ``fastdns.ratelimit`` which of them are rate limited;
-judging an address takes about a microsecond, more than the cache-hit fast lane spends on a
+judging an address takes 1-2 microseconds, more than the cache-hit fast lane spends on a
 whole query, so the verdict is kept per source address in a plain dict that the reader
 consults with one ``get``: ``PASS`` (0, falsy: answer), ``DENY`` (-1), or a positive rate-limit
 bucket key. The dict is bounded: past ``CAPACITY`` addresses it is emptied and refilled (a
-source-spraying flood then pays the microsecond per datagram, as without the cache).
+source-spraying flood then pays those microseconds per datagram, as without the cache).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from fastdns.ratelimit import RateLimitConfig, RateLimiter, prefix_key
 
 PASS, DENY = 0, -1
 MISS = -2  # ``verdicts.get(host, MISS)``: not judged yet
-CAPACITY = 4096  # addresses whose verdict is kept per worker (about 150 bytes each)
+CAPACITY = 4096  # addresses whose verdict is kept per worker (about 70 bytes each)
 
 
 class Gate:
