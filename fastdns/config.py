@@ -16,7 +16,9 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from fastdns.acl import ACL_ACTIONS, AclConfig, parse_cidr
 from fastdns.errors import ConfigError
+from fastdns.ratelimit import RateLimitConfig
 from fastdns.wire import name_to_wire
 
 logger = logging.getLogger(__name__)
@@ -131,6 +133,8 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
+    acl: AclConfig = field(default_factory=AclConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -349,6 +353,7 @@ _FASTDNS_KEYS = {
     "guest_ip", "max_inflight", "tcp_idle_timeout", "tcp_max_connections",
     "tcp_max_connections_per_source", "tcp_frame_timeout", "tcp_max_write_buffer", "workers",
     "graceful_timeout", "worker_timeout", "user", "native", "cache", "metrics", "rules",
+    "acl", "ratelimit",
 }  # fmt: skip
 
 
@@ -464,6 +469,52 @@ def _load_metrics(m: Mapping[str, Any], p: _Problems) -> MetricsConfig:
     return MetricsConfig(listen=listen)
 
 
+def _get_cidrs(m: Mapping[str, Any], key: str, path: str, default: tuple[str, ...],
+               p: _Problems) -> tuple[str, ...]:  # fmt: skip
+    """A list of networks (fastdns.acl); each bad one is a problem naming its value."""
+    value = m.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, list):
+        p.add(f"{path}.{key}",
+              f"must be a list of CIDRs such as 10.0.0.0/8, got {_type_name(value)}")
+        return default
+    out = []
+    for i, item in enumerate(value):
+        try:
+            out.append(str(parse_cidr(item)))
+        except ValueError as e:
+            p.add(f"{path}.{key}[{i}]", str(e))
+    return tuple(out)
+
+
+def _load_acl(m: Mapping[str, Any], p: _Problems) -> AclConfig:
+    path, d = "fastdns.acl", AclConfig()
+    _reject_unknown(m, set(AclConfig.__dataclass_fields__), path, p)
+    return AclConfig(
+        allow=_get_cidrs(m, "allow", path, d.allow, p),
+        action=_get_choice(m, "action", path, d.action, ACL_ACTIONS, p),  # type: ignore[arg-type]
+    )
+
+
+def _load_ratelimit(m: Mapping[str, Any], p: _Problems) -> RateLimitConfig:
+    path, d = "fastdns.ratelimit", RateLimitConfig()
+    _reject_unknown(m, set(RateLimitConfig.__dataclass_fields__) - {"enabled"}, path, p)
+
+    def num(key: str, kind: Callable[[Any], T], low: float, high: float) -> T:
+        return _get_number(m, key, path, getattr(d, key), p, kind=kind, low=low, high=high)
+
+    return RateLimitConfig(
+        qps=num("qps", float, 0, 1e7),
+        burst=num("burst", float, 0, 1e8),
+        ipv4_prefix=num("ipv4_prefix", int, 8, 32),
+        ipv6_prefix=num("ipv6_prefix", int, 16, 128),
+        max_clients=num("max_clients", int, 1, 10_000_000),
+        slip=num("slip", int, 0, 100),
+        exempt=_get_cidrs(m, "exempt", path, d.exempt, p),
+    )
+
+
 def _relative_to(config_path: str, value: str) -> str:
     """Relative file paths in a config are relative to the config file's folder."""
     if not value or os.path.isabs(value) or not config_path:
@@ -545,6 +596,8 @@ def build_config(doc: Mapping[str, Any], path: str = "") -> Config:
         cache=_load_cache(_section(f, "cache", fp, p), p),
         metrics=_load_metrics(_section(f, "metrics", fp, p), p),
         rules=_load_rules(_section(f, "rules", fp, p), p),
+        acl=_load_acl(_section(f, "acl", fp, p), p),
+        ratelimit=_load_ratelimit(_section(f, "ratelimit", fp, p), p),
         warnings=tuple(warnings),
     )
     if not enabled and not dns and dns_given_empty:

@@ -138,6 +138,15 @@ METRICS: tuple[MetricDef, ...] = (
               "Client TCP connections fastdns closed or refused, by reason (fastdns/tcp.py: "
               "idle, frame_timeout, write_stalled, write_buffer, oversize, per_source, evicted, "
               "max_connections).", ("server", "reason"), values={"reason": TCP_CLOSE_REASONS}),
+    # --- exposure: the client ACL and response rate limiting (docs/exposure.md) -------------
+    MetricDef("fastdns_acl_blocked_total", "counter",
+              "Queries (UDP) and connections (TCP, closed at accept) from sources outside "
+              "fastdns.acl.allow, by transport and action (drop or refuse).",
+              ("proto", "action"), values={**_PROTO, "action": frozenset(("drop", "refuse"))}),
+    MetricDef("fastdns_ratelimit_limited_total", "counter",
+              "UDP queries over their client prefix's rate limit (fastdns.ratelimit), by what "
+              "they got: slip (an empty TC=1 reply) or drop.",
+              ("action",), values={"action": frozenset(("slip", "drop"))}),
     MetricDef("fastdns_loop_probes_total", "counter",
               "Loop-detection probes of fastdns that came back to it: a forwarding loop."),
     MetricDef("fastdns_unhandled_exceptions_total", "counter",
@@ -254,6 +263,8 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "coalesced": (Source("fastdns_dns_coalesced_requests_total"),),
     "unhandled_exceptions": (Source("fastdns_unhandled_exceptions_total"),),
     "loop_probes": (Source("fastdns_loop_probes_total"),),
+    "acl_blocked": (Source("fastdns_acl_blocked_total", ("proto", "action")),),
+    "ratelimited": (Source("fastdns_ratelimit_limited_total", ("action",)),),
     "inflight": (Source("fastdns_inflight_requests"),),
     "tcp_connections": (Source("fastdns_dns_tcp_connections"),),
     "tcp_closed": (Source("fastdns_dns_tcp_connections_closed_total", ("reason",)),),

@@ -21,7 +21,9 @@ from fastdns import wire
 from fastdns.accounting import Accounting
 from fastdns.config import Config
 from fastdns.front import FIRST_BUCKET, Front
+from fastdns.gate import DENY, MISS, PASS, Gate
 from fastdns.pipeline import Pipeline, Resolved
+from fastdns.ratelimit import SLIP, UNIT
 from fastdns.relay import Relay
 from fastdns.stats import WorkerStats
 from fastdns.tcp import TCPServer
@@ -53,6 +55,8 @@ class ServerState(Accounting):
         pipeline.spawn = self.spawn
         # The forward fast lane (UDP misses relayed with callbacks, no task).
         self.relay = Relay(pipeline, self.spawn)
+        # Who may query, and who is rate limited (issue 13): judged per source address.
+        self.gate = Gate(config.acl, config.ratelimit, config.worker_count())
 
     @property
     def draining(self) -> bool:
@@ -88,6 +92,18 @@ def _malformed_reply(data: bytes, err: wire.Malformed) -> bytes | None:
     return wire.header_only_reply(data, err.rcode) if err.rcode is not None else None
 
 
+def _slip_reply(data: bytes) -> bytes | None:
+    """An empty TC=1 reply to a rate-limited query, so a real client retries over TCP (BIND
+    RRL "slip"); its question echoed, no larger than the query. None when it does not parse."""
+    try:
+        q = wire.parse_query(data)
+    except wire.Malformed:
+        return None
+    reply = wire.error_reply(q, wire.NOERROR)
+    flags = int.from_bytes(reply[2:4], "big") | wire.TC
+    return reply[:2] + flags.to_bytes(2, "big") + reply[4:]
+
+
 def _no_send(data: bytes, addr: Any) -> None:
     pass
 
@@ -112,6 +128,8 @@ class UDPServer:
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.backlog: deque[tuple[bytes, Any]] = deque()
+        self.gate = state.gate
+        self.verdicts = state.gate.verdicts  # source address -> PASS, DENY or a bucket key
 
     def start(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
         """Serve ``sock`` (bound, non-blocking) on ``loop``."""
@@ -144,6 +162,7 @@ class UDPServer:
         "still exact" is judged at most one datagram's work (microseconds) late."""
         recvfrom = self.sock.recvfrom  # type: ignore[union-attr]
         front, sendto, clock = self.front, self.sendto, time.monotonic
+        verdict = self.verdicts.get
         t = clock()
         for _ in range(BATCH):
             try:
@@ -152,6 +171,12 @@ class UDPServer:
                 return
             except OSError:
                 return  # an error queued on the socket, now consumed; the next wakeup goes on
+            # The ACL and the rate limit (fastdns.gate): one dict lookup when the source is
+            # known and neither blocked nor limited (PASS is 0).
+            v = verdict(addr[0], MISS)
+            if v and (v := self._screen(v, data, addr, t)) < 0:
+                t = clock()
+                continue
             f = front.get(data[2:])
             if f is not None and t < f.until:
                 reply = data[:2] + f.body
@@ -159,6 +184,8 @@ class UDPServer:
                     sendto(reply, addr)
                 except OSError as e:
                     self._send_failed(reply, addr, e)
+                if v and len(reply) > UNIT:
+                    self.gate.limiter.charge(v, len(reply))  # type: ignore[union-attr]
                 t0, t = t, clock()
                 if t - t0 <= FIRST_BUCKET:
                     f.n += 1
@@ -168,6 +195,43 @@ class UDPServer:
                 continue
             self._full(data, addr, f)
             t = clock()
+
+    def _screen(self, v: int, data: bytes, addr: Any, now: float) -> int:
+        """Act on a source's verdict (``fastdns.gate``): DENY (-1) when the datagram was
+        blocked or rate limited here, else PASS or the bucket key its reply is charged to."""
+        gate = self.gate
+        if v == MISS:
+            v = gate.judge(addr[0])
+        if v == DENY:
+            self._blocked(data, addr)
+            return DENY
+        if v == PASS or gate.limiter is None:
+            return PASS
+        verdict = gate.limiter.admit(v, now)
+        if verdict == PASS:
+            return v
+        stats = self.state.stats
+        if verdict == SLIP:
+            stats.inc("ratelimited", "slip")
+            reply = _slip_reply(data)
+            if reply is not None:
+                self._send(reply, addr)
+        else:
+            stats.inc("ratelimited", "drop")
+        return DENY
+
+    def _blocked(self, data: bytes, addr: Any) -> None:
+        """A query from a source outside the ACL: dropped, or REFUSED (no larger than the
+        query, with its question when it parses: RFC 1035 §4.1.1; no amplification)."""
+        action = self.gate.action
+        self.state.stats.inc("acl_blocked", "udp", action)
+        if action == "refuse":
+            try:
+                reply = wire.error_reply(wire.parse_query(data), wire.REFUSED)
+            except wire.Malformed:
+                reply = wire.header_only_reply(data, wire.REFUSED)  # type: ignore[assignment]
+            if reply is not None:
+                self._send(reply, addr)
 
     def _send_failed(self, reply: bytes, addr: Any, exc: OSError) -> None:
         """``sendto`` raised: queue the reply when the socket buffer is full, else count it."""
@@ -267,6 +331,13 @@ class UDPServer:
         self.state.record("udp", q, res, size, t0)
 
     def _reply(self, reply: bytes, addr: Any) -> None:
+        if len(reply) > UNIT and self.gate.limiter is not None:
+            key = self.verdicts.get(addr[0], PASS)
+            if key > 0:  # a rate-limited source: its reply costs by its size (fastdns.ratelimit)
+                self.gate.limiter.charge(key, len(reply))
+        self._send(reply, addr)
+
+    def _send(self, reply: bytes, addr: Any) -> None:
         try:
             self.sendto(reply, addr)
         except OSError as e:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import Any, Literal
 
-from fastdns import process, rundir
+from fastdns import acl, process, ratelimit, rundir
 from fastdns.children import child_metrics, child_rules, child_worker, run_child
 from fastdns.config import Config, load_config
 from fastdns.errors import BootError, ConfigError, ExitCode, HaltServer
@@ -710,8 +710,10 @@ class Supervisor:
             return
         old, self.serving = self.serving, gen
         if old is None:
-            logger.info("serving DNS on %s udp/%d tcp/%d with %d workers", gen.config.listen,
-                        gen.udp_port, gen.tcp_port, gen.size)  # fmt: skip
+            logger.info("serving DNS on %s udp/%d tcp/%d with %d workers; acl: %s; %s",
+                        gen.config.listen, gen.udp_port, gen.tcp_port, gen.size,
+                        acl.describe(gen.config.acl),
+                        ratelimit.describe(gen.config.ratelimit))  # fmt: skip
             return
         logger.info("worker generation %d serves: retiring generation %d", gen.number,
                     old.number)  # fmt: skip

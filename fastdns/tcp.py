@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol
 from fastdns import wire
 from fastdns.cache import PacketCache
 from fastdns.config import Config
+from fastdns.gate import Gate
 from fastdns.pipeline import Pipeline, Resolved
 from fastdns.stats import WorkerStats
 from fastdns.tcpslots import TCPSlots
@@ -63,6 +64,7 @@ class TCPState(Protocol):
     cache: PacketCache | None
     pipeline: Pipeline
     tcp_connections: TCPSlots[TCPServer]
+    gate: Gate
 
     @property
     def draining(self) -> bool: ...
@@ -110,6 +112,12 @@ class TCPServer(asyncio.Protocol):
             return
         peer = transport.get_extra_info("peername")
         source = str(peer[0]) if peer else ""
+        if not state.gate.allows(source):
+            # Outside the ACL (fastdns.acl): closed before a byte is read, whatever acl.action
+            # says (a REFUSED would need the query read first); reset, no TIME_WAIT kept here.
+            state.stats.inc("acl_blocked", "tcp", state.gate.action)
+            transport.abort()  # type: ignore[attr-defined]
+            return
         slots = state.tcp_connections
         verdict = slots.consider(source, _busy)
         if verdict.victim is not None:

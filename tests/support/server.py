@@ -73,7 +73,8 @@ def write_resolv_conf(
     return path
 
 
-def prepare_config(config: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
+def prepare_config(config: Mapping[str, Any], workdir: Path, *,
+                   wildcard_listen: bool = False) -> dict[str, Any]:  # fmt: skip
     """A copy of ``config`` (lima.yaml keys plus ``fastdns:``) that is safe to serve in a test.
 
     Missing ``resolv_conf`` / ``hosts_file`` become generated files in ``workdir`` (no
@@ -96,13 +97,13 @@ def prepare_config(config: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
     section.setdefault("udp_port", 0)
     section.setdefault("tcp_port", 0)
     section.setdefault("workers", 1)
-    problems = _unsafe(doc)
+    problems = _unsafe(doc, wildcard_listen)
     if problems:
         raise UnsafeConfigError("refusing to run fastdns with: " + "; ".join(problems))
     return doc
 
 
-def _unsafe(doc: Mapping[str, Any]) -> list[str]:
+def _unsafe(doc: Mapping[str, Any], wildcard_listen: bool = False) -> list[str]:
     section = doc["fastdns"]
     problems = []
     for key in ("resolv_conf", "hosts_file"):
@@ -113,7 +114,12 @@ def _unsafe(doc: Mapping[str, Any]) -> list[str]:
         real = os.path.realpath(value)
         if any(real == d or real.startswith(d + "/") for d in _SYSTEM_DIRS):
             problems.append(f"fastdns.{key} is a system file ({real}); generate one")
-    addresses: list[tuple[str, Any]] = [("fastdns.listen", section["listen"])]
+    addresses: list[tuple[str, Any]] = []
+    # ``wildcard_listen``: a test that asks for it may listen on 0.0.0.0 or :: (binding sends
+    # nothing, and inside tests/netns-run the only links are the ones the test makes:
+    # tests/privileged/test_acl_netns.py).
+    if not (wildcard_listen and section["listen"] in ("0.0.0.0", "::")):
+        addresses.append(("fastdns.listen", section["listen"]))
     for key, values in (("fastdns.fallback", section["fallback"]), ("dns", doc.get("dns"))):
         if values is None:
             continue
@@ -199,6 +205,7 @@ class FastDNSProcess:
         env: Mapping[str, str] | None = None,
         program: Sequence[str] | None = None,
         config_name: str = "fastdns.yaml",
+        wildcard_listen: bool = False,
     ) -> None:
         self.workdir = _fresh_dir(Path(tmp_path))
         if not isinstance(config, Mapping):
@@ -206,7 +213,7 @@ class FastDNSProcess:
             if not isinstance(loaded, dict):
                 raise UnsafeConfigError(f"{config}: the top level must be a mapping")
             config = loaded
-        self.config = prepare_config(config, self.workdir)
+        self.config = prepare_config(config, self.workdir, wildcard_listen=wildcard_listen)
         self.config_path = self.workdir / config_name
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.state_path = self.workdir / "state.json"
