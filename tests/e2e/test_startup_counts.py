@@ -43,6 +43,13 @@ def test_the_startup_self_check_is_not_counted_as_a_client_query(fastdns_factory
     serving?); that question shows up neither as a served query nor as a REFUSED reply."""
     rules = {"enabled": True, "virtual_ip": "10.53.0.3", "hooks": ["OUTPUT"]}
     fdp = fastdns_factory(config(rules=rules))
+    try:
+        _check_self_check_uncounted(fdp)
+    finally:
+        assert fdp.stop() == 0  # SIGTERM: the rules process removes its rules (shared netns)
+
+
+def _check_self_check_uncounted(fdp: FastDNSProcess) -> None:
     port = int(fdp.state["metrics_port"])
     # /ready needs the rules installed, which comes after the self-check answered.
     wait_until(lambda: http_get(HOST, port, "/ready")[0], lambda c: c == 200, 15,
