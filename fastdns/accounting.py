@@ -14,7 +14,7 @@ from bisect import bisect_left
 from fastdns import wire
 from fastdns.cache import PacketCache
 from fastdns.front import Front
-from fastdns.pipeline import Resolved
+from fastdns.pipeline import PROBE, Resolved
 from fastdns.stats import SIZE_BUCKETS, Histogram, WorkerStats
 
 # record()'s per (transport, qtype) keys: the requests counter key and three histograms
@@ -48,6 +48,8 @@ class Accounting:
         The keys and histograms for each (transport, qtype) and (rcode, source) are found
         once and kept; the three histogram observations are inlined (``Histogram.observe``):
         this runs for every query the fast lane does not answer."""
+        if res is not None and res.source == PROBE:
+            return  # fastdns's own probe (self-check, loop probe): not a client's query
         counters = self.stats.counters  # direct increments: no method call per counter
         keys = self._query_keys[proto].get(q.qtype if q is not None else -1)
         if keys is None:

@@ -26,6 +26,7 @@ from fastdns.metrics import (
     address_family,
     build_versions,
     default_server,
+    initial_label_sets,
 )
 from fastdns.stats import REPORT_INTERVAL, Key, decode
 
@@ -138,6 +139,7 @@ class StatsAggregator:
         self.retired = Totals()
         self.slot_retired: dict[int, float] = {}  # requests of retired processes, by slot
         self.server = default_server(config)
+        self.worker_seen = False
         self.family = address_family(config.listen)
         self.supervisor: dict[str, Any] | None = None
         self.supervisor_seen = -1e18
@@ -147,6 +149,11 @@ class StatsAggregator:
         self.messages: Counter[str] = Counter()
         self.versions = build_versions()
         self._admitted: dict[tuple[str, str], set[str]] = {}  # (metric, label) -> values
+        # (family, its label sets) exported at 0 from the start (metrics.initial_label_sets);
+        # the rules series only when there is a rules process.
+        self._initial = [(m, sets) for m in METRICS
+                         if (sets := initial_label_sets(m)) is not None
+                         and (config.rules.enabled or not m.name.startswith("fastdns_rules_"))]
 
     # --------------------------------------------------------------------------- input
 
@@ -181,6 +188,7 @@ class StatsAggregator:
             raise ValueError("worker message without an integer slot and pid")
         totals = Totals.from_snapshot(msg["snapshot"])
         now = self.clock()
+        self.worker_seen = True
         if isinstance(msg.get("server"), str) and msg["server"]:
             self.server = msg["server"]
         key = (slot, pid)
@@ -336,6 +344,7 @@ class StatsAggregator:
             else:
                 family[labels] = family.get(labels, 0) + value
 
+        self._zero_samples(put, totals)
         stores: tuple[dict[Key, Any], ...] = (totals.counters, totals.histograms, totals.gauges)
         for store in stores:
             for key, value in store.items():
@@ -350,6 +359,21 @@ class StatsAggregator:
                     put(metric, self._labels(metric, given), value)
         self._process_samples(put)
         return out
+
+    def _zero_samples(self, put: Callable[[MetricDef, tuple[str, ...], Any], None],
+                      totals: Totals) -> None:  # fmt: skip
+        """Every bounded series at 0, so that rates read 0 before the first event; families
+        labelled by upstream for the upstreams the workers report now (upstream_up)."""
+        if not self.worker_seen:
+            return  # the server label is the configured port until a worker reports its own
+        upstreams = sorted({k[1] for k in totals.gauges if k[0] == "upstream_up" and len(k) > 1})
+        for metric, sets in self._initial:
+            zero: Any = [metric.buckets, [0] * (len(metric.buckets) + 1), 0.0, 0] if (
+                metric.kind == "histogram") else 0  # fmt: skip
+            for given in sets:
+                for to in upstreams if "to" in metric.labels else ("",):
+                    labels = {**given, "to": to} if to else given
+                    put(metric, self._labels(metric, labels), zero)
 
     def _process_samples(self, put: Callable[[MetricDef, tuple[str, ...], Any], None]) -> None:
         put(BY_NAME["fastdns_build_info"],

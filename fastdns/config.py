@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -17,6 +17,13 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from fastdns.acl import ACL_ACTIONS, AclConfig, parse_cidr
+from fastdns.configfile import (
+    Source,
+    did_you_mean,
+    parse,
+    top_level_typos,
+    unknown_host_resolver_keys,
+)
 from fastdns.errors import ConfigError
 from fastdns.ratelimit import RateLimitConfig
 from fastdns.wire import name_to_wire
@@ -155,10 +162,10 @@ class Config:
 
 class _Problems:
     def __init__(self) -> None:
-        self.items: list[str] = []
+        self.items: list[tuple[str, str]] = []  # (key path, "path: message")
 
     def add(self, path: str, message: str) -> None:
-        self.items.append(f"{path}: {message}")
+        self.items.append((path, f"{path}: {message}"))
 
 
 def _type_name(value: object) -> str:
@@ -270,7 +277,7 @@ def _section(m: Mapping[str, Any], key: str, path: str, p: _Problems) -> Mapping
 def _reject_unknown(m: Mapping[str, Any], allowed: set[str], path: str, p: _Problems) -> None:
     for key in m:
         if key not in allowed:
-            p.add(f"{path}.{key}", "unknown key")
+            p.add(f"{path}.{key}", "unknown key" + did_you_mean(str(key), allowed))
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +314,7 @@ def _host_value_problem(value: str) -> str:
 
 
 def _load_hosts(
-    resolver: Mapping[str, Any], p: _Problems, warnings: list[str]
+    resolver: Mapping[str, Any], p: _Problems, warnings: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
     raw = resolver.get("hosts")
     if raw is None:
@@ -338,10 +345,8 @@ def _load_hosts(
         key = canonical_name(name)
         if key in by_key:
             # Lima picks one of these at random (Go map order); we keep the later one in file order.
-            warnings.append(
-                f"hostResolver.hosts.{name}: duplicates {by_key[key][0]!r} "
-                f"(case or trailing dot differ); the later entry wins"
-            )
+            warnings.append((path, f"{path}: duplicates {by_key[key][0]!r} "
+                                   f"(case or trailing dot differ); the later entry wins"))
             del by_key[key]
         by_key[key] = (name.strip(), value.strip())
     return list(by_key.values())
@@ -522,12 +527,21 @@ def _relative_to(config_path: str, value: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(config_path)), value)
 
 
-def build_config(doc: Mapping[str, Any], path: str = "") -> Config:
-    """Validate a parsed lima.yaml document; raise ``ConfigError`` listing every problem."""
+def build_config(
+    doc: Mapping[str, Any],
+    path: str = "",
+    source: Source | None = None,
+    duplicates: Sequence[tuple[str, str]] = (),
+) -> Config:
+    """Validate a parsed lima.yaml document; raise ``ConfigError`` listing every problem.
+
+    With ``source`` (``configfile.parse``) every problem and warning starts with FILE:LINE;
+    ``duplicates`` are the document's duplicate-key warnings."""
     p = _Problems()
-    warnings: list[str] = []
+    warnings: list[tuple[str, str]] = [*duplicates, *top_level_typos(dict(doc))]
     d = Config()
     resolver = _section(doc, "hostResolver", "", p)
+    warnings += unknown_host_resolver_keys(dict(resolver))
     enabled = _get_bool(resolver, "enabled", "hostResolver", d.enabled, p)
     ipv6 = _get_bool(resolver, "ipv6", "hostResolver", d.ipv6, p)
     hosts = _load_hosts(resolver, p, warnings)
@@ -598,7 +612,7 @@ def build_config(doc: Mapping[str, Any], path: str = "") -> Config:
         rules=_load_rules(_section(f, "rules", fp, p), p),
         acl=_load_acl(_section(f, "acl", fp, p), p),
         ratelimit=_load_ratelimit(_section(f, "ratelimit", fp, p), p),
-        warnings=tuple(warnings),
+        warnings=tuple(_located(warnings, source)),
     )
     if not enabled and not dns and dns_given_empty:
         p.add(
@@ -609,8 +623,14 @@ def build_config(doc: Mapping[str, Any], path: str = "") -> Config:
     if upstream_timeout > deadline:
         p.add("fastdns.upstream_timeout", "must not exceed fastdns.deadline")
     if p.items:
-        raise ConfigError(p.items)
+        raise ConfigError(_located(p.items, source))
     return cfg
+
+
+def _located(items: Sequence[tuple[str, str]], source: Source | None) -> list[str]:
+    if source is None:
+        return [message for _, message in items]
+    return [source.locate(path, message) for path, message in items]
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -618,9 +638,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     text_path = os.fspath(path)
     try:
         with open(text_path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
+            text = fh.read()
+        doc, source, duplicates = parse(text, text_path)
     except OSError as e:
         raise ConfigError([f"{text_path}: cannot read: {e.strerror or e}"]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{text_path}: not UTF-8 text: {e.reason}"]) from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -630,4 +653,4 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError([f"{text_path}: the top level must be a mapping, got {_type_name(doc)}"])
-    return build_config(doc, text_path)
+    return build_config(doc, text_path, source, duplicates)

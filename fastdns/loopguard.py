@@ -65,6 +65,12 @@ def probe_name(token: str, nonce: str | None = None) -> str:
     return f"{nonce or secrets.token_hex(4)}.{token}.{PROBE_ZONE}."
 
 
+def self_check_name(token: str) -> str:
+    """The rules process's "does fastdns serve?" question (class CH, answered at once, and
+    like the loop probes not counted as client traffic: ``pipeline.PROBE``)."""
+    return f"self-check.{token}.{PROBE_ZONE}."
+
+
 def probe_query(
     name: str, qid: int | None = None, qtype: int = HINFO, qclass: int = wire.CLASS_IN
 ) -> bytes:

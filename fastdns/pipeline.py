@@ -30,7 +30,8 @@ MAX_ALIAS_DEPTH = 1  # an alias target is resolved once; targets are never stati
 
 @dataclass(slots=True)
 class Resolved:
-    """A reply and who produced it: static, hosts, cache, native, forward, fallback or server."""
+    """A reply and who produced it: static, hosts, cache, native, forward, fallback, server
+    or ``PROBE``."""
 
     reply: bytes
     source: str
@@ -39,6 +40,10 @@ class Resolved:
     # read the TTLs in the reply.
     ttl: int | None = None
 
+
+# The source of replies to fastdns's own probes (loopguard): sent, never counted as client
+# queries (``Accounting.record``); a loop probe that came back is in loop_probes_total.
+PROBE = "probe"
 
 # A hook the native (c-ares) path plugs into: returns a Resolved, or None to fall back.
 NativeLookup = Callable[[wire.Query, float], Awaitable[Resolved | None]]
@@ -133,7 +138,11 @@ class Pipeline:
     def answer_now(self, q: wire.Query) -> Resolved | None:
         """The reply when no I/O is needed, else None (then call ``answer``)."""
         if q.qclass != wire.CLASS_IN:
-            return Resolved(wire.error_reply(q, wire.REFUSED, self.opt_size), "server")
+            # The rules process's self-check (a CH question under our probe suffix) gets the
+            # same REFUSED as any other class, but is not a client's.
+            probe = self.loop_suffix and loopguard.is_probe(q.qname, self.loop_suffix)
+            return Resolved(wire.error_reply(q, wire.REFUSED, self.opt_size),
+                            PROBE if probe else "server")  # fmt: skip
         if q.edns_version:
             return Resolved(wire.error_reply(q, wire.BADVERS, self.opt_size), "server")
         cfg = self.config
@@ -230,7 +239,7 @@ class Pipeline:
     async def _resolve(self, q: wire.Query, deadline: float) -> Resolved:
         if self.loop_suffix and loopguard.is_probe(q.qname, self.loop_suffix):
             self._loop_detected(q)
-            return Resolved(loopguard.marker_reply(q, self.opt_size), "server")
+            return Resolved(loopguard.marker_reply(q, self.opt_size), PROBE)
         if self.native is not None:
             if self.native_forward_first(q):
                 return await self.settle(q, await self.forward_rest(q, deadline), deadline)

@@ -96,11 +96,15 @@ def probe_address(plan: RulePlan) -> str:
 
 
 def listener_answers(
-    host: str, udp_port: int, tcp_port: int, timeout: float = PROBE_TIMEOUT
+    host: str, udp_port: int, tcp_port: int, timeout: float = PROBE_TIMEOUT, token: str = ""
 ) -> str:
-    """Why fastdns does not answer on ``host`` (a CHAOS query over UDP, a TCP connect), or ""."""
+    """Why fastdns does not answer on ``host`` (a CHAOS query over UDP, a TCP connect), or "".
+
+    With the instance ``token`` the question is ``loopguard.self_check_name``, which the
+    workers recognise and leave out of the client counts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    query = loopguard.probe_query("version.bind.", qtype=16, qclass=CH)  # TXT
+    name = loopguard.self_check_name(token) if token else "version.bind."
+    query = loopguard.probe_query(name, qtype=16, qclass=CH)  # TXT
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as s:
             s.settimeout(timeout)
@@ -252,7 +256,9 @@ class RulesProcess:
             return self._backoff(interval)
         self.planned = True
         if not self.listener_ok:
-            why = listener_answers(probe_address(plan), plan.udp_port, plan.tcp_port)
+            token = loopguard.instance_token(self.config.listen, plan.udp_port)
+            why = listener_answers(probe_address(plan), plan.udp_port, plan.tcp_port,
+                                   token=token)  # fmt: skip
             if why:
                 self._fail(f"waiting for fastdns to serve before installing rules: {why}")
                 self.report()

@@ -49,9 +49,23 @@ def test_check_config_ok(tmp_path: Path) -> None:
     out = run_cli("check-config", str(path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"{path}: ok"
-    assert "warning: hostResolver.hosts.a.test.: duplicates 'A.test'" in out.stderr
+    line = path.read_text().splitlines().index("    a.test.: 10.0.0.2") + 1
+    assert f"warning: {path}:{line}: hostResolver.hosts.a.test.: duplicates 'A.test'" in (
+        out.stderr)
     assert "warning: hostResolver.hosts.x: alias cycle" in out.stderr  # acceptance case 7
     assert "warning: hostResolver.hosts.y: alias cycle" in out.stderr
+
+
+def test_check_config_warns_about_a_misspelt_key_with_its_file_and_line(tmp_path: Path) -> None:
+    """A typo in a key fastdns reads would silently drop the static names: a warning."""
+    path = tmp_path / "lima.yaml"
+    path.write_text(yaml.safe_dump(safe_doc(tmp_path), sort_keys=False)
+                    + "hostResolvr:\n  hosts:\n    a.test: 10.0.0.1\n")  # fmt: skip
+    line = path.read_text().splitlines().index("hostResolvr:") + 1
+    out = run_cli("check-config", str(path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (f"warning: {path}:{line}: hostResolvr: not a key fastdns reads (did you mean "
+            "'hostResolver'?); ignored") in out.stderr.splitlines()
 
 
 def test_check_config_reports_every_problem_with_its_key_path(tmp_path: Path) -> None:
@@ -62,7 +76,9 @@ def test_check_config_reports_every_problem_with_its_key_path(tmp_path: Path) ->
     out = run_cli("check-config", str(path), cwd=tmp_path)
     assert out.returncode == 2
     lines = out.stderr.splitlines()
-    paths = sorted(line.split(": ", 2)[1] for line in lines)
+    # error: FILE:LINE: KEY.PATH: message
+    assert all(line.startswith(f"error: {path}:") for line in lines), lines
+    paths = sorted(line.split(": ", 3)[2] for line in lines)
     assert paths == ["dns", "fastdns.colour", "fastdns.listen", "fastdns.udp_port",
                      "hostResolver.hosts.bad.test", "hostResolver.ipv6"]  # fmt: skip
     assert all(line.startswith("error: ") for line in lines)

@@ -122,7 +122,8 @@ def test_relative_file_paths_are_relative_to_the_config_folder(tmp_path: Path) -
 
 def test_unknown_fastdns_keys_are_rejected_with_their_path() -> None:
     found = problems({"fastdns": {"listen_addr": "127.0.0.1", "udpport": 1}})
-    assert sorted(found) == ["fastdns.listen_addr: unknown key", "fastdns.udpport: unknown key"]
+    assert sorted(found) == ["fastdns.listen_addr: unknown key (did you mean 'listen'?)",
+                             "fastdns.udpport: unknown key (did you mean 'udp_port'?)"]
 
 
 def test_unknown_keys_in_nested_fastdns_sections_are_rejected() -> None:
