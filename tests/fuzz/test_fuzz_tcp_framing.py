@@ -18,6 +18,9 @@ from hypothesis import strategies as st
 from support.fuzzing import EXAMPLES, FUZZ, queries
 
 from fastdns import tcp
+from fastdns.acl import AclConfig
+from fastdns.gate import Gate
+from fastdns.ratelimit import RateLimitConfig
 from fastdns.stats import WorkerStats
 from fastdns.tcpslots import TCPSlots
 
@@ -83,8 +86,9 @@ class Framing(tcp.TCPServer):
 def state() -> Any:
     config = types.SimpleNamespace(tcp_idle_timeout=10.0, tcp_frame_timeout=2.0,
                                    tcp_max_write_buffer=256 * 1024)  # fmt: skip
+    gate = Gate(AclConfig(), RateLimitConfig())  # the default ACL: loopback may query
     return types.SimpleNamespace(draining=False, tcp_connections=TCPSlots(8, 8), config=config,
-                                 stats=WorkerStats())  # fmt: skip
+                                 stats=WorkerStats(), gate=gate)  # fmt: skip
 
 
 @st.composite
