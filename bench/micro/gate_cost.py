@@ -22,12 +22,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.micro.test_hotpath import QUERY, reply_wire
-from fastdns import wire
 from fastdns.config import build_config
-from fastdns.pipeline import Pipeline
-from fastdns.server import BATCH, ServerState, UDPServer
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.upstream import Forwarder
+from fastdns.resolve.pipeline import Pipeline
+from fastdns.serve.udp import BATCH, ServerState, UDPServer
 
 ROUNDS, WAKEUPS = 30, 200
 

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.fuzzing import EXAMPLES, FUZZ, queries
 
-from fastdns import tcp
-from fastdns.stats import WorkerStats
-from fastdns.tcpslots import TCPSlots
+from fastdns.metrics.stats import WorkerStats
+from fastdns.serve import tcp
+from fastdns.serve.tcpslots import TCPSlots
 
 
 def reference_frames(stream: bytes) -> tuple[list[bytes], bytes]:

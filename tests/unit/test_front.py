@@ -17,13 +17,13 @@ import dns.message
 import dns.rrset
 import pytest
 
-from fastdns import wire
 from fastdns.config import build_config
-from fastdns.front import Front, FrontTable
-from fastdns.pipeline import Pipeline
-from fastdns.server import ServerState, UDPServer
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.cache.front import Front, FrontTable
+from fastdns.resolve.forward.upstream import Forwarder
+from fastdns.resolve.pipeline import Pipeline
+from fastdns.serve.udp import ServerState, UDPServer
 
 T0 = 5000.0
 CLIENT = ("127.0.0.1", 0)

@@ -15,12 +15,12 @@ from typing import Any
 import dns.message
 import pytest
 
-from fastdns import wire
 from fastdns.config import build_config
-from fastdns.pipeline import Pipeline
-from fastdns.server import ServerState, UDPServer
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.upstream import Forwarder
+from fastdns.resolve.pipeline import Pipeline
+from fastdns.serve.udp import ServerState, UDPServer
 
 ROUNDS, ITERATIONS = 20, 2000
 ADDR = ("127.0.0.1", 5353)

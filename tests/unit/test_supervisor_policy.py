@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from fastdns import supervisor as sup
 from fastdns.config import Config
 from fastdns.errors import ExitCode, HaltServer
+from fastdns.supervise import arbiter as sup
 
 
 class Clock:
