@@ -76,7 +76,7 @@ def main() -> None:
             sock.left = BATCH
             server._on_readable()
         per_hit.append((time.perf_counter() - t0) / (WAKEUPS * BATCH) * 1e6)
-    server.state.flush_fronts()
+    server.state.accounting.flush_fronts()
     hits = server.state.stats.counters.get(("cache_hits", "success"), 0)
     print(f"{statistics.median(per_hit):.3f} us per hit (min {min(per_hit):.3f}); "
           f"hits counted {hits}")  # fmt: skip

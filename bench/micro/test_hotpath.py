@@ -169,7 +169,7 @@ def test_udp_cache_hit_fast_lane(benchmark: Any, server: UDPServer) -> None:
     benchmark.group = "hotpath"
     benchmark.pedantic(server._on_readable, setup=one_query, rounds=ROUNDS * 100,
                        warmup_rounds=10)  # fmt: skip
-    server.state.flush_fronts()
+    server.state.accounting.flush_fronts()
     assert server.state.stats.counters["cache_hits", "success"] >= 2  # 2: --benchmark-disable
     assert server.loop is not None
     loop = server.loop

@@ -34,6 +34,7 @@ from fastdns.resolve.resolvconf import plan_upstreams, read_resolv_conf
 from fastdns.rules.ifaddrs import interface_addresses
 from fastdns.rules.iptables import IptablesError, IptablesMissing, RulesManager
 from fastdns.rules.plan import NoInterface, RulePlan, RulesError, plan_for
+from fastdns.system.statefile import write_json
 
 logger = logging.getLogger("fastdns.rules")
 
@@ -46,10 +47,7 @@ CH = 3  # class CHAOS: fastdns answers it at once (REFUSED), without forwarding
 
 def write_ports_file(path: str, udp_port: int, tcp_port: int) -> None:
     """Atomically write ``{"udp_port": u, "tcp_port": t}`` (the supervisor → rules channel)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"udp_port": udp_port, "tcp_port": tcp_port}, fh)
-    os.replace(tmp, path)
+    write_json(path, {"udp_port": udp_port, "tcp_port": tcp_port}, sync=False)
 
 
 def read_ports_file(path: str | None) -> tuple[int, int] | None:

@@ -2,8 +2,7 @@
 query, and the fold of the UDP fast lane's per-form counts into the same series.
 
 Plain counters and histograms (``fastdns.stats``): no prometheus-client, no lock, no syscall
-per query. ``ServerState`` inherits this, so the hot path calls ``record`` with no extra
-frame.
+per query. ``ServerState`` holds one (``state.accounting``).
 """
 
 from __future__ import annotations

@@ -295,7 +295,7 @@ class TCPServer(asyncio.Protocol):
             reply = cache.get(q, t0, tcp=True)
             if reply is not None:
                 self._write(reply)
-                state.record("tcp", q, Resolved(reply, "cache"), len(frame), t0)
+                state.accounting.record("tcp", q, Resolved(reply, "cache"), len(frame), t0)
                 return
         res = state.pipeline.answer_now(q)
         if res is None and state.full():
@@ -303,7 +303,7 @@ class TCPServer(asyncio.Protocol):
             res = Resolved(wire.error_reply(q, wire.REFUSED), "server")
         if res is not None:
             self._write(res.reply)
-            state.record("tcp", q, res, len(frame), t0)
+            state.accounting.record("tcp", q, res, len(frame), t0)
             return
         self.pending += 1
         state.spawn(self._answer(q, len(frame), t0))
@@ -317,7 +317,7 @@ class TCPServer(asyncio.Protocol):
             res = Resolved(wire.error_reply(q, wire.SERVFAIL), "server")
         self.pending -= 1
         self._write(res.reply)
-        self.state.record("tcp", q, res, size, t0)
+        self.state.accounting.record("tcp", q, res, size, t0)
         transport = self.transport
         if transport is None or transport.is_closing():
             return

@@ -39,12 +39,15 @@ MAX_DATAGRAM = 65535  # a UDP query is read whole whatever its size (then judged
 MAX_BACKLOG = 4096  # replies waiting for a full socket buffer to drain; more are dropped
 
 
-class ServerState(Accounting):
+class ServerState:
     """In-flight tasks, shared by the UDP and TCP servers of one worker (for draining), and
     the per-query accounting (``fastdns.accounting``)."""
 
     def __init__(self, config: Config, pipeline: Pipeline, stats: WorkerStats) -> None:
-        super().__init__(stats, pipeline.cache)
+        self.stats = stats
+        self.cache = pipeline.cache
+        # Per-query accounting, held (not inherited): one attribute load per query.
+        self.accounting = Accounting(stats, pipeline.cache)
         self.config = config
         self.pipeline = pipeline
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -192,7 +195,7 @@ class UDPServer:
                     f.n += 1
                     f.dur += t - t0
                 else:
-                    self.state.late_front_hit(f, t - t0)
+                    self.state.accounting.late_front_hit(f, t - t0)
                 continue
             self._full(data, addr, f)
             t = clock()
@@ -278,7 +281,7 @@ class UDPServer:
             hit = cache.renew(f, data, t0)  # the same bytes as an earlier hit: no parse
             if hit is not None:  # (reply, the earlier query with these bytes)
                 self._reply(hit[0], addr)
-                state.record("udp", hit[1], Resolved(hit[0], "cache"), len(data), t0)
+                state.accounting.record("udp", hit[1], Resolved(hit[0], "cache"), len(data), t0)
                 return
         try:
             q = wire.parse_query(data)
@@ -292,7 +295,7 @@ class UDPServer:
             reply = cache.get(q, t0)
             if reply is not None:
                 self._reply(reply, addr)
-                state.record("udp", q, Resolved(reply, "cache"), len(data), t0)
+                state.accounting.record("udp", q, Resolved(reply, "cache"), len(data), t0)
                 return
         res = state.pipeline.answer_now(q)
         if res is not None:
@@ -329,7 +332,7 @@ class UDPServer:
                 reply = wire.error_reply(q, wire.SERVFAIL)
             res = Resolved(reply, res.source)
         self._reply(reply, addr)
-        self.state.record("udp", q, res, size, t0)
+        self.state.accounting.record("udp", q, res, size, t0)
 
     def _reply(self, reply: bytes, addr: Any) -> None:
         if len(reply) > UNIT and self.gate.limiter is not None:

@@ -388,7 +388,7 @@ class WorkerReporter:
         if worker.state is not None:
             # Fast-lane hits are counted per form; fold them into the per-query stats (and
             # the served count) once a tick, here, and at the last report.
-            worker.state.flush_fronts()
+            worker.state.accounting.flush_fronts()
         if self.status.path:
             worker.sample_gauges()
             self.status.send(worker_message(self.slot, os.getpid(), self.generation,

@@ -17,51 +17,46 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 import select
 import signal
-import socket
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
-from typing import Any, Literal
+from typing import Any
 
-from fastdns.config import Config, load_config
-from fastdns.errors import BootError, ConfigError, ExitCode, HaltServer
+from fastdns.config import Config
+from fastdns.errors import BootError, ExitCode, HaltServer
 from fastdns.ipc import StatusSender, split_messages
-from fastdns.metrics.stats import supervisor_message
-from fastdns.policy import acl, ratelimit
-from fastdns.supervise import rundir
-from fastdns.supervise.children import child_metrics, child_rules, child_worker, run_child
+from fastdns.supervise import children, rundir
+from fastdns.supervise.binding import bind_first, bound_port
+from fastdns.supervise.children import (
+    Child,
+    Kind,
+    SlotState,
+    child_metrics,
+    child_rules,
+    run_child,
+)
+from fastdns.supervise.exits import ChildExits
+from fastdns.supervise.generations import STOP_GRACE, Generation, Generations
+from fastdns.supervise.statefile import StatePublisher
 from fastdns.system import process
 from fastdns.system.process import Credentials
-from fastdns.system.sockets import bind_tcp, bind_udp
+from fastdns.system.statefile import write_state
 
 logger = logging.getLogger(__name__)
 
 TICK = 1.0  # longest wait of the supervisor loop
-BACKOFF_BASE = 0.1  # first restart delay of a slot; doubles per crash ...
-BACKOFF_MAX = 10.0  # ... up to this
-HEALTHY_AFTER = 30.0  # a child that lived this long resets its slot's backoff
-CRASH_LIMIT = 10  # more crashes than this within CRASH_WINDOW halt the service
-CRASH_WINDOW = 60.0
-BOOT_TIMEOUT = 10.0  # least time a new worker gets to send its first heartbeat
-KILL_AFTER_ABORT = 1.0  # a stalled worker still alive this long after SIGABRT gets SIGKILL
-STOP_GRACE = 2.0  # beyond graceful_timeout before SIGKILL at shutdown or retirement
 RULES_STOP_TIMEOUT = 5.0  # the rules process removes its DNAT within this at shutdown
-STATE_MIN_INTERVAL = 1.0  # rewrite the state file for served counts at most this often
 
 HANDLED_SIGNALS = (
     signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP,
     signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
 )  # fmt: skip
-
-Kind = Literal["worker", "metrics", "rules"]
 
 
 class _Stop(Exception):
@@ -72,121 +67,7 @@ class _Stop(Exception):
         self.fast = fast
 
 
-@dataclass(eq=False)
-class Generation:
-    """One configuration's set of workers; a reload starts a new one."""
-
-    number: int
-    config: Config
-    udp_port: int
-    tcp_port: int
-    size: int
-    user: Credentials | None = None
-    # The first worker's sockets (UDP, TCP; None where the port is already bound by a running
-    # generation), bound by the supervisor, until that worker is forked.
-    prebound: tuple[socket.socket | None, socket.socket | None] | None = None
-
-    def close_prebound(self) -> None:
-        if self.prebound is not None:
-            for sock in self.prebound:
-                if sock is not None:
-                    sock.close()
-            self.prebound = None
-
-    def prebound_fds(self) -> list[int]:
-        return [s.fileno() for s in self.prebound or () if s is not None]
-
-
-@dataclass(eq=False)
-class Child:
-    kind: Kind
-    pid: int
-    control_fd: int  # read end of the child's control pipe; -1 once closed
-    started: float
-    slot: int = 0
-    generation: int = 0
-    config: Config | None = None
-    last_beat: float = 0.0
-    ready: bool = False
-    served: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
-    buffer: bytes = b""
-    eof: bool = False
-    stopping: bool = False  # we asked it to exit: its exit is not a crash
-    kill_at: float | None = None  # SIGKILL it at this time if it is still there
-    timed_out: bool = False  # the watchdog aborted it
-    stop_signal: int = 0  # the signal we sent it to stop: dying of it is no crash
-    boot_error: str = ""  # why it could not start, as it reported it
-    error: str = ""  # the exception it died of, as it reported it
-
-    @property
-    def name(self) -> str:
-        return f"worker {self.slot}" if self.kind == "worker" else f"{self.kind} process"
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.kind, self.slot)
-
-
-@dataclass
-class SlotState:
-    """Restart backoff of one slot (a worker slot, or the metrics or rules process)."""
-
-    crashes: int = 0
-    next_start: float = 0.0
-    was_up: bool = False  # a child in this slot reported ready once
-
-
-def write_state(path: str | None, state: dict[str, Any], *, echo: bool = True,
-                sync: bool = True) -> None:  # fmt: skip
-    """Print ``state`` as one JSON line (``echo``) and write it atomically to ``path``."""
-    line = json.dumps(state, sort_keys=True)
-    if echo:
-        with contextlib.suppress(OSError, ValueError):  # nobody reads stdout any more
-            print(line, flush=True)
-    if not path:
-        return
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(line + "\n")
-        if sync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def bind_first(
-    config: Config, *, udp: bool = True, tcp: bool = True
-) -> tuple[socket.socket | None, socket.socket | None]:
-    """Bind the first worker's UDP and/or TCP socket (``BootError`` when not possible).
-
-    A fixed port is first bound without SO_REUSEPORT and released: that fails when anything
-    holds the port, even a SO_REUSEPORT socket of another fastdns under the same uid, whose
-    group we would otherwise silently join and share traffic with. Port 0 needs no probe:
-    the kernel hands out a port nobody holds, and the workers then join it.
-    """
-    jobs: tuple[tuple[bool, int, Callable[..., socket.socket]], ...] = (
-        (udp, config.udp_port, bind_udp), (tcp, config.tcp_port, bind_tcp))  # fmt: skip
-    for wanted, port, bind in jobs:
-        if wanted and port:
-            bind(config.listen, port).close()
-    socks: list[socket.socket | None] = []
-    try:
-        for wanted, port, bind in jobs:
-            socks.append(bind(config.listen, port, reuse_port=True) if wanted else None)
-    except BaseException:
-        for sock in socks:
-            if sock is not None:
-                sock.close()
-        raise
-    return socks[0], socks[1]
-
-
-def _port(sock: socket.socket | None, default: int) -> int:
-    return int(sock.getsockname()[1]) if sock is not None else default
-
-
-class Supervisor:
+class Supervisor(Generations, ChildExits, StatePublisher):
     """Runs the service until a stop signal (returns 0) or ``HaltServer``."""
 
     def __init__(
@@ -237,8 +118,8 @@ class Supervisor:
             rundir.remove_stale(owners=owners)  # left by a supervisor killed with SIGKILL
             self._prepare_run_dir(gen.config, gen.user)
             gen.prebound = bind_first(gen.config)
-            gen.udp_port = _port(gen.prebound[0], 0)
-            gen.tcp_port = _port(gen.prebound[1], 0)
+            gen.udp_port = bound_port(gen.prebound[0], 0)
+            gen.tcp_port = bound_port(gen.prebound[1], 0)
             self._install_signals()
             while True:
                 self._step()
@@ -347,53 +228,6 @@ class Supervisor:
             self.current.size -= 1
         logger.info("SIGTTOU: %d workers", self.current.size)
 
-    def handle_hup(self) -> None:
-        """Reload: validate, start a new generation; the old one retires once it serves."""
-        path = self.config.path
-        try:
-            config = load_config(path)
-            user = process.resolve_user(config.user)
-            self._prepare_run_dir(config, user)
-        except (ConfigError, BootError) as e:
-            problems = e.problems if isinstance(e, ConfigError) else [str(e)]
-            logger.error("SIGHUP: reload of %s failed, keeping the running config: %s",
-                         path, "; ".join(problems))  # fmt: skip
-            return
-        for warning in config.warnings:
-            logger.warning("%s", warning)
-        base = self.serving or self.current
-        # A port whose address and configured number did not change stays bound by the
-        # running workers: the new ones join it. Others are bound here first.
-        same = config.listen == base.config.listen
-        keep_udp = same and config.udp_port == base.config.udp_port
-        keep_tcp = same and config.tcp_port == base.config.tcp_port
-        try:
-            socks = bind_first(config, udp=not keep_udp, tcp=not keep_tcp)
-        except BootError as e:
-            logger.error("SIGHUP: reload of %s failed, keeping the running config: %s",
-                         path, e)  # fmt: skip
-            return
-        # SIGTTIN/SIGTTOU adjustments survive a reload that leaves ``workers`` as it was (an
-        # operator who scaled up and then edited something else keeps the workers they added).
-        # (--workers fixes the count across reloads, so it always keeps the current size.)
-        latest = self.current
-        same_count = config.worker_count() == latest.config.worker_count()
-        size = latest.size if self.workers_override or same_count else config.worker_count()
-        new = Generation(next(self.generations), config, _port(socks[0], base.udp_port),
-                         _port(socks[1], base.tcp_port), size, user, socks)  # fmt: skip
-        if self.current is not self.serving:
-            self._abandon(self.current, "superseded by a newer reload")
-        self.current = new
-        number = new.number
-        logger.info("SIGHUP: reloaded %s; starting worker generation %d", path, number)
-        metrics = self._live("metrics")
-        if metrics is not None and metrics.config is not None and (
-            metrics.config.metrics != config.metrics):  # fmt: skip
-            self._retire(metrics)
-
-    # -----------------------------------------------------------------------------------
-    # Spawning
-
     def _fork(self, keep: Iterable[int]) -> int:
         """fork(); in the child also reset signals and close every supervisor fd not kept."""
         for stream in (sys.stdout, sys.stderr):
@@ -460,29 +294,6 @@ class Supervisor:
         self.children[pid] = child
         logger.debug("started %s (pid %d)", child.name, pid)
         return child
-
-    def _spawn_worker(self, gen: Generation, slot: int) -> None:
-        socks = gen.prebound
-        stats_path, parent = self.stats_path, os.getpid()
-
-        def run(control_fd: int) -> None:
-            child_worker(gen.config, slot, gen.number, gen.udp_port, gen.tcp_port, control_fd,
-                         stats_path, socks, gen.user, parent)  # fmt: skip
-
-        self._spawn("worker", slot, run, gen.config, gen.prebound_fds(), gen.number)
-        gen.close_prebound()  # the worker has them now; a copy here would blackhole flows
-
-    def _manage_workers(self) -> None:
-        if self.stopping:
-            return
-        gen, now = self.current, self.clock()
-        running = {c.slot: c for c in self._workers(gen.number) if not c.stopping}
-        for slot in range(gen.size):
-            if slot not in running and self._slot(("worker", slot)).next_start <= now:
-                self._spawn_worker(gen, slot)
-        for slot, child in running.items():
-            if slot >= gen.size:
-                self._retire(child)
 
     def _manage_metrics(self) -> None:
         config = self.config
@@ -584,205 +395,6 @@ class Supervisor:
             self._slot(child.key).was_up = True
             logger.debug("%s (pid %d) serves", child.name, child.pid)
 
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            child = self.children.pop(pid, None)
-            if child is None:
-                continue  # not ours (e.g. when running as PID 1)
-            if child.control_fd >= 0:
-                if not child.eof:
-                    self._read_control(child)  # a boot error written just before exiting
-                os.close(child.control_fd)
-                child.control_fd = -1
-            self._on_exit(child, os.waitstatus_to_exitcode(status))
-
-    def _on_exit(self, child: Child, code: int) -> None:
-        how = _describe_exit(code)
-        if child.stopping or self.stopping:
-            # Dying of the signal we sent (a worker still booting keeps SIGTERM's default
-            # action) is as expected as exiting 0.
-            if code != 0 and child.stop_signal != 0 and code == -child.stop_signal:
-                how = f"stopped by {signal.Signals(child.stop_signal).name}"
-            level = logging.INFO if code == 0 or how.startswith("stopped") else logging.WARNING
-            logger.log(level, "%s (pid %d) %s", child.name, child.pid, how)
-            return
-        now = self.clock()
-        retry = child.ready or child.timed_out or (code < 0 and self._was_up(child))
-        if code == ExitCode.BOOT_ERROR or not retry:
-            # A child that fails before it is up will fail again: halt instead of looping
-            # (gunicorn's WORKER_BOOT_ERROR). A stalled boot (watchdog) is retried below, and
-            # so is a replacement killed by a signal while booting (the OOM killer, an
-            # operator): its slot served before, so the signal is no verdict on the config.
-            reason = child.boot_error or child.error or how
-            if (child.kind == "worker" and self.serving is not None
-                    and child.generation == self.current.number
-                    and self.current is not self.serving):  # fmt: skip
-                logger.error("reload failed: %s of generation %d could not start: %s; "
-                             "keeping generation %d", child.name, child.generation, reason,
-                             self.serving.number)  # fmt: skip
-                self._abandon(self.current, "its reload failed")
-                self.current = self.serving
-                return
-            raise HaltServer(f"{child.name} could not start: {reason}", ExitCode.BOOT_ERROR)
-        if child.timed_out:
-            reason = "timeout"
-        elif code < 0:
-            reason = "signal"
-        else:
-            reason = "crash" if code else "exit"
-        oom = code == -signal.SIGKILL and not child.timed_out
-        hint = " (perhaps out of memory?)" if oom else ""
-        logger.error("%s (pid %d) %s%s", child.name, child.pid, how, hint)
-        if child.kind == "worker":
-            self.restarts[(child.slot, reason)] += 1
-        self.crashes.append(now)
-        while self.crashes and self.crashes[0] < now - CRASH_WINDOW:
-            self.crashes.popleft()
-        if len(self.crashes) > CRASH_LIMIT:
-            raise HaltServer(f"{len(self.crashes)} crashes within {CRASH_WINDOW:g}s: giving up",
-                             ExitCode.CRASH_LOOP)  # fmt: skip
-        state = self._slot(child.key)
-        if now - child.started >= HEALTHY_AFTER:
-            state.crashes = 0
-        delay = min(BACKOFF_BASE * 2**state.crashes, BACKOFF_MAX)
-        state.crashes += 1
-        state.next_start = now + delay
-        if child.kind != "worker" or child.generation == self.current.number:
-            logger.info("restarting %s in %.1fs", child.name, delay)
-
-    def _murder_stalled(self) -> None:
-        """Abort workers whose loop fell silent; SIGKILL what outstays a deadline."""
-        now = self.clock()
-        for child in list(self.children.values()):
-            if child.kill_at is not None and now >= child.kill_at:
-                logger.error("%s (pid %d) did not exit in time: SIGKILL", child.name, child.pid)
-                _kill(child.pid, signal.SIGKILL)
-                child.kill_at = None
-                continue
-            if child.kind != "worker" or child.timed_out or child.stopping:
-                continue  # a draining worker no longer ticks: kill_at bounds it instead
-            if child.config is None:
-                continue
-            limit = child.config.worker_timeout
-            if not child.ready:
-                limit = max(limit, BOOT_TIMEOUT)
-            silent = now - child.last_beat
-            if silent > limit:
-                logger.error("%s (pid %d) sent no heartbeat for %.1fs: aborting it",
-                             child.name, child.pid, silent)  # fmt: skip
-                child.timed_out = True
-                _kill(child.pid, signal.SIGABRT)
-                child.kill_at = now + KILL_AFTER_ABORT
-
-    def _retire(self, child: Child, timeout: float | None = None) -> None:
-        """Ask a child to stop (SIGTERM: drain and exit); SIGKILL it if it takes too long."""
-        if child.stopping:
-            return
-        child.stopping = True
-        if timeout is None:
-            timeout = (child.config or self.config).graceful_timeout + STOP_GRACE
-        child.kill_at = self.clock() + timeout
-        child.stop_signal = signal.SIGTERM
-        _kill(child.pid, signal.SIGTERM)
-
-    def _abandon(self, gen: Generation, why: str) -> None:
-        """Stop a generation that never served as a whole (a newer reload, a failed one)."""
-        gen.close_prebound()
-        workers = list(self._workers(gen.number))
-        if workers:
-            logger.info("stopping worker generation %d: %s", gen.number, why)
-        for child in workers:
-            self._retire(child)
-
-    # -----------------------------------------------------------------------------------
-    # Readiness and the state file
-
-    def _check_generations(self) -> None:
-        gen = self.current
-        if gen is self.serving:
-            return
-        ready = {c.slot for c in self._workers(gen.number) if c.ready and not c.stopping}
-        if not ready.issuperset(range(gen.size)):
-            return
-        old, self.serving = self.serving, gen
-        if old is None:
-            logger.info("serving DNS on %s udp/%d tcp/%d with %d workers; acl: %s; %s",
-                        gen.config.listen, gen.udp_port, gen.tcp_port, gen.size,
-                        acl.describe(gen.config.acl),
-                        ratelimit.describe(gen.config.ratelimit))  # fmt: skip
-            return
-        logger.info("worker generation %d serves: retiring generation %d", gen.number,
-                    old.number)  # fmt: skip
-        old.close_prebound()
-        for child in self.children.values():
-            if child.kind == "worker" and child.generation != gen.number:
-                self._retire(child)
-        rules = self._live("rules")
-        if rules is not None and gen.config.rules.enabled and self.ports_path is not None:
-            # New ports (if any) through the ports file, then SIGHUP: it re-reads the config
-            # and reconciles, moving the DNAT without removing it.
-            write_state(self.ports_path, {"udp_port": gen.udp_port, "tcp_port": gen.tcp_port},
-                        echo=False)  # fmt: skip
-            _kill(rules.pid, signal.SIGHUP)
-
-    def _state(self) -> dict[str, Any] | None:
-        gen = self.serving
-        if gen is None:
-            return None
-        workers = sorted((c for c in self._workers(gen.number) if c.ready and not c.stopping),
-                         key=lambda c: c.slot)  # fmt: skip
-        state: dict[str, Any] = {
-            "udp_port": gen.udp_port,
-            "tcp_port": gen.tcp_port,
-            "listen": gen.config.listen,
-            "pid": os.getpid(),
-            "ready": bool(workers),
-            "workers": [c.pid for c in workers],
-            "served": [c.served for c in workers],
-            "generation": gen.number,
-        }
-        if self.metrics_port is not None:
-            state["metrics_port"] = self.metrics_port
-        return state
-
-    def _publish(self) -> None:
-        """Rewrite the state file when the workers change (echoed on stdout, fsynced), and at
-        most once a second for the served counts; send the status datagram."""
-        self._send_status()
-        state = self._state()
-        if state is None or self.stopping or state == self.published:
-            return
-        if self.published is None and self.config.metrics.listen and self.metrics_port is None:
-            return  # the first state names the metrics port (issue 5)
-        last = self.published or {}
-        changed = any(state.get(k) != last.get(k) for k in state if k != "served")
-        now = self.clock()
-        if not changed and now - self.published_at < STATE_MIN_INTERVAL:
-            return
-        try:
-            write_state(self.state_file, state, echo=changed, sync=changed)
-        except OSError as e:
-            logger.error("cannot write the state file %s: %s", self.state_file, e)
-        self.published, self.published_at = state, now
-
-    def _send_status(self) -> None:
-        if not self.status.path:
-            return
-        workers = [c for c in self.children.values() if c.kind == "worker" and not c.stopping]
-        restarts = [(slot, reason, n) for (slot, reason), n in sorted(self.restarts.items())]
-        self.status.send(supervisor_message(
-            os.getpid(), self.current.size, len(workers), sum(c.ready for c in workers),
-            restarts, self.stopping, self.serving is not None and not self.stopping))  # fmt: skip
-
-    # -----------------------------------------------------------------------------------
-    # Shutdown
-
     def _shutdown(self, *, fast: bool) -> None:
         """Rules first (new clients stop arriving), then workers drain, then metrics."""
         self.stopping = True
@@ -796,7 +408,7 @@ class Supervisor:
             if fast:
                 child.stopping = True
                 child.stop_signal = signal.SIGQUIT
-                _kill(child.pid, signal.SIGQUIT)
+                children.kill(child.pid, signal.SIGQUIT)
                 child.kill_at = self.clock() + STOP_GRACE
             else:
                 self._retire(child)
@@ -822,21 +434,11 @@ class Supervisor:
                     fast = True
                     for child in self.children.values():  # at once: nothing timed out
                         child.stop_signal, child.kill_at = signal.SIGKILL, None
-                        _kill(child.pid, signal.SIGKILL)
+                        children.kill(child.pid, signal.SIGKILL)
             self._reap()
             self._murder_stalled()
             self._send_status()  # /health stays 200 (and /ready 503) for the whole drain
         return fast
-
-    def _unpublish(self) -> None:
-        """Leave a state file that no longer says ready (its pid is about to be gone)."""
-        if self.published is None:
-            return
-        state = {**self.published, "ready": False, "workers": [], "served": []}
-        try:
-            write_state(self.state_file, state, echo=False)
-        except OSError as e:
-            logger.error("cannot write the state file %s: %s", self.state_file, e)
 
     def _cleanup(self) -> None:
         self._unpublish()
@@ -844,7 +446,7 @@ class Supervisor:
             if gen is not None:
                 gen.close_prebound()
         for child in self.children.values():  # only after an error in the loop itself
-            _kill(child.pid, signal.SIGKILL)
+            children.kill(child.pid, signal.SIGKILL)
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         if self.wake_w >= 0:
@@ -858,10 +460,6 @@ class Supervisor:
 
     # -----------------------------------------------------------------------------------
     # Small helpers
-
-    def _workers(self, generation: int) -> Iterable[Child]:
-        return (c for c in self.children.values()
-                if c.kind == "worker" and c.generation == generation)  # fmt: skip
 
     def _live(self, kind: Kind) -> Child | None:
         for child in self.children.values():
@@ -881,15 +479,3 @@ class Supervisor:
         return state
 
 
-def _kill(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"

@@ -14,13 +14,63 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable
-from typing import NoReturn
+from dataclasses import dataclass, field
+from typing import Any, Literal, NoReturn
 
 from fastdns.config import Config
 from fastdns.errors import BootError, ExitCode
 from fastdns.ipc import ControlWriter
 from fastdns.system import process
 from fastdns.system.process import Credentials
+
+Kind = Literal["worker", "metrics", "rules"]
+
+
+@dataclass(eq=False)
+class Child:
+    kind: Kind
+    pid: int
+    control_fd: int  # read end of the child's control pipe; -1 once closed
+    started: float
+    slot: int = 0
+    generation: int = 0
+    config: Config | None = None
+    last_beat: float = 0.0
+    ready: bool = False
+    served: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    buffer: bytes = b""
+    eof: bool = False
+    stopping: bool = False  # we asked it to exit: its exit is not a crash
+    kill_at: float | None = None  # SIGKILL it at this time if it is still there
+    timed_out: bool = False  # the watchdog aborted it
+    stop_signal: int = 0  # the signal we sent it to stop: dying of it is no crash
+    boot_error: str = ""  # why it could not start, as it reported it
+    error: str = ""  # the exception it died of, as it reported it
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.slot}" if self.kind == "worker" else f"{self.kind} process"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.kind, self.slot)
+
+
+@dataclass
+class SlotState:
+    """Restart backoff of one slot (a worker slot, or the metrics or rules process)."""
+
+    crashes: int = 0
+    next_start: float = 0.0
+    was_up: bool = False  # a child in this slot reported ready once
+
+
+def kill(pid: int, sig: int) -> None:
+    """``os.kill``, for a child that may have gone already."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
 
 ERROR_MAX = 500  # characters of a crashed child's exception passed up the control pipe
 

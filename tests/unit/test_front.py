@@ -238,7 +238,7 @@ def traffic(server: Served, clock: Clock) -> None:
 
 
 def counted(server: Served) -> tuple[dict[Any, int], dict[Any, tuple[list[int], int]]]:
-    server.state.flush_fronts()
+    server.state.accounting.flush_fronts()
     stats = server.state.stats
     counters = {k: v for k, v in stats.counters.items() if v}
     histograms = {k: (h.counts, h.n) for k, h in stats.histograms.items()}
@@ -291,7 +291,7 @@ def test_fast_hits_make_an_entry_popular_for_prefetch(
     store(server, ttl=100)
     for _ in range(6):
         ask(server, query())
-    server.state.flush_fronts()  # a tick
+    server.state.accounting.flush_fronts()  # a tick
     clock.now = T0 + 95  # 95 s after those hits: within a 120 s window, not a 60 s one
     ask(server, query())
     assert len(refreshed) == (1 if prefetched else 0)
