@@ -83,8 +83,9 @@ class Framing(tcp.TCPServer):
 def state() -> Any:
     config = types.SimpleNamespace(tcp_idle_timeout=10.0, tcp_frame_timeout=2.0,
                                    tcp_max_write_buffer=256 * 1024)  # fmt: skip
+    gate = types.SimpleNamespace(allows=lambda source: True)  # every source may query
     return types.SimpleNamespace(draining=False, tcp_connections=TCPSlots(8, 8), config=config,
-                                 stats=WorkerStats())  # fmt: skip
+                                 stats=WorkerStats(), gate=gate)  # fmt: skip
 
 
 @st.composite
