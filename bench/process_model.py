@@ -35,7 +35,7 @@ UPSTREAM = "127.0.0.53"
 NAMES = 1000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NO_DETACH = (
-    "import sys, fastdns.sockets as s\n"
+    "import sys, fastdns.system.sockets as s\n"
     "s.leave_reuseport_group = lambda sock: False\n"
     "from fastdns.cli import main\n"
     "sys.argv[0] = 'fastdns'\n"

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="worker processes (default: fastdns.workers, else CPUs)")  # fmt: skip
     check = sub.add_parser("check-config", help="validate a lima.yaml; exit 2 when invalid")
     check.add_argument("config")
-    from fastdns.cli_rules import add_parsers  # rules show|apply|remove|run, guest-script
+    from fastdns.rules.cli import add_parsers  # rules show|apply|remove|run, guest-script
 
     add_parsers(sub)
     return p
@@ -65,7 +65,7 @@ def cmd_check_config(path: str) -> int:
         for problem in e.problems:
             print(f"error: {problem}", file=sys.stderr)
         return ExitCode.USAGE
-    from fastdns.hosts import StaticHosts  # pure tables: no sockets, loops or c-ares
+    from fastdns.resolve.hosts import StaticHosts  # pure tables: no sockets, loops or c-ares
 
     cycles = StaticHosts.from_pairs(cfg.hosts, log=False).cycle_warnings() if cfg.enabled else []
     for warning in [*cfg.warnings, *cycles]:
@@ -76,7 +76,7 @@ def cmd_check_config(path: str) -> int:
 
 def cmd_serve(cfg: Config, state_file: str | None, workers: int | None = None) -> int:
     """Run the supervisor (it forks the workers) until SIGTERM/SIGINT."""
-    from fastdns.supervisor import Supervisor
+    from fastdns.supervise.arbiter import Supervisor
 
     return Supervisor(cfg, state_file=state_file, workers=workers).run()
 
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return cmd_check_config(args.config)
     if args.command in ("rules", "guest-script"):
-        from fastdns.cli_rules import main as rules_main
+        from fastdns.rules.cli import main as rules_main
 
         return rules_main(args)
     configure_logging(args.log_level)

@@ -16,7 +16,6 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from fastdns.acl import ACL_ACTIONS, AclConfig, parse_cidr
 from fastdns.configfile import (
     Source,
     did_you_mean,
@@ -24,9 +23,10 @@ from fastdns.configfile import (
     top_level_typos,
     unknown_host_resolver_keys,
 )
+from fastdns.dns.wire import name_to_wire
 from fastdns.errors import ConfigError
-from fastdns.ratelimit import RateLimitConfig
-from fastdns.wire import name_to_wire
+from fastdns.policy.acl import ACL_ACTIONS, AclConfig, parse_cidr
+from fastdns.policy.ratelimit import RateLimitConfig
 
 logger = logging.getLogger(__name__)
 

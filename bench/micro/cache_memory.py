@@ -17,12 +17,12 @@ from typing import Any
 import dns.message
 import dns.rrset
 
-from fastdns import wire
 from fastdns.config import build_config
-from fastdns.pipeline import Pipeline
-from fastdns.server import ServerState, UDPServer
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.upstream import Forwarder
+from fastdns.resolve.pipeline import Pipeline
+from fastdns.serve.udp import ServerState, UDPServer
 
 SOA = "bench.example. 3600 IN SOA ns.bench.example. host.bench.example. 1 3600 600 86400 60"
 

@@ -22,12 +22,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.micro.test_hotpath import QUERY, reply_wire
-from fastdns import wire
 from fastdns.config import build_config
-from fastdns.pipeline import Pipeline
-from fastdns.server import BATCH, ServerState, UDPServer
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.upstream import Forwarder
+from fastdns.resolve.pipeline import Pipeline
+from fastdns.serve.udp import BATCH, ServerState, UDPServer
 
 ROUNDS, WAKEUPS = 30, 200
 
@@ -76,7 +76,7 @@ def main() -> None:
             sock.left = BATCH
             server._on_readable()
         per_hit.append((time.perf_counter() - t0) / (WAKEUPS * BATCH) * 1e6)
-    server.state.flush_fronts()
+    server.state.accounting.flush_fronts()
     hits = server.state.stats.counters.get(("cache_hits", "success"), 0)
     print(f"{statistics.median(per_hit):.3f} us per hit (min {min(per_hit):.3f}); "
           f"hits counted {hits}")  # fmt: skip

@@ -18,10 +18,10 @@ import dns.message
 import dns.rrset
 import pytest
 
-from fastdns import wire
-from fastdns.resolvconf import UpstreamPlan
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder, UdpChannel
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.upstream import Forwarder, UdpChannel
+from fastdns.resolve.resolvconf import UpstreamPlan
 
 ROUNDS, BATCH = 20, 500
 SERVER = ("127.0.0.2", 53)

@@ -22,13 +22,13 @@ import dns.message
 import dns.rrset
 import pytest
 
-from fastdns import wire
-from fastdns.cache import STALE, PacketCache, _retime
 from fastdns.config import CacheConfig, build_config
-from fastdns.pipeline import Pipeline
-from fastdns.server import ServerState, UDPServer
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.cache.store import STALE, PacketCache, _retime
+from fastdns.resolve.forward.upstream import Forwarder
+from fastdns.resolve.pipeline import Pipeline
+from fastdns.serve.udp import ServerState, UDPServer
 
 ROUNDS, ITERATIONS = 20, 2000
 ADDR = ("127.0.0.1", 5353)
@@ -169,7 +169,7 @@ def test_udp_cache_hit_fast_lane(benchmark: Any, server: UDPServer) -> None:
     benchmark.group = "hotpath"
     benchmark.pedantic(server._on_readable, setup=one_query, rounds=ROUNDS * 100,
                        warmup_rounds=10)  # fmt: skip
-    server.state.flush_fronts()
+    server.state.accounting.flush_fronts()
     assert server.state.stats.counters["cache_hits", "success"] >= 2  # 2: --benchmark-disable
     assert server.loop is not None
     loop = server.loop

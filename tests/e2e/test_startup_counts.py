@@ -119,7 +119,7 @@ def _bounded_label_sets(metric: Any, context: dict[str, str], to: str) -> list[d
     """Every label set of ``metric`` when all its labels come from fixed sets (the
     definition's ``values``, constants of its sources, the per-instance server/family, the
     configured upstream); [] otherwise or above the documented cap."""
-    from fastdns.metrics import INITIAL_SERIES_CAP, SOURCES
+    from fastdns.metrics.definitions import INITIAL_SERIES_CAP, SOURCES
 
     consts: dict[str, set[str]] = {}
     for sources in SOURCES.values():
@@ -151,7 +151,7 @@ def _bounded_label_sets(metric: Any, context: dict[str, str], to: str) -> list[d
 def test_every_bounded_counter_and_histogram_series_exists_at_start(
     fastdns_factory: Any, upstream: Any
 ) -> None:
-    from fastdns.metrics import METRICS
+    from fastdns.metrics.definitions import METRICS
 
     fdp = fastdns_factory(config(), upstreams=[upstream])
     s = _first_report(fdp)

@@ -16,10 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.fuzzing import FUZZ
 
-from fastdns import wire
 from fastdns.config import canonical_name
-from fastdns.hosts import HostsFile
-from fastdns.resolvconf import parse_resolv_conf
+from fastdns.dns import wire
+from fastdns.resolve.hosts import HostsFile
+from fastdns.resolve.resolvconf import parse_resolv_conf
 
 WORDS = st.sampled_from((
     "nameserver", "search", "domain", "options", "ndots:", "timeout:", "attempts:", "rotate",

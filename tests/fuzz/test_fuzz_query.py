@@ -20,9 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.fuzzing import FUZZ, queries, reply_to, valid_queries
 
-from fastdns import wire
-from fastdns.cache import PacketCache
 from fastdns.config import CacheConfig
+from fastdns.dns import wire
+from fastdns.resolve.cache.store import PacketCache
 
 ALLOWED_RCODES = (None, wire.FORMERR, wire.NOTIMP)
 

@@ -24,12 +24,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.fuzzing import FUZZ, exchanges
 
-from fastdns import wire
-from fastdns.admission import classify
-from fastdns.cache import PacketCache
 from fastdns.config import CacheConfig
-from fastdns.stats import WorkerStats
-from fastdns.upstream import UdpChannel
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.cache.admission import classify
+from fastdns.resolve.cache.store import PacketCache
+from fastdns.resolve.forward.upstream import UdpChannel
 
 
 class Waiter:

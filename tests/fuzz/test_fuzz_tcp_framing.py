@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.fuzzing import EXAMPLES, FUZZ, queries
 
-from fastdns import tcp
-from fastdns.acl import AclConfig
-from fastdns.gate import Gate
-from fastdns.ratelimit import RateLimitConfig
-from fastdns.stats import WorkerStats
-from fastdns.tcpslots import TCPSlots
+from fastdns.metrics.stats import WorkerStats
+from fastdns.policy.acl import AclConfig
+from fastdns.policy.ratelimit import RateLimitConfig
+from fastdns.serve import tcp
+from fastdns.serve.gate import Gate
+from fastdns.serve.tcpslots import TCPSlots
 
 
 def reference_frames(stream: bytes) -> tuple[list[bytes], bytes]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fastdns.metrics import BY_NAME
+from fastdns.metrics.definitions import BY_NAME
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"

@@ -25,7 +25,7 @@ from support.server import child_env
 
 from fastdns.errors import ExitCode
 from fastdns.ipc import StatusSender, split_messages
-from fastdns.stats import WorkerStats, supervisor_message, worker_message
+from fastdns.metrics.stats import WorkerStats, supervisor_message, worker_message
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ SERVER = "dns://127.0.0.1:5300"
 CHILD = """
 import json, sys
 from fastdns.config import build_config
-from fastdns.metrics import metrics_main
+from fastdns.metrics.main import metrics_main
 raise SystemExit(metrics_main(build_config(json.loads(sys.argv[1])), sys.argv[2],
                               int(sys.argv[3])))
 """

@@ -24,7 +24,7 @@ from support.inproc import InProcessFactory, InProcessServer
 from support.server import write_resolv_conf
 from support.upstream import FakeUpstream, dead_address
 
-from fastdns import wire
+from fastdns.dns import wire
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pytest
 from support.fixtures import UpstreamFactory
 from support.upstream import FakeUpstream
 
-from fastdns.cares import AresDriver, E, keep_txt_strings, query_cache_ttl
-from fastdns.worker import new_event_loop
+from fastdns.resolve.native.cares import AresDriver, E, keep_txt_strings, query_cache_ttl
+from fastdns.serve.worker import new_event_loop
 
 pytestmark = pytest.mark.integration
 

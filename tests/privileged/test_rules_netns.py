@@ -43,7 +43,7 @@ from support.netns import (
 )
 from support.server import FastDNSProcess, child_env
 
-from fastdns.rules import normalized
+from fastdns.rules.plan import normalized
 
 pytestmark = pytest.mark.privileged
 
@@ -138,7 +138,7 @@ class RulesRun:
         self.last: dict[str, Any] = {}
 
     def write_ports(self, fdp: FastDNSProcess) -> None:
-        from fastdns.rules import write_ports_file
+        from fastdns.rules.main import write_ports_file
 
         write_ports_file(str(self.ports), fdp.udp_port, fdp.tcp_port)
 

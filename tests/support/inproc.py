@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fastdns.config import Config, build_config
-from fastdns.sockets import bind_tcp, bind_udp
-from fastdns.worker import Worker, new_event_loop
+from fastdns.serve.worker import Worker, new_event_loop
+from fastdns.system.sockets import bind_tcp, bind_udp
 from support.server import prepare_config
 
 T = TypeVar("T")

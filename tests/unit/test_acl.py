@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fastdns.acl import DEFAULT_ALLOW, AclConfig, NetworkSet, address, describe
 from fastdns.config import build_config
 from fastdns.errors import ConfigError
-from fastdns.gate import DENY, PASS, Gate
-from fastdns.ratelimit import RateLimitConfig
+from fastdns.policy.acl import DEFAULT_ALLOW, AclConfig, NetworkSet, address, describe
+from fastdns.policy.ratelimit import RateLimitConfig
+from fastdns.serve.gate import DENY, PASS, Gate
 
 DEFAULT = NetworkSet(DEFAULT_ALLOW)
 
@@ -58,7 +58,7 @@ def test_ipv6_networks_and_everything() -> None:
 
 
 def test_gate_caches_verdicts_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fastdns.gate.CAPACITY", 8)
+    monkeypatch.setattr("fastdns.serve.gate.CAPACITY", 8)
     gate = Gate(AclConfig(), RateLimitConfig())
     assert gate.judge("10.0.0.1") == PASS
     assert gate.judge("198.51.100.2") == DENY

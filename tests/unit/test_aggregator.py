@@ -14,10 +14,10 @@ from prometheus_client.openmetrics.parser import (
 )
 from support.metrics import Samples, counters_not_below, parse, series, total, value
 
-from fastdns.aggregator import GAUGE_STALE, SUPERVISOR_STALE, TOMBSTONE_TTL, StatsAggregator
 from fastdns.config import Config, RulesConfig, build_config
-from fastdns.metrics import TIME_BUCKETS
-from fastdns.stats import WorkerStats, rules_message, supervisor_message, worker_message
+from fastdns.metrics.aggregator import GAUGE_STALE, SUPERVISOR_STALE, TOMBSTONE_TTL, StatsAggregator
+from fastdns.metrics.definitions import TIME_BUCKETS
+from fastdns.metrics.stats import WorkerStats, rules_message, supervisor_message, worker_message
 
 SERVER = "dns://127.0.0.1:5300"
 
@@ -64,7 +64,7 @@ def report(agg: StatsAggregator, slot: int, pid: int, st: WorkerStats, gen: int 
 
 
 def scrape(agg: StatsAggregator) -> Samples:
-    from fastdns.metrics_http import make_registry
+    from fastdns.metrics.http import make_registry
 
     return parse(generate_latest(make_registry(agg)).decode())
 
@@ -279,7 +279,7 @@ def test_build_info_names_the_versions(agg: StatsAggregator) -> None:
 
 
 def test_openmetrics_exposition_parses(agg: StatsAggregator) -> None:
-    from fastdns.metrics_http import make_registry
+    from fastdns.metrics.http import make_registry
 
     report(agg, 0, 100, stats(2))
     text = generate_openmetrics(make_registry(agg)).decode()

@@ -10,9 +10,9 @@ import dns.rdatatype
 import pycares
 import pytest
 
-from fastdns import answers, wire
-from fastdns.answers import AnswerStyle, Unusable
-from fastdns.cares import TXTStrings
+from fastdns.dns import answers, wire
+from fastdns.dns.answers import AnswerStyle, Unusable
+from fastdns.resolve.native.cares import TXTStrings
 
 DEFAULT = AnswerStyle()
 LIMA = AnswerStyle(lima_compat=True)

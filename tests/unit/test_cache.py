@@ -14,13 +14,13 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from fastdns import wire
-from fastdns.admission import DENIAL, SUCCESS, classify
-from fastdns.cache import PacketCache
 from fastdns.config import CacheConfig, build_config
+from fastdns.dns import wire
 from fastdns.errors import ConfigError
-from fastdns.pipeline import Pipeline
-from fastdns.stats import WorkerStats
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.cache.admission import DENIAL, SUCCESS, classify
+from fastdns.resolve.cache.store import PacketCache
+from fastdns.resolve.pipeline import Pipeline
 
 T0 = 1000.0
 

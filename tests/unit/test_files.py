@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from fastdns.files import FILE_GRACE, GraceHold
+from fastdns.system.files import FILE_GRACE, GraceHold
 
 
 class Clock:
@@ -33,7 +33,7 @@ def test_a_blank_shorter_than_the_grace_is_held(caplog: pytest.LogCaptureFixture
     clock = Clock()
     h = hold(clock)
     assert h.check(True)
-    caplog.set_level(logging.INFO, "fastdns.files")
+    caplog.set_level(logging.INFO, "fastdns.system.files")
     for _ in range(3):  # polls during the blank
         assert h.check(False) is False
         assert h.holding
@@ -51,7 +51,7 @@ def test_a_blank_that_outlasts_the_grace_is_acted_on_once(
     clock = Clock()
     h = hold(clock)
     h.check(True)
-    caplog.set_level(logging.WARNING, "fastdns.files")
+    caplog.set_level(logging.WARNING, "fastdns.system.files")
     assert h.check(False) is False
     clock.now += 2.999
     assert h.check(False) is False
@@ -71,7 +71,7 @@ def test_the_default_grace_covers_an_in_place_rewrite_and_a_poll() -> None:
 def test_silent_hold_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     h = GraceHold("/x/hosts", "entries", clock=clock, log=False)
-    caplog.set_level(logging.DEBUG, "fastdns.files")
+    caplog.set_level(logging.DEBUG, "fastdns.system.files")
     h.check(True)
     assert h.check(False) is False
     clock.now += FILE_GRACE

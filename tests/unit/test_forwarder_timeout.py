@@ -11,10 +11,10 @@ from typing import Any
 import dns.message
 import dns.rrset
 
-from fastdns import wire
-from fastdns.resolvconf import UpstreamPlan
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder, UdpChannel
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.upstream import Forwarder, UdpChannel
+from fastdns.resolve.resolvconf import UpstreamPlan
 
 SILENT, ANSWERS = ("127.0.0.2", 53), ("127.0.0.3", 53)
 

@@ -17,13 +17,13 @@ import dns.message
 import dns.rrset
 import pytest
 
-from fastdns import wire
 from fastdns.config import build_config
-from fastdns.front import Front, FrontTable
-from fastdns.pipeline import Pipeline
-from fastdns.server import ServerState, UDPServer
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.cache.front import Front, FrontTable
+from fastdns.resolve.forward.upstream import Forwarder
+from fastdns.resolve.pipeline import Pipeline
+from fastdns.serve.udp import ServerState, UDPServer
 
 T0 = 5000.0
 CLIENT = ("127.0.0.1", 0)
@@ -238,7 +238,7 @@ def traffic(server: Served, clock: Clock) -> None:
 
 
 def counted(server: Served) -> tuple[dict[Any, int], dict[Any, tuple[list[int], int]]]:
-    server.state.flush_fronts()
+    server.state.accounting.flush_fronts()
     stats = server.state.stats
     counters = {k: v for k, v in stats.counters.items() if v}
     histograms = {k: (h.counts, h.n) for k, h in stats.histograms.items()}
@@ -291,7 +291,7 @@ def test_fast_hits_make_an_entry_popular_for_prefetch(
     store(server, ttl=100)
     for _ in range(6):
         ask(server, query())
-    server.state.flush_fronts()  # a tick
+    server.state.accounting.flush_fronts()  # a tick
     clock.now = T0 + 95  # 95 s after those hits: within a 120 s window, not a 60 s one
     ask(server, query())
     assert len(refreshed) == (1 if prefetched else 0)

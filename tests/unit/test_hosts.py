@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fastdns import wire
-from fastdns.files import FILE_GRACE, GraceHold
-from fastdns.hosts import NODATA, SERVFAIL, HostsFile, StaticAnswer, StaticHosts
+from fastdns.dns import wire
+from fastdns.resolve.hosts import NODATA, SERVFAIL, HostsFile, StaticAnswer, StaticHosts
+from fastdns.system.files import FILE_GRACE, GraceHold
 
 A, AAAA, CNAME, PTR, TXT, MX = wire.A, wire.AAAA, wire.CNAME, wire.PTR, wire.TXT, wire.MX
 
@@ -67,7 +67,7 @@ def test_no_self_cname_for_a_plain_static_host() -> None:
 
 
 def test_cycles_are_servfail_and_reported(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="fastdns.hosts"):
+    with caplog.at_level(logging.WARNING, logger="fastdns.resolve.hosts"):
         h = StaticHosts.from_pairs([("x", "y"), ("y", "x"), ("s", "s"), ("ok", "1.2.3.4")])
     assert h.cycles == {"x", "y", "s"}
     assert sum("alias cycle" in r.getMessage() for r in caplog.records) == 3

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fastdns"
-ROOTS = ("fastdns.supervisor", "fastdns.cli", "fastdns.config")
-FORBIDDEN = ("pycares", "uvloop", "aiodns", "fastdns.native")
+ROOTS = ("fastdns.supervise.arbiter", "fastdns.cli", "fastdns.config")
+FORBIDDEN = ("pycares", "uvloop", "aiodns", "fastdns.resolve.native")
 
 
 def _is_child_only(name: str) -> bool:
@@ -125,12 +125,12 @@ def test_no_loop_or_cares_import_reaches_the_supervisor_side(root: str) -> None:
 
 def test_the_walk_does_see_what_workers_import() -> None:
     """Guards the checker itself: the worker side does reach uvloop."""
-    assert "uvloop" in import_closure(("fastdns.worker",))
+    assert "uvloop" in import_closure(("fastdns.serve.worker",))
 
 
 def test_child_only_functions_are_the_ones_that_load_the_serving_code() -> None:
-    assert "fastdns.children" in import_closure(("fastdns.supervisor",))
-    tree = ast.parse((PACKAGE / "children.py").read_text())
+    assert "fastdns.supervise.children" in import_closure(("fastdns.supervise.arbiter",))
+    tree = ast.parse((PACKAGE / "supervise" / "children.py").read_text())
     names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert {"child_worker", "child_metrics", "child_rules"} <= names
     inner = {
@@ -140,16 +140,16 @@ def test_child_only_functions_are_the_ones_that_load_the_serving_code() -> None:
         for node in ast.walk(fn)
         if isinstance(node, ast.ImportFrom)
     }
-    assert "fastdns.worker" in inner
+    assert "fastdns.serve.worker" in inner
 
 
 def test_importing_the_supervisor_side_loads_no_loop_and_starts_no_thread() -> None:
     """The same rule at run time, in a fresh interpreter."""
     code = (
         "import sys, threading\n"
-        "import fastdns.cli, fastdns.config, fastdns.supervisor\n"
+        "import fastdns.cli, fastdns.config, fastdns.supervise.arbiter\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pycares', 'uvloop', "
-        "'aiodns') or m.startswith('fastdns.native'))\n"
+        "'aiodns') or m.startswith('fastdns.resolve.native'))\n"
         "print(bad, threading.active_count())\n"
     )
     out = subprocess.run(

@@ -17,14 +17,19 @@ from typing import Any
 import dns.message
 import pytest
 
-from fastdns import wire
 from fastdns.config import Config, build_config
-from fastdns.hosts import StaticHosts
-from fastdns.pipeline import Pipeline
-from fastdns.resolvconf import ResolvConf, parse_resolv_conf, plan_upstreams, read_resolv_conf
-from fastdns.server import _reply_limit
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.upstream import Forwarder
+from fastdns.resolve.hosts import StaticHosts
+from fastdns.resolve.pipeline import Pipeline
+from fastdns.resolve.resolvconf import (
+    ResolvConf,
+    parse_resolv_conf,
+    plan_upstreams,
+    read_resolv_conf,
+)
+from fastdns.serve.udp import _reply_limit
 
 
 def handler_config(

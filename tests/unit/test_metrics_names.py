@@ -18,9 +18,9 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from support.metrics import parse
 
-from fastdns.aggregator import StatsAggregator
 from fastdns.config import build_config
-from fastdns.metrics import (
+from fastdns.metrics.aggregator import StatsAggregator
+from fastdns.metrics.definitions import (
     BY_NAME,
     CAPPED_LABELS,
     METRICS,
@@ -28,8 +28,8 @@ from fastdns.metrics import (
     SOURCES,
     TIME_BUCKETS,
 )
-from fastdns.metrics_http import make_registry
-from fastdns.stats import WorkerStats, rules_message, supervisor_message, worker_message
+from fastdns.metrics.http import make_registry
+from fastdns.metrics.stats import WorkerStats, rules_message, supervisor_message, worker_message
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fastdns"
 NAME = re.compile(r"^fastdns_[a-z][a-z0-9]*(_[a-z0-9]+)*$")
@@ -131,7 +131,7 @@ def _recorded_keys() -> set[str]:
         r"""|gauges\[\s*\(\s*["']([a-z_]+)["']"""
     )
     found = set()
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         for match in pattern.finditer(path.read_text()):
             found.add(next(g for g in match.groups() if g))
     return found
@@ -142,7 +142,8 @@ def test_every_recorded_counter_is_exported() -> None:
     assert {"requests", "responses", "duration", "proxy_duration"} <= recorded  # the scan works
     missing = sorted(recorded - set(SOURCES))
     assert not missing, (f"WorkerStats keys recorded but not exported: {missing}; map them in "
-                         "fastdns/metrics.py SOURCES (and list them in the README)")  # fmt: skip
+                         "fastdns/metrics/definitions.py SOURCES (and list them in the README)"
+                         )  # fmt: skip
 
 
 def full_exposition() -> str:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pycares
 import pytest
 
-from fastdns import wire
-from fastdns.cares import make_channel
 from fastdns.config import build_config
-from fastdns.native import channel_options, lookup_name, server_csv_entries
-from fastdns.resolvconf import parse_resolv_conf, plan_upstreams
+from fastdns.dns import wire
+from fastdns.resolve.native.cares import make_channel
+from fastdns.resolve.native.resolver import channel_options, lookup_name, server_csv_entries
+from fastdns.resolve.resolvconf import parse_resolv_conf, plan_upstreams
 
 
 @pytest.mark.parametrize(

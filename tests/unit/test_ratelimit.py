@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tracemalloc
 
-from fastdns.ratelimit import (
+from fastdns.policy.ratelimit import (
     DROP,
     PASS,
     SLIP,

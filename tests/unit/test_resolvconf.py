@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fastdns.config import build_config
-from fastdns.resolvconf import (
+from fastdns.resolve.resolvconf import (
     FileWatch,
     ResolvConf,
     parse_resolv_conf,
@@ -34,7 +34,7 @@ def test_parse_nameservers_in_order_with_ipv6_and_scope() -> None:
 
 
 def test_parse_ignores_bad_nameservers_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="fastdns.resolvconf"):
+    with caplog.at_level(logging.WARNING, logger="fastdns.resolve.resolvconf"):
         rc = parse_resolv_conf("nameserver dns.example\nnameserver\nnameserver 10.0.0.300\n"
                                "nameserver 10.0.0.2\n")  # fmt: skip
     assert rc.nameservers == ("10.0.0.2",)

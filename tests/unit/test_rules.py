@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastdns.config import RulesConfig, build_config
-from fastdns.rules import (
+from fastdns.rules.plan import (
     NoInterface,
     RulesError,
     Table,
@@ -256,7 +256,7 @@ def test_the_example_config_plans() -> None:
     from pathlib import Path
 
     from fastdns.config import load_config
-    from fastdns.rules import plan_for
+    from fastdns.rules.plan import plan_for
 
     path = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "rules.yaml"
     cfg = load_config(path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fastdns.config import RulesConfig
-from fastdns.iptables import (
+from fastdns.rules.iptables import (
     IptablesError,
     IptablesMissing,
     RouteLocalnet,
@@ -18,7 +18,7 @@ from fastdns.iptables import (
     find_tools,
     tool_names,
 )
-from fastdns.rules import Table, plan_rules
+from fastdns.rules.plan import Table, plan_rules
 
 BASE = {"nat": ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
         "filter": ["INPUT", "FORWARD", "OUTPUT"]}  # fmt: skip

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from fastdns import loopguard, rulesproc, wire
 from fastdns.config import build_config
-from fastdns.iptables import IptablesError, IptablesMissing, Outcome
-from fastdns.resolvconf import ResolvConf, plan_upstreams
-from fastdns.rules import RulePlan
+from fastdns.dns import loopguard, wire
+from fastdns.resolve.resolvconf import ResolvConf, plan_upstreams
+from fastdns.rules import main as rulesproc
+from fastdns.rules.iptables import IptablesError, IptablesMissing, Outcome
+from fastdns.rules.plan import RulePlan
 
 
 class FakeManager:
@@ -231,7 +232,7 @@ def test_no_guest_facing_interface_refuses_to_start_then_only_reports(
 
 def test_interface_addresses_from_netlink() -> None:
     # The test namespace has lo; the netlink dump must name it with both loopback addresses.
-    from fastdns.ifaddrs import interface_addresses
+    from fastdns.rules.ifaddrs import interface_addresses
 
     found = interface_addresses()
     assert "127.0.0.1" in found["lo"]

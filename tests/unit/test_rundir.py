@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fastdns import rundir
+from fastdns.supervise import rundir
 
 
 def dead_pid() -> int:

@@ -15,12 +15,12 @@ from typing import Any
 import dns.message
 import pytest
 
-from fastdns import wire
 from fastdns.config import build_config
-from fastdns.pipeline import Pipeline
-from fastdns.server import ServerState, UDPServer
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder
+from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.upstream import Forwarder
+from fastdns.resolve.pipeline import Pipeline
+from fastdns.serve.udp import ServerState, UDPServer
 
 ROUNDS, ITERATIONS = 20, 2000
 ADDR = ("127.0.0.1", 5353)
@@ -61,7 +61,7 @@ def test_record_alone(benchmark: Any, server: UDPServer) -> None:
     res = state.pipeline.answer_now(q)
     assert res is not None
     t0 = time.monotonic()
-    run(benchmark, lambda: state.record("udp", q, res, len(QUERY), t0))
+    run(benchmark, lambda: state.accounting.record("udp", q, res, len(QUERY), t0))
     assert state.stats.counters["requests", "udp", "A"] >= 1  # once with --benchmark-disable
 
 
@@ -71,6 +71,6 @@ def test_udp_static_path_with_stats(benchmark: Any, server: UDPServer) -> None:
 
 
 def test_udp_static_path_without_stats(benchmark: Any, server: UDPServer) -> None:
-    server.state.record = lambda *args: None  # type: ignore[method-assign]
+    server.state.accounting.record = lambda *args: None  # type: ignore[method-assign]
     run(benchmark, lambda: server.datagram_received(QUERY, ADDR))
     assert not server.state.stats.counters

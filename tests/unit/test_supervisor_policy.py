@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from fastdns import supervisor as sup
 from fastdns.config import Config
 from fastdns.errors import ExitCode, HaltServer
+from fastdns.supervise import arbiter as sup
+from fastdns.supervise import children, exits, generations
 
 
 class Clock:
@@ -23,7 +24,7 @@ class Clock:
 @pytest.fixture(name="kills")
 def _kills(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     sent: list[tuple[int, int]] = []
-    monkeypatch.setattr(sup, "_kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(children, "kill", lambda pid, sig: sent.append((pid, sig)))
     return sent
 
 
@@ -33,8 +34,8 @@ def make(clock: Clock, **config: Any) -> sup.Supervisor:
     return s
 
 
-def child(s: sup.Supervisor, pid: int, slot: int = 0, **kwargs: Any) -> sup.Child:
-    c = sup.Child("worker", pid, -1, s.clock(), slot=slot, generation=s.current.number,
+def child(s: sup.Supervisor, pid: int, slot: int = 0, **kwargs: Any) -> children.Child:
+    c = children.Child("worker", pid, -1, s.clock(), slot=slot, generation=s.current.number,
                   config=s.config, last_beat=s.clock(), **kwargs)  # fmt: skip
     s.children[pid] = c
     return c
@@ -52,7 +53,7 @@ def test_restart_delay_doubles_per_crash_up_to_the_cap_and_resets_when_healthy()
         delays.append(round(s.slots[("worker", 0)].next_start - clock.now, 3))
     assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0]
     child(s, 200, ready=True)
-    clock.now += sup.HEALTHY_AFTER  # lived long enough: back to the first step
+    clock.now += exits.HEALTHY_AFTER  # lived long enough: back to the first step
     s.crashes.clear()
     s._on_exit(s.children.pop(200), -9)
     assert s.slots[("worker", 0)].next_start - clock.now == pytest.approx(0.1)
@@ -115,7 +116,7 @@ def test_a_child_that_was_up_is_restarted(message: dict[str, Any]) -> None:
     c.kind = "metrics"
     s._on_message(c, message)
     s._on_exit(s.children.pop(100), 1)
-    assert s.slots[("metrics", 0)].next_start == pytest.approx(clock.now + sup.BACKOFF_BASE)
+    assert s.slots[("metrics", 0)].next_start == pytest.approx(clock.now + exits.BACKOFF_BASE)
 
 
 def test_a_worker_stalled_in_boot_is_retried_not_halted() -> None:
@@ -133,7 +134,7 @@ def test_a_boot_error_in_a_reload_keeps_the_serving_generation(
     clock = Clock()
     s = make(clock)
     old = s.current
-    s.current = sup.Generation(2, Config(), 0, 0, 2)
+    s.current = generations.Generation(2, Config(), 0, 0, 2)
     child(s, 100, boot_error="no")
     sibling = child(s, 101, slot=1)
     s._on_exit(s.children.pop(100), ExitCode.BOOT_ERROR)
@@ -162,7 +163,7 @@ def test_a_silent_worker_gets_sigabrt_then_sigkill(kills: list[tuple[int, int]])
     clock.now += 0.2  # the silent one: 2.1 s without a beat
     s._murder_stalled()
     assert kills == [(101, 6)] and silent.timed_out
-    clock.now += sup.KILL_AFTER_ABORT
+    clock.now += exits.KILL_AFTER_ABORT
     s._murder_stalled()
     assert kills == [(101, 6), (101, 9)]
     s._on_exit(s.children.pop(101), -9)
@@ -175,7 +176,7 @@ def test_a_booting_worker_gets_more_time_than_worker_timeout(
     clock = Clock()
     s = make(clock, worker_timeout=1.0)
     child(s, 100)  # not ready yet: imports, binding, c-ares setup
-    clock.now += sup.BOOT_TIMEOUT - 0.5
+    clock.now += exits.BOOT_TIMEOUT - 0.5
     s._murder_stalled()
     assert kills == []
     clock.now += 1

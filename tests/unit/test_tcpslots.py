@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fastdns.config import ConfigError, build_config
-from fastdns.metrics import TCP_CLOSE_REASONS
-from fastdns.tcp import CLOSE_REASONS
-from fastdns.tcpslots import Admission, TCPSlots
+from fastdns.metrics.definitions import TCP_CLOSE_REASONS
+from fastdns.serve.tcp import CLOSE_REASONS
+from fastdns.serve.tcpslots import Admission, TCPSlots
 
 
 class Conn:

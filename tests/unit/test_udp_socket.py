@@ -12,12 +12,12 @@ from typing import Any
 import dns.message
 import pytest
 
-from fastdns import server as server_mod
 from fastdns.config import build_config
-from fastdns.pipeline import Pipeline
-from fastdns.server import ServerState, UDPServer
-from fastdns.stats import WorkerStats
-from fastdns.upstream import Forwarder
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.upstream import Forwarder
+from fastdns.resolve.pipeline import Pipeline
+from fastdns.serve import udp as server_mod
+from fastdns.serve.udp import ServerState, UDPServer
 
 STATIC_IP = "10.9.8.7"
 

@@ -15,7 +15,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from fastdns import wire
+from fastdns.dns import wire
 
 
 def query_bytes(

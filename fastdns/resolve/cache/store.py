@@ -1,0 +1,477 @@
+"""A per-worker wire-level packet cache with CoreDNS cache semantics (plugin/cache).
+
+Pure: no I/O, no event loop; the caller passes ``now`` (``time.monotonic()``) and a ``refresh``
+callback that starts a background lookup. An entry keeps the reply's bytes after the question
+(OPT stripped, as CoreDNS strips it) and the offsets of its TTLs, so a hit is a join of five
+byte strings: the client's ID, a precomputed header, the client's own question bytes (its 0x20
+case), the body with every TTL counted down, and our OPT record when the client sent one. The
+body is rewritten in place at most once a second per entry (TTLs change once a second). A UDP
+query whose bytes, ID aside, were answered from the cache before is answered from ``front``
+(``fastdns.front``) without even a parse: stub resolvers repeat the same bytes with a new ID.
+
+Admission follows CoreDNS ``cache.go``/``item.go`` and RFC 2308: positive answers and denials
+(NXDOMAIN/NODATA with an SOA, TTL ``min(SOA TTL, SOA MINIMUM)``) go to separate bounded maps,
+SERVFAIL is kept ``servfail_ttl`` seconds, every TTL a client sees is the capped one; TC,
+mismatched, malformed and SOA-less negative replies are never cached (unless the lookup gives a
+negative TTL of its own: native and static answers). Serve-stale (RFC 8767, "immediate", or
+"verify": look up first, stale only when that fails) and prefetch start at most one background
+refresh per entry.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+from fastdns.config import CacheConfig
+from fastdns.dns import wire
+from fastdns.resolve.cache.admission import KIND_NAMES, SERVFAIL, SUCCESS, classify
+from fastdns.resolve.cache.front import Front, FrontTable
+
+_U32 = struct.Struct("!I")
+_HEAD = struct.Struct("!HHHHH")  # flags, qd, an, ns, ar: the header after the ID
+
+TCP_LIMIT = 65535  # no truncation: TCP, and the pipeline's full-size replies
+MAX_TRUNCATED_FORMS = 4  # truncated renderings kept per entry (client UDP sizes seen)
+MAX_INTERNED_HEADS = 4096  # distinct (flags, counts) headers shared between entries
+FAILURE_RECHECK = 30.0  # RFC 8767 §5 "failure recheck": after a failed refresh, wait this long
+NOT_CACHED_SOURCES = frozenset(("server", "cache"))  # fastdns's own errors; already cached
+STALE = -1  # Form.stamp of a body that holds the stale TTL
+# Fast-lane hits summed by (qtype, DO, rcode, reply size, query size): fold_front.
+Tally = tuple[int, bool, int, int, int]
+
+# WorkerStats keys, built once: a hit costs plain dict increments only.
+_REQUESTS = ("cache_requests",)
+_MISSES = ("cache_misses",)
+_STALE = ("cache_served_stale",)
+_PREFETCH = ("cache_prefetch",)
+_DROPS = ("cache_drops",)
+_HITS = tuple(("cache_hits", name) for name in KIND_NAMES)
+_EVICTIONS = tuple(("cache_evictions", name) for name in KIND_NAMES)
+
+
+class Form:
+    """One rendering template: 4 headers (by the client's RD bit and OPT), the body after the
+    question without OPT, and where its TTLs sit with the TTL each shows at age 0."""
+
+    __slots__ = ("body", "heads", "size", "stamp", "ttls")
+
+    body: bytearray
+    heads: tuple[bytes, ...]  # index: client RD | client OPT << 1
+    size: int  # rendered length without OPT
+    stamp: int  # the age (whole seconds) the body's TTLs are written for, or STALE
+    ttls: tuple[int, ...]  # flattened (body offset, TTL at age 0) pairs
+
+
+class Entry(Form):
+    """One cached reply; it lives ``ttl`` seconds from ``stored`` (then maybe stale)."""
+
+    __slots__ = ("hits", "kind", "last_hit", "next_refresh", "opt", "prefetch_at", "stored",
+                 "trunc", "ttl")  # fmt: skip
+
+    hits: int  # hits with no gap longer than prefetch_duration between them (CoreDNS freq)
+    last_hit: float
+    kind: int  # SUCCESS, DENIAL or SERVFAIL
+    next_refresh: float  # no background refresh before this time (one in flight at most)
+    opt: bytes  # our OPT record for clients that sent one (DO echoed: DO is in the key)
+    prefetch_at: float  # prefetch when hit at or after this time (inf: never)
+    stored: float
+    trunc: dict[int, Form] | None  # truncated renderings by byte budget
+    ttl: int
+
+
+def _retime(form: Form, stamp: int, stale_ttl: int) -> None:
+    body, ttls = form.body, form.ttls
+    pack_into = _U32.pack_into
+    if stamp == STALE:
+        for i in range(0, len(ttls), 2):
+            pack_into(body, ttls[i], stale_ttl)
+    else:
+        for i in range(0, len(ttls), 2):
+            pack_into(body, ttls[i], ttls[i + 1] - stamp)
+    form.stamp = stamp
+
+
+# A reply stored as it came, made into an Entry on its first hit (PacketCache.lookup): kind,
+# life, stored, reply, question end, OPT offset, TTL offsets, DO. A tuple: the store is on
+# every miss, and a cold name is usually never asked again.
+Raw = tuple[int, int, float, bytes, int, int, tuple[int, ...], bool]
+
+
+class PacketCache:
+    """Success and denial maps in insertion order, each bounded; the oldest entry goes first.
+
+    ``OrderedDict`` rather than ``dict``: evicting the first key of a plain dict rescans the
+    deleted slots in front of it, about 55 us per eviction at 100,000 entries against 0.6 us.
+    """
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        *,
+        counters: MutableMapping[Any, int] | None = None,
+        refresh: Callable[[wire.Query], None] | None = None,
+        refresh_hold: float = 5.0,
+        opt_size: int = 1232,
+        max_udp: int = 1232,
+    ) -> None:
+        self.config = config
+        self.counters: MutableMapping[Any, int] = counters if counters is not None else {}
+        for key in (_REQUESTS, _MISSES, _STALE, _PREFETCH, _DROPS, *_HITS, *_EVICTIONS):
+            self.counters.setdefault(key, 0)
+        self.refresh = refresh or (lambda q: None)
+        self.refresh_hold = refresh_hold  # a refresh in flight blocks another this long
+        self.failure_recheck = FAILURE_RECHECK
+        self.max_udp = max_udp
+        self.success: OrderedDict[bytes, Entry | Raw] = OrderedDict()
+        self.denial: OrderedDict[bytes, Entry | Raw] = OrderedDict()
+        # Query forms (bytes after the ID) that hit before -> their ready reply: the UDP
+        # server answers them itself while fresh, and ``get_raw`` renders them again.
+        self.front = FrontTable()
+        self._opts = (wire.opt_record(opt_size, False), wire.opt_record(opt_size, True))
+        self._heads: dict[bytes, tuple[bytes, ...]] = {}
+        self._stale_window = config.serve_stale
+        # Verify mode: an expired entry is a miss that is kept; ``admit`` answers it when the
+        # lookup fails. Immediate mode serves it from ``_serve`` (and the fast lane's renew).
+        self._verify = config.stale_refresh == "verify"
+        self._serve_window = 0 if self._verify else config.serve_stale
+        self._stale_ttl = config.stale_ttl
+        self._prefetch_hits = config.prefetch
+        self._prefetch_window = config.prefetch_duration
+
+    clock = staticmethod(time.monotonic)  # the clock ``now`` must come from
+
+    def __len__(self) -> int:
+        return len(self.success) + len(self.denial)
+
+    def clear(self) -> None:
+        """Forget everything: resolv.conf or the hosts file changed (a VPN came up, say)."""
+        self.success.clear()
+        self.denial.clear()
+        self.front.clear()
+
+    def sample(self, gauges: MutableMapping[Any, float]) -> None:
+        """Entry counts for the metrics process (per tick, not per query)."""
+        gauges[("cache_entries", "success")] = len(self.success)
+        gauges[("cache_entries", "denial")] = len(self.denial)
+
+    # ------------------------------------------------------------------------------ the hit path
+
+    def get(self, q: wire.Query, now: float, tcp: bool = False) -> bytes | None:
+        """The reply for ``q`` from the cache (fresh, or stale within the serve-stale window),
+        or None on a miss. May call ``refresh(q)``, once per entry (prefetch, stale)."""
+        counters = self.counters
+        counters[_REQUESTS] += 1
+        key = q.key
+        e = self.lookup(key)
+        if e is None or q.edns_version:  # an unknown EDNS version gets BADVERS, not a hit
+            counters[_MISSES] += 1
+            return None
+        reply = self._serve(e, q, q.wire, now, TCP_LIMIT if tcp else self._udp_limit(q))
+        if reply is None:
+            if not self._verify or int(now - e.stored) - e.ttl >= self._stale_window or (
+                    e.kind == SERVFAIL):  # fmt: skip
+                self._remove(key, e)  # (verify keeps a stale entry for ``admit``)
+            counters[_MISSES] += 1
+        elif not tcp and q.qname == key[: len(q.qname)] and len(q.wire) <= 512:
+            # Remember this exact query form (lower-case name: not a 0x20 client, whose every
+            # query differs; small: padded queries would hold memory) so that the next one
+            # is answered without a parse: ``front``.
+            self._install(q.wire[2:], q, e, reply, now)
+        return reply
+
+    def _install(self, form: bytes, q: wire.Query, e: Entry, reply: bytes, now: float) -> None:
+        """Keep ``reply`` for ``form`` until its TTLs change or prefetch or expiry is due."""
+        age = int(now - e.stored)
+        if age < e.ttl:  # not a stale answer: those go through _serve every time
+            until = e.stored + age + 1
+            if until > e.prefetch_at:
+                until = e.prefetch_at
+            if until > now:
+                self.front.install(form, Front(q, e, reply[2:], until))
+                return
+        self.front.drop(form)
+
+    def get_raw(self, data: bytes, now: float) -> tuple[bytes, wire.Query] | None:
+        """A UDP hit on a query whose bytes, ID aside, equal one answered from the cache
+        before, once its ready reply in ``front`` is out of date: (reply, that query) without
+        parsing, and ``front`` renewed; None means parse and call ``get``.
+
+        Equal bytes parse equally, so the earlier ``Query`` stands for this one; only the ID
+        comes from ``data``. A stub resolver repeats the same bytes with a new ID each time.
+        """
+        f = self.front.forms.get(data[2:])
+        return None if f is None else self.renew(f, data, now)
+
+    def renew(self, f: Front, data: bytes, now: float) -> tuple[bytes, wire.Query] | None:
+        """``get_raw`` for the form ``f`` of ``data``, already looked up by the caller."""
+        form = data[2:]
+        q = f.q
+        e = self.lookup(q.key)
+        if e is None or int(now - e.stored) - e.ttl >= (
+                self._serve_window if e.kind != SERVFAIL else 0):  # fmt: skip
+            self.front.drop(form)  # gone or expired: the full path counts and forgets it
+            return None
+        self.counters[_REQUESTS] += 1
+        reply = self._serve(e, q, data, now, self._udp_limit(q))
+        assert reply is not None  # checked above
+        self._install(form, q, e, reply, now)
+        return reply, q
+
+    def fold_front(self, now: float) -> dict[Tally, list[float]]:
+        """Count the fast lane's hits since the last fold as cache hits (and towards their
+        entry's popularity), zero them, and return them summed by what the caller's per-query
+        stats need: (qtype, DO, rcode, reply size, query size) -> [hits, hits within the first
+        duration bucket, their summed duration]. One dict update per form: a hot worker holds
+        thousands of forms, and this runs once a tick.
+
+        A form lives at most a second and each one starts with a hit through ``_serve``, which
+        applied the gap rule; its fast hits all came after that one."""
+        counters = self.counters
+        tallies: dict[Tally, list[float]] = {}
+        for f in self.front.counted():
+            n = f.n + f.late
+            e = f.entry
+            counters[_HITS[e.kind]] += n
+            e.hits += n
+            if e.last_hit < now:
+                e.last_hit = now
+            q = f.q
+            sig = (q.qtype, q.do, f.body[1] & 0xF, len(f.body) + 2, len(q.wire))
+            t = tallies.get(sig)
+            if t is None:
+                tallies[sig] = [n, f.n, f.dur]
+            else:
+                t[0] += n
+                t[1] += f.n
+                t[2] += f.dur
+            f.n = f.late = 0
+            f.dur = 0.0
+        counters[_REQUESTS] += sum(int(t[0]) for t in tallies.values())
+        return tallies
+
+    def _udp_limit(self, q: wire.Query) -> int:
+        """Largest UDP reply for this client: its EDNS size capped by ours; 512 without OPT."""
+        if q.has_opt:
+            return q.udp_size if q.udp_size < self.max_udp else self.max_udp
+        return 512
+
+    def _serve(self, e: Entry, q: wire.Query, data: bytes, now: float, limit: int) -> bytes | None:
+        """``e`` rendered for the query ``data`` (parsed as ``q``); None when too old."""
+        age = int(now - e.stored)
+        counters = self.counters
+        if age < e.ttl:
+            # CoreDNS freq.Update: a gap longer than the window starts the count over.
+            e.hits = 1 if now - e.last_hit > self._prefetch_window else e.hits + 1
+            e.last_hit = now
+            if now >= e.prefetch_at and e.hits >= self._prefetch_hits and (
+                    now >= e.next_refresh):  # fmt: skip
+                # CoreDNS tryPrefetch: popular and near expiry; one refresh in flight at most.
+                e.next_refresh = now + self.refresh_hold
+                counters[_PREFETCH] += 1
+                self.refresh(q)
+        elif age - e.ttl < self._stale_window and e.kind != SERVFAIL and (
+                not self._verify or now < e.next_refresh):  # fmt: skip
+            # RFC 8767 §4 immediate mode: answer stale now with a short TTL, refresh behind.
+            # Verify mode: only within the failure recheck after a failed lookup (RFC 8767
+            # §5), else the lookup goes first (a miss; ``admit`` serves it if that fails).
+            age = STALE
+            counters[_STALE] += 1
+            if now >= e.next_refresh:
+                e.next_refresh = now + self.refresh_hold
+                self.refresh(q)
+        else:
+            return None
+        counters[_HITS[e.kind]] += 1
+        return self._render(e, q, age, limit, data)
+
+    def _render(
+        self, e: Entry, q: wire.Query, stamp: int, limit: int, data: bytes | None = None
+    ) -> bytes:
+        """The reply to ``data`` (default ``q.wire``): its ID, its question bytes."""
+        if data is None:
+            data = q.wire
+        opt = e.opt if q.has_opt else b""
+        form: Form = e
+        if e.size + len(opt) > limit:
+            form = self._truncated(e, q, limit - len(opt))
+        if form.stamp != stamp:
+            _retime(form, stamp, self._stale_ttl)
+        return b"".join((data[:2], form.heads[(data[2] & 1) | (2 if opt else 0)],
+                         data[12 : q.qend], form.body, opt))  # fmt: skip
+
+    def _truncated(self, e: Entry, q: wire.Query, budget: int) -> Form:
+        """The entry cut to ``budget`` bytes (OPT aside) at an RRset boundary, TC set when
+        answer or authority data is dropped (``wire.truncate``); kept per budget."""
+        trunc = e.trunc
+        if trunc is None:
+            trunc = e.trunc = {}
+        form = trunc.get(budget)
+        if form is not None:
+            return form
+        msg = b"".join((b"\x00\x00", e.heads[1], q.wire[12 : q.qend], e.body))
+        try:
+            cut = wire.truncate(msg, budget)
+        except wire.Malformed:  # a name the upstream compressed badly: send the header only
+            cut = msg[:2] + _HEAD.pack(_HEAD.unpack_from(msg, 2)[0] | wire.TC, 1, 0, 0, 0) + (
+                msg[12 : q.qend])  # fmt: skip
+        flags, _, an, ns, ar = _HEAD.unpack_from(cut, 2)
+        form = Form()
+        form.heads = self._heads_for(flags, an, ns, ar)
+        form.body = bytearray(cut[q.qend :])
+        # The cut body is a prefix of the entry's body: its TTLs are the first ones.
+        n = len(form.body)
+        form.ttls = tuple(v for i in range(0, len(e.ttls), 2) if e.ttls[i] < n
+                          for v in e.ttls[i : i + 2])  # fmt: skip
+        form.stamp = e.stamp
+        form.size = len(cut)
+        if len(trunc) < MAX_TRUNCATED_FORMS:
+            trunc[budget] = form
+        return form
+
+    def _cached_heads(self, reply: bytes, opt_start: int, do: bool) -> tuple[bytes, ...]:
+        """The headers the cache answers ``reply`` with (OPT counted apart, added per client).
+
+        A cache answers for itself: not authoritative; RA always (fastdns recurses for its
+        clients); AD only for DO queries (RFC 6840 §5.8), and DO is part of the key."""
+        flags, _, an, ns, ar = _HEAD.unpack_from(reply, 2)
+        flags = (flags & ~(wire.AA | wire.TC)) | wire.RA
+        if not do:
+            flags &= ~wire.AD
+        return self._heads_for(flags, an, ns, ar - (1 if opt_start else 0))
+
+    def _heads_for(self, flags: int, an: int, ns: int, ar: int) -> tuple[bytes, ...]:
+        base = _HEAD.pack(flags, 1, an, ns, ar)
+        heads = self._heads.get(base)
+        if heads is None:
+            flags &= ~wire.RD
+            heads = (_HEAD.pack(flags, 1, an, ns, ar), _HEAD.pack(flags | wire.RD, 1, an, ns, ar),
+                     _HEAD.pack(flags, 1, an, ns, ar + 1),
+                     _HEAD.pack(flags | wire.RD, 1, an, ns, ar + 1))  # fmt: skip
+            if len(self._heads) < MAX_INTERNED_HEADS:
+                self._heads[base] = heads
+        return heads
+
+    def _remove(self, key: bytes, e: Entry) -> None:
+        table = self.success if e.kind == SUCCESS else self.denial
+        if table.get(key) is e:
+            del table[key]
+
+    # ------------------------------------------------------------------------------ the store
+
+    def admit(
+        self, q: wire.Query, reply: bytes, source: str, ttl: int | None, now: float
+    ) -> tuple[bytes, str]:
+        """Store a resolved reply; return the full-size reply to send ``q`` and its source.
+
+        That is the stored reply rendered (capped TTLs), or, when the lookup failed (SERVFAIL,
+        REFUSED) and a usable entry exists, that entry (RFC 8767 §5: stale data beats an error;
+        source "cache"), or else ``reply`` untouched.
+        """
+        if len(reply) >= 4 and reply[3] & 0xF in (wire.SERVFAIL, wire.REFUSED):
+            old = self.lookup(q.key)
+            if old is not None and old.kind != SERVFAIL:
+                age = int(now - old.stored)
+                if age - old.ttl < self._stale_window:
+                    old.next_refresh = now + self.failure_recheck
+                    if age >= old.ttl:
+                        age = STALE
+                        self.counters[_STALE] += 1
+                    return self._render(old, q, age, TCP_LIMIT), "cache"
+        entry = self.put(q, reply, source, ttl, now)
+        if entry is None:
+            return reply, source
+        if type(entry) is tuple:
+            return self._first_reply(entry, q), source
+        return self._render(entry, q, 0, TCP_LIMIT), source
+
+    def _entry(self, kind: int, life: int, stored: float, reply: bytes, qend: int,
+               opt_start: int, ttls: tuple[int, ...], do: bool) -> Entry:  # fmt: skip
+        """An Entry for ``reply`` (its body showing the TTLs it came with: ``stamp`` 0)."""
+        body_end = opt_start or len(reply)
+        e = Entry()
+        e.heads = self._cached_heads(reply, opt_start, do)
+        e.body = bytearray(reply[qend:body_end])
+        e.ttls = ttls
+        e.size = body_end
+        e.stamp = 0
+        e.kind = kind
+        e.ttl = life
+        e.stored = stored
+        e.hits = 0
+        e.last_hit = stored
+        e.next_refresh = 0.0
+        e.opt = self._opts[do]
+        e.trunc = None
+        if self._prefetch_hits > 0 and kind != SERVFAIL:
+            e.prefetch_at = stored + life - math.ceil(self.config.prefetch_percent / 100 * life)
+        else:
+            e.prefetch_at = math.inf
+        return e
+
+    def lookup(self, key: bytes) -> Entry | None:
+        """The entry for ``key`` (a raw one made into an Entry now, in its place), or None."""
+        table = self.success
+        e = table.get(key)
+        if e is None:
+            table = self.denial
+            e = table.get(key)
+            if e is None:
+                return None
+        if type(e) is tuple:
+            e = table[key] = self._entry(*e)  # the same place in the eviction order
+        return e
+
+    def put(
+        self, q: wire.Query, reply: bytes, source: str, ttl: int | None, now: float
+    ) -> Entry | Raw | None:
+        """Cache ``reply`` to ``q`` if CoreDNS would; None when it is not cacheable.
+
+        ``ttl`` is the negative TTL of a reply that has no SOA to say it (native and static
+        answers); None: only the TTLs in the reply count.
+        """
+        if source in NOT_CACHED_SOURCES:
+            return None
+        verdict = classify(q, reply, self.config, ttl)
+        if verdict is None or verdict[1] <= 0:  # TTL 0: use once, never cache (RFC 1035 §3.2.1)
+            if verdict is None:
+                self.counters[_DROPS] += 1
+            old = self.lookup(q.key)
+            if old is not None:  # the answer changed into an uncacheable one: forget the old
+                self._remove(q.key, old)
+            return None
+        kind, life, opt_start, ttls, as_is = verdict
+        cfg = self.config
+        table, other, capacity = (
+            (self.success, self.denial, cfg.capacity) if kind == SUCCESS
+            else (self.denial, self.success, cfg.denial_capacity))  # fmt: skip
+        if capacity <= 0:
+            return None
+        e: Entry | Raw
+        if as_is:  # built on its first hit: most names asked once are never asked again
+            e = (kind, life, now, reply, q.qend, opt_start, ttls, q.key[-2] == 1)
+        else:
+            e = self._entry(kind, life, now, reply, q.qend, opt_start, ttls, q.key[-2] == 1)
+            _retime(e, 0, 0)  # the capped TTLs
+        key = q.key
+        other.pop(key, None)
+        if key in table:
+            table.move_to_end(key)  # a refreshed entry is young again
+        table[key] = e
+        while len(table) > capacity:
+            table.popitem(last=False)
+            self.counters[_EVICTIONS[kind]] += 1
+        return e
+
+    def _first_reply(self, raw: Raw, q: wire.Query) -> bytes:
+        """What ``_render`` of the Entry that ``raw`` becomes would give ``q`` at age 0."""
+        _, _, _, reply, qend, opt_start, _, do = raw
+        heads = self._cached_heads(reply, opt_start, do)
+        opt = self._opts[do] if q.has_opt else b""
+        data = q.wire
+        return b"".join((data[:2], heads[(data[2] & 1) | (2 if opt else 0)], data[12 : q.qend],
+                         reply[qend : opt_start or len(reply)], opt))  # fmt: skip

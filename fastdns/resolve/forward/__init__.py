@@ -1,0 +1,8 @@
+"""Forwarding client queries to upstream servers: the attempt loop and upstream health
+(``upstream``), random-port upstream sockets (``upsock``), the UDP fast lane's relay
+(``relay``), and the loop-guard socket mark (``sockmark``).
+
+Runs in: workers. May import: ``fastdns.dns``, ``fastdns.config``, ``fastdns.resolve``'s
+``resolvconf``, ``fastdns.metrics.stats``. Never the serving layer: the relay hands finished
+answers to a callback it is given.
+"""

@@ -1,0 +1,8 @@
+"""The native path: names resolved by c-ares as the host would (``resolver``), on the worker's
+event loop (``cares``).
+
+Runs in: workers only, after the fork (it loads pycares). May import: ``fastdns.dns``,
+``fastdns.config``, ``fastdns.resolve`` (hosts, resolvconf, the ``NativeLookup`` interface),
+``fastdns.system.files``, ``fastdns.metrics.stats``. Nothing on the supervisor/CLI/config side
+may import it (tests/unit/test_layers.py).
+"""

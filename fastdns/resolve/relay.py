@@ -1,0 +1,239 @@
+"""The UDP forward fast lane: a cache miss relayed to the first upstream with callbacks only.
+
+The general path (``Pipeline.answer``) runs each forwarded query as a Task through five
+coroutine frames, a Future per upstream try and a timer per query; on a stream of distinct
+names that machinery costs more CPU than the forwarding itself. Here the common case is plain
+callbacks: the query goes out on a random-port socket to the first upstream
+(``fastdns.upsock``) from the datagram callback, and the upstream's reply, matched by
+``PortSocket`` (ID, source, question), is answered from that socket's callback. Timeouts come
+from one timer per worker at the oldest query's deadline (every query waits the same
+``upstream_timeout``, so send order is deadline order).
+
+Anything else leaves the lane for the general path, from where this lane stopped: a timeout,
+an ICMP error, SERVFAIL or REFUSED go on to the next upstream (``Forwarder.exchange(tried=)``);
+a TC reply goes to TCP. After a timeout the lane's ID stays valid: ``Forwarder.carry`` hands
+its reply to the general path, which still takes it until the client's deadline. Static
+aliases, loop probes, native lookups and questions already in flight (coalescing) never enter
+the lane. A query in the lane is in ``Pipeline.pending``, so identical questions coalesce onto
+it, and counts towards the worker's in-flight limit and draining like a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastdns.dns import loopguard, wire
+from fastdns.dns.resolved import Resolved
+from fastdns.resolve.forward.upsock import PortSocket, UpstreamDown
+from fastdns.resolve.forward.upstream import Resume, order_servers
+from fastdns.resolve.pipeline import Pipeline
+
+# How the lane hands a finished answer back to the server that read the query (the UDP
+# server's ``send_answer``): passed down, so this layer never imports the serving one.
+SendAnswer = Callable[[wire.Query, Resolved, Any, int, float], None]
+
+logger = logging.getLogger(__name__)
+
+_TC = 0x02
+_ANSWERED = ("forward_fast_lane", "answered")  # WorkerStats key; hand-offs count by reason
+
+
+class Relayed:
+    """One query in the lane; it stands in for the Future in ``PortSocket.pending``."""
+
+    __slots__ = ("addr", "deadline", "expires", "finished", "fut", "native", "q", "relay",
+                 "send", "sent", "server", "size", "sock", "t0", "uid")  # fmt: skip
+
+    def __init__(self, relay: Relay, q: wire.Query, send: SendAnswer, addr: Any, size: int,
+                 t0: float) -> None:  # fmt: skip
+        self.relay, self.q, self.send = relay, q, send
+        self.addr, self.size, self.t0 = addr, size, t0
+        self.finished = False
+        self.native = False  # forwarded first for the native path (native.forward_first)
+        self.server: tuple[str, int] = ("", 0)
+        self.sock: PortSocket | None = None
+        self.uid = 0
+        self.sent = self.expires = self.deadline = 0.0
+        self.fut: asyncio.Future[Resolved] | None = None
+
+    # The part of the Future interface PortSocket uses.
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, data: bytes) -> None:
+        self.relay.on_reply(self, data)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.relay.on_error(self, exc)
+
+
+class Relay:
+    """The lane of one worker: admission, the in-flight queue, completion and hand-off."""
+
+    def __init__(self, pipeline: Pipeline, spawn: Any) -> None:
+        self.pipeline = pipeline
+        self.forwarder = pipeline.forwarder
+        self.loop = pipeline.loop
+        self.spawn = spawn  # ServerState.spawn: hand-offs are tasks like any other
+        self.config = pipeline.config
+        self.queue: deque[Relayed] = deque()  # send order = deadline order
+        self.inflight = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def start(self, q: wire.Query, send: SendAnswer, addr: Any, size: int, t0: float) -> bool:
+        """Relay ``q`` if the lane can take it; False: use the general path."""
+        pipeline = self.pipeline
+        if self.closed or q.key in pipeline.pending or pipeline.static.aliases or (
+                pipeline.static.wild_aliases):  # fmt: skip
+            return False
+        if pipeline.loop_suffix and loopguard.is_probe(q.qname, pipeline.loop_suffix):
+            return False
+        fwd = self.forwarder
+        servers = fwd.plan.servers
+        if not servers:
+            return False
+        server = servers[0] if not fwd.health else (
+            order_servers(servers, fwd.health, fwd.clock())[0])  # fmt: skip
+        now = self.loop.time()
+        try:
+            s = fwd.channel(server).pick(now)
+        except UpstreamDown:
+            return False  # the general path counts the failure
+        # Last: declines() counts the native fallback, so no False may follow a True.
+        native = pipeline.native is not None and not pipeline.native_declines(q)
+        if native and not pipeline.native_forward_first(q):
+            return False
+        r = Relayed(self, q, send, addr, size, t0)
+        r.native = native
+        r.server = server
+        r.sent = now
+        r.deadline = now + self.config.deadline
+        r.expires = now + min(fwd.upstream_timeout, self.config.deadline)
+        r.sock = s
+        r.uid = uid = s.track(r, q)
+        r.fut = pipeline.pending[q.key] = self.loop.create_future()
+        self.inflight += 1
+        queue = self.queue
+        while queue and queue[0].finished:  # answered ones at the head: drop them now, not
+            queue.popleft()  # at the next timeout (keeps the queue at about what is in flight)
+        queue.append(r)
+        if self.timer is None:
+            self.timer = self.loop.call_at(r.expires, self._expire)
+        try:
+            s.write(wire.set_id(q.wire, uid))
+        except OSError as e:  # an ICMP error from an earlier query: fails ``r`` (on_error)
+            s.channel.broken(s, e)
+        return True
+
+    # ------------------------------------------------------------------ completion
+
+    def on_reply(self, r: Relayed, data: bytes) -> None:
+        """The upstream answered (PortSocket checked ID, source and question)."""
+        if r.finished:
+            return
+        r.finished = True
+        self.inflight -= 1
+        fwd = self.forwarder
+        if data[2] & _TC:
+            fwd.stats.inc("forward_tcp_retries", f"{r.server[0]}:{r.server[1]}")
+            self._hand_off(r, "truncated", Resume(force_tcp=True))
+            return
+        if not fwd.note_reply(r.server, r.sent, data[3] & 0xF):
+            self._hand_off(r, "failover", Resume(refused=frozenset((r.server,))))
+            return
+        fwd.stats.counters[_ANSWERED] += 1
+        source = "fallback" if fwd.plan.source == "fallback" else "forward"
+        res = Resolved(data, source)
+        if r.native and self.pipeline.native_settle(r.q, data):  # lacks the data: c-ares' turn
+            self.spawn(self._general(r, self.pipeline.search(r.q, res, r.deadline)))
+            return
+        self._finish(r, res)
+
+    def on_error(self, r: Relayed, exc: BaseException) -> None:
+        """ICMP unreachable, or the socket closed under the query."""
+        if r.finished:
+            return
+        r.finished = True
+        self.inflight -= 1
+        if self.closed:
+            return
+        self.forwarder.note_failure(r.server, r.sent, "error")
+        self._hand_off(r, "error", Resume(tried=frozenset((r.server,))))
+
+    def _expire(self) -> None:
+        """The oldest queries' deadlines: time them out, re-arm for the next one."""
+        self.timer = None
+        now = self.loop.time()
+        queue = self.queue
+        while queue and (queue[0].finished or queue[0].expires <= now):
+            r = queue.popleft()
+            if not r.finished and r.sock is not None:
+                r.sock.channel.stalled(r.sock)  # replies left unread answer now
+            if r.finished:
+                continue
+            r.finished = True
+            self.inflight -= 1
+            fwd = self.forwarder
+            fwd.note_failure(r.server, r.sent, "timeout")
+            box = fwd.carry(r.sock, r.uid, r, r.server, r.sent) if r.sock is not None else None
+            self._hand_off(r, "timeout", Resume(tried=frozenset((r.server,)), box=box))
+        if queue and not self.closed:
+            self.timer = self.loop.call_at(max(queue[0].expires, now), self._expire)
+
+    def _finish(self, r: Relayed, res: Resolved) -> None:
+        pipeline, q = self.pipeline, r.q
+        try:
+            out = pipeline.remember(q, res)
+        except Exception as e:  # a bug: the client and any waiters still get an answer
+            logger.exception("unhandled error storing a forwarded reply")
+            self.forwarder.stats.inc("unhandled_exceptions")
+            if r.fut is not None and not r.fut.done():
+                r.fut.set_exception(e)
+                r.fut.exception()  # retrieved: there may be no waiter
+            out = res
+        finally:
+            if pipeline.pending.get(q.key) is r.fut:
+                del pipeline.pending[q.key]
+        fut = r.fut
+        if fut is not None and not fut.done():
+            fut.set_result(out)
+        if out.reply is res.reply:  # not from the cache: the upstream's ID and question case
+            out = Resolved(wire.splice(res.reply, q.id, q.question, q.rd), res.source)
+        # (else the cache rendered it for q itself: q's ID, question bytes, RD and OPT)
+        r.send(q, out, r.addr, r.size, r.t0)
+
+    def _hand_off(self, r: Relayed, reason: str, resume: Resume) -> None:
+        """Leave the lane: the general path goes on from here, in a task."""
+        self.forwarder.stats.inc("forward_fast_lane", reason)
+        self.spawn(self._general(r, self._forward_rest(r, resume)))
+
+    async def _forward_rest(self, r: Relayed, resume: Resume) -> Resolved:
+        pipeline = self.pipeline
+        res = await pipeline.forward_rest(r.q, r.deadline, resume)
+        return await pipeline.settle(r.q, res, r.deadline) if r.native else res
+
+    async def _general(self, r: Relayed, step: Awaitable[Resolved]) -> None:
+        """Finish ``r`` with what ``step`` (the general path's rest of it) resolves to."""
+        pipeline, q = self.pipeline, r.q
+        try:
+            res = await step
+        except BaseException as e:
+            if r.fut is not None and not r.fut.done():
+                r.fut.set_exception(e)
+                r.fut.exception()
+            if pipeline.pending.get(q.key) is r.fut:
+                del pipeline.pending[q.key]
+            raise
+        self._finish(r, res)
+
+    def close(self) -> None:
+        """The worker stops: no more hand-offs or timers (the sockets close next)."""
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None

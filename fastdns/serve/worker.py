@@ -1,0 +1,474 @@
+"""One serving process: a uvloop loop, UDP and TCP servers, the pipeline and its upstreams.
+
+Created only inside the process that serves (never in a supervisor that will fork): the loop,
+the upstream sockets and the c-ares channel all belong to this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from fastdns.config import Config
+from fastdns.dns import loopguard, wire
+from fastdns.errors import BootError, ExitCode
+from fastdns.ipc import ControlWriter, StatusSender
+from fastdns.metrics.stats import WorkerStats, worker_message
+from fastdns.resolve.forward import sockmark
+from fastdns.resolve.forward.upstream import Forwarder
+from fastdns.resolve.pipeline import NativeLookup, Pipeline
+from fastdns.resolve.resolvconf import (
+    FileWatch,
+    UpstreamPlan,
+    plan_upstreams,
+    read_resolv_conf,
+    same_plan,
+)
+from fastdns.serve.udp import ServerState, TCPServer, UDPServer
+from fastdns.system.files import GraceHold
+from fastdns.system.process import Credentials, die_with_parent, drop_privileges
+from fastdns.system.sockets import bind_tcp, bind_udp, leave_reuseport_group, queued_bytes
+
+logger = logging.getLogger(__name__)
+
+TICK = 1.0  # seconds between checks of resolv.conf and the hosts file (issue: ~1-2 s)
+# Seconds between reads of a file whose empty read is being held (fastdns.files): the writer
+# of an in-place rewrite is about to finish. Polling only once a TICK could land in the blank
+# every time (a file rewritten every 0.5 s: issue 12) and wrongly give up after the grace.
+RECHECK = 0.1
+HEARTBEAT_MAX = 1.0  # seconds between a worker's heartbeats to the supervisor, at most
+DRAIN_WAIT = 0.05  # seconds between looks at in-flight queries while draining
+DRAIN_POLL = 0.005  # seconds between looks at a detached UDP socket's queue while draining
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when importable (it is a dependency), else the default asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a hard dependency
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def raise_nofile_limit() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one: upstream queries leave from many sockets
+    (``fastdns.upsock``, up to POOL_SIZE per upstream plus retired ones in flight)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (OSError, ValueError) as e:  # then fewer sockets: upsock counts "fallback"
+        logger.warning("could not raise the open-file limit: %s", e)
+
+
+def describe_plan(plan: UpstreamPlan, config: Config) -> str:
+    servers = ", ".join(h for h, _ in plan.servers) or "none"
+    if plan.source == "dns":
+        return f"hostResolver is disabled: forwarding every query to the dns: servers ({servers})"
+    if plan.source == "fallback":
+        return (f"{config.resolv_conf} has no usable nameserver: using the fallback servers "
+                f"({servers})")  # fmt: skip
+    if plan.source == "none":
+        return (f"{config.resolv_conf} has no usable nameserver and no fallback is configured: "
+                "forwarded queries will get SERVFAIL")  # fmt: skip
+    return f"upstream nameservers from {config.resolv_conf}: {servers}"
+
+
+def default_native_factory(worker: Worker) -> NativeLookup | None:
+    """The c-ares native path (fastdns.native) when hostResolver and fastdns.native are on.
+
+    Imported here, in the serving process, never at module level: the supervisor imports this
+    module and must not load pycares (a Channel made before fork hangs in the child).
+    """
+    if not (worker.config.enabled and worker.config.native.enabled):
+        return None
+    from fastdns.resolve.native.resolver import NativeResolver
+
+    return NativeResolver.for_worker(worker)
+
+
+class Worker:
+    """Serves on two already-bound sockets until ``stop()``; then drains and returns.
+
+    ``native_factory`` builds the pipeline's native hook (None: forward everything raw).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        udp_sock: socket.socket,
+        tcp_sock: socket.socket,
+        *,
+        slot: int = 0,
+        stats: WorkerStats | None = None,
+        native_factory: Callable[[Worker], NativeLookup | None] | None = default_native_factory,
+        on_tick: Callable[[Worker], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.udp_sock = udp_sock
+        self.tcp_sock = tcp_sock
+        self.slot = slot
+        self.stats = stats or WorkerStats()
+        self.native_factory = native_factory
+        self.on_tick = on_tick
+        self.stop_event: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.forwarder: Forwarder | None = None
+        self.pipeline: Pipeline | None = None
+        self.state: ServerState | None = None
+        self.resolv_watch = FileWatch(config.resolv_conf)
+        self.resolv_hold = GraceHold(config.resolv_conf, "nameservers")
+        self._plan_told = False  # replan() has logged a plan
+        self.reload_hooks: list[Callable[[], None]] = []
+        self._recheck: asyncio.TimerHandle | None = None
+
+    @property
+    def own_udp_port(self) -> int:
+        return int(self.udp_sock.getsockname()[1])
+
+    @property
+    def server_label(self) -> str:
+        """CoreDNS's ``server`` metric label: ``dns://IP:PORT``."""
+        host = self.config.listen
+        return f"dns://[{host}]:{self.own_udp_port}" if ":" in host else (
+            f"dns://{host}:{self.own_udp_port}")  # fmt: skip
+
+    def sample_gauges(self) -> None:
+        """Point-in-time values for the metrics process, taken per tick (never per query)."""
+        gauges = self.stats.gauges
+        for key in [k for k in gauges
+                    if k[0] in ("upstream_up", "upstream_source", "upstream_sockets")]:  # fmt: skip
+            del gauges[key]  # upstreams come and go with resolv.conf
+        if self.state is not None:
+            gauges[("inflight",)] = self.state.inflight
+            gauges[("tcp_connections",)] = len(self.state.tcp_connections)
+        if self.pipeline is not None and self.pipeline.cache is not None:
+            self.pipeline.cache.sample(gauges)
+        if self.forwarder is not None:
+            plan, now = self.forwarder.plan, self.forwarder.clock()
+            gauges[("upstream_source", plan.source)] = 1
+            for server in plan.servers:
+                health = self.forwarder.health.get(server)
+                up = 0 if health is not None and health.down(now) else 1
+                gauges[("upstream_up", f"{server[0]}:{server[1]}")] = up
+            for ch in self.forwarder.channels.values():
+                gauges[("upstream_sockets", ch.to)] = ch.open
+
+    def replan(self, *, log: bool = True) -> bool:
+        """Read resolv.conf and plan the upstreams again; True when the plan changed.
+
+        An empty or unreadable resolv.conf is held for a while first (``resolv_hold``, see
+        fastdns.files: a file rewritten in place is empty for a moment), and a rewrite that
+        names the same servers and options is no change: the cache and the c-ares channel stay.
+        """
+        assert self.forwarder is not None
+        resolv = read_resolv_conf(self.config.resolv_conf)
+        if not self.resolv_hold.check(resolv.readable and bool(resolv.nameservers)):
+            return False
+        plan = plan_upstreams(self.config, resolv, self.own_udp_port)
+        # The first plan is always told: an empty one equals the Forwarder's initial plan, and
+        # "no nameserver, no fallback" must still be warned about (acceptance case 28).
+        if self._plan_told and same_plan(plan, self.forwarder.plan):
+            return False
+        self.forwarder.set_plan(plan)
+        if log:
+            self._plan_told = True
+            level = logging.WARNING if plan.source in ("fallback", "none") else logging.INFO
+            logger.log(level, "%s", describe_plan(plan, self.config))
+        return True
+
+    async def setup(self) -> None:
+        raise_nofile_limit()
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.stop_event = asyncio.Event()
+        self.forwarder = Forwarder(loop, self.stats, self.config.upstream_timeout)
+        self.replan()
+        native = self.native_factory(self) if self.native_factory else None
+        self.pipeline = Pipeline(self.config, loop, self.stats, self.forwarder, native)
+        if self.config.rules.enabled:  # the rules process probes for forwarding loops
+            self.pipeline.loop_suffix = loopguard.probe_suffix(
+                loopguard.instance_token(self.config.listen, self.own_udp_port))
+        self.state = ServerState(self.config, self.pipeline, self.stats)
+        if self.pipeline.cache is not None:
+            # New upstreams (a VPN came up) or a new hosts file: cached answers, negative
+            # ones above all, may be wrong now.
+            self.reload_hooks.append(self.pipeline.cache.clear)
+        state = self.state
+        self.udp_server = UDPServer(state)
+        self.udp_server.start(loop, self.udp_sock)
+        self.tcp_server = await loop.create_server(lambda: TCPServer(state), sock=self.tcp_sock)
+        self.tick_task = loop.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        assert self.stop_event is not None and self.pipeline is not None
+        while not self.stop_event.is_set():
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), TICK)
+            except TimeoutError:
+                pass
+            try:
+                self.check_files()
+                if self.forwarder is not None:
+                    self.forwarder.sweep()
+                if self.on_tick is not None:
+                    self.on_tick(self)
+            except Exception:
+                logger.exception("periodic check failed")
+
+    def check_files(self) -> None:
+        """Pick up resolv.conf and hosts-file changes without a restart (VPNs, lima#3101)."""
+        assert self.pipeline is not None
+        changed = False
+        # (while a blank read is held, read again at every tick: the grace may run out)
+        if self.resolv_watch.changed() or self.resolv_hold.holding:
+            changed = self.replan()
+        if self.pipeline.hosts_file.refresh():
+            logger.info("reloaded %s", self.config.hosts_file)
+            changed = True
+        if changed:
+            for hook in self.reload_hooks:
+                hook()
+        holding = self.resolv_hold.holding or self.pipeline.hosts_file.hold_pending
+        if holding and self._recheck is None and self.loop is not None:
+            self._recheck = self.loop.call_later(RECHECK, self._check_again)
+
+    def _check_again(self) -> None:
+        self._recheck = None
+        if self.stop_event is not None and self.stop_event.is_set():
+            return
+        try:
+            self.check_files()
+        except Exception:
+            logger.exception("periodic check failed")
+
+    def stop(self) -> None:
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    async def drain(self) -> None:
+        """Stop accepting, finish in-flight queries up to graceful_timeout, close.
+
+        UDP first leaves the SO_REUSEPORT group (``sockets.leave_reuseport_group``): new flows
+        go to the other workers while this one still answers what its queue already holds,
+        so a reload or a TTOU loses no datagram. Where it cannot leave (a wildcard address)
+        it stops reading at once, as a single process does.
+        """
+        assert self.state is not None and self.forwarder is not None
+        state = self.state
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.graceful_timeout
+        detached = leave_reuseport_group(self.udp_sock)
+        state.draining = not detached
+        self.tcp_server.close()
+        for conn in list(state.tcp_connections):
+            conn.close_when_idle()
+        while detached and queued_bytes(self.udp_sock) and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)  # the loop reads what is left in the queue
+        while state.inflight and (left := deadline - loop.time()) > 0:
+            if state.tasks:
+                await asyncio.wait(set(state.tasks), timeout=min(left, DRAIN_WAIT))
+            else:  # only the forward fast lane's queries: callbacks, no task to wait on
+                await asyncio.sleep(min(left, DRAIN_POLL))
+        state.draining = True
+        state.relay.close()
+        for task in list(state.tasks):
+            task.cancel()
+        self.tick_task.cancel()
+        if self._recheck is not None:
+            self._recheck.cancel()
+        self.udp_server.close()
+        for conn in list(state.tcp_connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        self.forwarder.close()
+        close_native = getattr(self.pipeline.native, "close", None) if self.pipeline else None
+        if close_native is not None:
+            close_native()  # cancels c-ares lookups still pending, on this loop
+
+    async def run(self, on_ready: Callable[[Worker], None] | None = None) -> None:
+        await self.setup()
+        assert self.stop_event is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        if on_ready is not None:
+            on_ready(self)
+        await self.stop_event.wait()
+        logger.info("stopping: draining in-flight queries (up to %.1fs)",
+                    self.config.graceful_timeout)  # fmt: skip
+        await self.drain()
+
+
+def ready_info(worker: Worker) -> dict[str, Any]:
+    return {
+        "udp_port": worker.udp_sock.getsockname()[1],
+        "tcp_port": worker.tcp_sock.getsockname()[1],
+        "listen": worker.config.listen,
+    }
+
+
+def serve_one(
+    config: Config,
+    udp_sock: socket.socket,
+    tcp_sock: socket.socket,
+    on_ready: Callable[[Worker], None],
+    **kwargs: Any,
+) -> None:
+    """Run one Worker on a fresh uvloop loop until SIGTERM/SIGINT."""
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(Worker(config, udp_sock, tcp_sock, **kwargs).run(on_ready))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+class WorkerReporter:
+    """Heartbeats to the supervisor and stats to the metrics process, sent from inside the
+    worker's event loop, so a stalled loop falls silent and gets replaced."""
+
+    def __init__(
+        self,
+        control: ControlWriter,
+        status: StatusSender,
+        slot: int,
+        generation: int,
+        supervisor_pid: int,
+    ) -> None:
+        self.control = control
+        self.status = status
+        self.slot = slot
+        self.generation = generation
+        self.supervisor_pid = supervisor_pid
+        self.serving = False
+        self.server = ""
+
+    def ready(self, worker: Worker) -> None:
+        # Worker.run traps SIGINT; in a supervised worker it belongs to the supervisor, which
+        # stops the children in order (a terminal's Ctrl+C reaches the whole group).
+        if worker.loop is not None:
+            worker.loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.serving = True
+        self.server = worker.server_label  # kept: the socket is closed at the last report
+        self.beat(worker)
+
+    def tick(self, worker: Worker) -> None:
+        if os.getppid() != self.supervisor_pid or self.control.broken:
+            logger.warning("the supervisor is gone: stopping")
+            worker.stop()
+        self.send_stats(worker)
+
+    def beat(self, worker: Worker) -> None:
+        """Tell the supervisor this loop runs, and how much it served; then again in a while.
+
+        Several beats per ``worker_timeout`` (at most a second apart), so that a loop that is
+        merely busy for a moment is never mistaken for a stalled one.
+        """
+        inflight = worker.state.inflight if worker.state is not None else 0
+        # (the fast lane's hits are in ``served`` from the last tick's fold: send_stats)
+        served = sum(n for key, n in worker.stats.counters.items() if key[0] == "requests")
+        self.control.send(ready=True, served=served, inflight=inflight)
+        if worker.loop is not None and not self.control.broken:
+            interval = min(HEARTBEAT_MAX, worker.config.worker_timeout / 4)
+            worker.loop.call_later(interval, self.beat, worker)
+
+    def send_stats(self, worker: Worker) -> None:
+        if worker.state is not None:
+            # Fast-lane hits are counted per form; fold them into the per-query stats (and
+            # the served count) once a tick, here, and at the last report.
+            worker.state.accounting.flush_fronts()
+        if self.status.path:
+            worker.sample_gauges()
+            self.status.send(worker_message(self.slot, os.getpid(), self.generation,
+                                            worker.stats, self.server))  # fmt: skip
+
+
+def worker_process_main(
+    config: Config,
+    slot: int,
+    generation: int,
+    udp_port: int,
+    tcp_port: int,
+    control_fd: int,
+    stats_path: str | None,
+    *,
+    udp_sock: socket.socket | None = None,
+    tcp_sock: socket.socket | None = None,
+    user: Credentials | None = None,
+    supervisor_pid: int | None = None,
+) -> NoReturn:
+    """The life of one forked worker process; never returns.
+
+    Binds its own SO_REUSEPORT sockets on the supervisor's ports (unless given already bound
+    ones), drops to ``user``, serves until SIGTERM, drains and exits. The exit code is the API
+    with the supervisor: 0 after a requested stop, ``ExitCode.BOOT_ERROR`` when it could not
+    start (the reason also goes up the control pipe; the supervisor halts instead of looping),
+    anything else is a crash (respawned).
+    """
+    parent = supervisor_pid if supervisor_pid is not None else os.getppid()
+    control = ControlWriter(control_fd)
+    reporter = WorkerReporter(control, StatusSender(stats_path), slot, generation, parent)
+    code: int = ExitCode.ERROR
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        faulthandler.enable()  # the watchdog's SIGABRT prints where the loop was stuck
+        if udp_sock is None:
+            udp_sock = bind_udp(config.listen, udp_port, reuse_port=True)
+        if tcp_sock is None:
+            tcp_sock = bind_tcp(config.listen, tcp_port, reuse_port=True)
+        if user is not None:
+            drop_privileges(user)  # after binding: the port may be < 1024
+        if not die_with_parent(parent):  # after the drop: a uid change clears the setting
+            raise SystemExit(ExitCode.OK)
+        sockmark.configure(config.rules.mark)  # after the drop: it decides if SO_MARK works
+        loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        worker = Worker(config, udp_sock, tcp_sock, slot=slot, on_tick=reporter.tick)
+        try:
+            loop.run_until_complete(worker.run(reporter.ready))
+        finally:
+            reporter.send_stats(worker)  # the last counts, so a clean stop loses none
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+        code = ExitCode.OK
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else ExitCode.ERROR
+    except BaseException as e:
+        if reporter.serving:
+            logger.exception("worker %d crashed", slot)
+        else:
+            reason = str(e) if isinstance(e, BootError) else f"{type(e).__name__}: {e}"
+            if not isinstance(e, BootError):
+                logger.exception("worker %d failed to start", slot)
+            control.send(boot_error=reason)
+            code = ExitCode.BOOT_ERROR
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+__all__ = [
+    "Worker",
+    "WorkerReporter",
+    "new_event_loop",
+    "ready_info",
+    "serve_one",
+    "wire",
+    "worker_process_main",
+]

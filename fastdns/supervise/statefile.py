@@ -1,0 +1,85 @@
+"""The state file: what the supervisor publishes about the running service (ports, pids,
+served counts), written atomically (``system.statefile``) and echoed on stdout when it
+changes; and the status datagram to the metrics process.
+
+Runs in: the supervisor. ``StatePublisher`` is part of ``arbiter.Supervisor``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from fastdns.metrics.stats import supervisor_message
+from fastdns.system.statefile import write_state
+
+logger = logging.getLogger("fastdns.supervise.arbiter")
+
+STATE_MIN_INTERVAL = 1.0  # rewrite the state file for served counts at most this often
+
+
+class StatePublisher:
+    """The supervisor's publishing half."""
+
+    def _state(self) -> dict[str, Any] | None:
+        gen = self.serving
+        if gen is None:
+            return None
+        workers = sorted((c for c in self._workers(gen.number) if c.ready and not c.stopping),
+                         key=lambda c: c.slot)  # fmt: skip
+        state: dict[str, Any] = {
+            "udp_port": gen.udp_port,
+            "tcp_port": gen.tcp_port,
+            "listen": gen.config.listen,
+            "pid": os.getpid(),
+            "ready": bool(workers),
+            "workers": [c.pid for c in workers],
+            "served": [c.served for c in workers],
+            "generation": gen.number,
+        }
+        if self.metrics_port is not None:
+            state["metrics_port"] = self.metrics_port
+        return state
+
+    def _publish(self) -> None:
+        """Rewrite the state file when the workers change (echoed on stdout, fsynced), and at
+        most once a second for the served counts; send the status datagram."""
+        self._send_status()
+        state = self._state()
+        if state is None or self.stopping or state == self.published:
+            return
+        if self.published is None and self.config.metrics.listen and self.metrics_port is None:
+            return  # the first state names the metrics port (issue 5)
+        last = self.published or {}
+        changed = any(state.get(k) != last.get(k) for k in state if k != "served")
+        now = self.clock()
+        if not changed and now - self.published_at < STATE_MIN_INTERVAL:
+            return
+        try:
+            write_state(self.state_file, state, echo=changed, sync=changed)
+        except OSError as e:
+            logger.error("cannot write the state file %s: %s", self.state_file, e)
+        self.published, self.published_at = state, now
+
+    def _send_status(self) -> None:
+        if not self.status.path:
+            return
+        workers = [c for c in self.children.values() if c.kind == "worker" and not c.stopping]
+        restarts = [(slot, reason, n) for (slot, reason), n in sorted(self.restarts.items())]
+        self.status.send(supervisor_message(
+            os.getpid(), self.current.size, len(workers), sum(c.ready for c in workers),
+            restarts, self.stopping, self.serving is not None and not self.stopping))  # fmt: skip
+
+    # -----------------------------------------------------------------------------------
+    # Shutdown
+
+    def _unpublish(self) -> None:
+        """Leave a state file that no longer says ready (its pid is about to be gone)."""
+        if self.published is None:
+            return
+        state = {**self.published, "ready": False, "workers": [], "served": []}
+        try:
+            write_state(self.state_file, state, echo=False)
+        except OSError as e:
+            logger.error("cannot write the state file %s: %s", self.state_file, e)
