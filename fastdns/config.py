@@ -94,7 +94,7 @@ class RulesConfig:
     reconcile_interval: float = 10.0
     iptables: str = "auto"  # auto | nft | legacy | /path/to/iptables
     # PREROUTING only from these (iptables -i names, "veth+" wildcards); () = the interfaces
-    # that hold fastdns.host_ip; ("any",) = every interface (issue 13: the side door).
+    # that hold fastdns.host_ip; ("any",) = every interface (docs/rules.md: closed by default).
     interfaces: tuple[str, ...] = ()
     # SO_MARK of fastdns's upstream sockets, exempt from the OUTPUT jump; 0 = exempt by uid.
     # 0x53 ("53") avoids the bits kube-proxy (0x4000, 0x8000), Calico (0xffff0000), Cilium
