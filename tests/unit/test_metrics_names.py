@@ -142,7 +142,7 @@ def test_every_recorded_counter_is_exported() -> None:
     assert {"requests", "responses", "duration", "proxy_duration"} <= recorded  # the scan works
     missing = sorted(recorded - set(SOURCES))
     assert not missing, (f"WorkerStats keys recorded but not exported: {missing}; map them in "
-                         "fastdns/metrics.py SOURCES (and list them in the README)")  # fmt: skip
+                         "fastdns/metrics.py SOURCES (and in docs/metrics.md)")  # fmt: skip
 
 
 def full_exposition() -> str:
