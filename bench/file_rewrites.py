@@ -1,4 +1,5 @@
-"""SERVFAILs while resolv.conf is rewritten in place under load (issue 12, item 6).
+"""SERVFAILs while resolv.conf is rewritten in place under load (docs/configuration.md, "Files
+rewritten in place").
 
 ``fastdns serve`` (two workers, default settings) forwards to a FakeUpstream; four client
 threads ask two cached names (TTL 300) and two uncached ones (TTL 0) while resolv.conf is

@@ -1,4 +1,5 @@
-"""Worker memory on the native path over many distinct names (issue 12, item 7).
+"""Worker memory on the native path over many distinct names (docs/answering.md, "c-ares' own
+cache: off").
 
 Starts ``fastdns serve`` (one worker, default cache settings) against a minimal loopback
 upstream that answers every A question with one address, TTL 300, and asks N distinct

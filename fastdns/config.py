@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from fastdns.configfile import (
+    HOST_RESOLVER_KEYS,
     Source,
     did_you_mean,
     parse,
@@ -93,7 +94,7 @@ class RulesConfig:
     reconcile_interval: float = 10.0
     iptables: str = "auto"  # auto | nft | legacy | /path/to/iptables
     # PREROUTING only from these (iptables -i names, "veth+" wildcards); () = the interfaces
-    # that hold fastdns.host_ip; ("any",) = every interface (issue 13: the side door).
+    # that hold fastdns.host_ip; ("any",) = every interface (docs/rules.md: closed by default).
     interfaces: tuple[str, ...] = ()
     # SO_MARK of fastdns's upstream sockets, exempt from the OUTPUT jump; 0 = exempt by uid.
     # 0x53 ("53") avoids the bits kube-proxy (0x4000, 0x8000), Calico (0xffff0000), Cilium
@@ -654,3 +655,21 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if not isinstance(doc, dict):
         raise ConfigError([f"{text_path}: the top level must be a mapping, got {_type_name(doc)}"])
     return build_config(doc, text_path, source, duplicates)
+
+
+def known_keys() -> frozenset[str]:
+    """Every key path ``build_config`` reads, dotted as in its messages (``fastdns.cache.min_ttl``).
+
+    Built from the same sets the loaders pass to ``_reject_unknown``, so docs/configuration.md
+    can be checked against it (tests/unit/test_docs.py)."""
+    keys = {f"hostResolver.{key}" for key in HOST_RESOLVER_KEYS} | {"dns"}
+    sections: dict[str, type] = {
+        "native": NativeConfig, "cache": CacheConfig, "metrics": MetricsConfig,
+        "rules": RulesConfig, "acl": AclConfig, "ratelimit": RateLimitConfig,
+    }  # fmt: skip
+    for key in _FASTDNS_KEYS:
+        if key in sections:
+            keys |= {f"fastdns.{key}.{f}" for f in sections[key].__dataclass_fields__}
+        else:
+            keys.add(f"fastdns.{key}")
+    return frozenset(keys)

@@ -7,8 +7,8 @@ loop falls silent); any child may write ``{"boot_error": "why"}`` just before ex
 ``ExitCode.BOOT_ERROR``; the metrics process may write ``{"metrics_port": p}``.
 
 Status datagrams (any process -> the metrics process): JSON over an AF_UNIX SOCK_DGRAM socket
-that the metrics process binds at a path the supervisor chooses (team brief, "stats/status
-flow"). Senders never block and ignore every send error: metrics may be down.
+that the metrics process binds at a path the supervisor chooses (the contract is
+``stats.py``). Senders never block and ignore every send error: metrics may be down.
 
 Standard library only: the supervisor imports this module.
 """

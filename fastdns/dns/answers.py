@@ -199,7 +199,7 @@ def _node_ip(node: Any) -> str:
 
 def address_reply(q: wire.Query, result: Any, style: AnswerStyle, *, local: bool) -> bytes | None:
     """The A or AAAA reply for a getaddrinfo result; None when it holds no address of the
-    asked family (Lima forwards then, acceptance case 18).
+    asked family (Lima forwards the query then; docs/answering.md, "How answers are written").
 
     ``local``: the addresses came from the hosts file (or RFC 6761 localhost), whose TTL 0
     from c-ares is replaced by ``style.local_ttl``.
@@ -242,7 +242,7 @@ def flattened_ttl(result: Any, qtype: int) -> int:
 
 def canonical_cname_reply(q: wire.Query, result: Any, style: AnswerStyle) -> bytes | None:
     """Lima's CNAME answer: ``q CNAME <final name of the chain>``, TTL 5; None when the name
-    has no CNAME (Lima forwards then, acceptance case 21)."""
+    has no CNAME (Lima forwards the query then, docs/lima-differences.md)."""
     chain = cname_chain(result.cnames)
     if not chain:
         return None

@@ -7,10 +7,12 @@ process sums them (``aggregator.StatsAggregator``, a custom collector that keeps
 workers that exited, so counters stay monotonic across restarts) and serves ``/metrics``,
 ``/health`` and ``/ready`` (``metrics.http``; the process entry is ``metrics.main``).
 
-``METRICS`` is the single source of truth for names, help, labels and buckets (research
-aesthetics.md §6: CoreDNS names under the ``fastdns_`` namespace, so CoreDNS dashboards port by
-renaming); ``SOURCES`` maps ``WorkerStats`` keys onto them. Importing this module is cheap and
-stdlib-only; prometheus-client and pycares are imported only inside the metrics process.
+``METRICS`` is the single source of truth for names, help, labels and buckets (CoreDNS names
+under the ``fastdns_`` namespace, so CoreDNS dashboards port by renaming; docs/metrics.md lists
+them all, checked by tests/unit/test_docs.py); ``SOURCES`` maps ``WorkerStats`` keys onto them.
+Importing this module creates nothing; the supervisor does not import it (the metrics process
+does, in ``children.child_metrics``, after the fork). prometheus-client and pycares are
+imported only inside the metrics process.
 """
 
 from __future__ import annotations

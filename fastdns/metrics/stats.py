@@ -1,6 +1,6 @@
 """Per-worker counters and histograms in plain Python, cheap enough for the hot path.
 
-prometheus-client costs 1.5-2.7 us per call in multiprocess mode (research/tech-notes.md §5);
+prometheus-client costs 1.5-2.7 us per call in multiprocess mode (measured on the dev VM);
 a dict key increment costs under 0.1 us. Workers keep cumulative totals here and ship
 ``snapshot()`` to whoever exports them; nothing here talks to prometheus-client.
 """
@@ -89,7 +89,7 @@ class WorkerStats:
 
 
 # --------------------------------------------------------------------------------------------
-# The stats/status datagram contract (team brief, "Process-shape contracts").
+# The stats/status datagram contract between the processes (docs/metrics.md).
 #
 # The metrics process owns an AF_UNIX SOCK_DGRAM socket at a path the supervisor picks; the
 # other processes send it one JSON object per datagram with ``ipc.StatusSender`` (never blocks,

@@ -1,4 +1,4 @@
-"""Who may query: the client access list (issue 13, "Closed by default"), without sockets.
+"""Who may query: the client access list (docs/exposure.md, closed by default), without sockets.
 
 fastdns answers only sources in ``acl.allow``; by default loopback plus the private,
 shared-address and link-local ranges (dnsdist's default ACL), so a Lima guest, a pod or a LAN

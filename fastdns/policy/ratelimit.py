@@ -1,4 +1,5 @@
-"""Response rate limiting for UDP (issue 13), without sockets: token buckets per client prefix.
+"""Response rate limiting for UDP (docs/exposure.md), without sockets: token buckets per client
+prefix.
 
 A DNS server on an address the internet can reach is a reflector: a spoofed 39-byte TXT query
 with EDNS 4096 made fastdns send 1,156 bytes (29.6x). BIND's RRL, unbound's ``ip-ratelimit``

@@ -91,7 +91,7 @@ class StaticHosts:
         return h
 
     def cycle_warnings(self) -> list[str]:
-        """One message per alias that ends in a cycle (acceptance case 7)."""
+        """One message per alias that ends in a cycle (docs/lima-differences.md: alias cycles)."""
         return [f"hostResolver.hosts.{key}: alias cycle; queries for it get SERVFAIL"
                 for key in sorted(self.cycles)]  # fmt: skip
 

@@ -294,7 +294,7 @@ class Pipeline:
 
     async def _alias(self, q: wire.Query, target: str, deadline: float) -> Resolved:
         """Resolve a static alias's non-static target; answer flattened under the query name
-        with the static TTL, as Lima does (acceptance case 6)."""
+        with the static TTL, as Lima does (docs/answering.md, "The order of sources")."""
         try:
             tq = wire.parse_query(_question_wire(target, q))
         except (ValueError, wire.Malformed):

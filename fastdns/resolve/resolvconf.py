@@ -104,7 +104,7 @@ def plan_upstreams(config: Config, resolv: ResolvConf, own_port: int | None) -> 
             if own_port == DNS_PORT and _is_self(a, config.listen):
                 continue  # a nameserver that is fastdns itself would loop
             if redirected and _same_ip(a, config.rules.virtual_ip):
-                continue  # the virtual address is fastdns itself (loop guard, issue 6)
+                continue  # the virtual address is fastdns itself (loop guard, docs/rules.md)
             out.append((a, DNS_PORT))
         return tuple(out)
 

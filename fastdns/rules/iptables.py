@@ -3,7 +3,7 @@
 conntrack. What to install is decided in ``fastdns.rules``.
 
 The binaries are called rather than a library: python-iptables (libiptc) writes to the legacy
-tables, invisible to the ``iptables-nft`` that most distributions ship (tech-notes §6).
+tables, invisible to the ``iptables-nft`` that most distributions ship.
 """
 
 from __future__ import annotations

@@ -239,7 +239,7 @@ class RulesProcess:
         try:
             plan = self.plan()
         except NoInterface as e:
-            if not self.planned:  # refuse to start rather than serve every network (issue 13)
+            if not self.planned:  # refuse to start rather than serve every network (docs/rules.md)
                 raise BootError(f"fastdns.rules: {e}") from e
             self._fail(f"rules cannot be updated: {e}")
             self.report()

@@ -60,7 +60,7 @@ class RulePlan:
     @property
     def needs_localnet(self) -> bool:
         """DNAT from PREROUTING to 127.0.0.0/8 is dropped unless route_localnet is on for the
-        interface the packet came in on (tech-notes §6)."""
+        interface the packet came in on (ip-sysctl: route_localnet; docs/rules.md)."""
         return (self.family == 4 and "PREROUTING" in self.hooks and bool(self.target)
                 and ipaddress.ip_address(self.target) in LOCALNET)  # fmt: skip
 
@@ -94,7 +94,7 @@ def scope_interfaces(
     """The interfaces PREROUTING takes packets from: ``rules.interfaces``, else those of
     ``addresses`` (interface -> its addresses) that hold ``host_ip`` (the address guests use
     for the host, Lima's gateway); None = any. ``NoInterface`` when there are none: unscoped,
-    a loopback-only fastdns would answer every network this host routes (issue 13)."""
+    a loopback-only fastdns would answer every network this host routes (docs/rules.md)."""
     if "PREROUTING" not in rules.hooks or rules.interfaces == ("any",):
         return None
     if rules.interfaces:

@@ -59,7 +59,7 @@ class ServerState:
         pipeline.spawn = self.spawn
         # The forward fast lane (UDP misses relayed with callbacks, no task).
         self.relay = Relay(pipeline, self.spawn)
-        # Who may query, and who is rate limited (issue 13): judged per source address.
+        # Who may query, and who is rate limited (docs/exposure.md): judged per source address.
         self.gate = Gate(config.acl, config.ratelimit, config.worker_count())
 
     @property

@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 TICK = 1.0  # seconds between checks of resolv.conf and the hosts file (issue: ~1-2 s)
 # Seconds between reads of a file whose empty read is being held (fastdns.files): the writer
 # of an in-place rewrite is about to finish. Polling only once a TICK could land in the blank
-# every time (a file rewritten every 0.5 s: issue 12) and wrongly give up after the grace.
+# every time (a file rewritten every 0.5 s, bench/file_rewrites.py) and wrongly give up after
+# the grace.
 RECHECK = 0.1
 HEARTBEAT_MAX = 1.0  # seconds between a worker's heartbeats to the supervisor, at most
 DRAIN_WAIT = 0.05  # seconds between looks at in-flight queries while draining
@@ -176,7 +177,7 @@ class Worker:
             return False
         plan = plan_upstreams(self.config, resolv, self.own_udp_port)
         # The first plan is always told: an empty one equals the Forwarder's initial plan, and
-        # "no nameserver, no fallback" must still be warned about (acceptance case 28).
+        # "no nameserver, no fallback" must still be warned about (docs/lima-differences.md).
         if self._plan_told and same_plan(plan, self.forwarder.plan):
             return False
         self.forwarder.set_plan(plan)

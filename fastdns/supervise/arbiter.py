@@ -1,6 +1,6 @@
 """The supervisor: forks the worker, metrics and rules processes and keeps them alive.
 
-It owns no event loop, no thread and no c-ares channel (aesthetics §3.4), so forking is safe,
+It owns no event loop, no thread and no c-ares channel, so forking is safe,
 and it never imports pycares, uvloop or fastdns.native, even indirectly (tests/unit/
 test_layers.py): whatever serves is imported by a child after the fork, in the ``child_*``
 functions of ``fastdns.children``. The shape is gunicorn's arbiter: signal handlers only
@@ -10,7 +10,8 @@ pipes), then handles signals, reaps, kills stalled workers and tops the pool up.
 Ports: the supervisor binds the first worker's SO_REUSEPORT sockets itself (port 0 becomes a
 real port here, once), hands them to that worker by fork and closes its own copies; every
 other worker binds the same ports in its own process. So no process ever holds a socket of
-the group that it does not read (tech-notes §3: a stray copy blackholes 1/N of the flows).
+the group that it does not read (a stray copy blackholes 1/N of the flows: the kernel hashes
+flows onto every socket of the group; docs/process-model.md, "Ports").
 """
 
 from __future__ import annotations
@@ -252,7 +253,8 @@ class Supervisor(Generations, ChildExits, StatePublisher):
         return pid
 
     def _close_in_child(self, keep: set[int]) -> None:
-        """A child holds no fd of its siblings and none of the supervisor's (tech-notes §3)."""
+        """A child holds no fd of its siblings and none of the supervisor's (a stray
+        SO_REUSEPORT copy blackholes a share of the flows; docs/process-model.md, "Ports")."""
         fds = [self.wake_r, self.wake_w, *(c.control_fd for c in self.children.values())]
         for fd in fds:
             if fd >= 0 and fd not in keep:

@@ -50,7 +50,7 @@ class StatePublisher:
         if state is None or self.stopping or state == self.published:
             return
         if self.published is None and self.config.metrics.listen and self.metrics_port is None:
-            return  # the first state names the metrics port (issue 5)
+            return  # the first state names the metrics port (docs/process-model.md, "State file")
         last = self.published or {}
         changed = any(state.get(k) != last.get(k) for k in state if k != "served")
         now = self.clock()

@@ -1,13 +1,13 @@
 """Riding out a config file caught half rewritten (resolv.conf, the hosts file).
 
-Editors and some VPN clients rewrite a file in place: truncate, then write a moment later
-(measured in issue 12: 150 ms). A poll in between reads an empty file. Acting on it at once
-meant "no usable nameserver" (SERVFAIL for every forwarded query) or an empty hosts table
-(NXDOMAIN from upstream for hosts-file names), plus a cache flush, for a file that was about to
-be the same as before. ``GraceHold`` keeps the last good contents through such a read for
-``FILE_GRACE`` seconds; a file still empty or unreadable after that is acted on as before
-(a real "no nameserver", a hosts file really emptied). Atomic replacement (write a temporary
-file, rename it over) never shows an empty file and never waits.
+Editors and some VPN clients rewrite a file in place: truncate, then write a moment later (measured:
+150 ms; docs/configuration.md, "Files rewritten in place"). A poll in between reads an empty file.
+Acting on it at once meant "no usable nameserver" (SERVFAIL for every forwarded query) or an empty
+hosts table (NXDOMAIN from upstream for hosts-file names), plus a cache flush, for a file that was
+about to be the same as before. ``GraceHold`` keeps the last good contents through such a read for
+``FILE_GRACE`` seconds; a file still empty or unreadable after that is acted on as before (a real
+"no nameserver", a hosts file really emptied). Atomic replacement (write a temporary file, rename it
+over) never shows an empty file and never waits.
 
 Pure: the caller reads the file and passes a clock.
 """

@@ -52,7 +52,7 @@ def test_check_config_ok(tmp_path: Path) -> None:
     line = path.read_text().splitlines().index("    a.test.: 10.0.0.2") + 1
     assert f"warning: {path}:{line}: hostResolver.hosts.a.test.: duplicates 'A.test'" in (
         out.stderr)
-    assert "warning: hostResolver.hosts.x: alias cycle" in out.stderr  # acceptance case 7
+    assert "warning: hostResolver.hosts.x: alias cycle" in out.stderr  # warned at load
     assert "warning: hostResolver.hosts.y: alias cycle" in out.stderr
 
 

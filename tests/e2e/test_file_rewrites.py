@@ -1,4 +1,5 @@
-"""resolv.conf and the hosts file rewritten in place under load (issue 12, item 6).
+"""resolv.conf and the hosts file rewritten in place under load (docs/configuration.md, "Files
+rewritten in place").
 
 Editors and some VPN clients truncate the file and write it again a moment later; a worker
 that polls in between reads an empty file. Before: that empty read became "no usable

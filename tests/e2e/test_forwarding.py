@@ -1,4 +1,4 @@
-"""Forwarding and failure (acceptance cases 25-30 and 34) and the hosts file, against
+"""Forwarding and failure (docs/answering.md, "Forwarding") and the hosts file, against
 ``fastdns serve`` with FakeUpstreams on 127.0.0.x:53.
 
 Each scenario has its own module-scoped server with a fixed upstream layout; tests use names of
@@ -26,9 +26,8 @@ from support.upstream import FakeUpstream, dead_address
 
 pytestmark = pytest.mark.e2e
 
-# Issue 2 forwards everything that is not static; the native (c-ares) path and the cache of
-# later issues are off here so these tests see the raw forward path alone (and every query
-# reaches the upstream).
+# The native (c-ares) path and the cache are off here so these tests see the raw forward path
+# alone (and every query reaches the upstream).
 FAST = {
     "upstream_timeout": 0.3,
     "deadline": 1.5,

@@ -1,4 +1,4 @@
-"""Lima's ``TestDNSRecords`` (pkg/hostagent/dns/dns_test.go, spec §3) against ``fastdns serve``.
+"""Lima's ``TestDNSRecords`` (Lima's pkg/hostagent/dns/dns_test.go) against ``fastdns serve``.
 
 Lima drives its handler with a mocked host resolver and matches ``reply.String()`` with regexes.
 Here the same static hosts go into a lima.yaml, the TXT zones live on a FakeUpstream (the native
@@ -126,7 +126,7 @@ def test_y1_y2_alias_cycles_answer_servfail_fast(
 ) -> None:
     started = time.monotonic()
     reply = server.query(name, rdtype, timeout=2.0)
-    assert time.monotonic() - started < 1.0  # acceptance case 7: within 1 s, no loop
+    assert time.monotonic() - started < 1.0  # an alias cycle: SERVFAIL within 1 s, no loop
     assert name in reply.to_text()  # Lima's weak check: the name is in the text
     assert reply.rcode() == dns.rcode.SERVFAIL  # fastdns: a defined rcode
     assert reply.answer == []  # no CNAME loop in the answer

@@ -1,7 +1,7 @@
-"""c-ares' own query cache is off: fastdns's cache (bounded by ``cache.capacity``) is the only
-one on the native path (issue 12, item 7). With c-ares' cache on, every distinct name the
-native path resolved stayed in the worker up to its TTL (capped at 3600 s), whatever the cache
-settings said: 200,000 names with TTL 300 grew a worker from 27 to 261 MB."""
+"""c-ares' own query cache is off: fastdns's cache (bounded by ``cache.capacity``) is the only one
+on the native path (docs/answering.md, "c-ares' own cache: off"). With c-ares' cache on, every
+distinct name the native path resolved stayed in the worker up to its TTL (capped at 3600 s),
+whatever the cache settings said: 200,000 names with TTL 300 grew a worker from 27 to 261 MB."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Response rate limiting with two worker processes, and what it does to amplification
-(issue 13: a 39-byte TXT query with EDNS 4096 drew 1,156 bytes, 29.6x, 10,000 times over).
+(docs/exposure.md: a 39-byte TXT query with EDNS 4096 drew 1,156 bytes, 29.6x, 10,000 times over).
 
 A flood of TXT queries from one loopback /24 (loopback is exempt by default; these configs
 exempt nothing) on many source ports, so the kernel spreads it over both workers

@@ -1,4 +1,4 @@
-"""Acceptance cases 1-15 (spec "Static hosts and aliases") against ``fastdns serve``."""
+"""Static hosts and aliases (docs/answering.md) against ``fastdns serve``."""
 
 from __future__ import annotations
 
@@ -297,7 +297,7 @@ def test_a_46_byte_label_is_still_matched(server: FastDNSProcess) -> None:
 def _filealias(
     mod_fastdns_factory: Any, upstream: FakeUpstream, mod_tmp: Any
 ) -> FastDNSProcess:
-    """Two workers; static aliases whose targets only the hosts file knows (issue 12, item 8).
+    """Two workers; static aliases whose targets only the hosts file knows.
     The upstream has no such names: asking it gets NXDOMAIN."""
     hosts = mod_tmp / "alias-hosts"
     hosts.write_text("127.0.0.1 localhost\n10.7.7.7 hostsfile.test\nfd00::77 hostsfile.test\n"

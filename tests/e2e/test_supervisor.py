@@ -52,7 +52,7 @@ def test_workers_share_the_ports_and_all_serve(fastdns_factory: Any) -> None:
         assert any("uvloop" in p for p in procfs.mapped_files(pid))
 
     # Each worker holds exactly its own socket of each group; the supervisor holds none
-    # (a stray copy would blackhole a share of the flows, tech-notes §3).
+    # (a stray copy would blackhole a share of the flows: docs/process-model.md, "Ports").
     for proto, port in (("udp", fdp.udp_port), ("tcp", fdp.tcp_port)):
         group = procfs.bound_sockets(proto, port)
         assert len(group) == 2, (proto, group)

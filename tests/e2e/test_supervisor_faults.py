@@ -2,7 +2,7 @@
 
 Each test runs a steady load (``support.load.QueryLoad``: ~300 queries/s, each from a fresh
 source port, so spread over the workers) and counts what the clients saw. The numbers are
-printed (``pytest -s``) for the README/report.
+printed (``pytest -s``) for docs/process-model.md.
 """
 
 from __future__ import annotations

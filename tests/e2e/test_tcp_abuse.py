@@ -1,5 +1,6 @@
-"""A TCP client that never reads its replies, against ``fastdns serve`` (issue 12 #3): the
-worker's resident memory stays bounded, the connection is closed, other clients are served.
+"""A TCP client that never reads its replies, against ``fastdns serve`` (docs/answering.md,
+"Transport"): the worker's resident memory stays bounded, the connection is closed, other clients
+are served.
 
 Before the fix the worker buffered every reply: 20,000 queries for a 51 KB cached answer took
 its RSS from 49 MB to 1,027 MB until the client closed.

@@ -1,4 +1,4 @@
-"""Transport, truncation and EDNS (acceptance cases 31-37 and 23) against ``fastdns serve``."""
+"""Transport, truncation and EDNS (docs/answering.md, "Transport") against ``fastdns serve``."""
 
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def test_tcp_idle_connections_are_closed(compat: FastDNSProcess) -> None:
 
 def test_tcp_connections_are_bounded(compat: FastDNSProcess) -> None:
     """At the limit a new connection takes the slot of the idlest one (RFC 7766 §6.2.3), so
-    idle connections cannot keep new clients out (issue 12)."""
+    idle connections cannot keep new clients out."""
     held = [socket.create_connection((compat.address, compat.tcp_port), timeout=3)
             for _ in range(3)]  # fmt: skip
     try:

@@ -1,7 +1,7 @@
-"""A bad day upstream (issue 12), against the real ``fastdns serve`` (uvloop workers) with
-FakeUpstreams on 127.0.0.x:53: an upstream that restarts (ICMP port unreachable meanwhile), one
-slower than an attempt, replies spoofed at the source port of a forwarded query, and how many
-source ports forwarded queries leave from (RFC 5452 §9.2).
+"""A bad day upstream (docs/answering.md, "Forwarding"), against the real ``fastdns serve`` (uvloop
+workers) with FakeUpstreams on 127.0.0.x:53: an upstream that restarts (ICMP port unreachable
+meanwhile), one slower than an attempt, replies spoofed at the source port of a forwarded query, and
+how many source ports forwarded queries leave from (RFC 5452 §9.2).
 
 Measured figures (recovery time, port spread, poisoned trials) are printed: run with ``-s``.
 """
@@ -163,8 +163,8 @@ def spoofs(name: str) -> list[bytes]:
 
 def test_spoofed_replies_at_a_seen_port_do_not_poison(upstream_factory: UpstreamFactory,
                                                       tmp_path: Path) -> None:  # fmt: skip
-    """The attack of issue 12: learn the source port from one forwarded query, then, while a
-    victim name is resolved (slowly), send replies with all 65,536 IDs from the upstream's
+    """The source-port attack (RFC 5452 §9.2): learn the source port from one forwarded query, then,
+    while a victim name is resolved (slowly), send replies with all 65,536 IDs from the upstream's
     address and port to that port. The victim must get the real answer, and keep it."""
     up = zone(upstream_factory())
     fdp = serve(tmp_path, up, upstream_timeout=3.0, deadline=4.0)

@@ -1,4 +1,4 @@
-"""The client ACL and the rate limiter on a real worker's sockets (issue 13).
+"""The client ACL and the rate limiter on a real worker's sockets (docs/exposure.md).
 
 Loopback has a whole /8 of source addresses, so one worker bound on 127.0.0.1 sees "inside"
 and "outside" clients, and different /24 prefixes, without leaving the test namespace.

@@ -1,9 +1,10 @@
-"""Acceptance cases 16-24 and 45 of research/lima-dns-spec.md ("Native lookups and record
-building"), against a real worker whose native path (c-ares) asks a FakeUpstream.
+"""Native lookups and record building as Lima's host agent does them (docs/answering.md,
+"Native resolution"; docs/lima-differences.md), against a real worker whose native path (c-ares)
+asks a FakeUpstream.
 
-The spec's "native" is a mockable host resolver; here it is c-ares reading a generated
-resolv.conf, and the mocked results are records on the FakeUpstream. F cases are checked with
-``lima_compat: true``; the default (B) behaviour is checked next to them where it differs.
+Lima's "native" is the host's resolver library; here it is c-ares reading a generated
+resolv.conf, and the results are records on the FakeUpstream. Lima's behaviour is checked with
+``lima_compat: true``; the default behaviour is checked next to it where it differs.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def fallbacks(srv: InProcessServer) -> dict[str, int]:
     return {k[1]: v for k, v in srv.counters().items() if k[0] == "native_fallback"}
 
 
-# ------------------------------------------------------------------------------ case 16
+# ------------------------------------------------------------- A and AAAA
 
 
 @pytest.mark.parametrize(("lima", "ttl"), [(True, 5), (False, 300)])
@@ -133,7 +134,7 @@ def test_16_ipv6_on_gives_one_aaaa(
     assert lines(ask(srv, "n.test", "AAAA")) == ["n.test. 5 IN AAAA 2001:db8::1"]
 
 
-# ------------------------------------------------------------------------------ cases 17, 18
+# ---------------------------------------------------------- negative answers
 
 
 def test_17_native_nxdomain_is_forwarded_and_returned_unchanged(
@@ -167,7 +168,7 @@ def test_18_only_ipv6_for_an_a_query_is_forwarded(
     assert srv.counter("responses", "NOERROR", "forward") == 1
 
 
-# ------------------------------------------------------------------------------ case 19
+# ---------------------------------------------------------------------- TXT
 
 
 def test_19_txt_records(inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream) -> None:
@@ -183,7 +184,7 @@ def test_19_txt_records(inproc: InProcessFactory, tmp_path: Path, up: FakeUpstre
     assert [r.strings for r in ask(srv, "empty.test", "TXT").answer[0]] == [(b"",)]
 
 
-# ------------------------------------------------------------------------------ case 20
+# ------------------------------------------------------------- MX, NS, SRV
 
 
 @pytest.mark.parametrize(
@@ -211,7 +212,7 @@ def test_20_an_error_means_forward(
     assert fallbacks(srv) == {"refused": 1}
 
 
-# ------------------------------------------------------------------------------ case 21
+# -------------------------------------------------------------------- CNAME
 
 
 def test_21_cname_query_for_a_name_without_cname_is_forwarded(
@@ -234,7 +235,7 @@ def test_21b_default_answers_nodata_natively(
     assert fallbacks(srv) == {}
 
 
-# ------------------------------------------------------------------------------ case 22
+# ------------------------------------------------------------- other types
 
 
 @pytest.mark.parametrize("rdtype", ["PTR", "SOA", "CAA", "HTTPS", "DS", "DNSKEY", "ANY"])
@@ -253,7 +254,7 @@ def test_22_other_types_are_forwarded_raw_with_edns_options(
     assert fallbacks(srv) == {"unsupported_type": 1}
 
 
-# ------------------------------------------------------------------------------ case 23
+# ------------------------------------------------------------ reply header
 
 
 def test_23_local_replies_ra_question_opt_and_class(
@@ -272,7 +273,7 @@ def test_23_local_replies_ra_question_opt_and_class(
     assert srv.counter("responses", "NOERROR", "native") == 2
 
 
-# ------------------------------------------------------------------------------ case 24
+# ---------------------------------------------------------------- TTLs
 
 
 @pytest.mark.parametrize(("lima", "a_ttl", "cname_ttl"), [(False, 300, 60), (True, 5, None)])
@@ -291,7 +292,7 @@ def test_24_ttls_pass_through_unless_lima_compat(
     assert lines(ask(srv, "alias.test", "A")) == want
 
 
-# ------------------------------------------------------------------------------ case 45
+# -------------------------------------------------------- hanging lookups
 
 
 def test_45_a_hanging_lookup_does_not_stall_others(

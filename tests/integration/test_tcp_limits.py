@@ -1,7 +1,7 @@
-"""Clients that are slow or hostile over TCP (issue 12): a client that never reads its replies,
-slowloris connections that trickle a byte at a time, and one address opening many
-connections. A real worker (``support.inproc``) on loopback, real sockets; the server's own
-state (buffered reply bytes, open connections) and counters read on its loop.
+"""Clients that are slow or hostile over TCP (docs/answering.md, "Transport"): a client that never
+reads its replies, slowloris connections that trickle a byte at a time, and one address opening many
+connections. A real worker (``support.inproc``) on loopback, real sockets; the server's own state
+(buffered reply bytes, open connections) and counters read on its loop.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def connect(port: int, source: str = LOCAL, rcvbuf: int = 0) -> socket.socket:
 def test_a_client_that_never_reads_cannot_grow_the_worker(
     inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream, sockets: list[socket.socket]
 ) -> None:
-    """Issue 12 #3: 1000 queries for a 53 KB cached answer, never read. Before the fix the
+    """1000 queries for a 53 KB cached answer, never read. Before the fix the
     worker buffered every reply (~53 MB here; 1 GB with 20,000 queries)."""
     srv = serve(inproc, tmp_path, up, tcp_idle_timeout=1.0)
     warm = query(LOCAL, srv.tcp_port, BIG, "TXT", tcp=True, timeout=3)
@@ -154,7 +154,7 @@ def test_a_client_that_never_reads_cannot_grow_the_worker(
 def test_slowloris_does_not_starve_new_clients(
     inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream, sockets: list[socket.socket]
 ) -> None:
-    """Issue 12 #4: connections that send one byte at a time hold every slot; before the fix
+    """Slowloris: connections that send one byte at a time hold every slot; before the fix
     every byte restarted the idle timer and a new client was refused."""
     srv = serve(inproc, tmp_path, up, tcp_max_connections=8)
     for _ in range(12):  # more than the slots: each starts a frame and never finishes it

@@ -1,4 +1,4 @@
-"""Closed by default (issue 13): fastdns on 0.0.0.0, clients in another network namespace.
+"""Closed by default (docs/exposure.md): fastdns on 0.0.0.0, clients in another network namespace.
 
 The guest namespace (support.netns.GuestLink, joined to the test's namespace by a veth pair)
 gets three source addresses on its link: 10.200.0.2 and 192.168.77.2 (private: answered by

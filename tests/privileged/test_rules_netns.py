@@ -1,4 +1,4 @@
-"""The rules process with real iptables in real network namespaces (issue 6).
+"""The rules process with real iptables in real network namespaces (docs/rules.md).
 
 The test's own namespace (from tests/netns-run) plays the host; a guest namespace is joined to
 it by a veth pair (support.netns). fastdns listens on 127.0.0.1 and the virtual address
@@ -290,7 +290,8 @@ def test_port_change_moves_existing_flows(
     # The rules are visible before the old flows are forgotten (conntrack -D runs after the
     # restore): wait for the reconcile that did both to be reported.
     rr.wait_status(lambda s: s["reconcile"]["changed"] > changed)
-    # Without the conntrack flush this flow would still reach a for ~30 s (tech-notes §6).
+    # Without the conntrack flush this flow would still reach a for ~30 s (conntrack keeps the old
+    # DNAT).
     assert guest(link, *pinned) == "10.9.9.2"
     assert guest(link, "+tcp") == "10.9.9.2"
     assert "ports changed" in rr.stderr
@@ -530,7 +531,8 @@ def test_legacy_backend_apply_and_remove(link: GuestLink, tmp_path: Path) -> Non
 
 
 # --------------------------------------------------------------------------------------------
-# Closed by default (issue 13): only the guest-facing interface, root clients, the guest script.
+# Closed by default (docs/rules.md): only the guest-facing interface, root clients, the guest
+# script.
 
 
 @pytest.fixture(name="outsider")

@@ -5,7 +5,7 @@ before this); the guest namespace is held open by an ``unshare -n sleep`` child,
 registered under /run/netns and everything disappears with that child. Addresses are fixed test
 ranges that exist only inside these two namespaces: the link 10.200.0.0/24 (fd00:200::/64) and
 the off-link virtual DNS address 10.201.0.53 (fd00:201::53); off-link, because a guest would ARP
-for an on-link one (tech-notes §6).
+for an on-link one.
 Every helper that sends refuses addresses outside these ranges and loopback.
 """
 
@@ -23,8 +23,8 @@ HOST_IP = "10.200.0.1"
 GUEST_IP = "10.200.0.2"
 VIRTUAL_IP = "10.201.0.53"
 HOST_IF, GUEST_IF = "fdns-h", "fdns-g"
-# An "outsider": another namespace on another interface of the host (issue 13: the rules must
-# not serve it), and a guest that runs the guest script (no default route).
+# An "outsider": another namespace on another interface of the host (docs/rules.md: the rules
+# must not serve it), and a guest that runs the guest script (no default route).
 OUTSIDER_HOST_IP, OUTSIDER_IP = "10.202.0.1", "10.202.0.2"
 OUTSIDER_HOST_IF, OUTSIDER_IF = "fdns-oh", "fdns-og"
 SCRIPT_HOST_IP, SCRIPT_GUEST_IP = "10.203.0.1", "10.203.0.2"

@@ -1,4 +1,4 @@
-"""The client ACL matcher and its configuration (fastdns.acl, fastdns.gate; issue 13)."""
+"""The client ACL matcher and its configuration (fastdns.acl, fastdns.gate; docs/exposure.md)."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def test_addresses_keep_resolver_order_and_query_case() -> None:
     reply = answers.address_reply(q(), res, DEFAULT, local=False)
     assert reply is not None
     msg = parsed(reply)
-    assert msg.id == 0x4242 and msg.flags & 0x0080  # RA (acceptance case 23)
+    assert msg.id == 0x4242 and msg.flags & 0x0080  # RA set on local replies
     assert lines(msg) == ["Host.Test. 200 IN A 1.2.3.4", "Host.Test. 200 IN A 5.6.7.8"]
 
 
@@ -110,7 +110,7 @@ def test_aaaa_takes_only_ipv6_nodes() -> None:
 
 def test_no_address_of_the_family_is_none() -> None:
     res = gai(node("2001:db8::1"))
-    assert answers.address_reply(q(), res, DEFAULT, local=False) is None  # case 18
+    assert answers.address_reply(q(), res, DEFAULT, local=False) is None  # Lima forwards then
 
 
 def test_cname_chain_is_emitted_before_the_addresses() -> None:

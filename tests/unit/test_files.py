@@ -65,7 +65,7 @@ def test_a_blank_that_outlasts_the_grace_is_acted_on_once(
 
 
 def test_the_default_grace_covers_an_in_place_rewrite_and_a_poll() -> None:
-    assert 2.0 <= FILE_GRACE <= 5.0  # documented in README (Configuration files)
+    assert 2.0 <= FILE_GRACE <= 5.0  # docs/configuration.md, "Files rewritten in place"
 
 
 def test_silent_hold_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:

@@ -83,7 +83,7 @@ def test_cancel_forgets_the_pending_query() -> None:
 
 
 def test_a_reply_later_than_the_attempt_timeout_still_answers() -> None:
-    """Issue 12: the first attempt's reply comes after upstream_timeout, during the second
+    """The first attempt's reply comes after upstream_timeout, during the second
     attempt; it answers (its ID stayed valid), and nothing stays in flight afterwards."""
 
     async def main() -> None:

@@ -2,7 +2,7 @@
 fastdns.native, not even indirectly.
 
 The supervisor forks; a c-ares channel or an event loop created before the fork would be
-shared by every worker (tech-notes §1.6: an inherited channel hangs forever). Code that runs
+shared by every worker (an inherited channel hangs forever). Code that runs
 only in a forked child lives in functions named ``child_*`` / ``_child_*``; the imports inside
 those are the one allowed exception, and everything else, module level or inside any other
 function, is followed transitively through the fastdns package.

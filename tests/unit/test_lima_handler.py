@@ -1,4 +1,4 @@
-"""Lima's ``TestNewHandler`` (pkg/hostagent/dns/dns_test.go, spec §3 N1-N6), ported as checks on
+"""Lima's ``TestNewHandler`` (Lima's pkg/hostagent/dns/dns_test.go), ported as checks on
 fastdns's config and state objects.
 
 Lima's handler keeps ``hostToIP``, ``cnameToHost``, ``clientConfig.Servers``, ``clients`` and

@@ -141,9 +141,10 @@ def test_every_recorded_counter_is_exported() -> None:
     recorded = _recorded_keys()
     assert {"requests", "responses", "duration", "proxy_duration"} <= recorded  # the scan works
     missing = sorted(recorded - set(SOURCES))
-    assert not missing, (f"WorkerStats keys recorded but not exported: {missing}; map them in "
-                         "fastdns/metrics/definitions.py SOURCES (and list them in the README)"
-                         )  # fmt: skip
+    assert not missing, (
+        f"WorkerStats keys recorded but not exported: {missing}; map them "
+        "in fastdns/metrics/definitions.py SOURCES (and docs/metrics.md)"
+    )
 
 
 def full_exposition() -> str:

@@ -1,4 +1,4 @@
-"""The response rate limiter (fastdns.ratelimit; issue 13), with an explicit clock."""
+"""The response rate limiter (fastdns.ratelimit; docs/exposure.md), with an explicit clock."""
 
 from __future__ import annotations
 

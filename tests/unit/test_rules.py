@@ -267,7 +267,8 @@ def test_the_example_config_plans() -> None:
 
 
 def test_prerouting_is_scoped_and_output_exempts_the_mark_not_root() -> None:
-    # issue 13: one PREROUTING jump per guest-facing interface; root is no longer exempt.
+    # Closed by default (docs/rules.md): one PREROUTING jump per guest-facing interface; root is no
+    # longer exempt.
     p = plan(interfaces=("br0", "tap+"), mark=0x53, uid=0)
     assert hook_jumps(p) == {
         "PREROUTING": ["-A PREROUTING -i br0 -j FASTDNS", "-A PREROUTING -i tap+ -j FASTDNS"],

@@ -208,7 +208,8 @@ def test_an_upstream_silent_to_the_loop_probe_is_probed_again_a_few_times(
 def test_no_guest_facing_interface_refuses_to_start_then_only_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # issue 13: unscoped, PREROUTING would serve every network the host routes.
+    # Closed by default (docs/rules.md): unscoped, PREROUTING would serve every network the host
+    # routes.
     from fastdns.errors import BootError
 
     monkeypatch.setattr(rulesproc, "listener_answers", lambda *a, **k: "")

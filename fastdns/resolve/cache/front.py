@@ -5,7 +5,8 @@ query form, the bytes after the ID, has been answered from the cache, its whole 
 ID is kept here until the second in which its TTLs change (or prefetch or expiry is due). The
 next query with those bytes is then answered with one dict lookup and one join, in the
 datagram callback, without parsing: equal bytes parse equally, so the reply made for the first
-is right for every later one. CPU per hit is what decides a cache's capacity (issue 7).
+is right for every later one. CPU per hit is what decides a cache's capacity (docs/cache.md,
+"Cost and memory").
 
 Per-hit accounting is two plain increments on the form; ``ServerState.flush_fronts`` folds them
 into the worker's stats once a tick, before each snapshot. Forms that are replaced, evicted or

@@ -277,8 +277,8 @@ class PacketCache:
         elif age - e.ttl < self._stale_window and e.kind != SERVFAIL and (
                 not self._verify or now < e.next_refresh):  # fmt: skip
             # RFC 8767 §4 immediate mode: answer stale now with a short TTL, refresh behind.
-            # Verify mode: only within the failure recheck after a failed lookup (RFC 8767
-            # §5), else the lookup goes first (a miss; ``admit`` serves it if that fails).
+            # Verify mode: only within the failure recheck after a failed lookup
+            # (RFC 8767 §5), else the lookup goes first (a miss; ``admit`` serves it if that fails).
             age = STALE
             counters[_STALE] += 1
             if now >= e.next_refresh:

@@ -2,7 +2,7 @@
 
 The rules' OUTPUT jump skips packets carrying ``fastdns.rules.mark`` (``-m mark ! --mark``), so
 fastdns's own upstream queries are never redirected back into fastdns, while every other local
-process, root included, is (issue 13: an exemption by uid 0 covered every root process).
+process, root included, is (an exemption by uid 0 would cover every root process).
 Setting ``SO_MARK`` needs CAP_NET_ADMIN (socket(7)): workers that dropped to ``fastdns.user``
 cannot, and rely on the uid exemption instead (``fastdns.rules.plan_rules``).
 

@@ -1,13 +1,13 @@
 """Random-port UDP sockets to one upstream, replaced all the time (RFC 5452 §9.2).
 
 A forwarded query is matched to its reply by the upstream ID (16 bits), the source address the
-kernel filters on a connected socket, and the question (RFC 5452 §9). With one socket per
-upstream for a worker's whole life its port never changes, and a spoofer who saw it once needs
-only the ID: 65,536 datagrams (issue 12). So every query leaves from a socket picked at random
-from ``POOL_SIZE`` sockets per upstream, each a fresh kernel-chosen (random) ephemeral port,
-and a socket is retired after ``MAX_USES`` queries or ``MAX_AGE`` seconds. A retired socket
-stays open only while queries sent on it still wait for their reply; a port seen once is soon
-gone, and a spoofer must guess it among the ephemeral range as well as the ID.
+kernel filters on a connected socket, and the question (RFC 5452 §9). With one socket per upstream
+for a worker's whole life its port never changes, and a spoofer who saw it once needs only the ID:
+65,536 datagrams (tests/e2e/test_upstream_failures.py). So every query leaves from a socket picked
+at random from ``POOL_SIZE`` sockets per upstream, each a fresh kernel-chosen (random) ephemeral
+port, and a socket is retired after ``MAX_USES`` queries or ``MAX_AGE`` seconds. A retired socket
+stays open only while queries sent on it still wait for their reply; a port seen once is soon gone,
+and a spoofer must guess it among the ephemeral range as well as the ID.
 
 A socket error (ICMP port unreachable, ``ECONNREFUSED``) fails the queries in flight on that
 socket, which go on to their next attempt, and closes it: never the end of forwarding. uvloop

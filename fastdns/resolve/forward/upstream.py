@@ -5,7 +5,7 @@ fresh upstream ID. A reply is accepted only when its ID is in flight on the sock
 it came from that upstream (the connected socket makes the kernel filter the source) and its
 question equals ours (RFC 5452 §9). TC replies are retried over TCP; timeouts, socket errors,
 SERVFAIL and REFUSED move on to the next upstream, and every attempt's ID stays valid until the
-client's deadline, so a reply slower than ``upstream_timeout`` still answers (issue 12).
+client's deadline, so a reply slower than ``upstream_timeout`` still answers (docs/answering.md).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def sockaddr(host: str, port: int) -> tuple[int, tuple[object, ...]]:
 
 class Attempt:
     """One UDP attempt of an exchange; it stands in for a Future in ``PortSocket.pending``
-    until the client's deadline, so a late reply still answers (issue 12)."""
+    until the client's deadline, so a late reply still answers (docs/answering.md)."""
 
     __slots__ = ("box", "finished", "server", "sock", "t0", "uid")
 

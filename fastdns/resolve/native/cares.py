@@ -1,13 +1,13 @@
 """pycares 5 (c-ares) driven by an asyncio loop: one Channel per ``AresDriver``.
 
 Socket-state callbacks feed ``loop.add_reader``/``add_writer``, and one timer is armed from
-``channel.timeout()`` (research/tech-notes.md §2: 1.5-2x faster than c-ares' own event thread,
-and callbacks run on the loop thread). No thread per query. Also home of the workaround for
-pycares' string options (``make_channel``).
+``channel.timeout()`` (measured 1.5-2x faster than c-ares' own event thread, and callbacks
+run on the loop thread; docs/answering.md, "Deadlines, concurrency, reloads"). No thread per
+query. Also home of the workaround for pycares' string options (``make_channel``).
 
 Import this only in a serving process: the first ``Channel`` starts pycares' shutdown thread,
-and a channel made before ``fork()`` hangs in the child (tech-notes §1.6). Nothing here runs at
-import time.
+and a channel made before ``fork()`` hangs in the child (tests/unit/test_layers.py). Nothing
+here runs at import time.
 """
 
 from __future__ import annotations

@@ -42,13 +42,14 @@ from fastdns.system.files import GraceHold
 logger = logging.getLogger(__name__)
 
 NATIVE_TYPES = frozenset((wire.A, wire.AAAA, wire.CNAME, wire.TXT, wire.NS, wire.MX, wire.SRV))
-# Passing flags turns c-ares' default EDNS off unless it is ORed in (tech-notes §1.1).
+# Passing flags turns c-ares' default EDNS off unless it is ORed in (c-ares' ares.h:
+# ARES_FLAG_EDNS).
 CHANNEL_FLAGS = pycares.ARES_FLAG_EDNS
 # c-ares' own query cache (on by default, answers kept up to 3600 s) is turned off: fastdns's
 # cache, bounded by cache.capacity, is the one cache. Left on, it held every distinct name the
-# native path resolved for its TTL whatever the cache settings said (issue 12: 200,000 names
-# with TTL 300 grew a worker from 27 to 261 MB), served answers fastdns's cache had expired or
-# evicted, and kept them across a cache flush.
+# native path resolved for its TTL whatever the cache settings said (bench/native_memory.py:
+# 200,000 names with TTL 300 grew a worker from 27 to 261 MB), served answers fastdns's cache
+# had expired or evicted, and kept them across a cache flush.
 CARES_QCACHE_MAX_TTL = 0
 RETIRE_GRACE = 1.0  # seconds past native.timeout before a replaced channel is cancelled
 MIN_TRY_TIMEOUT = TIMER_MAX  # c-ares' own floor for adaptive timeouts; the glue relies on it
@@ -178,7 +179,8 @@ class NativeResolver:
         self.searching = False  # the resolv.conf has search domains
         self._qcache_warned = False
         # pycares has no hosts_path: c-ares reads $CARES_HOSTS when a lookup passes
-        # ARES_AI_ENVHOSTS (tech-notes §1.4). One worker process serves one config.
+        # ARES_AI_ENVHOSTS (c-ares' ares.h; pycares has no hosts_path). One worker process serves
+        # one config.
         os.environ["CARES_HOSTS"] = config.hosts_file
         if not keep_txt_strings():
             logger.warning("this pycares cannot keep TXT strings apart: they are joined")
@@ -259,7 +261,8 @@ class NativeResolver:
         """True, counted as a fallback, when ``q`` goes raw whatever happens: its type, its
         DNSSEC bits, or no channel. Then the pipeline may forward it without calling us."""
         if q.qtype not in NATIVE_TYPES or q.qclass != wire.CLASS_IN:
-            # PTR, SOA, CAA, HTTPS, DS, ANY...: always raw, EDNS options and all (case 22).
+            # PTR, SOA, CAA, HTTPS, DS, ANY...: always raw, EDNS options and all
+            # (docs/answering.md).
             # (The pipeline REFUSES other classes first.)
             self._fallback("unsupported_type")
             return True
@@ -372,13 +375,13 @@ class NativeResolver:
             if reply is not None:
                 return Resolved(reply, "native"), "NOERROR", ""
             if self.lima_compat:
-                return None, "NOERROR", "nodata"  # Lima forwards (cases 18 and 21)
+                return None, "NOERROR", "nodata"  # Lima forwards (docs/lima-differences.md)
             return self._negative(q, wire.NOERROR), "NOERROR", ""
         if status in (E.ARES_ENOTFOUND, E.ARES_ENODATA):
             rcode = wire.NXDOMAIN if status == E.ARES_ENOTFOUND else wire.NOERROR
             label = wire.RCODE_NAMES[rcode]
             if self.lima_compat:
-                # Lima forwards the original query (case 17)
+                # Lima forwards the original query (docs/lima-differences.md)
                 return None, label, "nxdomain" if rcode == wire.NXDOMAIN else "nodata"
             return self._negative(q, rcode), label, ""
         reason, label = _FAILURES.get(status, ("error", "error"))
