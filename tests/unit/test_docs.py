@@ -26,7 +26,7 @@ import pytest
 
 from fastdns.config import build_config, known_keys
 from fastdns.errors import ConfigError
-from fastdns.metrics import METRICS
+from fastdns.metrics.definitions import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
