@@ -44,13 +44,13 @@ PROTOS = frozenset(("udp", "tcp"))
 # (REFUSED for overload, FORMERR, SERVFAIL after exhausted upstreams).
 PLUGINS = frozenset(("static", "hosts", "cache", "native", "forward", "fallback", ""))
 SOURCE_TO_PLUGIN = {"server": ""}
-# fastdns/native.py NativeResolver._fallback reasons.
+# fastdns/resolve/native/resolver.py NativeResolver._fallback reasons.
 NATIVE_FALLBACK_REASONS = frozenset(("unsupported_type", "dnssec", "disabled", "overload", "error",
                                      "timeout", "nodata", "nxdomain", "servfail",
                                      "refused"))  # fmt: skip
-# fastdns/native.py NativeResolver.settle outcomes (native.forward_first).
+# fastdns/resolve/native/resolver.py NativeResolver.settle outcomes (native.forward_first).
 FORWARD_FIRST_OUTCOMES = frozenset(("answered", "negative", "search", "failed"))
-# fastdns/tcp.py CloseReason (kept here: this module must not import the serving code).
+# fastdns/serve/tcp.py CloseReason (kept here: this module must not import the serving code).
 TCP_CLOSE_REASONS = frozenset(("idle", "frame_timeout", "write_stalled", "write_buffer",
                                "oversize", "per_source", "evicted", "max_connections"))  # fmt: skip
 UPSTREAM_SOURCES = frozenset(("resolv_conf", "dns", "fallback", "none"))
@@ -64,7 +64,7 @@ CAPPED_LABELS = {"to": 32, "slot": 128, "reason": 16, "result": 8, "kind": 8}
 INITIAL_SERIES_CAP = 100
 # Labels every series of a family shares, filled by the metrics process (one value each).
 CONTEXT_LABELS = frozenset(("server", "family"))
-FAILOVER_RCODES = frozenset(("SERVFAIL", "REFUSED"))  # fastdns/upstream.py FAILOVER_RCODES
+FAILOVER_RCODES = frozenset(("SERVFAIL", "REFUSED"))  # resolve/forward/upstream.py FAILOVER_RCODES
 
 Kind = Literal["counter", "gauge", "histogram", "info"]
 
@@ -137,7 +137,7 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("fastdns_dns_tcp_connections", "gauge",
               "Open client TCP connections, summed over workers.", ("server",)),
     MetricDef("fastdns_dns_tcp_connections_closed_total", "counter",
-              "Client TCP connections fastdns closed or refused, by reason (fastdns/tcp.py: "
+              "Client TCP connections fastdns closed or refused, by reason (fastdns/serve/tcp.py: "
               "idle, frame_timeout, write_stalled, write_buffer, oversize, per_source, evicted, "
               "max_connections).", ("server", "reason"), values={"reason": TCP_CLOSE_REASONS}),
     # --- exposure: the client ACL and response rate limiting (docs/exposure.md) -------------

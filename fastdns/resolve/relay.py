@@ -4,7 +4,8 @@ The general path (``Pipeline.answer``) runs each forwarded query as a Task throu
 coroutine frames, a Future per upstream try and a timer per query; on a stream of distinct
 names that machinery costs more CPU than the forwarding itself. Here the common case is plain
 callbacks: the query goes out on a random-port socket to the first upstream
-(``fastdns.upsock``) from the datagram callback, and the upstream's reply, matched by
+(``fastdns.resolve.forward.upsock``) from the datagram callback, and the upstream's reply, matched
+by
 ``PortSocket`` (ID, source, question), is answered from that socket's callback. Timeouts come
 from one timer per worker at the oldest query's deadline (every query waits the same
 ``upstream_timeout``, so send order is deadline order).

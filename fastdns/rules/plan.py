@@ -1,5 +1,5 @@
 """The DNAT rules for the virtual DNS address, as text: what to install, what differs, how to
-remove it. Pure: no processes, no files (the I/O is in ``fastdns.iptables``).
+remove it. Pure: no processes, no files (the I/O is in ``fastdns.rules.iptables``).
 
 fastdns keeps its rules in one nat chain (``rules.chain``, Lima: ``LIMADNS``) holding one DNAT
 rule per protocol, jumped to from position 1 of each hooked chain so they run before Docker's

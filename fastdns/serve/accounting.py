@@ -1,7 +1,7 @@
 """Per-query accounting for a worker's servers: what ``record`` counts for every answered
 query, and the fold of the UDP fast lane's per-form counts into the same series.
 
-Plain counters and histograms (``fastdns.stats``): no prometheus-client, no lock, no syscall
+Plain counters and histograms (``fastdns.metrics.stats``): no prometheus-client, no lock, no syscall
 per query. ``ServerState`` holds one (``state.accounting``).
 """
 

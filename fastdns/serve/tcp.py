@@ -15,7 +15,8 @@ Every connection is bounded in what it can make the worker hold and for how long
   must be complete ``tcp_frame_timeout`` seconds after its first byte (the 2-byte length prefix
   included), and a connection with no frame in progress is closed after ``tcp_idle_timeout``
   (RFC 7766 §6.2.3, RFC 7828 §3.2).
-- **Slots** (``fastdns.tcpslots``): per worker and per source address; under pressure the idlest
+- **Slots** (``fastdns.serve.tcpslots``): per worker and per source address; under pressure the
+  idlest
   connection is closed to let a new one in.
 
 Server-initiated closes are counted by reason (``fastdns_dns_tcp_connections_closed_total``).
@@ -58,7 +59,7 @@ CLOSE_REASONS: frozenset[str] = frozenset(CloseReason.__args__)  # type: ignore[
 
 
 class TCPState(Protocol):
-    """What a connection needs from its worker (``fastdns.server.ServerState``)."""
+    """What a connection needs from its worker (``fastdns.serve.udp.ServerState``)."""
 
     config: Config
     stats: WorkerStats

@@ -2,10 +2,11 @@
 
 The UDP hot path is a straight line in ``UDPServer._on_readable``: a query whose exact bytes
 were answered from the cache this second gets that reply again with its own ID
-(``fastdns.front``); else ``_full`` parses header and question, tries the cache
-and the synchronous answers, else relays the query with callbacks (``fastdns.relay``) or starts
+(``fastdns.resolve.cache.front``); else ``_full`` parses header and question, tries the cache
+and the synchronous answers, else relays the query with callbacks (``fastdns.resolve.relay``) or
+starts
 one task. Everything is bounded: in-flight queries per worker (REFUSED above); the TCP server
-and its bounds are in ``fastdns.tcp``.
+and its bounds are in ``fastdns.serve.tcp``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ MAX_BACKLOG = 4096  # replies waiting for a full socket buffer to drain; more ar
 
 class ServerState:
     """In-flight tasks, shared by the UDP and TCP servers of one worker (for draining), and
-    the per-query accounting (``fastdns.accounting``)."""
+    the per-query accounting (``fastdns.serve.accounting``)."""
 
     def __init__(self, config: Config, pipeline: Pipeline, stats: WorkerStats) -> None:
         self.stats = stats
@@ -201,7 +202,7 @@ class UDPServer:
             t = clock()
 
     def _screen(self, v: int, data: bytes, addr: Any, now: float) -> int:
-        """Act on a source's verdict (``fastdns.gate``): DENY (-1) when the datagram was
+        """Act on a source's verdict (``fastdns.serve.gate``): DENY (-1) when the datagram was
         blocked or rate limited here, else PASS or the bucket key its reply is charged to."""
         gate = self.gate
         if v == MISS:

@@ -61,7 +61,8 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def raise_nofile_limit() -> None:
     """The soft RLIMIT_NOFILE up to the hard one: upstream queries leave from many sockets
-    (``fastdns.upsock``, up to POOL_SIZE per upstream plus retired ones in flight)."""
+    (``fastdns.resolve.forward.upsock``, up to POOL_SIZE per upstream plus retired ones in
+    flight)."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard == resource.RLIM_INFINITY or hard > soft:

@@ -3,7 +3,7 @@
 It owns no event loop, no thread and no c-ares channel, so forking is safe,
 and it never imports pycares, uvloop or fastdns.native, even indirectly (tests/unit/
 test_layers.py): whatever serves is imported by a child after the fork, in the ``child_*``
-functions of ``fastdns.children``. The shape is gunicorn's arbiter: signal handlers only
+functions of ``fastdns.supervise.children``. The shape is gunicorn's arbiter: signal handlers only
 enqueue; one loop waits (interruptibly, on the signal wake-up pipe and the children's control
 pipes), then handles signals, reaps, kills stalled workers and tops the pool up.
 

@@ -7,7 +7,8 @@ byte strings: the client's ID, a precomputed header, the client's own question b
 case), the body with every TTL counted down, and our OPT record when the client sent one. The
 body is rewritten in place at most once a second per entry (TTLs change once a second). A UDP
 query whose bytes, ID aside, were answered from the cache before is answered from ``front``
-(``fastdns.front``) without even a parse: stub resolvers repeat the same bytes with a new ID.
+(``fastdns.resolve.cache.front``) without even a parse: stub resolvers repeat the same bytes with a
+new ID.
 
 Admission follows CoreDNS ``cache.go``/``item.go`` and RFC 2308: positive answers and denials
 (NXDOMAIN/NODATA with an SOA, TTL ``min(SOA TTL, SOA MINIMUM)``) go to separate bounded maps,

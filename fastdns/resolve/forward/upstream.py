@@ -1,6 +1,7 @@
 """Raw forwarding of client queries to upstream servers.
 
-Each UDP attempt leaves from a random-port socket (``fastdns.upsock``, RFC 5452 §9.2) with a
+Each UDP attempt leaves from a random-port socket (``fastdns.resolve.forward.upsock``, RFC 5452
+§9.2) with a
 fresh upstream ID. A reply is accepted only when its ID is in flight on the socket it came to,
 it came from that upstream (the connected socket makes the kernel filter the source) and its
 question equals ours (RFC 5452 §9). TC replies are retried over TCP; timeouts, socket errors,
@@ -142,7 +143,7 @@ def order_servers(
 
 @dataclass(frozen=True, slots=True)
 class Resume:
-    """Where the forward fast lane (``fastdns.relay``) left a query for ``exchange``:
+    """Where the forward fast lane (``fastdns.resolve.relay``) left a query for ``exchange``:
     ``force_tcp`` after a TC reply; ``tried``, servers that timed out or failed in this first
     round (asked again from the next attempt); ``refused``, servers that answered SERVFAIL or
     REFUSED (not asked again); ``box``, where the lane's attempt still waiting for its reply

@@ -2,10 +2,11 @@
 
 A and AAAA go through c-ares ``getaddrinfo`` (the configured hosts file, then DNS with the
 resolv.conf search list, ndots and options); the other five through ``search()`` (same search
-semantics, no hosts file). Replies are rebuilt by ``fastdns.answers``; the c-ares channel
-runs on the worker's loop through ``fastdns.cares``.
+semantics, no hosts file). Replies are rebuilt by ``fastdns.dns.answers``; the c-ares channel
+runs on the worker's loop through ``fastdns.resolve.native.cares``.
 
-Import this module only in a worker process (it loads pycares; see ``fastdns.cares``).
+Import this module only in a worker process (it loads pycares; see
+``fastdns.resolve.native.cares``).
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ class NativeResolver:
 
     @classmethod
     def for_worker(cls, worker: Any) -> NativeResolver:
-        """Build one for a ``fastdns.worker.Worker`` during its setup, and hook its reloads."""
+        """Build one for a ``fastdns.serve.worker.Worker`` during its setup, and hook its
+        reloads."""
         resolver = cls(worker.config, worker.loop, worker.stats, lambda: worker.forwarder.plan)
         worker.reload_hooks.append(resolver.reload)
         return resolver
