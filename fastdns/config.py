@@ -149,9 +149,6 @@ class Config:
         """Largest UDP reply a client may get (lima#380: Lima always uses 512)."""
         return 512 if self.lima_compat else self.edns_max_udp
 
-    def upstream_source(self) -> str:
-        return "dns" if not self.enabled else "resolv_conf"
-
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
 

@@ -368,14 +368,6 @@ def rdata_txt(strings: Iterable[bytes]) -> bytes:
     return bytes(out)
 
 
-def rdata_mx(preference: int, exchange: str) -> bytes:
-    return _U16.pack(preference) + name_to_wire(exchange)
-
-
-def rdata_srv(priority: int, weight: int, port: int, target: str) -> bytes:
-    return struct.pack("!HHH", priority, weight, port) + name_to_wire(target)
-
-
 def reverse_name(ip: str) -> str:
     """The in-addr.arpa / ip6.arpa name of an address, lower case, trailing dot."""
     return ipaddress.ip_address(ip.split("%", 1)[0]).reverse_pointer + "."

@@ -289,21 +289,6 @@ def parse_save(text: str) -> dict[str, Table]:
     return tables
 
 
-def normalized(text: str) -> str:
-    """iptables-save text without comments and counters: comparable across runs."""
-    out = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith(":"):
-            line = line.rsplit(" ", 1)[0] if line.endswith("]") else line
-        elif line.startswith("[") and "] -A " in line:
-            line = line.split("] ", 1)[1]
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
 # ---------------------------------------------------------------------------------------------
 # Differences as restore commands.
 

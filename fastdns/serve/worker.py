@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from fastdns.config import Config
 from fastdns.dns import loopguard, wire
@@ -309,31 +309,6 @@ class Worker:
         await self.drain()
 
 
-def ready_info(worker: Worker) -> dict[str, Any]:
-    return {
-        "udp_port": worker.udp_sock.getsockname()[1],
-        "tcp_port": worker.tcp_sock.getsockname()[1],
-        "listen": worker.config.listen,
-    }
-
-
-def serve_one(
-    config: Config,
-    udp_sock: socket.socket,
-    tcp_sock: socket.socket,
-    on_ready: Callable[[Worker], None],
-    **kwargs: Any,
-) -> None:
-    """Run one Worker on a fresh uvloop loop until SIGTERM/SIGINT."""
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(Worker(config, udp_sock, tcp_sock, **kwargs).run(on_ready))
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-
-
 class WorkerReporter:
     """Heartbeats to the supervisor and stats to the metrics process, sent from inside the
     worker's event loop, so a stalled loop falls silent and gets replaced."""
@@ -467,8 +442,6 @@ __all__ = [
     "Worker",
     "WorkerReporter",
     "new_event_loop",
-    "ready_info",
-    "serve_one",
     "wire",
     "worker_process_main",
 ]

@@ -18,7 +18,6 @@ from fastdns.rules.plan import (
     install_text,
     iptables_commands,
     jump_rule,
-    normalized,
     parse_save,
     plan_rules,
     scope_interfaces,
@@ -226,13 +225,6 @@ def test_install_text_is_a_complete_restore_document() -> None:
     )
     assert text.count("COMMIT") == 2
     assert "*filter" not in install_text(plan(hooks=("OUTPUT",)), ["veth-h"])
-
-
-def test_normalized_ignores_comments_and_counters() -> None:
-    a = normalized(SAVED)
-    b = normalized(SAVED.replace("[3:180]", "[9:999]").replace("[5:300] ", "[0:0] ")
-                   .replace("21:48:39", "22:00:00"))  # fmt: skip
-    assert a == b and "#" not in a
 
 
 def test_iptables_commands_are_idempotent_shell() -> None:

@@ -130,7 +130,7 @@ class PacketCache:
         self.success: OrderedDict[bytes, Entry | Raw] = OrderedDict()
         self.denial: OrderedDict[bytes, Entry | Raw] = OrderedDict()
         # Query forms (bytes after the ID) that hit before -> their ready reply: the UDP
-        # server answers them itself while fresh, and ``get_raw`` renders them again.
+        # server answers them itself while fresh, and ``renew`` renders them again.
         self.front = FrontTable()
         self._opts = (wire.opt_record(opt_size, False), wire.opt_record(opt_size, True))
         self._heads: dict[bytes, tuple[bytes, ...]] = {}
@@ -196,19 +196,14 @@ class PacketCache:
                 return
         self.front.drop(form)
 
-    def get_raw(self, data: bytes, now: float) -> tuple[bytes, wire.Query] | None:
-        """A UDP hit on a query whose bytes, ID aside, equal one answered from the cache
-        before, once its ready reply in ``front`` is out of date: (reply, that query) without
-        parsing, and ``front`` renewed; None means parse and call ``get``.
+    def renew(self, f: Front, data: bytes, now: float) -> tuple[bytes, wire.Query] | None:
+        """A UDP hit on a query whose bytes, ID aside, equal the form ``f`` (looked up by the
+        caller in ``front.forms``) once its ready reply is out of date: (reply, that query)
+        without parsing, and ``front`` renewed; None means parse and call ``get``.
 
         Equal bytes parse equally, so the earlier ``Query`` stands for this one; only the ID
         comes from ``data``. A stub resolver repeats the same bytes with a new ID each time.
         """
-        f = self.front.forms.get(data[2:])
-        return None if f is None else self.renew(f, data, now)
-
-    def renew(self, f: Front, data: bytes, now: float) -> tuple[bytes, wire.Query] | None:
-        """``get_raw`` for the form ``f`` of ``data``, already looked up by the caller."""
         form = data[2:]
         q = f.q
         e = self.lookup(q.key)
