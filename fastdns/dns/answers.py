@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastdns.dns import wire
+from fastdns.errors import FastDNSError
 
 LIMA_TTL = 5  # every locally built answer in Lima's hostagent (pkg/hostagent/dns/dns.go)
 TXT_CHUNK = 255  # RFC 1035 §3.3: a <character-string> holds at most 255 bytes
@@ -37,7 +38,7 @@ class AnswerStyle:
     opt_size: int = 1232  # our EDNS payload size, when the query had OPT
 
 
-class Unusable(ValueError):
+class Unusable(FastDNSError, ValueError):  # still a ValueError to the name parsing around it
     """c-ares returned something that cannot be written as a DNS answer (forward instead)."""
 
 

@@ -12,6 +12,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
+from fastdns.errors import FastDNSError
+
 HEADER = struct.Struct("!HHHHHH")
 _TYPE_CLASS = struct.Struct("!HH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
@@ -46,7 +48,7 @@ RCODE_NAMES = {
 }  # fmt: skip
 
 
-class Malformed(Exception):
+class Malformed(FastDNSError):
     """A packet that cannot be served; ``rcode`` is None when no reply is possible (drop)."""
 
     def __init__(self, rcode: int | None, why: str) -> None:
