@@ -22,7 +22,8 @@ import dns.message
 import dns.rrset
 import pytest
 
-from fastdns.config import CacheConfig, build_config
+from fastdns.config.load import build_config
+from fastdns.config.schema import CacheConfig
 from fastdns.dns import wire
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.store import STALE, PacketCache, _retime

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.dns import loopguard, wire
 from fastdns.dns.resolved import PROBE, Resolved
 from fastdns.metrics.stats import WorkerStats

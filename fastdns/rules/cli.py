@@ -14,7 +14,8 @@ import os
 import sys
 from typing import Any
 
-from fastdns.config import Config, load_config
+from fastdns.config.load import load_config
+from fastdns.config.schema import Config
 from fastdns.errors import BootError, ConfigError, ExitCode, FastDNSError, report_config_error
 from fastdns.rules.plan import (
     NoInterface,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from fastdns.errors import FastDNSError
 
 if TYPE_CHECKING:
-    from fastdns.config import Config, RulesConfig
+    from fastdns.config.schema import Config, RulesConfig
 
 DNS_PORT = 53
 PROTOCOLS = ("udp", "tcp")

@@ -29,7 +29,7 @@ import socket
 import time
 from typing import Any, Literal, Protocol
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.dns import wire
 from fastdns.dns.resolved import Resolved
 from fastdns.metrics.stats import WorkerStats

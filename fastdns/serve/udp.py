@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Any
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.dns import wire
 from fastdns.dns.resolved import Resolved
 from fastdns.metrics.stats import WorkerStats

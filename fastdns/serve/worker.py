@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.dns import loopguard, wire
 from fastdns.errors import BootError, ExitCode
 from fastdns.ipc import ControlWriter, StatusSender

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.errors import BootError, ExitCode, FastDNSError, HaltServer
 from fastdns.ipc import StatusSender, split_messages
 from fastdns.supervise import children, rundir

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.errors import BootError, ExitCode
 from fastdns.ipc import ControlWriter
 from fastdns.system import process

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fastdns.config import Config, load_config
+from fastdns.config.load import load_config
+from fastdns.config.schema import Config
 from fastdns.errors import BootError, ConfigError
 from fastdns.policy import acl, ratelimit
 from fastdns.supervise import children

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.fuzzing import FUZZ, queries, reply_to, valid_queries
 
-from fastdns.config import CacheConfig
+from fastdns.config.schema import CacheConfig
 from fastdns.dns import wire
 from fastdns.resolve.cache.store import PacketCache
 

@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.fuzzing import FUZZ, exchanges
 
-from fastdns.config import CacheConfig
+from fastdns.config.schema import CacheConfig
 from fastdns.dns import wire
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.admission import classify

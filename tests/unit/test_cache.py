@@ -14,7 +14,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from fastdns.config import CacheConfig, build_config
+from fastdns.config.load import build_config
+from fastdns.config.schema import CacheConfig
 from fastdns.dns import wire
 from fastdns.errors import ConfigError
 from fastdns.metrics.stats import WorkerStats

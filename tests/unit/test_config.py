@@ -7,15 +7,9 @@ from typing import Any
 
 import pytest
 
-from fastdns.config import (
-    DEFAULT_FALLBACK,
-    Config,
-    ConfigError,
-    build_config,
-    canonical_name,
-    instance_hostname,
-    load_config,
-)
+from fastdns.config.load import build_config, load_config
+from fastdns.config.schema import DEFAULT_FALLBACK, Config, canonical_name, instance_hostname
+from fastdns.errors import ConfigError
 
 
 def problems(doc: dict[str, Any], path: str = "") -> list[str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fastdns.config import RulesConfig, build_config
+from fastdns.config.load import build_config
+from fastdns.config.schema import RulesConfig
 from fastdns.rules.plan import (
     NoInterface,
     RulesError,
@@ -247,7 +248,7 @@ def test_guest_script_targets_the_host_ip_at_the_bound_ports() -> None:
 def test_the_example_config_plans() -> None:
     from pathlib import Path
 
-    from fastdns.config import load_config
+    from fastdns.config.load import load_config
     from fastdns.rules.plan import plan_for
 
     path = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "rules.yaml"
@@ -298,7 +299,7 @@ def test_scope_interfaces() -> None:
 
 
 def test_interfaces_and_mark_config() -> None:
-    from fastdns.config import build_config
+    from fastdns.config.load import build_config
     from fastdns.errors import ConfigError
 
     def rules(**kw: object) -> RulesConfig:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fastdns.config import build_config
+from fastdns.config.load import build_config
 from fastdns.dns import loopguard, wire
 from fastdns.resolve.resolvconf import ResolvConf, plan_upstreams
 from fastdns.rules import main as rulesproc

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from fastdns.config import CacheConfig
+from fastdns.config.schema import CacheConfig
 from fastdns.dns import wire
 from fastdns.resolve.cache.admission import KIND_NAMES, SERVFAIL, SUCCESS, classify
 from fastdns.resolve.cache.front import Front, FrontTable

@@ -22,7 +22,7 @@ from typing import Any
 
 import pycares
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.dns import answers, wire
 from fastdns.dns.answers import AnswerStyle, Unusable
 from fastdns.dns.resolved import Resolved
