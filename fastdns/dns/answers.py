@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastdns.dns import wire
+from fastdns.dns import compose, wire
 from fastdns.errors import FastDNSError
 
 LIMA_TTL = 5  # every locally built answer in Lima's hostagent (pkg/hostagent/dns/dns.go)
@@ -294,14 +294,14 @@ def records_reply(q: wire.Query, result: Any, style: AnswerStyle) -> bytes | Non
             for r in result.authority
             if r.type == wire.SOA and r.record_class == wire.CLASS_IN
         ]
-    return wire.build_reply(q, wire.NOERROR, rrs, authority=authority, opt_size=style.opt_size)
+    return compose.build_reply(q, wire.NOERROR, rrs, authority=authority, opt_size=style.opt_size)
 
 
 def negative_reply(q: wire.Query, rcode: int, style: AnswerStyle) -> bytes:
     """NXDOMAIN or NODATA from the native path: no SOA, because pycares hands none over and a
     made-up one would name a zone we do not know (RFC 2308 §5: not cached downstream)."""
-    return wire.error_reply(q, rcode, style.opt_size)
+    return compose.error_reply(q, rcode, style.opt_size)
 
 
 def _reply(q: wire.Query, answers: Sequence[bytes], style: AnswerStyle) -> bytes:
-    return wire.build_reply(q, wire.NOERROR, answers, opt_size=style.opt_size)
+    return compose.build_reply(q, wire.NOERROR, answers, opt_size=style.opt_size)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastdns.config.schema import Config
-from fastdns.dns import loopguard, wire
+from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import PROBE, Resolved
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.store import PacketCache
@@ -106,14 +106,14 @@ class Pipeline:
         self, q: wire.Query, records: tuple[tuple[int, bytes], ...], ttl: int
     ) -> bytes:
         answers = [wire.rr(wire.POINTER_TO_QNAME, rtype, ttl, rdata) for rtype, rdata in records]
-        return wire.build_reply(q, wire.NOERROR, answers, opt_size=self.opt_size)
+        return compose.build_reply(q, wire.NOERROR, answers, opt_size=self.opt_size)
 
     def _static_reply(self, q: wire.Query, verdict: StaticAnswer, ttl: int) -> bytes:
         if verdict.kind == "answer":
             return self._records_reply(q, verdict.records, ttl)
         if verdict.kind == "servfail":
-            return wire.error_reply(q, wire.SERVFAIL, self.opt_size)
-        return wire.error_reply(q, wire.NOERROR, self.opt_size)  # NODATA
+            return compose.error_reply(q, wire.SERVFAIL, self.opt_size)
+        return compose.error_reply(q, wire.NOERROR, self.opt_size)  # NODATA
 
     def answer_now(self, q: wire.Query) -> Resolved | None:
         """The reply when no I/O is needed, else None (then call ``answer``)."""
@@ -121,17 +121,17 @@ class Pipeline:
             # The rules process's self-check (a CH question under our probe suffix) gets the
             # same REFUSED as any other class, but is not a client's.
             probe = self.loop_suffix and loopguard.is_probe(q.qname, self.loop_suffix)
-            return Resolved(wire.error_reply(q, wire.REFUSED, self.opt_size),
+            return Resolved(compose.error_reply(q, wire.REFUSED, self.opt_size),
                             PROBE if probe else "server")  # fmt: skip
         if q.edns_version:
-            return Resolved(wire.error_reply(q, wire.BADVERS, self.opt_size), "server")
+            return Resolved(compose.error_reply(q, wire.BADVERS, self.opt_size), "server")
         cfg = self.config
         if not cfg.enabled:
             return None  # everything goes to the dns: servers (see __init__)
         if q.qtype == wire.AAAA and not cfg.ipv6:
             # Lima: AAAA is NODATA at once when ipv6 is off (PR #3419; IPv6 is not routable
             # over slirp, lima#547).
-            return self.remember(q, Resolved(wire.error_reply(q, wire.NOERROR, self.opt_size),
+            return self.remember(q, Resolved(compose.error_reply(q, wire.NOERROR, self.opt_size),
                                               "static", cfg.static_ttl))  # fmt: skip
         if self._endings_of is not self.hosts_file.names:
             self._endings = self._local_endings()
@@ -187,7 +187,7 @@ class Pipeline:
             # Cached under the alias's own key with the static TTL: the next one is a hit.
             return self.remember(q, await self._alias(q, verdict.target, deadline))
         res = await self._coalesced(q, deadline)
-        return Resolved(wire.splice(res.reply, q.id, q.question, q.rd), res.source)
+        return Resolved(compose.splice(res.reply, q.id, q.question, q.rd), res.source)
 
     async def _coalesced(self, q: wire.Query, deadline: float) -> Resolved:
         fut = self.pending.get(q.key)
@@ -196,7 +196,7 @@ class Pipeline:
             shared = await asyncio.shield(fut)
             # The key has no EDNS size: the reply was made for a query that may have had an
             # OPT record where this one has none, or the reverse (RFC 6891 §7).
-            reply = wire.match_opt(shared.reply, q, self.opt_size)
+            reply = compose.match_opt(shared.reply, q, self.opt_size)
             return shared if reply is shared.reply else dataclasses.replace(shared, reply=reply)
         fut = self.loop.create_future()
         self.pending[q.key] = fut
@@ -249,7 +249,7 @@ class Pipeline:
         result = await self.forwarder.exchange(q, deadline, resume)
         if result.reply is None:
             self.stats.inc("servfail_exhausted")
-            return Resolved(wire.error_reply(q, wire.SERVFAIL, self.opt_size), "server")
+            return Resolved(compose.error_reply(q, wire.SERVFAIL, self.opt_size), "server")
         source = "fallback" if self.forwarder.plan.source == "fallback" else "forward"
         return Resolved(result.reply, source)
 
@@ -298,7 +298,7 @@ class Pipeline:
         try:
             tq = wire.parse_query(_question_wire(target, q))
         except (ValueError, wire.Malformed):
-            return Resolved(wire.error_reply(q, wire.SERVFAIL, self.opt_size), "static")
+            return Resolved(compose.error_reply(q, wire.SERVFAIL, self.opt_size), "static")
         # The target goes through the same sources as a query for it would: the hosts file
         # (and the AAAA rule) first. Looking it up elsewhere only would ask DNS for a name the
         # hosts file owns, and cache that NXDOMAIN under the target's own key, where it beats
@@ -316,7 +316,7 @@ class Pipeline:
             records, rcode = (), wire.SERVFAIL
         if records:
             return Resolved(self._records_reply(q, records, self.config.static_ttl), res.source)
-        return Resolved(wire.error_reply(q, rcode, self.opt_size), res.source)
+        return Resolved(compose.error_reply(q, rcode, self.opt_size), res.source)
 
 
 def _question_wire(name: str, like: wire.Query) -> bytes:
@@ -329,5 +329,5 @@ def _question_wire(name: str, like: wire.Query) -> bytes:
         like.qclass.to_bytes(2, "big"),
     ]
     if like.has_opt:
-        parts.append(wire.opt_record(like.udp_size, like.do))
+        parts.append(compose.opt_record(like.udp_size, like.do))
     return b"".join(parts)

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastdns.dns import loopguard, wire
+from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import Resolved
 from fastdns.resolve.forward.upsock import PortSocket, UpstreamDown
 from fastdns.resolve.forward.upstream import Resume, order_servers
@@ -203,7 +203,7 @@ class Relay:
         if fut is not None and not fut.done():
             fut.set_result(out)
         if out.reply is res.reply:  # not from the cache: the upstream's ID and question case
-            out = Resolved(wire.splice(res.reply, q.id, q.question, q.rd), res.source)
+            out = Resolved(compose.splice(res.reply, q.id, q.question, q.rd), res.source)
         # (else the cache rendered it for q itself: q's ID, question bytes, RD and OPT)
         r.send(q, out, r.addr, r.size, r.t0)
 

@@ -16,7 +16,7 @@ import pytest
 
 from fastdns.config.load import build_config
 from fastdns.config.schema import CacheConfig
-from fastdns.dns import wire
+from fastdns.dns import compose, wire
 from fastdns.errors import ConfigError
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.admission import DENIAL, SUCCESS, classify
@@ -611,7 +611,7 @@ class CountingForwarder:
 
     async def exchange(self, q: wire.Query, deadline: float, resume: Any = None) -> Any:
         self.asked.append(q.name)
-        reply = wire.error_reply(q, wire.NXDOMAIN)
+        reply = compose.error_reply(q, wire.NXDOMAIN)
         return type("Result", (), {"reply": reply})()
 
 

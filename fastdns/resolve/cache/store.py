@@ -28,7 +28,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from fastdns.config.schema import CacheConfig
-from fastdns.dns import wire
+from fastdns.dns import compose, wire
 from fastdns.resolve.cache.admission import KIND_NAMES, SERVFAIL, SUCCESS, classify
 from fastdns.resolve.cache.front import Front, FrontTable
 
@@ -132,7 +132,7 @@ class PacketCache:
         # Query forms (bytes after the ID) that hit before -> their ready reply: the UDP
         # server answers them itself while fresh, and ``renew`` renders them again.
         self.front = FrontTable()
-        self._opts = (wire.opt_record(opt_size, False), wire.opt_record(opt_size, True))
+        self._opts = (compose.opt_record(opt_size, False), compose.opt_record(opt_size, True))
         self._heads: dict[bytes, tuple[bytes, ...]] = {}
         self._stale_window = config.serve_stale
         # Verify mode: an expired entry is a miss that is kept; ``admit`` answers it when the
@@ -301,7 +301,7 @@ class PacketCache:
 
     def _truncated(self, e: Entry, q: wire.Query, budget: int) -> Form:
         """The entry cut to ``budget`` bytes (OPT aside) at an RRset boundary, TC set when
-        answer or authority data is dropped (``wire.truncate``); kept per budget."""
+        answer or authority data is dropped (``compose.truncate``); kept per budget."""
         trunc = e.trunc
         if trunc is None:
             trunc = e.trunc = {}
@@ -310,7 +310,7 @@ class PacketCache:
             return form
         msg = b"".join((b"\x00\x00", e.heads[1], q.wire[12 : q.qend], e.body))
         try:
-            cut = wire.truncate(msg, budget)
+            cut = compose.truncate(msg, budget)
         except wire.Malformed:  # a name the upstream compressed badly: send the header only
             cut = msg[:2] + _HEAD.pack(_HEAD.unpack_from(msg, 2)[0] | wire.TC, 1, 0, 0, 0) + (
                 msg[12 : q.qend])  # fmt: skip

@@ -23,7 +23,7 @@ from typing import Any
 import pycares
 
 from fastdns.config.schema import Config
-from fastdns.dns import answers, wire
+from fastdns.dns import answers, compose, wire
 from fastdns.dns.answers import AnswerStyle, Unusable
 from fastdns.dns.resolved import Resolved
 from fastdns.metrics.stats import WorkerStats
@@ -301,7 +301,7 @@ class NativeResolver:
         c-ares wanted and the host has search domains to try); counted either way."""
         rcode = reply[3] & wire.RCODE_MASK
         if q.qtype in _ADDRESS_TYPES:
-            found = wire.has_answer(reply, q.qend, q.qtype)
+            found = compose.has_answer(reply, q.qend, q.qtype)
             go_on = rcode in (wire.NOERROR, wire.NXDOMAIN)
         else:
             found = rcode == wire.NOERROR and reply[6:8] != b"\x00\x00"
