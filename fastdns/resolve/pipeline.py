@@ -12,8 +12,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from fastdns.config.schema import Config
 from fastdns.dns import compose, loopguard, wire
@@ -25,8 +25,32 @@ from fastdns.resolve.hosts import HostsFile, StaticAnswer, StaticHosts
 
 logger = logging.getLogger(__name__)
 
-# A hook the native (c-ares) path plugs into: returns a Resolved, or None to fall back.
-NativeLookup = Callable[[wire.Query, float], Awaitable[Resolved | None]]
+# Runs a coroutine as a task that draining waits for (``ServerState.spawn``).
+Spawn = Callable[[Coroutine[Any, Any, Any]], None]
+
+
+class NativeLookup(Protocol):
+    """The native (c-ares) source, as the pipeline and the forward fast lane use it;
+    ``fastdns.resolve.native.resolver.NativeResolver`` implements it."""
+
+    async def __call__(self, q: wire.Query, deadline: float) -> Resolved | None:
+        """The answer, or None: forward ``q`` raw (the fallback counted)."""
+
+    def decline_reason(self, q: wire.Query) -> str | None:
+        """Why ``q`` goes raw whatever happens (a ``native_fallback`` reason), else None.
+        Pure: the caller that acts on it counts it (``count_fallback``)."""
+
+    def count_fallback(self, reason: str) -> None:
+        """Count one query forwarded raw instead, for ``reason``."""
+
+    def forward_first(self, q: wire.Query) -> bool:
+        """True when ``q`` (not declined) is forwarded raw before c-ares is asked."""
+
+    def settle(self, q: wire.Query, reply: bytes) -> bool:
+        """After ``forward_first``: True when c-ares must still run (counted either way)."""
+
+    def close(self) -> None:
+        """Cancel what is pending (the worker is stopping)."""
 
 
 def _canonical_text(qname: bytes) -> str:
@@ -62,17 +86,10 @@ class Pipeline:
         self.loop = loop
         self.stats = stats
         self.forwarder = forwarder
+        # Queries it declines (``decline_reason``) may take the forward fast lane
+        # (fastdns.resolve.relay); with native.forward_first, native types are forwarded raw
+        # first and c-ares runs only when the search list may still find what that reply lacks.
         self.native = native
-        # Whether the native hook would forward ``q`` raw without trying (counted there as a
-        # fallback): such queries may take the forward fast lane (fastdns.relay).
-        self.native_declines: Callable[[wire.Query], bool] = getattr(
-            native, "declines", lambda q: False)
-        # native.forward_first: native types forwarded raw first, c-ares only when the search list
-        # may still find what that reply lacks (NativeResolver.forward_first and settle).
-        self.native_forward_first: Callable[[wire.Query], bool] = getattr(
-            native, "forward_first", lambda q: False)
-        self.native_settle: Callable[[wire.Query, bytes], bool] = getattr(
-            native, "settle", lambda q, reply: False)
         # hostResolver.enabled false: Lima's guest would ask the dns: servers directly, so
         # nothing is answered locally (no static names, hosts file or AAAA rule).
         self.static = StaticHosts.from_pairs(config.hosts if config.enabled else ())
@@ -88,9 +105,9 @@ class Pipeline:
         # (fastdns.loopguard), answered here and never forwarded.
         self.loop_suffix = b""
         self._loop_logged = False
-        # Background work (cache refreshes); the ServerState replaces it with its own spawn so
-        # that draining waits for and cancels these tasks too.
-        self.spawn: Callable[[Coroutine[Any, Any, Any]], None] = self._spawn
+        # Background work (cache refreshes): its own tasks until ``use_spawn`` hands it the
+        # server's, so that draining waits for and cancels these tasks too.
+        self.spawn: Spawn = self._spawn
         self._background: set[asyncio.Task[Any]] = set()
         # The per-worker packet cache; lima_compat keeps Lima's behaviour: no cache.
         self.cache: PacketCache | None = None
@@ -220,18 +237,19 @@ class Pipeline:
         if self.loop_suffix and loopguard.is_probe(q.qname, self.loop_suffix):
             self._loop_detected(q)
             return Resolved(loopguard.marker_reply(q, self.opt_size), PROBE)
-        if self.native is not None:
-            if self.native_forward_first(q):
+        native = self.native
+        if native is not None:
+            if native.forward_first(q):
                 return await self.settle(q, await self.forward_rest(q, deadline), deadline)
-            res = await self.native(q, deadline)
+            res = await native(q, deadline)
             if res is not None:
                 return res
         return await self.forward_rest(q, deadline)
 
     async def settle(self, q: wire.Query, res: Resolved, deadline: float) -> Resolved:
-        """The answer to a question forwarded first (``native_forward_first``): ``res``, or
-        when it lacks the data and the host has search domains, ``search``."""
-        if self.native is None or not self.native_settle(q, res.reply):
+        """The answer to a question forwarded first (``NativeLookup.forward_first``): ``res``,
+        or when it lacks the data and the host has search domains, ``search``."""
+        if self.native is None or not self.native.settle(q, res.reply):
             return res
         return await self.search(q, res, deadline)
 
@@ -278,6 +296,10 @@ class Pipeline:
         except Exception:
             logger.exception("background cache refresh failed")
             self.stats.inc("unhandled_exceptions")
+
+    def use_spawn(self, spawn: Spawn) -> None:
+        """Run background work with ``spawn`` (the server's, which draining waits for)."""
+        self.spawn = spawn
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = self.loop.create_task(coro)

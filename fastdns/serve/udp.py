@@ -56,7 +56,7 @@ class ServerState:
             config.tcp_max_connections, config.tcp_max_connections_per_source)
         # The cache's hit path runs in the datagram callback; its refreshes are tasks tracked
         # here like any query, so draining waits for them and max_inflight counts them.
-        pipeline.spawn = self.spawn
+        pipeline.use_spawn(self.spawn)
         # The forward fast lane (UDP misses relayed with callbacks, no task).
         self.relay = Relay(pipeline, self.spawn)
         # Who may query, and who is rate limited (issue 13): judged per source address.

@@ -93,7 +93,11 @@ def default_native_factory(worker: Worker) -> NativeLookup | None:
         return None
     from fastdns.resolve.native.resolver import NativeResolver
 
-    return NativeResolver.for_worker(worker)
+    forwarder, loop = worker.forwarder, worker.loop
+    assert forwarder is not None and loop is not None  # built in Worker.setup, before this
+    resolver = NativeResolver(worker.config, loop, worker.stats, lambda: forwarder.plan)
+    worker.reload_hooks.append(resolver.reload)  # new resolv.conf or hosts: a new channel
+    return resolver
 
 
 class Worker:
@@ -291,9 +295,9 @@ class Worker:
             if conn.transport is not None:
                 conn.transport.close()
         self.forwarder.close()
-        close_native = getattr(self.pipeline.native, "close", None) if self.pipeline else None
-        if close_native is not None:
-            close_native()  # cancels c-ares lookups still pending, on this loop
+        native = self.pipeline.native if self.pipeline is not None else None
+        if native is not None:
+            native.close()  # cancels c-ares lookups still pending, on this loop
 
     async def run(self, on_ready: Callable[[Worker], None] | None = None) -> None:
         await self.setup()
