@@ -32,9 +32,10 @@ from fastdns.resolve.resolvconf import (
     read_resolv_conf,
     same_plan,
 )
+from fastdns.serve.launch import WorkerLaunch
 from fastdns.serve.udp import ServerState, TCPServer, UDPServer
 from fastdns.system.files import GraceHold
-from fastdns.system.process import Credentials, die_with_parent, drop_privileges
+from fastdns.system.process import die_with_parent, drop_privileges
 from fastdns.system.sockets import bind_tcp, bind_udp, leave_reuseport_group, queued_bytes
 
 logger = logging.getLogger(__name__)
@@ -374,39 +375,29 @@ class WorkerReporter:
                                             worker.stats, self.server))  # fmt: skip
 
 
-def worker_process_main(
-    config: Config,
-    slot: int,
-    generation: int,
-    udp_port: int,
-    tcp_port: int,
-    control_fd: int,
-    stats_path: str | None,
-    *,
-    udp_sock: socket.socket | None = None,
-    tcp_sock: socket.socket | None = None,
-    user: Credentials | None = None,
-    supervisor_pid: int | None = None,
-) -> NoReturn:
+def worker_process_main(launch: WorkerLaunch) -> NoReturn:
     """The life of one forked worker process; never returns.
 
     Binds its own SO_REUSEPORT sockets on the supervisor's ports (unless given already bound
-    ones), drops to ``user``, serves until SIGTERM, drains and exits. The exit code is the API
-    with the supervisor: 0 after a requested stop, ``ExitCode.BOOT_ERROR`` when it could not
-    start (the reason also goes up the control pipe; the supervisor halts instead of looping),
-    anything else is a crash (respawned).
+    ones), drops to ``launch.user``, serves until SIGTERM, drains and exits. The exit code is
+    the API with the supervisor: 0 after a requested stop, ``ExitCode.BOOT_ERROR`` when it
+    could not start (the reason also goes up the control pipe; the supervisor halts instead of
+    looping), anything else is a crash (respawned).
     """
-    parent = supervisor_pid if supervisor_pid is not None else os.getppid()
+    config, slot, user = launch.config, launch.slot, launch.user
+    udp_sock, tcp_sock = launch.udp_sock, launch.tcp_sock
+    parent = launch.supervisor_pid if launch.supervisor_pid is not None else os.getppid()
+    control_fd, generation = launch.control_fd, launch.generation
     control = ControlWriter(control_fd)
-    reporter = WorkerReporter(control, StatusSender(stats_path), slot, generation, parent)
+    reporter = WorkerReporter(control, StatusSender(launch.stats_path), slot, generation, parent)
     code: int = ExitCode.ERROR
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         faulthandler.enable()  # the watchdog's SIGABRT prints where the loop was stuck
         if udp_sock is None:
-            udp_sock = bind_udp(config.listen, udp_port, reuse_port=True)
+            udp_sock = bind_udp(config.listen, launch.udp_port, reuse_port=True)
         if tcp_sock is None:
-            tcp_sock = bind_tcp(config.listen, tcp_port, reuse_port=True)
+            tcp_sock = bind_tcp(config.listen, launch.tcp_port, reuse_port=True)
         if user is not None:
             drop_privileges(user)  # after binding: the port may be < 1024
         if not die_with_parent(parent):  # after the drop: a uid change clears the setting
