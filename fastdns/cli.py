@@ -11,7 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from fastdns import __version__
-from fastdns.config import Config, load_config
+from fastdns.config.load import load_config
+from fastdns.config.schema import Config
 from fastdns.errors import BootError, ConfigError, ExitCode, HaltServer, report_config_error
 
 logger = logging.getLogger("fastdns")

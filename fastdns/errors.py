@@ -37,10 +37,6 @@ class BootError(FastDNSError):
     """The server could not start (port in use, permission, ...)."""
 
 
-class UpstreamError(FastDNSError):
-    """No usable reply from any upstream."""
-
-
 class HaltServer(BaseException):
     """Stop the whole service with ``exit_code``; never caught at the application level."""
 

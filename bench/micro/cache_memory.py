@@ -17,7 +17,7 @@ from typing import Any
 import dns.message
 import dns.rrset
 
-from fastdns.config import build_config
+from fastdns.config.load import build_config
 from fastdns.dns import wire
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.forward.upstream import Forwarder

@@ -22,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.micro.test_hotpath import QUERY, reply_wire
-from fastdns.config import build_config
+from fastdns.config.load import build_config
 from fastdns.dns import wire
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.forward.upstream import Forwarder

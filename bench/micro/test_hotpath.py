@@ -22,8 +22,9 @@ import dns.message
 import dns.rrset
 import pytest
 
-from fastdns.config import CacheConfig, build_config
-from fastdns.dns import wire
+from fastdns.config.load import build_config
+from fastdns.config.schema import CacheConfig
+from fastdns.dns import compose, wire
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.store import STALE, PacketCache, _retime
 from fastdns.resolve.forward.upstream import Forwarder
@@ -97,10 +98,10 @@ def test_ttl_rewrite(benchmark: Any) -> None:
 
 
 def test_truncation(benchmark: Any) -> None:
-    """``wire.truncate`` of a 60-record answer to 512 bytes (what an uncached reply costs)."""
+    """``compose.truncate`` of a 60-record answer to 512 bytes (what an uncached reply costs)."""
     big = reply_wire(QUERY, 60)
     benchmark.group = "hotpath"
-    benchmark.pedantic(lambda: wire.truncate(big, 512), rounds=ROUNDS, iterations=100)
+    benchmark.pedantic(lambda: compose.truncate(big, 512), rounds=ROUNDS, iterations=100)
 
 
 def test_cache_hit_truncated(benchmark: Any) -> None:

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastdns.dns import wire
+from fastdns.dns import compose, wire
+from fastdns.errors import FastDNSError
 
 LIMA_TTL = 5  # every locally built answer in Lima's hostagent (pkg/hostagent/dns/dns.go)
 TXT_CHUNK = 255  # RFC 1035 §3.3: a <character-string> holds at most 255 bytes
@@ -37,7 +38,7 @@ class AnswerStyle:
     opt_size: int = 1232  # our EDNS payload size, when the query had OPT
 
 
-class Unusable(ValueError):
+class Unusable(FastDNSError, ValueError):  # still a ValueError to the name parsing around it
     """c-ares returned something that cannot be written as a DNS answer (forward instead)."""
 
 
@@ -293,14 +294,14 @@ def records_reply(q: wire.Query, result: Any, style: AnswerStyle) -> bytes | Non
             for r in result.authority
             if r.type == wire.SOA and r.record_class == wire.CLASS_IN
         ]
-    return wire.build_reply(q, wire.NOERROR, rrs, authority=authority, opt_size=style.opt_size)
+    return compose.build_reply(q, wire.NOERROR, rrs, authority=authority, opt_size=style.opt_size)
 
 
 def negative_reply(q: wire.Query, rcode: int, style: AnswerStyle) -> bytes:
     """NXDOMAIN or NODATA from the native path: no SOA, because pycares hands none over and a
     made-up one would name a zone we do not know (RFC 2308 §5: not cached downstream)."""
-    return wire.error_reply(q, rcode, style.opt_size)
+    return compose.error_reply(q, rcode, style.opt_size)
 
 
 def _reply(q: wire.Query, answers: Sequence[bytes], style: AnswerStyle) -> bytes:
-    return wire.build_reply(q, wire.NOERROR, answers, opt_size=style.opt_size)
+    return compose.build_reply(q, wire.NOERROR, answers, opt_size=style.opt_size)

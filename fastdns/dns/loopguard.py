@@ -18,7 +18,7 @@ from __future__ import annotations
 import secrets
 import zlib
 
-from fastdns.dns import wire
+from fastdns.dns import compose, wire
 
 HINFO = 13
 PROBE_ZONE = "loop.fastdns.invalid"  # .invalid: RFC 6761 §6.4, never resolves anywhere
@@ -84,7 +84,7 @@ def marker_reply(q: wire.Query, opt_size: int = 1232) -> bytes:
     """The worker's answer to a probe: NOERROR, one HINFO ``fastdns loop`` record (TTL 0, so
     no cache in between keeps it)."""
     answer = wire.rr(wire.POINTER_TO_QNAME, HINFO, 0, MARKER_RDATA)
-    return wire.build_reply(q, wire.NOERROR, [answer], opt_size=opt_size)
+    return compose.build_reply(q, wire.NOERROR, [answer], opt_size=opt_size)
 
 
 def is_marker(reply: bytes) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.metrics.definitions import (
     BY_NAME,
     CAPPED_LABELS,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fastdns import __version__
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.metrics.stats import SIZE_BUCKETS, TIME_BUCKETS
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from socketserver import BaseServer, ThreadingMixIn
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.errors import BootError
 from fastdns.ipc import STATUS_SNDBUF
 from fastdns.metrics.aggregator import StatsAggregator

@@ -10,7 +10,7 @@ import signal
 import socket
 import threading
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.errors import BootError, ExitCode
 from fastdns.ipc import ControlWriter
 from fastdns.metrics.http import serve

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from fastdns.config import canonical_name
+from fastdns.config.schema import canonical_name
 from fastdns.dns import wire
 from fastdns.system.files import GraceHold
 

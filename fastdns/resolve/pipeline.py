@@ -12,11 +12,11 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
-from fastdns.config import Config
-from fastdns.dns import loopguard, wire
+from fastdns.config.schema import Config
+from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import PROBE, Resolved
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.store import PacketCache
@@ -25,8 +25,32 @@ from fastdns.resolve.hosts import HostsFile, StaticAnswer, StaticHosts
 
 logger = logging.getLogger(__name__)
 
-# A hook the native (c-ares) path plugs into: returns a Resolved, or None to fall back.
-NativeLookup = Callable[[wire.Query, float], Awaitable[Resolved | None]]
+# Runs a coroutine as a task that draining waits for (``ServerState.spawn``).
+Spawn = Callable[[Coroutine[Any, Any, Any]], None]
+
+
+class NativeLookup(Protocol):
+    """The native (c-ares) source, as the pipeline and the forward fast lane use it;
+    ``fastdns.resolve.native.resolver.NativeResolver`` implements it."""
+
+    async def __call__(self, q: wire.Query, deadline: float) -> Resolved | None:
+        """The answer, or None: forward ``q`` raw (the fallback counted)."""
+
+    def decline_reason(self, q: wire.Query) -> str | None:
+        """Why ``q`` goes raw whatever happens (a ``native_fallback`` reason), else None.
+        Pure: the caller that acts on it counts it (``count_fallback``)."""
+
+    def count_fallback(self, reason: str) -> None:
+        """Count one query forwarded raw instead, for ``reason``."""
+
+    def forward_first(self, q: wire.Query) -> bool:
+        """True when ``q`` (not declined) is forwarded raw before c-ares is asked."""
+
+    def settle(self, q: wire.Query, reply: bytes) -> bool:
+        """After ``forward_first``: True when c-ares must still run (counted either way)."""
+
+    def close(self) -> None:
+        """Cancel what is pending (the worker is stopping)."""
 
 
 def _canonical_text(qname: bytes) -> str:
@@ -62,17 +86,10 @@ class Pipeline:
         self.loop = loop
         self.stats = stats
         self.forwarder = forwarder
+        # Queries it declines (``decline_reason``) may take the forward fast lane
+        # (fastdns.resolve.relay); with native.forward_first, native types are forwarded raw
+        # first and c-ares runs only when the search list may still find what that reply lacks.
         self.native = native
-        # Whether the native hook would forward ``q`` raw without trying (counted there as a
-        # fallback): such queries may take the forward fast lane (fastdns.relay).
-        self.native_declines: Callable[[wire.Query], bool] = getattr(
-            native, "declines", lambda q: False)
-        # native.forward_first: native types forwarded raw first, c-ares only when the search list
-        # may still find what that reply lacks (NativeResolver.forward_first and settle).
-        self.native_forward_first: Callable[[wire.Query], bool] = getattr(
-            native, "forward_first", lambda q: False)
-        self.native_settle: Callable[[wire.Query, bytes], bool] = getattr(
-            native, "settle", lambda q, reply: False)
         # hostResolver.enabled false: Lima's guest would ask the dns: servers directly, so
         # nothing is answered locally (no static names, hosts file or AAAA rule).
         self.static = StaticHosts.from_pairs(config.hosts if config.enabled else ())
@@ -88,9 +105,9 @@ class Pipeline:
         # (fastdns.loopguard), answered here and never forwarded.
         self.loop_suffix = b""
         self._loop_logged = False
-        # Background work (cache refreshes); the ServerState replaces it with its own spawn so
-        # that draining waits for and cancels these tasks too.
-        self.spawn: Callable[[Coroutine[Any, Any, Any]], None] = self._spawn
+        # Background work (cache refreshes): its own tasks until ``use_spawn`` hands it the
+        # server's, so that draining waits for and cancels these tasks too.
+        self.spawn: Spawn = self._spawn
         self._background: set[asyncio.Task[Any]] = set()
         # The per-worker packet cache; lima_compat keeps Lima's behaviour: no cache.
         self.cache: PacketCache | None = None
@@ -106,14 +123,14 @@ class Pipeline:
         self, q: wire.Query, records: tuple[tuple[int, bytes], ...], ttl: int
     ) -> bytes:
         answers = [wire.rr(wire.POINTER_TO_QNAME, rtype, ttl, rdata) for rtype, rdata in records]
-        return wire.build_reply(q, wire.NOERROR, answers, opt_size=self.opt_size)
+        return compose.build_reply(q, wire.NOERROR, answers, opt_size=self.opt_size)
 
     def _static_reply(self, q: wire.Query, verdict: StaticAnswer, ttl: int) -> bytes:
         if verdict.kind == "answer":
             return self._records_reply(q, verdict.records, ttl)
         if verdict.kind == "servfail":
-            return wire.error_reply(q, wire.SERVFAIL, self.opt_size)
-        return wire.error_reply(q, wire.NOERROR, self.opt_size)  # NODATA
+            return compose.error_reply(q, wire.SERVFAIL, self.opt_size)
+        return compose.error_reply(q, wire.NOERROR, self.opt_size)  # NODATA
 
     def answer_now(self, q: wire.Query) -> Resolved | None:
         """The reply when no I/O is needed, else None (then call ``answer``)."""
@@ -121,17 +138,17 @@ class Pipeline:
             # The rules process's self-check (a CH question under our probe suffix) gets the
             # same REFUSED as any other class, but is not a client's.
             probe = self.loop_suffix and loopguard.is_probe(q.qname, self.loop_suffix)
-            return Resolved(wire.error_reply(q, wire.REFUSED, self.opt_size),
+            return Resolved(compose.error_reply(q, wire.REFUSED, self.opt_size),
                             PROBE if probe else "server")  # fmt: skip
         if q.edns_version:
-            return Resolved(wire.error_reply(q, wire.BADVERS, self.opt_size), "server")
+            return Resolved(compose.error_reply(q, wire.BADVERS, self.opt_size), "server")
         cfg = self.config
         if not cfg.enabled:
             return None  # everything goes to the dns: servers (see __init__)
         if q.qtype == wire.AAAA and not cfg.ipv6:
             # Lima: AAAA is NODATA at once when ipv6 is off (PR #3419; IPv6 is not routable
             # over slirp, lima#547).
-            return self.remember(q, Resolved(wire.error_reply(q, wire.NOERROR, self.opt_size),
+            return self.remember(q, Resolved(compose.error_reply(q, wire.NOERROR, self.opt_size),
                                               "static", cfg.static_ttl))  # fmt: skip
         if self._endings_of is not self.hosts_file.names:
             self._endings = self._local_endings()
@@ -187,7 +204,7 @@ class Pipeline:
             # Cached under the alias's own key with the static TTL: the next one is a hit.
             return self.remember(q, await self._alias(q, verdict.target, deadline))
         res = await self._coalesced(q, deadline)
-        return Resolved(wire.splice(res.reply, q.id, q.question, q.rd), res.source)
+        return Resolved(compose.splice(res.reply, q.id, q.question, q.rd), res.source)
 
     async def _coalesced(self, q: wire.Query, deadline: float) -> Resolved:
         fut = self.pending.get(q.key)
@@ -196,7 +213,7 @@ class Pipeline:
             shared = await asyncio.shield(fut)
             # The key has no EDNS size: the reply was made for a query that may have had an
             # OPT record where this one has none, or the reverse (RFC 6891 §7).
-            reply = wire.match_opt(shared.reply, q, self.opt_size)
+            reply = compose.match_opt(shared.reply, q, self.opt_size)
             return shared if reply is shared.reply else dataclasses.replace(shared, reply=reply)
         fut = self.loop.create_future()
         self.pending[q.key] = fut
@@ -220,18 +237,19 @@ class Pipeline:
         if self.loop_suffix and loopguard.is_probe(q.qname, self.loop_suffix):
             self._loop_detected(q)
             return Resolved(loopguard.marker_reply(q, self.opt_size), PROBE)
-        if self.native is not None:
-            if self.native_forward_first(q):
+        native = self.native
+        if native is not None:
+            if native.forward_first(q):
                 return await self.settle(q, await self.forward_rest(q, deadline), deadline)
-            res = await self.native(q, deadline)
+            res = await native(q, deadline)
             if res is not None:
                 return res
         return await self.forward_rest(q, deadline)
 
     async def settle(self, q: wire.Query, res: Resolved, deadline: float) -> Resolved:
-        """The answer to a question forwarded first (``native_forward_first``): ``res``, or
-        when it lacks the data and the host has search domains, ``search``."""
-        if self.native is None or not self.native_settle(q, res.reply):
+        """The answer to a question forwarded first (``NativeLookup.forward_first``): ``res``,
+        or when it lacks the data and the host has search domains, ``search``."""
+        if self.native is None or not self.native.settle(q, res.reply):
             return res
         return await self.search(q, res, deadline)
 
@@ -249,7 +267,7 @@ class Pipeline:
         result = await self.forwarder.exchange(q, deadline, resume)
         if result.reply is None:
             self.stats.inc("servfail_exhausted")
-            return Resolved(wire.error_reply(q, wire.SERVFAIL, self.opt_size), "server")
+            return Resolved(compose.error_reply(q, wire.SERVFAIL, self.opt_size), "server")
         source = "fallback" if self.forwarder.plan.source == "fallback" else "forward"
         return Resolved(result.reply, source)
 
@@ -279,6 +297,10 @@ class Pipeline:
             logger.exception("background cache refresh failed")
             self.stats.inc("unhandled_exceptions")
 
+    def use_spawn(self, spawn: Spawn) -> None:
+        """Run background work with ``spawn`` (the server's, which draining waits for)."""
+        self.spawn = spawn
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = self.loop.create_task(coro)
         self._background.add(task)
@@ -298,7 +320,7 @@ class Pipeline:
         try:
             tq = wire.parse_query(_question_wire(target, q))
         except (ValueError, wire.Malformed):
-            return Resolved(wire.error_reply(q, wire.SERVFAIL, self.opt_size), "static")
+            return Resolved(compose.error_reply(q, wire.SERVFAIL, self.opt_size), "static")
         # The target goes through the same sources as a query for it would: the hosts file
         # (and the AAAA rule) first. Looking it up elsewhere only would ask DNS for a name the
         # hosts file owns, and cache that NXDOMAIN under the target's own key, where it beats
@@ -316,7 +338,7 @@ class Pipeline:
             records, rcode = (), wire.SERVFAIL
         if records:
             return Resolved(self._records_reply(q, records, self.config.static_ttl), res.source)
-        return Resolved(wire.error_reply(q, rcode, self.opt_size), res.source)
+        return Resolved(compose.error_reply(q, rcode, self.opt_size), res.source)
 
 
 def _question_wire(name: str, like: wire.Query) -> bytes:
@@ -329,5 +351,5 @@ def _question_wire(name: str, like: wire.Query) -> bytes:
         like.qclass.to_bytes(2, "big"),
     ]
     if like.has_opt:
-        parts.append(wire.opt_record(like.udp_size, like.do))
+        parts.append(compose.opt_record(like.udp_size, like.do))
     return b"".join(parts)

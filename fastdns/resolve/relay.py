@@ -27,11 +27,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastdns.dns import loopguard, wire
+from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import Resolved
 from fastdns.resolve.forward.upsock import PortSocket, UpstreamDown
 from fastdns.resolve.forward.upstream import Resume, order_servers
-from fastdns.resolve.pipeline import Pipeline
+from fastdns.resolve.pipeline import Pipeline, Spawn
 
 # How the lane hands a finished answer back to the server that read the query (the UDP
 # server's ``send_answer``): passed down, so this layer never imports the serving one.
@@ -75,7 +75,7 @@ class Relayed:
 class Relay:
     """The lane of one worker: admission, the in-flight queue, completion and hand-off."""
 
-    def __init__(self, pipeline: Pipeline, spawn: Any) -> None:
+    def __init__(self, pipeline: Pipeline, spawn: Spawn) -> None:
         self.pipeline = pipeline
         self.forwarder = pipeline.forwarder
         self.loop = pipeline.loop
@@ -105,10 +105,19 @@ class Relay:
             s = fwd.channel(server).pick(now)
         except UpstreamDown:
             return False  # the general path counts the failure
-        # Last: declines() counts the native fallback, so no False may follow a True.
-        native = pipeline.native is not None and not pipeline.native_declines(q)
-        if native and not pipeline.native_forward_first(q):
-            return False
+        lookup = pipeline.native
+        native = False
+        if lookup is not None:
+            reason = lookup.decline_reason(q)
+            if reason is None:
+                if not lookup.forward_first(q):
+                    return False  # c-ares' question: the general path asks it
+                native = True
+            else:
+                # Counted here, where it is decided: the lane takes ``q`` from here on (nothing
+                # below returns False), and the general path, which counts it otherwise, never
+                # sees it.
+                lookup.count_fallback(reason)
         r = Relayed(self, q, send, addr, size, t0)
         r.native = native
         r.server = server
@@ -150,7 +159,9 @@ class Relay:
         fwd.stats.counters[_ANSWERED] += 1
         source = "fallback" if fwd.plan.source == "fallback" else "forward"
         res = Resolved(data, source)
-        if r.native and self.pipeline.native_settle(r.q, data):  # lacks the data: c-ares' turn
+        native = self.pipeline.native
+        if r.native and native is not None and native.settle(r.q, data):
+            # The reply lacks what c-ares wanted: its turn, with the search list.
             self.spawn(self._general(r, self.pipeline.search(r.q, res, r.deadline)))
             return
         self._finish(r, res)
@@ -204,7 +215,7 @@ class Relay:
         if fut is not None and not fut.done():
             fut.set_result(out)
         if out.reply is res.reply:  # not from the cache: the upstream's ID and question case
-            out = Resolved(wire.splice(res.reply, q.id, q.question, q.rd), res.source)
+            out = Resolved(compose.splice(res.reply, q.id, q.question, q.rd), res.source)
         # (else the cache rendered it for q itself: q's ID, question bytes, RD and OPT)
         r.send(q, out, r.addr, r.size, r.t0)
 

@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 
 logger = logging.getLogger(__name__)
 

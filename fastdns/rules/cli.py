@@ -14,8 +14,9 @@ import os
 import sys
 from typing import Any
 
-from fastdns.config import Config, load_config
-from fastdns.errors import BootError, ConfigError, ExitCode, report_config_error
+from fastdns.config.load import load_config
+from fastdns.config.schema import Config
+from fastdns.errors import BootError, ConfigError, ExitCode, FastDNSError, report_config_error
 from fastdns.rules.plan import (
     NoInterface,
     RulePlan,
@@ -80,7 +81,7 @@ def _port_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-class CommandError(Exception):
+class CommandError(FastDNSError):
     def __init__(self, message: str, code: int = ExitCode.USAGE) -> None:
         super().__init__(message)
         self.code = code

@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastdns.config import Config, load_config
+from fastdns.config.load import load_config
+from fastdns.config.schema import Config
 from fastdns.dns import loopguard
 from fastdns.errors import BootError, ConfigError, ExitCode
 from fastdns.ipc import StatusSender

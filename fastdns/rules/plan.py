@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from fastdns.errors import FastDNSError
 
 if TYPE_CHECKING:
-    from fastdns.config import Config, RulesConfig
+    from fastdns.config.schema import Config, RulesConfig
 
 DNS_PORT = 53
 PROTOCOLS = ("udp", "tcp")
@@ -287,21 +287,6 @@ def parse_save(text: str) -> dict[str, Table]:
         elif current is not None and line.startswith("-A "):
             current.rules.append(line)
     return tables
-
-
-def normalized(text: str) -> str:
-    """iptables-save text without comments and counters: comparable across runs."""
-    out = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith(":"):
-            line = line.rsplit(" ", 1)[0] if line.endswith("]") else line
-        elif line.startswith("[") and "] -A " in line:
-            line = line.split("] ", 1)[1]
-        out.append(line)
-    return "\n".join(out) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------

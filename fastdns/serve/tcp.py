@@ -30,8 +30,8 @@ import socket
 import time
 from typing import Any, Literal, Protocol
 
-from fastdns.config import Config
-from fastdns.dns import wire
+from fastdns.config.schema import Config
+from fastdns.dns import compose, wire
 from fastdns.dns.resolved import Resolved
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.store import PacketCache
@@ -289,7 +289,7 @@ class TCPServer(asyncio.Protocol):
         except wire.Malformed as e:
             state.stats.inc("dropped" if e.rcode is None else "malformed", "tcp")
             if e.rcode is not None:
-                self._write(wire.header_only_reply(frame, e.rcode))
+                self._write(compose.header_only_reply(frame, e.rcode))
             return
         cache = state.cache  # first, as for UDP; no truncation over TCP
         if cache is not None:
@@ -301,7 +301,7 @@ class TCPServer(asyncio.Protocol):
         res = state.pipeline.answer_now(q)
         if res is None and state.full():
             state.stats.inc("overload", "tcp")
-            res = Resolved(wire.error_reply(q, wire.REFUSED), "server")
+            res = Resolved(compose.error_reply(q, wire.REFUSED), "server")
         if res is not None:
             self._write(res.reply)
             state.accounting.record("tcp", q, res, len(frame), t0)
@@ -315,7 +315,7 @@ class TCPServer(asyncio.Protocol):
         except Exception:
             logger.exception("unhandled error answering a TCP query")
             self.state.stats.inc("unhandled_exceptions")
-            res = Resolved(wire.error_reply(q, wire.SERVFAIL), "server")
+            res = Resolved(compose.error_reply(q, wire.SERVFAIL), "server")
         self.pending -= 1
         self._write(res.reply)
         self.state.accounting.record("tcp", q, res, size, t0)

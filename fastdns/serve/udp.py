@@ -18,8 +18,8 @@ import time
 from collections import deque
 from typing import Any
 
-from fastdns.config import Config
-from fastdns.dns import wire
+from fastdns.config.schema import Config
+from fastdns.dns import compose, wire
 from fastdns.dns.resolved import Resolved
 from fastdns.metrics.stats import WorkerStats
 from fastdns.policy.ratelimit import SLIP, UNIT
@@ -57,7 +57,7 @@ class ServerState:
             config.tcp_max_connections, config.tcp_max_connections_per_source)
         # The cache's hit path runs in the datagram callback; its refreshes are tasks tracked
         # here like any query, so draining waits for them and max_inflight counts them.
-        pipeline.spawn = self.spawn
+        pipeline.use_spawn(self.spawn)
         # The forward fast lane (UDP misses relayed with callbacks, no task).
         self.relay = Relay(pipeline, self.spawn)
         # Who may query, and who is rate limited (docs/exposure.md): judged per source address.
@@ -94,7 +94,7 @@ def _reply_limit(config: Config, q: wire.Query) -> int:
 
 
 def _malformed_reply(data: bytes, err: wire.Malformed) -> bytes | None:
-    return wire.header_only_reply(data, err.rcode) if err.rcode is not None else None
+    return compose.header_only_reply(data, err.rcode) if err.rcode is not None else None
 
 
 def _slip_reply(data: bytes) -> bytes | None:
@@ -104,7 +104,7 @@ def _slip_reply(data: bytes) -> bytes | None:
         q = wire.parse_query(data)
     except wire.Malformed:
         return None
-    reply = wire.error_reply(q, wire.NOERROR)
+    reply = compose.error_reply(q, wire.NOERROR)
     flags = int.from_bytes(reply[2:4], "big") | wire.TC
     return reply[:2] + flags.to_bytes(2, "big") + reply[4:]
 
@@ -232,9 +232,9 @@ class UDPServer:
         self.state.stats.inc("acl_blocked", "udp", action)
         if action == "refuse":
             try:
-                reply = wire.error_reply(wire.parse_query(data), wire.REFUSED)
+                reply = compose.error_reply(wire.parse_query(data), wire.REFUSED)
             except wire.Malformed:
-                reply = wire.header_only_reply(data, wire.REFUSED)  # type: ignore[assignment]
+                reply = compose.header_only_reply(data, wire.REFUSED)  # type: ignore[assignment]
             if reply is not None:
                 self._send(reply, addr)
 
@@ -304,7 +304,7 @@ class UDPServer:
             return
         if state.full():
             state.stats.inc("overload", "udp")
-            res = Resolved(wire.error_reply(q, wire.REFUSED), "server")
+            res = Resolved(compose.error_reply(q, wire.REFUSED), "server")
             self.send_answer(q, res, addr, len(data), t0)
             return
         if state.relay.start(q, self.send_answer, addr, len(data), t0):
@@ -317,7 +317,7 @@ class UDPServer:
         except Exception:
             logger.exception("unhandled error answering a UDP query")
             self.state.stats.inc("unhandled_exceptions")
-            res = Resolved(wire.error_reply(q, wire.SERVFAIL), "server")
+            res = Resolved(compose.error_reply(q, wire.SERVFAIL), "server")
         self.send_answer(q, res, addr, size, t0)
 
     def send_answer(
@@ -328,9 +328,9 @@ class UDPServer:
         limit = _reply_limit(self.state.config, q)
         if len(reply) > limit:
             try:
-                reply = wire.truncate(reply, limit)
+                reply = compose.truncate(reply, limit)
             except wire.Malformed:
-                reply = wire.error_reply(q, wire.SERVFAIL)
+                reply = compose.error_reply(q, wire.SERVFAIL)
             res = Resolved(reply, res.source)
         self._reply(reply, addr)
         self.state.accounting.record("udp", q, res, size, t0)

@@ -15,9 +15,9 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.dns import loopguard, wire
 from fastdns.errors import BootError, ExitCode
 from fastdns.ipc import ControlWriter, StatusSender
@@ -32,9 +32,10 @@ from fastdns.resolve.resolvconf import (
     read_resolv_conf,
     same_plan,
 )
+from fastdns.serve.launch import WorkerLaunch
 from fastdns.serve.udp import ServerState, TCPServer, UDPServer
 from fastdns.system.files import GraceHold
-from fastdns.system.process import Credentials, die_with_parent, drop_privileges
+from fastdns.system.process import die_with_parent, drop_privileges
 from fastdns.system.sockets import bind_tcp, bind_udp, leave_reuseport_group, queued_bytes
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,11 @@ def default_native_factory(worker: Worker) -> NativeLookup | None:
         return None
     from fastdns.resolve.native.resolver import NativeResolver
 
-    return NativeResolver.for_worker(worker)
+    forwarder, loop = worker.forwarder, worker.loop
+    assert forwarder is not None and loop is not None  # built in Worker.setup, before this
+    resolver = NativeResolver(worker.config, loop, worker.stats, lambda: forwarder.plan)
+    worker.reload_hooks.append(resolver.reload)  # new resolv.conf or hosts: a new channel
+    return resolver
 
 
 class Worker:
@@ -293,9 +298,9 @@ class Worker:
             if conn.transport is not None:
                 conn.transport.close()
         self.forwarder.close()
-        close_native = getattr(self.pipeline.native, "close", None) if self.pipeline else None
-        if close_native is not None:
-            close_native()  # cancels c-ares lookups still pending, on this loop
+        native = self.pipeline.native if self.pipeline is not None else None
+        if native is not None:
+            native.close()  # cancels c-ares lookups still pending, on this loop
 
     async def run(self, on_ready: Callable[[Worker], None] | None = None) -> None:
         await self.setup()
@@ -309,31 +314,6 @@ class Worker:
         logger.info("stopping: draining in-flight queries (up to %.1fs)",
                     self.config.graceful_timeout)  # fmt: skip
         await self.drain()
-
-
-def ready_info(worker: Worker) -> dict[str, Any]:
-    return {
-        "udp_port": worker.udp_sock.getsockname()[1],
-        "tcp_port": worker.tcp_sock.getsockname()[1],
-        "listen": worker.config.listen,
-    }
-
-
-def serve_one(
-    config: Config,
-    udp_sock: socket.socket,
-    tcp_sock: socket.socket,
-    on_ready: Callable[[Worker], None],
-    **kwargs: Any,
-) -> None:
-    """Run one Worker on a fresh uvloop loop until SIGTERM/SIGINT."""
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(Worker(config, udp_sock, tcp_sock, **kwargs).run(on_ready))
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 class WorkerReporter:
@@ -397,39 +377,29 @@ class WorkerReporter:
                                             worker.stats, self.server))  # fmt: skip
 
 
-def worker_process_main(
-    config: Config,
-    slot: int,
-    generation: int,
-    udp_port: int,
-    tcp_port: int,
-    control_fd: int,
-    stats_path: str | None,
-    *,
-    udp_sock: socket.socket | None = None,
-    tcp_sock: socket.socket | None = None,
-    user: Credentials | None = None,
-    supervisor_pid: int | None = None,
-) -> NoReturn:
+def worker_process_main(launch: WorkerLaunch) -> NoReturn:
     """The life of one forked worker process; never returns.
 
     Binds its own SO_REUSEPORT sockets on the supervisor's ports (unless given already bound
-    ones), drops to ``user``, serves until SIGTERM, drains and exits. The exit code is the API
-    with the supervisor: 0 after a requested stop, ``ExitCode.BOOT_ERROR`` when it could not
-    start (the reason also goes up the control pipe; the supervisor halts instead of looping),
-    anything else is a crash (respawned).
+    ones), drops to ``launch.user``, serves until SIGTERM, drains and exits. The exit code is
+    the API with the supervisor: 0 after a requested stop, ``ExitCode.BOOT_ERROR`` when it
+    could not start (the reason also goes up the control pipe; the supervisor halts instead of
+    looping), anything else is a crash (respawned).
     """
-    parent = supervisor_pid if supervisor_pid is not None else os.getppid()
+    config, slot, user = launch.config, launch.slot, launch.user
+    udp_sock, tcp_sock = launch.udp_sock, launch.tcp_sock
+    parent = launch.supervisor_pid if launch.supervisor_pid is not None else os.getppid()
+    control_fd, generation = launch.control_fd, launch.generation
     control = ControlWriter(control_fd)
-    reporter = WorkerReporter(control, StatusSender(stats_path), slot, generation, parent)
+    reporter = WorkerReporter(control, StatusSender(launch.stats_path), slot, generation, parent)
     code: int = ExitCode.ERROR
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         faulthandler.enable()  # the watchdog's SIGABRT prints where the loop was stuck
         if udp_sock is None:
-            udp_sock = bind_udp(config.listen, udp_port, reuse_port=True)
+            udp_sock = bind_udp(config.listen, launch.udp_port, reuse_port=True)
         if tcp_sock is None:
-            tcp_sock = bind_tcp(config.listen, tcp_port, reuse_port=True)
+            tcp_sock = bind_tcp(config.listen, launch.tcp_port, reuse_port=True)
         if user is not None:
             drop_privileges(user)  # after binding: the port may be < 1024
         if not die_with_parent(parent):  # after the drop: a uid change clears the setting
@@ -469,8 +439,6 @@ __all__ = [
     "Worker",
     "WorkerReporter",
     "new_event_loop",
-    "ready_info",
-    "serve_one",
     "wire",
     "worker_process_main",
 ]

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from fastdns.config import Config
-from fastdns.errors import BootError, ExitCode, HaltServer
+from fastdns.config.schema import Config
+from fastdns.errors import BootError, ExitCode, FastDNSError, HaltServer
 from fastdns.ipc import StatusSender, split_messages
 from fastdns.supervise import children, rundir
 from fastdns.supervise.binding import bind_first, bound_port
@@ -60,8 +60,9 @@ HANDLED_SIGNALS = (
 )  # fmt: skip
 
 
-class _Stop(Exception):
-    """Leave the main loop and shut down (``fast``: no drain)."""
+class _Stop(FastDNSError):
+    """Leave the main loop and shut down (``fast``: no drain). Control flow, not a failure;
+    under the root like every exception fastdns defines, and caught only by its own name."""
 
     def __init__(self, fast: bool) -> None:
         super().__init__("stop")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.system.sockets import bind_tcp, bind_udp
 
 

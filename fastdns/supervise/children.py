@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.errors import BootError, ExitCode
 from fastdns.ipc import ControlWriter
+from fastdns.serve.launch import WorkerLaunch
 from fastdns.system import process
 from fastdns.system.process import Credentials
 
@@ -98,30 +98,15 @@ def run_child(body: Callable[[], None], control_fd: int) -> NoReturn:
         os._exit(code)
 
 
-def child_worker(
-    config: Config,
-    slot: int,
-    generation: int,
-    udp_port: int,
-    tcp_port: int,
-    control_fd: int,
-    stats_path: str | None,
-    socks: tuple[socket.socket | None, socket.socket | None] | None,
-    user: Credentials | None,
-    supervisor_pid: int,
-) -> None:
-    process.set_role(f"worker {slot}")
+def child_worker(launch: WorkerLaunch) -> None:
+    process.set_role(f"worker {launch.slot}")
     try:
         from fastdns.serve.worker import (
             worker_process_main,  # after fork: uvloop, pycares live here
         )
     except Exception as e:  # a broken install would otherwise crash-loop
         raise BootError(f"cannot load the worker code: {type(e).__name__}: {e}") from e
-
-    udp_sock, tcp_sock = socks if socks else (None, None)
-    worker_process_main(config, slot, generation, udp_port, tcp_port, control_fd, stats_path,
-                        udp_sock=udp_sock, tcp_sock=tcp_sock, user=user,
-                        supervisor_pid=supervisor_pid)  # fmt: skip
+    worker_process_main(launch)
 
 
 def child_metrics(

@@ -14,9 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fastdns.config import Config, load_config
+from fastdns.config.load import load_config
+from fastdns.config.schema import Config
 from fastdns.errors import BootError, ConfigError
 from fastdns.policy import acl, ratelimit
+from fastdns.serve.launch import WorkerLaunch
 from fastdns.supervise import children
 from fastdns.supervise.binding import bind_first, bound_port
 from fastdns.supervise.children import Child, child_worker
@@ -114,8 +116,10 @@ class Generations:
         stats_path, parent = self.stats_path, os.getpid()
 
         def run(control_fd: int) -> None:
-            child_worker(gen.config, slot, gen.number, gen.udp_port, gen.tcp_port, control_fd,
-                         stats_path, socks, gen.user, parent)  # fmt: skip
+            udp_sock, tcp_sock = socks if socks else (None, None)
+            child_worker(WorkerLaunch(gen.config, slot, gen.number, gen.udp_port, gen.tcp_port,
+                                      control_fd, stats_path, udp_sock, tcp_sock, gen.user,
+                                      parent))  # fmt: skip
 
         self._spawn("worker", slot, run, gen.config, gen.prebound_fds(), gen.number)
         gen.close_prebound()  # the worker has them now; a copy here would blackhole flows

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.fuzzing import FUZZ
 
-from fastdns.config import canonical_name
+from fastdns.config.schema import canonical_name
 from fastdns.dns import wire
 from fastdns.resolve.hosts import HostsFile
 from fastdns.resolve.resolvconf import parse_resolv_conf

@@ -20,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.fuzzing import FUZZ, queries, reply_to, valid_queries
 
-from fastdns.config import CacheConfig
-from fastdns.dns import wire
+from fastdns.config.schema import CacheConfig
+from fastdns.dns import compose, wire
 from fastdns.resolve.cache.store import PacketCache
 
 ALLOWED_RCODES = (None, wire.FORMERR, wire.NOTIMP)
@@ -66,7 +66,7 @@ def test_a_valid_query_parses_as_dnspython_reads_it(data: bytes) -> None:
 def test_any_bytes_parse_or_raise_malformed(data: bytes) -> None:
     got = parse(data)
     if isinstance(got, wire.Malformed):
-        reply = wire.header_only_reply(data, got.rcode) if got.rcode is not None else None
+        reply = compose.header_only_reply(data, got.rcode) if got.rcode is not None else None
         if reply is not None:  # what the server sends back for a packet it cannot serve
             msg = dns.message.from_wire(reply)
             assert msg.id == int.from_bytes(data[:2], "big")
@@ -86,7 +86,7 @@ def test_any_bytes_parse_or_raise_malformed(data: bytes) -> None:
     # every reply the server can build for it is a valid DNS message echoing the question
     rcodes = (wire.NOERROR, wire.SERVFAIL, wire.REFUSED) + ((wire.BADVERS,) if q.has_opt else ())
     for rcode in rcodes:
-        reply = wire.error_reply(q, rcode)
+        reply = compose.error_reply(q, rcode)
         assert reply[:2] == data[:2] and reply[12 : q.qend] == q.question
         out = dnspython(reply)
         if msg is not None:
@@ -118,7 +118,7 @@ def test_a_cache_hit_for_any_query_is_its_answer(data: bytes, seed: int) -> None
         return
     # an upstream's reply to the same question (a clean query asked on the client's behalf)
     clean = wire.HEADER.pack(0, q.flags & (wire.RD | wire.CD), 1, 0, 0, int(q.has_opt)) + (
-        q.question + (wire.opt_record(q.udp_size, q.do) if q.has_opt else b""))  # fmt: skip
+        q.question + (compose.opt_record(q.udp_size, q.do) if q.has_opt else b""))  # fmt: skip
     try:
         upstream = reply_to(clean, random.Random(seed))
     except (dns.exception.DNSException, ValueError):

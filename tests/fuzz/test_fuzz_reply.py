@@ -24,8 +24,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.fuzzing import FUZZ, exchanges
 
-from fastdns.config import CacheConfig
-from fastdns.dns import wire
+from fastdns.config.schema import CacheConfig
+from fastdns.dns import compose, wire
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.admission import classify
 from fastdns.resolve.cache.store import PacketCache
@@ -79,14 +79,14 @@ def test_any_upstream_reply_is_handled_or_refused(
     query, _, data = exchange
     q = wire.parse_query(query)
     # the pure walkers never raise anything but Malformed, whatever the bytes
-    assert isinstance(wire.has_answer(data, q.qend, q.qtype), bool)
-    for walk in (lambda: list(wire.iter_records(data)), lambda: wire.min_ttl(data)):
+    assert isinstance(compose.has_answer(data, q.qend, q.qtype), bool)
+    for walk in (lambda: list(wire.iter_records(data)), lambda: compose.min_ttl(data)):
         try:
             walk()
         except wire.Malformed:
             pass
     if len(data) >= 12:
-        assert len(wire.match_opt(data, q, 1232)) >= 12
+        assert len(compose.match_opt(data, q, 1232)) >= 12
     got = received(q, data)
     if got is None:
         assert len(data) < 12 or not wire.question_matches(wire.set_id(data, 0x1234), q)
@@ -99,7 +99,7 @@ def test_any_upstream_reply_is_handled_or_refused(
         assert (question.rdtype, question.rdclass) == (q.qtype, q.qclass)
         if original.rcode() == dns.rcode.NOERROR:
             answers = {rrset.rdtype for rrset in original.answer}
-            assert wire.has_answer(got, q.qend, q.qtype) == (q.qtype in answers)
+            assert compose.has_answer(got, q.qend, q.qtype) == (q.qtype in answers)
     verdict = classify(q, got, CacheConfig())
     if verdict is not None:  # the TTL offsets point at TTL fields of the reply's body
         _, life, opt_start, ttls, as_is = verdict
@@ -118,12 +118,12 @@ def test_any_upstream_reply_is_handled_or_refused(
         if hit is not None:
             replies.append(hit)
     for reply in replies:
-        out = wire.splice(reply, q.id, q.question, q.rd) if reply is got else reply
+        out = compose.splice(reply, q.id, q.question, q.rd) if reply is got else reply
         assert out[:2] == query[:2] and out[12 : q.qend] == q.question
         assert len(out) == len(reply)
         if len(out) > limit:
             try:
-                out = wire.truncate(out, limit)
+                out = compose.truncate(out, limit)
             except wire.Malformed:
                 assert original is None, "dnspython reads a reply truncate refuses"
                 continue  # the server answers SERVFAIL (UDPServer.send_answer)
@@ -143,7 +143,7 @@ def test_truncate_keeps_a_parseable_prefix_within_the_limit(
 ) -> None:
     query, reply, _ = exchange
     q = wire.parse_query(query)
-    cut = wire.truncate(wire.splice(reply, q.id, q.question, q.rd), limit)
+    cut = compose.truncate(compose.splice(reply, q.id, q.question, q.rd), limit)
     assert len(cut) <= max(limit, len(query) + 11)
     msg = dns.message.from_wire(cut)
     original = dns.message.from_wire(reply)

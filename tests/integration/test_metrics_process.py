@@ -33,7 +33,7 @@ HOST = "127.0.0.1"
 SERVER = "dns://127.0.0.1:5300"
 CHILD = """
 import json, sys
-from fastdns.config import build_config
+from fastdns.config.load import build_config
 from fastdns.metrics.main import metrics_main
 raise SystemExit(metrics_main(build_config(json.loads(sys.argv[1])), sys.argv[2],
                               int(sys.argv[3])))

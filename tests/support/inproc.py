@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fastdns.config import Config, build_config
+from fastdns.config.load import build_config
+from fastdns.config.schema import Config
 from fastdns.serve.worker import Worker, new_event_loop
 from fastdns.system.sockets import bind_tcp, bind_udp
 from support.server import prepare_config

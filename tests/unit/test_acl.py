@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fastdns.config import build_config
+from fastdns.config.load import build_config
 from fastdns.errors import ConfigError
 from fastdns.policy.acl import DEFAULT_ALLOW, AclConfig, NetworkSet, address, describe
 from fastdns.policy.ratelimit import RateLimitConfig

@@ -14,7 +14,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from support.metrics import Samples, counters_not_below, parse, series, total, value
 
-from fastdns.config import Config, RulesConfig, build_config
+from fastdns.config.load import build_config
+from fastdns.config.schema import Config, RulesConfig
 from fastdns.metrics.aggregator import GAUGE_STALE, SUPERVISOR_STALE, TOMBSTONE_TTL, StatsAggregator
 from fastdns.metrics.definitions import TIME_BUCKETS
 from fastdns.metrics.stats import WorkerStats, rules_message, supervisor_message, worker_message

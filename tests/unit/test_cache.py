@@ -14,8 +14,9 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from fastdns.config import CacheConfig, build_config
-from fastdns.dns import wire
+from fastdns.config.load import build_config
+from fastdns.config.schema import CacheConfig
+from fastdns.dns import compose, wire
 from fastdns.errors import ConfigError
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.admission import DENIAL, SUCCESS, classify
@@ -501,22 +502,28 @@ def test_unpopular_entries_are_not_prefetched() -> None:
 # ------------------------------------------------------------------------------ query forms
 
 
+def renewed(c: PacketCache, data: bytes, now: float) -> tuple[bytes, wire.Query] | None:
+    """What the UDP server does with a query's bytes before parsing them (fastdns.serve.udp)."""
+    f = c.front.forms.get(data[2:])
+    return None if f is None else c.renew(f, data, now)
+
+
 def test_repeated_query_bytes_skip_the_parse() -> None:
     c = cache()
     q = make_query(qid=1)
     stored(c, q, answer(q, "www.example.com. 300 IN A 192.0.2.1"))
     again = make_query(qid=2).to_wire()
-    assert c.get_raw(again, T0) is None  # not seen as a hit yet
+    assert renewed(c, again, T0) is None  # not seen as a hit yet
     assert c.get(parse(make_query(qid=2)), T0) is not None  # remembers the form
     third = make_query(qid=3).to_wire()
-    hit_ = c.get_raw(third, T0 + 1)
+    hit_ = renewed(c, third, T0 + 1)
     assert hit_ is not None
     reply, q_seen = hit_
     m = dns.message.from_wire(reply)
     assert m.id == 3 and ttls(m) == [299] and q_seen.qtype == 1
-    fast = c.get_raw(make_query(qid=5).to_wire(), T0 + 1.5)  # same second: the inline path
+    fast = renewed(c, make_query(qid=5).to_wire(), T0 + 1.5)  # same second: the inline path
     assert fast is not None and fast[0] == b"\x00\x05" + reply[2:]
-    assert c.get_raw(make_query(qid=4, rd=False).to_wire(), T0) is None  # other flags
+    assert renewed(c, make_query(qid=4, rd=False).to_wire(), T0) is None  # other flags
     assert c.counters["cache_requests",] == c.counters["cache_hits", "success"] == 3
 
 
@@ -527,14 +534,14 @@ def test_remembered_forms_truncate_and_add_opt_like_the_full_path() -> None:
     stored(c, big, answer(big, *rrs))
     for client in (make_query("big.example.com"), make_query("big.example.com", edns=1400)):
         first = c.get(parse(client), T0)
-        again = c.get_raw(client.to_wire(), T0)
+        again = renewed(c, client.to_wire(), T0)
         assert first is not None and again is not None and again[0] == first
         assert dns.message.from_wire(first).flags & dns.flags.TC
     small = make_query(edns=1400)
     stored(c, small, answer(small, "www.example.com. 300 IN A 192.0.2.1"))
     for client in (make_query(), make_query(edns=1400), make_query(do=False, edns=600)):
         first = c.get(parse(client), T0)
-        again = c.get_raw(client.to_wire(), T0)
+        again = renewed(c, client.to_wire(), T0)
         assert first is not None and again is not None and again[0] == first
 
 
@@ -544,7 +551,7 @@ def test_mixed_case_forms_are_not_remembered() -> None:
     stored(c, q, answer(q, "www.example.com. 300 IN A 192.0.2.1"))
     client = make_query("wWw.example.com")
     assert c.get(parse(client), T0) is not None
-    assert c.get_raw(client.to_wire(), T0) is None and len(c.front) == 0
+    assert renewed(c, client.to_wire(), T0) is None and len(c.front) == 0
 
 
 def test_a_remembered_form_goes_with_its_entry() -> None:
@@ -552,14 +559,14 @@ def test_a_remembered_form_goes_with_its_entry() -> None:
     q = make_query()
     stored(c, q, answer(q, "www.example.com. 10 IN A 192.0.2.1"))
     c.get(parse(q), T0)
-    assert c.get_raw(q.to_wire(), T0 + 9) is not None
-    assert c.get_raw(q.to_wire(), T0 + 10) is None  # expired: the full path decides
+    assert renewed(c, q.to_wire(), T0 + 9) is not None
+    assert renewed(c, q.to_wire(), T0 + 10) is None  # expired: the full path decides
     assert len(c.front) == 0 and c.counters["cache_misses",] == 0
     assert c.get(parse(q), T0 + 10) is None and len(c) == 0
     stored(c, q, answer(q, "www.example.com. 10 IN A 192.0.2.1"), now=T0 + 20)
     c.get(parse(q), T0 + 20)
     c.clear()
-    assert c.get_raw(q.to_wire(), T0 + 20) is None and len(c.front) == 0
+    assert renewed(c, q.to_wire(), T0 + 20) is None and len(c.front) == 0
 
 
 # ------------------------------------------------------------------------------ admission rules
@@ -604,7 +611,7 @@ class CountingForwarder:
 
     async def exchange(self, q: wire.Query, deadline: float, resume: Any = None) -> Any:
         self.asked.append(q.name)
-        reply = wire.error_reply(q, wire.NXDOMAIN)
+        reply = compose.error_reply(q, wire.NXDOMAIN)
         return type("Result", (), {"reply": reply})()
 
 

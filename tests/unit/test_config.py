@@ -7,15 +7,9 @@ from typing import Any
 
 import pytest
 
-from fastdns.config import (
-    DEFAULT_FALLBACK,
-    Config,
-    ConfigError,
-    build_config,
-    canonical_name,
-    instance_hostname,
-    load_config,
-)
+from fastdns.config.load import build_config, load_config
+from fastdns.config.schema import DEFAULT_FALLBACK, Config, canonical_name, instance_hostname
+from fastdns.errors import ConfigError
 
 
 def problems(doc: dict[str, Any], path: str = "") -> list[str]:
@@ -306,7 +300,6 @@ def test_disabled_resolver_forwards_to_dns() -> None:
     cfg = build_config({"hostResolver": {"enabled": False}, "dns": ["1.1.1.1", "fe80::1%eth0"]})
     assert cfg.enabled is False
     assert cfg.dns == ("1.1.1.1", "fe80::1%eth0")
-    assert cfg.upstream_source() == "dns"
 
 
 @pytest.mark.parametrize("dns", [[], None])

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from fastdns.cli import main
-from fastdns.config import ConfigError, build_config, load_config
+from fastdns.config.load import build_config, load_config
+from fastdns.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

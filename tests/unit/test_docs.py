@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from fastdns.config import build_config, known_keys
+from fastdns.config.load import build_config, known_keys
 from fastdns.errors import ConfigError
 from fastdns.metrics.definitions import METRICS
 

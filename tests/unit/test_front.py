@@ -17,7 +17,7 @@ import dns.message
 import dns.rrset
 import pytest
 
-from fastdns.config import build_config
+from fastdns.config.load import build_config
 from fastdns.dns import wire
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.front import Front, FrontTable

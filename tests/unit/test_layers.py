@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fastdns"
-ROOTS = ("fastdns.supervise.arbiter", "fastdns.cli", "fastdns.config")
+ROOTS = ("fastdns.supervise.arbiter", "fastdns.cli", "fastdns.config.load")
 FORBIDDEN = ("pycares", "uvloop", "aiodns", "fastdns.resolve.native")
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import dns.message
 import pytest
 
-from fastdns.config import Config, build_config
+from fastdns.config.load import build_config
+from fastdns.config.schema import Config
 from fastdns.dns import wire
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.forward.upstream import Forwarder

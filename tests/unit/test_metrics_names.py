@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from support.metrics import parse
 
-from fastdns.config import build_config
+from fastdns.config.load import build_config
 from fastdns.metrics.aggregator import StatsAggregator
 from fastdns.metrics.definitions import (
     BY_NAME,

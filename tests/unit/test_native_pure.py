@@ -8,7 +8,7 @@ from pathlib import Path
 import pycares
 import pytest
 
-from fastdns.config import build_config
+from fastdns.config.load import build_config
 from fastdns.dns import wire
 from fastdns.resolve.native.cares import make_channel
 from fastdns.resolve.native.resolver import channel_options, lookup_name, server_csv_entries

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fastdns.config import build_config
+from fastdns.config.load import build_config
 from fastdns.resolve.resolvconf import (
     FileWatch,
     ResolvConf,

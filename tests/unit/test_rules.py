@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fastdns.config import RulesConfig, build_config
+from fastdns.config.load import build_config
+from fastdns.config.schema import RulesConfig
 from fastdns.rules.plan import (
     NoInterface,
     RulesError,
@@ -18,7 +19,6 @@ from fastdns.rules.plan import (
     install_text,
     iptables_commands,
     jump_rule,
-    normalized,
     parse_save,
     plan_rules,
     scope_interfaces,
@@ -228,13 +228,6 @@ def test_install_text_is_a_complete_restore_document() -> None:
     assert "*filter" not in install_text(plan(hooks=("OUTPUT",)), ["veth-h"])
 
 
-def test_normalized_ignores_comments_and_counters() -> None:
-    a = normalized(SAVED)
-    b = normalized(SAVED.replace("[3:180]", "[9:999]").replace("[5:300] ", "[0:0] ")
-                   .replace("21:48:39", "22:00:00"))  # fmt: skip
-    assert a == b and "#" not in a
-
-
 def test_iptables_commands_are_idempotent_shell() -> None:
     lines = iptables_commands(plan())
     assert lines[0] == "iptables -t nat -N FASTDNS 2>/dev/null || iptables -t nat -F FASTDNS"
@@ -255,7 +248,7 @@ def test_guest_script_targets_the_host_ip_at_the_bound_ports() -> None:
 def test_the_example_config_plans() -> None:
     from pathlib import Path
 
-    from fastdns.config import load_config
+    from fastdns.config.load import load_config
     from fastdns.rules.plan import plan_for
 
     path = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "rules.yaml"
@@ -307,7 +300,7 @@ def test_scope_interfaces() -> None:
 
 
 def test_interfaces_and_mark_config() -> None:
-    from fastdns.config import build_config
+    from fastdns.config.load import build_config
     from fastdns.errors import ConfigError
 
     def rules(**kw: object) -> RulesConfig:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fastdns.config import RulesConfig
+from fastdns.config.schema import RulesConfig
 from fastdns.rules.iptables import (
     IptablesError,
     IptablesMissing,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from fastdns.config import build_config
-from fastdns.dns import loopguard, wire
+from fastdns.config.load import build_config
+from fastdns.dns import compose, loopguard, wire
 from fastdns.resolve.resolvconf import ResolvConf, plan_upstreams
 from fastdns.rules import main as rulesproc
 from fastdns.rules.iptables import IptablesError, IptablesMissing, Outcome
@@ -170,7 +170,7 @@ def test_marker_reply_round_trip() -> None:
     q = wire.parse_query(loopguard.probe_query(loopguard.probe_name("12345678"), qid=7))
     reply = loopguard.marker_reply(q)
     assert wire.reply_id(reply) == 7 and loopguard.is_marker(reply)
-    assert not loopguard.is_marker(wire.error_reply(q, wire.NXDOMAIN))
+    assert not loopguard.is_marker(compose.error_reply(q, wire.NXDOMAIN))
     assert not loopguard.is_marker(b"\x00" * 5)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import dns.message
 import pytest
 
-from fastdns.config import build_config
+from fastdns.config.load import build_config
 from fastdns.dns import wire
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.forward.upstream import Forwarder

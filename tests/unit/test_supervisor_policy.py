@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fastdns.config import Config
+from fastdns.config.schema import Config
 from fastdns.errors import ExitCode, HaltServer
 from fastdns.supervise import arbiter as sup
 from fastdns.supervise import children, exits, generations

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fastdns.config import ConfigError, build_config
+from fastdns.config.load import build_config
+from fastdns.errors import ConfigError
 from fastdns.metrics.definitions import TCP_CLOSE_REASONS
 from fastdns.serve.tcp import CLOSE_REASONS
 from fastdns.serve.tcpslots import Admission, TCPSlots

@@ -12,7 +12,7 @@ from typing import Any
 import dns.message
 import pytest
 
-from fastdns.config import build_config
+from fastdns.config.load import build_config
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.forward.upstream import Forwarder
 from fastdns.resolve.pipeline import Pipeline

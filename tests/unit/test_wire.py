@@ -15,7 +15,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from fastdns.dns import wire
+from fastdns.dns import compose, wire
 
 
 def query_bytes(
@@ -195,14 +195,14 @@ def test_query_with_a_big_edns_option_is_parsed() -> None:
 
 def test_header_only_reply() -> None:
     buf = header(qid=0xBEEF, flags=0x0100 | (5 << 11)) + b"junk"
-    reply = wire.header_only_reply(buf, wire.NOTIMP)
+    reply = compose.header_only_reply(buf, wire.NOTIMP)
     assert reply is not None
     qid, flags, *counts = struct.unpack("!HHHHHH", reply)
     assert qid == 0xBEEF
     assert flags & wire.QR and flags & wire.RD and flags & wire.RA
     assert (flags >> 11) & 0xF == 5 and flags & 0xF == wire.NOTIMP
     assert counts == [0, 0, 0, 0]
-    assert wire.header_only_reply(b"short", wire.FORMERR) is None
+    assert compose.header_only_reply(b"short", wire.FORMERR) is None
 
 
 # ------------------------------------------------------------------------------ build_reply
@@ -211,7 +211,7 @@ def test_header_only_reply() -> None:
 def test_build_reply_echoes_question_and_sets_flags() -> None:
     q = wire.parse_query(query_bytes("My.Host"))
     answers = [wire.rr(wire.POINTER_TO_QNAME, wire.A, 5, bytes([10, 0, 0, 1]))]
-    reply = wire.build_reply(q, wire.NOERROR, answers)
+    reply = compose.build_reply(q, wire.NOERROR, answers)
     m = dns.message.from_wire(reply)
     assert m.id == q.id
     assert m.flags & dns.flags.QR and m.flags & dns.flags.RA and m.flags & dns.flags.RD
@@ -224,20 +224,20 @@ def test_build_reply_echoes_question_and_sets_flags() -> None:
 def test_build_reply_rd_copied_when_clear() -> None:
     m = dns.message.make_query("a.test", "A")
     m.flags &= ~dns.flags.RD
-    reply = wire.build_reply(wire.parse_query(m.to_wire()))
+    reply = compose.build_reply(wire.parse_query(m.to_wire()))
     assert not dns.message.from_wire(reply).flags & dns.flags.RD
 
 
 def test_build_reply_has_opt_iff_query_had_one() -> None:
     q = wire.parse_query(query_bytes(edns=4096, do=True))
-    m = dns.message.from_wire(wire.build_reply(q, opt_size=1232))
+    m = dns.message.from_wire(compose.build_reply(q, opt_size=1232))
     assert m.edns == 0 and m.payload == 1232 and m.ednsflags & dns.flags.DO
 
 
 def test_badvers_uses_the_extended_rcode() -> None:
     m = dns.message.make_query("a.test", "A", use_edns=1)
     q = wire.parse_query(m.to_wire())
-    r = dns.message.from_wire(wire.error_reply(q, wire.BADVERS))
+    r = dns.message.from_wire(compose.error_reply(q, wire.BADVERS))
     assert r.rcode() == dns.rcode.BADVERS
 
 
@@ -298,13 +298,13 @@ def rrsets_complete(reply: bytes, full: bytes) -> bool:
 
 def test_truncate_leaves_small_replies_alone() -> None:
     r = response(n=2)
-    assert wire.truncate(r, 512) is r
+    assert compose.truncate(r, 512) is r
 
 
 def test_truncate_drops_a_whole_rrset_and_sets_tc() -> None:
     r = response(n=60)
     assert len(r) > 512
-    t = wire.truncate(r, 512)
+    t = compose.truncate(r, 512)
     assert len(t) <= 512
     m = dns.message.from_wire(t)
     assert m.flags & dns.flags.TC
@@ -314,7 +314,7 @@ def test_truncate_drops_a_whole_rrset_and_sets_tc() -> None:
 
 def test_truncate_keeps_the_rrsets_that_fit() -> None:
     r = response(n=3, extra_sets=8)
-    t = wire.truncate(r, 512)
+    t = compose.truncate(r, 512)
     m = dns.message.from_wire(t)
     assert len(t) <= 512 and m.flags & dns.flags.TC
     assert 1 <= len(m.answer) < 9
@@ -323,14 +323,14 @@ def test_truncate_keeps_the_rrsets_that_fit() -> None:
 
 def test_truncate_keeps_opt() -> None:
     r = response(n=60, edns=True)
-    t = wire.truncate(r, 600)
+    t = compose.truncate(r, 600)
     m = dns.message.from_wire(t)
     assert len(t) <= 600 and m.flags & dns.flags.TC and m.edns == 0
 
 
 def test_dropping_only_additional_data_does_not_set_tc() -> None:
     r = response(n=20, additional=30, edns=True)
-    t = wire.truncate(r, 512)
+    t = compose.truncate(r, 512)
     m = dns.message.from_wire(t)
     assert len(t) <= 512 and not m.flags & dns.flags.TC  # RFC 2181 §9
     assert len(m.answer[0]) == 20 and m.edns == 0
@@ -345,7 +345,7 @@ def test_truncate_with_opt_not_last() -> None:
            + body[len(no_glue) :])  # fmt: skip
     m = dns.message.from_wire(raw)  # sanity: a valid message with OPT first
     assert m.edns == 0 and len(m.additional) == 30
-    t = wire.truncate(raw, 512)
+    t = compose.truncate(raw, 512)
     assert len(t) <= 512
     m = dns.message.from_wire(t)  # raises if OPT got duplicated or counts are off
     assert m.edns == 0 and len(m.answer[0]) == 20
@@ -356,7 +356,7 @@ def test_iter_records_and_min_ttl() -> None:
     records = list(wire.iter_records(r))
     assert [rec.rtype for rec in records] == [wire.A, wire.A, wire.TXT]
     assert records[0].owner == b"\x03big\x04test\x00"
-    assert wire.min_ttl(r) == 300
+    assert compose.min_ttl(r) == 300
     with pytest.raises(wire.Malformed):
         list(wire.iter_records(r + b"x"))
     with pytest.raises(wire.Malformed):
@@ -377,7 +377,7 @@ def test_read_name_decompresses_and_rejects_loops() -> None:
 def test_splice_puts_back_the_clients_id_and_question_case() -> None:
     upstream_reply = response("big.test", n=2)
     client = wire.parse_query(query_bytes("BiG.TeSt", qid=0xABCD))
-    out = wire.splice(upstream_reply, client.id, client.question)
+    out = compose.splice(upstream_reply, client.id, client.question)
     m = dns.message.from_wire(out)
     assert m.id == 0xABCD
     assert str(m.question[0].name) == "BiG.TeSt."
@@ -392,9 +392,9 @@ def test_splice_puts_back_the_clients_id_and_question_case() -> None:
 def test_splice_copies_the_clients_rd() -> None:
     upstream_reply = response("big.test", n=2)  # RD=1, from a query with RD=1
     client = wire.parse_query(query_bytes("big.test"))
-    out = wire.splice(upstream_reply, client.id, client.question, False)
+    out = compose.splice(upstream_reply, client.id, client.question, False)
     assert not dns.message.from_wire(out).flags & dns.flags.RD
-    out = wire.splice(out, client.id, client.question, True)
+    out = compose.splice(out, client.id, client.question, True)
     m = dns.message.from_wire(out)
     assert m.flags & dns.flags.RD and m.flags & dns.flags.QR and not m.flags & dns.flags.TC
 
@@ -439,12 +439,12 @@ def test_match_opt_adds_or_removes_opt() -> None:
     edns = wire.parse_query(query_bytes("big.test", edns=4096, do=True))
     without = response("big.test", n=2, additional=1)
     with_opt = response("big.test", n=2, additional=1, edns=True)
-    assert wire.match_opt(without, plain, 1232) is without
-    assert wire.match_opt(with_opt, edns, 1232) is with_opt
-    added = dns.message.from_wire(wire.match_opt(without, edns, 1232))
+    assert compose.match_opt(without, plain, 1232) is without
+    assert compose.match_opt(with_opt, edns, 1232) is with_opt
+    added = dns.message.from_wire(compose.match_opt(without, edns, 1232))
     assert added.edns == 0 and added.payload == 1232 and added.ednsflags & dns.flags.DO
     assert len(added.answer[0]) == 2 and len(added.additional) == 1
-    removed = dns.message.from_wire(wire.match_opt(with_opt, plain, 1232))
+    removed = dns.message.from_wire(compose.match_opt(with_opt, plain, 1232))
     assert removed.edns == -1 and len(removed.answer[0]) == 2 and len(removed.additional) == 1
 
 
@@ -475,15 +475,15 @@ def test_has_answer_wants_a_record_of_the_asked_type(
     qtype: str, rrsets: list[tuple[str, str, str]], rcode: int, want: bool
 ) -> None:
     reply, q = _reply_with("a.example.", qtype, *rrsets, rcode=rcode)
-    assert wire.has_answer(reply, q.qend, q.qtype) is want
+    assert compose.has_answer(reply, q.qend, q.qtype) is want
 
 
 def test_has_answer_is_false_on_damaged_replies() -> None:
     reply, q = _reply_with("a.example.", "A", ("a.example.", "A", "192.0.2.1"))
     for cut in range(len(reply) - 1, q.qend - 1, -1):  # every cut through the answer
-        got = wire.has_answer(reply[:cut], q.qend, q.qtype)
+        got = compose.has_answer(reply[:cut], q.qend, q.qtype)
         assert got is (cut >= q.qend + 12)  # owner pointer and fixed fields still whole
-    assert wire.has_answer(b"\x00" * 5, 5, 1) is False
+    assert compose.has_answer(b"\x00" * 5, 5, 1) is False
 
 
 def test_truncate_never_splits_an_rrset_whose_owners_are_spelled_differently() -> None:
@@ -496,10 +496,10 @@ def test_truncate_never_splits_an_rrset_whose_owners_are_spelled_differently() -
     second = data.rindex(b"\xc0\x0c")  # the second record's owner pointer
     data = data[:second] + b"\x01X\x07example\x00" + data[second + 2 :]
     assert len(dns.message.from_wire(data).answer[0]) == 2
-    cut = wire.truncate(data, second + 2)  # room for the first record only
+    cut = compose.truncate(data, second + 2)  # room for the first record only
     m = dns.message.from_wire(cut)
     assert m.flags & dns.flags.TC and not m.answer
-    assert wire.truncate(data, len(data)) == data
+    assert compose.truncate(data, len(data)) == data
 
 
 def test_truncate_drops_the_options_of_an_opt_record_that_cannot_fit() -> None:
@@ -512,7 +512,7 @@ def test_truncate_drops_the_options_of_an_opt_record_that_cannot_fit() -> None:
     r.use_edns(0, 0, 4096, options=[dns.edns.GenericOption(12, bytes(800))])  # padding
     raw = r.to_wire()
     assert len(raw) > 512
-    t = wire.truncate(raw, 512)
+    t = compose.truncate(raw, 512)
     assert len(t) <= 512
     m = dns.message.from_wire(t)
     assert m.edns == 0 and m.payload == 4096 and not m.options

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from fastdns.config import CacheConfig
+from fastdns.config.schema import CacheConfig
 from fastdns.dns import wire
 
 _U32 = struct.Struct("!I")

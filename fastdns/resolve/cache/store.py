@@ -28,8 +28,8 @@ from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from fastdns.config import CacheConfig
-from fastdns.dns import wire
+from fastdns.config.schema import CacheConfig
+from fastdns.dns import compose, wire
 from fastdns.resolve.cache.admission import KIND_NAMES, SERVFAIL, SUCCESS, classify
 from fastdns.resolve.cache.front import Front, FrontTable
 
@@ -131,9 +131,9 @@ class PacketCache:
         self.success: OrderedDict[bytes, Entry | Raw] = OrderedDict()
         self.denial: OrderedDict[bytes, Entry | Raw] = OrderedDict()
         # Query forms (bytes after the ID) that hit before -> their ready reply: the UDP
-        # server answers them itself while fresh, and ``get_raw`` renders them again.
+        # server answers them itself while fresh, and ``renew`` renders them again.
         self.front = FrontTable()
-        self._opts = (wire.opt_record(opt_size, False), wire.opt_record(opt_size, True))
+        self._opts = (compose.opt_record(opt_size, False), compose.opt_record(opt_size, True))
         self._heads: dict[bytes, tuple[bytes, ...]] = {}
         self._stale_window = config.serve_stale
         # Verify mode: an expired entry is a miss that is kept; ``admit`` answers it when the
@@ -197,19 +197,14 @@ class PacketCache:
                 return
         self.front.drop(form)
 
-    def get_raw(self, data: bytes, now: float) -> tuple[bytes, wire.Query] | None:
-        """A UDP hit on a query whose bytes, ID aside, equal one answered from the cache
-        before, once its ready reply in ``front`` is out of date: (reply, that query) without
-        parsing, and ``front`` renewed; None means parse and call ``get``.
+    def renew(self, f: Front, data: bytes, now: float) -> tuple[bytes, wire.Query] | None:
+        """A UDP hit on a query whose bytes, ID aside, equal the form ``f`` (looked up by the
+        caller in ``front.forms``) once its ready reply is out of date: (reply, that query)
+        without parsing, and ``front`` renewed; None means parse and call ``get``.
 
         Equal bytes parse equally, so the earlier ``Query`` stands for this one; only the ID
         comes from ``data``. A stub resolver repeats the same bytes with a new ID each time.
         """
-        f = self.front.forms.get(data[2:])
-        return None if f is None else self.renew(f, data, now)
-
-    def renew(self, f: Front, data: bytes, now: float) -> tuple[bytes, wire.Query] | None:
-        """``get_raw`` for the form ``f`` of ``data``, already looked up by the caller."""
         form = data[2:]
         q = f.q
         e = self.lookup(q.key)
@@ -307,7 +302,7 @@ class PacketCache:
 
     def _truncated(self, e: Entry, q: wire.Query, budget: int) -> Form:
         """The entry cut to ``budget`` bytes (OPT aside) at an RRset boundary, TC set when
-        answer or authority data is dropped (``wire.truncate``); kept per budget."""
+        answer or authority data is dropped (``compose.truncate``); kept per budget."""
         trunc = e.trunc
         if trunc is None:
             trunc = e.trunc = {}
@@ -316,7 +311,7 @@ class PacketCache:
             return form
         msg = b"".join((b"\x00\x00", e.heads[1], q.wire[12 : q.qend], e.body))
         try:
-            cut = wire.truncate(msg, budget)
+            cut = compose.truncate(msg, budget)
         except wire.Malformed:  # a name the upstream compressed badly: send the header only
             cut = msg[:2] + _HEAD.pack(_HEAD.unpack_from(msg, 2)[0] | wire.TC, 1, 0, 0, 0) + (
                 msg[12 : q.qend])  # fmt: skip

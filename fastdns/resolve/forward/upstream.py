@@ -36,7 +36,6 @@ FAILOVER_RCODES = frozenset((wire.SERVFAIL, wire.REFUSED))
 # (CoreDNS forward max_fails), until it answers again or DOWN_FOR seconds pass.
 MAX_FAILS = 2
 DOWN_FOR = 10.0
-TCP_MAX_REPLY = 65535
 _TC = 0x02
 
 

@@ -2,7 +2,8 @@
 event loop (``cares``).
 
 Runs in: workers only, after the fork (it loads pycares). May import: ``fastdns.dns``,
-``fastdns.config``, ``fastdns.resolve`` (hosts, resolvconf, the ``NativeLookup`` interface),
-``fastdns.system.files``, ``fastdns.metrics.stats``. Nothing on the supervisor/CLI/config side
-may import it (tests/unit/test_layers.py).
+``fastdns.config``, ``fastdns.resolve`` (hosts, resolvconf), ``fastdns.system.files``,
+``fastdns.metrics.stats``. Nothing on the supervisor/CLI/config side may import it
+(tests/unit/test_layers.py). ``NativeResolver`` implements the pipeline's ``NativeLookup``
+protocol without importing it (the pipeline is above); the worker injects it.
 """

@@ -21,6 +21,8 @@ from typing import Any
 
 import pycares
 
+from fastdns.errors import FastDNSError
+
 # c-ares ares.h getaddrinfo flags that pycares does not export.
 AI_NOSORT = 1 << 7  # keep DNS order: RFC 6724 sorting would connect() a socket per address
 AI_ENVHOSTS = 1 << 8  # read the hosts file named by $CARES_HOSTS (pycares has no hosts_path)
@@ -54,7 +56,7 @@ class _KeepAliveFFI:
         return getattr(self._ffi, name)
 
 
-class QueryCacheUnsupported(RuntimeError):
+class QueryCacheUnsupported(FastDNSError, RuntimeError):
     """``make_channel(qcache_max_ttl=...)`` on a pycares or c-ares (< 1.23) without the option."""
 
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import pycares
 
-from fastdns.config import Config
-from fastdns.dns import answers, wire
+from fastdns.config.schema import Config
+from fastdns.dns import answers, compose, wire
 from fastdns.dns.answers import AnswerStyle, Unusable
 from fastdns.dns.resolved import Resolved
 from fastdns.metrics.stats import WorkerStats
@@ -187,14 +187,6 @@ class NativeResolver:
             logger.warning("this pycares cannot keep TXT strings apart: they are joined")
         self.driver: AresDriver | None = self._new_driver()
 
-    @classmethod
-    def for_worker(cls, worker: Any) -> NativeResolver:
-        """Build one for a ``fastdns.serve.worker.Worker`` during its setup, and hook its
-        reloads."""
-        resolver = cls(worker.config, worker.loop, worker.stats, lambda: worker.forwarder.plan)
-        worker.reload_hooks.append(resolver.reload)
-        return resolver
-
     # -------------------------------------------------------------- channels
 
     def _new_driver(self) -> AresDriver | None:
@@ -254,27 +246,29 @@ class NativeResolver:
 
     # -------------------------------------------------------------- lookups
 
+    def count_fallback(self, reason: str) -> None:
+        """Count one query forwarded raw instead of looked up, for ``reason``."""
+        self.stats.inc("native_fallback", reason)
+
     def _fallback(self, reason: str) -> Resolved | None:
         """Count a fallback; returns None, the hook's "forward it raw"."""
-        self.stats.inc("native_fallback", reason)
+        self.count_fallback(reason)
         return None
 
-    def declines(self, q: wire.Query) -> bool:
-        """True, counted as a fallback, when ``q`` goes raw whatever happens: its type, its
-        DNSSEC bits, or no channel. Then the pipeline may forward it without calling us."""
+    def decline_reason(self, q: wire.Query) -> str | None:
+        """Why ``q`` goes raw whatever happens (its type, its DNSSEC bits, or no channel), or
+        None. Pure: whoever acts on it counts it (``count_fallback``); then the pipeline may
+        forward it without calling us."""
         if q.qtype not in NATIVE_TYPES or q.qclass != wire.CLASS_IN:
             # PTR, SOA, CAA, HTTPS, DS, ANY...: always raw, EDNS options and all
             # (docs/answering.md).
             # (The pipeline REFUSES other classes first.)
-            self._fallback("unsupported_type")
-            return True
+            return "unsupported_type"
         if q.do or q.cd:
-            self._fallback("dnssec")  # c-ares cannot carry DO/CD or RRSIGs
-            return True
+            return "dnssec"  # c-ares cannot carry DO/CD or RRSIGs
         if self.driver is None:
-            self._fallback("disabled")
-            return True
-        return False
+            return "disabled"
+        return None
 
     def forward_first(self, q: wire.Query) -> bool:
         """True when ``q`` (not declined) may be forwarded raw before c-ares is asked.
@@ -306,7 +300,7 @@ class NativeResolver:
         c-ares wanted and the host has search domains to try); counted either way."""
         rcode = reply[3] & wire.RCODE_MASK
         if q.qtype in _ADDRESS_TYPES:
-            found = wire.has_answer(reply, q.qend, q.qtype)
+            found = compose.has_answer(reply, q.qend, q.qtype)
             go_on = rcode in (wire.NOERROR, wire.NXDOMAIN)
         else:
             found = rcode == wire.NOERROR and reply[6:8] != b"\x00\x00"
@@ -324,11 +318,12 @@ class NativeResolver:
         return False
 
     async def __call__(self, q: wire.Query, deadline: float) -> Resolved | None:
-        if self.declines(q):
-            return None
+        reason = self.decline_reason(q)
+        if reason is not None:
+            return self._fallback(reason)
         qtype = q.qtype
         driver = self.driver
-        assert driver is not None  # declines() says so
+        assert driver is not None  # decline_reason() says so
         if self.inflight >= self.max_inflight:
             return self._fallback("overload")
         name = lookup_name(q.qname)

@@ -2,7 +2,7 @@
 
 PyYAML's safe loader keeps neither the line of a key nor a duplicate key (the last one wins,
 silently). ``parse`` composes the node tree first and walks it for both, then constructs the
-document as ``yaml.safe_load`` would. Pure: no I/O (``config.load_config`` reads the file).
+document as ``yaml.safe_load`` would. Pure: no I/O (``fastdns.config.load`` reads the file).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _MERGE = "tag:yaml.org,2002:merge"
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where a document came from: its file name and the line of every key path
-    (``a.b``, ``a[0]``, as config.py names them)."""
+    (``a.b``, ``a[0]``, as fastdns.config names them)."""
 
     name: str = ""
     lines: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,231 @@
+"""The loaders of ``hostResolver.hosts`` and of each ``fastdns.*`` subsection."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from fastdns.config.schema import (
+    CacheConfig,
+    HookName,
+    MetricsConfig,
+    NativeConfig,
+    RulesConfig,
+    canonical_name,
+)
+from fastdns.config.values import (
+    Problems,
+    check_ip,
+    get_bool,
+    get_choice,
+    get_cidrs,
+    get_ip,
+    get_number,
+    get_str,
+    reject_unknown,
+    type_name,
+)
+from fastdns.dns.wire import name_to_wire
+from fastdns.policy.acl import ACL_ACTIONS, AclConfig
+from fastdns.policy.ratelimit import RateLimitConfig
+
+T = TypeVar("T")
+
+
+def _host_value_problem(value: str) -> str:
+    """Why ``value`` is neither an IP address nor a usable alias target ("" when fine).
+
+    Lima accepts any string as an alias; we reject what can never resolve, so a typo such as
+    ``10.0.0.300`` is an error at load, not an alias that fails at query time.
+    """
+    try:
+        ipaddress.ip_address(value)
+        return ""
+    except ValueError:
+        pass
+    if ":" in value or all(c.isdigit() or c == "." for c in value):
+        return f"not a valid IP address: {value!r}"
+    try:
+        name_to_wire(value)
+    except (ValueError, UnicodeError):
+        return f"not a valid IP address or host name: {value!r}"
+    return ""
+
+
+def load_hosts(
+    resolver: Mapping[str, Any], p: Problems, warnings: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    raw = resolver.get("hosts")
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        p.add(
+            "hostResolver.hosts", f"must be a mapping of name to IP or name, got {type_name(raw)}"
+        )
+        return []
+    by_key: dict[str, tuple[str, str]] = {}
+    for name, value in raw.items():
+        path = f"hostResolver.hosts.{name}"
+        if not isinstance(name, str) or not canonical_name(name):
+            p.add(f"hostResolver.hosts[{name!r}]", "a host name must be a non-empty string")
+            continue
+        if not isinstance(value, str) or not value.strip():
+            p.add(path, f"must be an IP address or a host name, got {type_name(value)} {value!r}")
+            continue
+        problem = _host_value_problem(value.strip())
+        if problem:
+            p.add(path, problem)
+            continue
+        try:
+            name_to_wire(canonical_name(name))
+        except ValueError:  # includes IDNA's UnicodeError
+            p.add(path, "the key is not a valid host name")
+            continue
+        key = canonical_name(name)
+        if key in by_key:
+            # Lima picks one of these at random (Go map order); we keep the later one in file order.
+            warnings.append((path, f"{path}: duplicates {by_key[key][0]!r} "
+                                   f"(case or trailing dot differ); the later entry wins"))
+            del by_key[key]
+        by_key[key] = (name.strip(), value.strip())
+    return list(by_key.values())
+
+
+def load_native(m: Mapping[str, Any], p: Problems) -> NativeConfig:
+    path, d = "fastdns.native", NativeConfig()
+    reject_unknown(m, set(NativeConfig.__dataclass_fields__), path, p)
+    return NativeConfig(
+        enabled=get_bool(m, "enabled", path, d.enabled, p),
+        timeout=get_number(m, "timeout", path, d.timeout, p, kind=float, low=0.05, high=60),
+        negative_ttl=get_number(m, "negative_ttl", path, d.negative_ttl, p, kind=int, low=0,
+                                 high=86400),
+        hosts_ttl=get_number(m, "hosts_ttl", path, d.hosts_ttl, p, kind=int, low=0, high=86400),
+        max_inflight=get_number(m, "max_inflight", path, d.max_inflight, p, kind=int, low=1,
+                                 high=100000),
+        forward_first=get_bool(m, "forward_first", path, d.forward_first, p),
+    )  # fmt: skip
+
+
+def load_cache(m: Mapping[str, Any], p: Problems) -> CacheConfig:
+    path, d = "fastdns.cache", CacheConfig()
+    reject_unknown(m, set(CacheConfig.__dataclass_fields__), path, p)
+
+    def num(key: str, low: int, high: int) -> int:
+        return get_number(m, key, path, getattr(d, key), p, kind=int, low=low, high=high)
+
+    return CacheConfig(
+        enabled=get_bool(m, "enabled", path, d.enabled, p),
+        capacity=num("capacity", 0, 10_000_000),
+        denial_capacity=num("denial_capacity", 0, 10_000_000),
+        min_ttl=num("min_ttl", 0, 86400),
+        max_ttl=num("max_ttl", 0, 7 * 86400),
+        denial_max_ttl=num("denial_max_ttl", 0, 7 * 86400),
+        servfail_ttl=num("servfail_ttl", 0, 300),  # RFC 2308 §7.1: at most 5 minutes
+        serve_stale=num("serve_stale", 0, 7 * 86400),
+        stale_ttl=num("stale_ttl", 0, 86400),
+        stale_refresh=get_choice(m, "stale_refresh", path, d.stale_refresh,
+                                  ("immediate", "verify"), p),
+        prefetch=num("prefetch", 0, 1_000_000),
+        prefetch_percent=num("prefetch_percent", 1, 99),
+        prefetch_duration=num("prefetch_duration", 1, 86400),
+    )
+
+
+def _rules_interfaces(value: object, path: str, p: Problems) -> tuple[str, ...]:
+    """``any``, or a non-empty list of interface names (``-i`` syntax: ``veth+`` is a prefix)."""
+    if value is None:
+        return ()
+    if value == "any":
+        return ("any",)
+    if not isinstance(value, list) or not value:
+        p.add(path, "must be `any` or a non-empty list of interface names "
+                    "(omit it to use the interfaces that hold fastdns.host_ip)")  # fmt: skip
+        return ()
+    for i, name in enumerate(value):
+        # IFNAMSIZ: 15 characters; no '/', whitespace or ':' (iptables rejects them).
+        base = name.removesuffix("+") if isinstance(name, str) else ""
+        if not 0 < len(base) <= 15 or any(c in base for c in "/: +!\t") or name == "any":
+            p.add(f"{path}[{i}]", f"not an interface name: {name!r}")
+            return ()
+    return tuple(sorted(set(value)))
+
+
+def load_rules(m: Mapping[str, Any], p: Problems) -> RulesConfig:
+    path, d = "fastdns.rules", RulesConfig()
+    reject_unknown(m, set(RulesConfig.__dataclass_fields__), path, p)
+    hooks: tuple[HookName, ...] = d.hooks
+    raw_hooks = m.get("hooks")
+    if raw_hooks is not None:
+        if not isinstance(raw_hooks, list) or not raw_hooks:
+            p.add(f"{path}.hooks", "must be a non-empty list of PREROUTING and/or OUTPUT")
+        else:
+            good = [h for h in raw_hooks if h in ("PREROUTING", "OUTPUT")]
+            for i, h in enumerate(raw_hooks):
+                if h not in ("PREROUTING", "OUTPUT"):
+                    p.add(f"{path}.hooks[{i}]", f"must be PREROUTING or OUTPUT, got {h!r}")
+            hooks = tuple(dict.fromkeys(good))  # type: ignore[arg-type]
+    chain = get_str(m, "chain", path, d.chain, p)
+    if not chain or len(chain) > 28 or not all(c.isalnum() or c in "-_" for c in chain):
+        p.add(f"{path}.chain", f"must be 1-28 letters, digits, '-' or '_', got {chain!r}")
+    target = get_str(m, "target", path, d.target, p)
+    if target:
+        target = check_ip(target, f"{path}.target", p) or ""
+    iptables = get_str(m, "iptables", path, d.iptables, p)
+    if iptables not in ("auto", "nft", "legacy") and not iptables.startswith("/"):
+        p.add(
+            f"{path}.iptables", f"must be auto, nft, legacy or an absolute path, got {iptables!r}"
+        )
+    return RulesConfig(
+        interfaces=_rules_interfaces(m.get("interfaces"), f"{path}.interfaces", p),
+        mark=get_number(m, "mark", path, d.mark, p, kind=int, low=0, high=0xFFFFFFFF),
+        enabled=get_bool(m, "enabled", path, d.enabled, p),
+        virtual_ip=get_ip(m, "virtual_ip", path, d.virtual_ip, p),
+        target=target,
+        hooks=hooks,
+        chain=chain,
+        reconcile_interval=get_number(m, "reconcile_interval", path, d.reconcile_interval, p,
+                                       kind=float, low=0.1, high=86400),
+        iptables=iptables,
+    )  # fmt: skip
+
+
+def load_metrics(m: Mapping[str, Any], p: Problems) -> MetricsConfig:
+    path = "fastdns.metrics"
+    reject_unknown(m, set(MetricsConfig.__dataclass_fields__), path, p)
+    listen = get_str(m, "listen", path, "", p)
+    if listen:
+        host, sep, port = listen.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            p.add(f"{path}.listen", f"must be HOST:PORT, got {listen!r}")
+        else:
+            check_ip(host, f"{path}.listen", p)
+    return MetricsConfig(listen=listen)
+
+
+def load_acl(m: Mapping[str, Any], p: Problems) -> AclConfig:
+    path, d = "fastdns.acl", AclConfig()
+    reject_unknown(m, set(AclConfig.__dataclass_fields__), path, p)
+    return AclConfig(
+        allow=get_cidrs(m, "allow", path, d.allow, p),
+        action=get_choice(m, "action", path, d.action, ACL_ACTIONS, p),  # type: ignore[arg-type]
+    )
+
+
+def load_ratelimit(m: Mapping[str, Any], p: Problems) -> RateLimitConfig:
+    path, d = "fastdns.ratelimit", RateLimitConfig()
+    reject_unknown(m, set(RateLimitConfig.__dataclass_fields__) - {"enabled"}, path, p)
+
+    def num(key: str, kind: Callable[[Any], T], low: float, high: float) -> T:
+        return get_number(m, key, path, getattr(d, key), p, kind=kind, low=low, high=high)
+
+    return RateLimitConfig(
+        qps=num("qps", float, 0, 1e7),
+        burst=num("burst", float, 0, 1e8),
+        ipv4_prefix=num("ipv4_prefix", int, 8, 32),
+        ipv6_prefix=num("ipv6_prefix", int, 16, 128),
+        max_clients=num("max_clients", int, 1, 10_000_000),
+        slip=num("slip", int, 0, 100),
+        exempt=get_cidrs(m, "exempt", path, d.exempt, p),
+    )
