@@ -1,4 +1,4 @@
-"""Small modules with one concern each: no module of the package is over 500 lines (issue 14).
+"""Small modules with one concern each: no module of the package is over 500 lines.
 A module that grows past it is split by concern, not trimmed of comments."""
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fastdns.dns import wire
+from fastdns.errors import FastDNSError
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.forward.sockmark import mark_upstream
 
@@ -57,7 +58,7 @@ class Waiter(Protocol):
     def set_exception(self, exc: BaseException) -> None: ...
 
 
-class UpstreamDown(Exception):
+class UpstreamDown(FastDNSError):
     """The upstream could not be reached (ICMP unreachable, socket closed, no socket)."""
 
 
