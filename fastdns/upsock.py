@@ -36,9 +36,9 @@ from fastdns.stats import WorkerStats
 logger = logging.getLogger(__name__)
 
 POOL_SIZE = 256  # sockets per upstream in rotation (RFC 5452 §9.2: ports are the entropy)
-# Queries sent from one socket before it is retired. Closing a UDP socket costs the kernel
-# 15-30 us here (more under load), so a socket is not one query's: a spoofer still has to hit
-# the one slot in POOL_SIZE that the seen port holds, for at most MAX_USES queries.
+# Queries sent from one port before it is retired. A new port costs the kernel a disconnect and
+# an autobind (fastdns.portswap, a few us), so a port is not one query's: a spoofer still has to
+# hit the one slot in POOL_SIZE that the seen port holds, for at most MAX_USES queries.
 MAX_USES = 8
 MAX_AGE = 5.0  # seconds a socket is picked for new queries
 # Sockets whose port was given back (``fastdns.portswap``), kept to take the next new ports.
@@ -246,8 +246,8 @@ class UdpChannel:
                 waiter.set_exception(down)
 
     def stalled(self, s: PortSocket) -> None:
-        """A query on ``s`` timed out: read ``s`` once by hand (a reader the loop stopped
-        calling leaves replies queued), and retire it."""
+        """A query on ``s`` timed out: read ``s`` once by hand (a reply the loop has not
+        dispatched yet still answers), and retire it."""
         if s.sock is not None and s.fd >= 0:
             before = len(s.pending)
             s.on_readable()
