@@ -1,6 +1,7 @@
 """Forwarding client queries to upstream servers: the attempt loop and upstream health
 (``upstream``), random-port upstream sockets (``upsock``), the UDP fast lane's relay
-(``relay``), and the loop-guard socket mark (``sockmark``).
+(``relay``), the loop-guard socket mark (``sockmark``), the upstream sockets' epoll set
+(``fdpoll``) and their port swap (``portswap``).
 
 Runs in: workers. May import: ``fastdns.dns``, ``fastdns.config``, ``fastdns.resolve``'s
 ``resolvconf``, ``fastdns.metrics.stats``. Never the serving layer: the relay hands finished

@@ -10,18 +10,17 @@ stays open only while queries sent on it still wait for their reply; a port seen
 and a spoofer must guess it among the ephemeral range as well as the ID.
 
 A socket error (ICMP port unreachable, ``ECONNREFUSED``) fails the queries in flight on that
-socket, which go on to their next attempt, and closes it: never the end of forwarding. uvloop
-stops watching a descriptor once it reports POLLERR (libuv ``uv__poll_io`` stops the handle),
-after calling the reader once; and a descriptor number closed without ``remove_reader`` cannot be
-watched again (its closed poll handle stays in uvloop's table). So a broken socket is always
-unregistered, then closed; and a query that timed out reads its socket once by hand
-(``stalled``), so replies queued behind a reader that stopped are still seen, and the socket is
-retired.
+socket, which go on to their next attempt, and closes it: never the end of forwarding. The
+sockets are watched through one private epoll set per worker (``fdpoll``), not one
+event-loop reader each: a socket comes and goes in one ``epoll_ctl``, and an error is a ready
+socket whose ``recv`` raises (libuv would stop a poll handle for good on POLLERR). A query that
+timed out still reads its socket once by hand (``stalled``): a reply the loop has not dispatched
+yet answers it, and the socket is retired.
 """
 
 from __future__ import annotations
 
-import asyncio
+import _socket
 import errno
 import logging
 import random
@@ -32,19 +31,24 @@ from typing import Protocol
 from fastdns.dns import wire
 from fastdns.errors import FastDNSError
 from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward import portswap
+from fastdns.resolve.forward.fdpoll import FdPoll
 from fastdns.resolve.forward.sockmark import mark_upstream
 
 logger = logging.getLogger(__name__)
 
 POOL_SIZE = 256  # sockets per upstream in rotation (RFC 5452 §9.2: ports are the entropy)
-# Queries sent from one socket before it is retired. Closing a UDP socket costs the kernel
-# 15-30 us here (more under load), so a socket is not one query's: a spoofer still has to hit
-# the one slot in POOL_SIZE that the seen port holds, for at most MAX_USES queries.
+# Queries sent from one port before it is retired. A new port costs the kernel a disconnect and
+# an autobind (portswap, a few us), so a port is not one query's: a spoofer still has to
+# hit the one slot in POOL_SIZE that the seen port holds, for at most MAX_USES queries.
 MAX_USES = 8
 MAX_AGE = 5.0  # seconds a socket is picked for new queries
+# Sockets whose port was given back (``portswap``), kept to take the next new ports.
+SPARES = 64
 LINGER = 60.0  # a retired socket is closed after this even with queries left on it (a bug guard)
 READ_BATCH = 64  # replies read per wakeup of one socket
 # Out of descriptors or buffers: reuse a socket already open instead (counted), never fail.
+_DGRAM_NONBLOCK = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
 _EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
@@ -67,7 +71,7 @@ class PortSocket:
 
     __slots__ = ("born", "channel", "fd", "pending", "retired", "slot", "sock", "uses", "write")
 
-    def __init__(self, channel: UdpChannel, sock: socket.socket | None,
+    def __init__(self, channel: UdpChannel, sock: _socket.socket | None,
                  write: Callable[[bytes], object], born: float, slot: int) -> None:  # fmt: skip
         self.channel, self.sock, self.write, self.born, self.slot = channel, sock, write, born, slot
         self.fd = sock.fileno() if sock is not None else -1
@@ -136,14 +140,15 @@ class PortSocket:
 class UdpChannel:
     """The sockets to one upstream: ``pick`` gives a random one for each query."""
 
-    def __init__(self, stats: WorkerStats, to: str, loop: asyncio.AbstractEventLoop | None = None,
+    def __init__(self, stats: WorkerStats, to: str, poll: FdPoll | None = None,
                  addr: tuple[int, tuple[object, ...]] | None = None) -> None:  # fmt: skip
         self.stats = stats
         self.to = to
-        self.loop = loop
+        self.poll = poll  # watches the sockets (None with ``attach``)
         self.addr = addr  # (family, sockaddr); None with ``attach``
         self.slots: list[PortSocket | None] = [None] * POOL_SIZE
         self.retired: set[PortSocket] = set()  # open until their queries are done
+        self.spare: list[_socket.socket] = []  # without a port, registered in ``poll``
         self.open = 0
         self.closed = False
         self._fake: Callable[[bytes], object] | None = None
@@ -173,27 +178,38 @@ class UdpChannel:
         if self._fake is not None:
             self.open += 1
             return PortSocket(self, None, self._fake, now, slot)
-        assert self.loop is not None and self.addr is not None
+        assert self.poll is not None and self.addr is not None
         family, addr = self.addr
+        fresh = not self.spare
+        if fresh:
+            try:
+                # The C socket type, non-blocking from birth: no Python wrapper to build and
+                # no fcntl call (close-on-exec as always).
+                sock = _socket.socket(family, _DGRAM_NONBLOCK)
+            except OSError as e:
+                if e.errno in _EXHAUSTED:
+                    self.stats.inc("upstream_socket", self.to, "fallback")
+                    return None
+                raise UpstreamDown(str(e)) from e
+        else:
+            sock = self.spare.pop()
         try:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-        except OSError as e:
-            if e.errno in _EXHAUSTED:
-                self.stats.inc("upstream_socket", self.to, "fallback")
-                return None
-            raise UpstreamDown(str(e)) from e
-        try:
-            mark_upstream(sock)  # before the first packet (fastdns.sockmark)
-            sock.setblocking(False)
+            if fresh:
+                mark_upstream(sock)  # type: ignore[arg-type]  # before the first packet
             sock.connect(addr)  # the kernel picks a random ephemeral port (autobind)
         except OSError as e:
+            if not fresh:
+                self.poll.remove(sock.fileno())
             sock.close()
             if e.errno in _EXHAUSTED or e.errno == errno.EADDRNOTAVAIL:  # no port free
                 self.stats.inc("upstream_socket", self.to, "fallback")
                 return None
             raise UpstreamDown(str(e)) from e
         s = PortSocket(self, sock, sock.send, now, slot)
-        self.loop.add_reader(s.fd, s.on_readable)
+        if fresh:
+            self.poll.add(s.fd, s.on_readable)
+        else:
+            self.poll.set_callback(s.fd, s.on_readable)
         self.open += 1
         self.stats.counters[("upstream_socket", self.to, "opened")] += 1
         return s
@@ -225,15 +241,15 @@ class UdpChannel:
         if self.slots[s.slot] is s:
             self.slots[s.slot] = None
         pending, s.pending = s.pending, {}
-        self.close_socket(s)
+        self.close_socket(s, reuse=False)
         down = UpstreamDown(str(exc))
         for waiter, _ in pending.values():
             if not waiter.done():
                 waiter.set_exception(down)
 
     def stalled(self, s: PortSocket) -> None:
-        """A query on ``s`` timed out: read ``s`` once by hand (a reader the loop stopped
-        calling leaves replies queued), and retire it."""
+        """A query on ``s`` timed out: read ``s`` once by hand (a reply the loop has not
+        dispatched yet still answers), and retire it."""
         if s.sock is not None and s.fd >= 0:
             before = len(s.pending)
             s.on_readable()
@@ -243,17 +259,26 @@ class UdpChannel:
                                self.to)  # fmt: skip
         self.retire(s)
 
-    def close_socket(self, s: PortSocket) -> None:
+    def close_socket(self, s: PortSocket, reuse: bool = True) -> None:
+        """``s`` is done: its port is given back, and the socket kept as a spare for a new
+        port (``fastdns.resolve.forward.portswap``) or closed."""
         self.retired.discard(s)
         if s.write is _closed:
             return
         s.write = _closed
         self.open -= 1
-        if s.fd >= 0 and self.loop is not None:
-            self.loop.remove_reader(s.fd)  # before close: uvloop keeps a dead poll per fd number
-        s.fd = -1
-        if s.sock is not None:
-            s.sock.close()
+        sock, fd = s.sock, s.fd
+        s.sock, s.fd = None, -1
+        if sock is None:
+            return
+        poll = self.poll
+        if poll is not None:
+            if reuse and not self.closed and len(self.spare) < SPARES and portswap.release(sock):
+                poll.set_callback(fd, None)  # stays in the epoll set: no port, no events
+                self.spare.append(sock)
+                return
+            poll.remove(fd)
+        sock.close()
 
     def sweep(self, now: float) -> None:
         """Retire sockets past MAX_AGE (idle ones too: their port is not kept), and close
@@ -282,6 +307,11 @@ class UdpChannel:
             if s is not None:
                 self.broken(s, UpstreamDown("socket closed"), None)
         self.slots = [None] * POOL_SIZE
+        for sock in self.spare:
+            if self.poll is not None:
+                self.poll.remove(sock.fileno())
+            sock.close()
+        self.spare.clear()
 
 
 def _closed(data: bytes) -> object:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from fastdns.dns import wire
 from fastdns.metrics.stats import Histogram, WorkerStats
+from fastdns.resolve.forward.fdpoll import FdPoll
 from fastdns.resolve.forward.sockmark import mark_upstream
 from fastdns.resolve.forward.upsock import PortSocket, UdpChannel, UpstreamDown, Waiter
 from fastdns.resolve.resolvconf import UpstreamPlan
@@ -176,6 +177,7 @@ class Forwarder:
     channels: dict[tuple[str, int], UdpChannel] = field(default_factory=dict)
     health: dict[tuple[str, int], Health] = field(default_factory=dict)
     _proxy_histograms: dict[tuple[tuple[str, int], int], Histogram] = field(default_factory=dict)
+    _poll: FdPoll | None = None  # the upstream sockets' epoll set, made with the first channel
 
     def set_plan(self, plan: UpstreamPlan) -> None:
         """Switch upstreams (resolv.conf changed); sockets of servers still named are kept."""
@@ -190,12 +192,17 @@ class Forwarder:
         for ch in self.channels.values():
             ch.close()
         self.channels.clear()
+        if self._poll is not None:
+            self._poll.close()
+            self._poll = None
 
     def channel(self, server: tuple[str, int]) -> UdpChannel:
         ch = self.channels.get(server)
         if ch is None:
+            if self._poll is None:
+                self._poll = FdPoll(self.loop)
             ch = self.channels[server] = UdpChannel(
-                self.stats, f"{server[0]}:{server[1]}", self.loop, sockaddr(*server))
+                self.stats, f"{server[0]}:{server[1]}", self._poll, sockaddr(*server))
         return ch
 
     def sweep(self) -> None:
