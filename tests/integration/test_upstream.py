@@ -18,7 +18,6 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
-
 from support import require_loopback
 from support.clients import dig, make_query, query, raw_tcp, raw_udp
 from support.fixtures import FastDNSFactory, ResolvConfWriter, UpstreamFactory
