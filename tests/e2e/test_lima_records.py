@@ -9,6 +9,8 @@ dnspython's text of the real reply over UDP and TCP, and against ``dig``.
 from __future__ import annotations
 
 import re
+import socket
+import struct
 import time
 from typing import Any
 
@@ -17,6 +19,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+from support.clients import raw_udp
 from support.server import FastDNSProcess
 from support.upstream import FakeUpstream
 
@@ -147,8 +150,24 @@ def test_ipv6_true_aaaa_of_an_ipv4_static_host_is_nodata(server: FastDNSProcess)
     assert reply.rcode() == dns.rcode.NOERROR and reply.answer == []
 
 
-def test_replies_parse_strictly(server: FastDNSProcess) -> None:
-    # dnspython raises on any malformed reply; check the static reply bytes are minimal too
-    reply = server.query("my.domain.com.", "A")
-    wire = reply.to_wire()
-    assert dns.message.from_wire(wire).answer[0].rdtype == dns.rdatatype.A
+def test_static_reply_bytes_are_exact(server: FastDNSProcess) -> None:
+    """The bytes fastdns sent (not a re-rendered message): a strict parse (dnspython raises on
+    trailing bytes, bad pointers, counts that do not match) and the header, question and
+    answer fields read off the wire (RFC 1035 §4.1)."""
+    query = dns.message.make_query("My.Domain.Com.", "A", id=0x5A5A, use_edns=False)
+    raw = raw_udp(server.address, server.udp_port, query.to_wire())
+    assert raw is not None
+    qid, flags, qd, an, ns, ar = struct.unpack_from("!6H", raw)
+    assert qid == 0x5A5A
+    assert flags & 0x8000 and flags & 0x0100 and flags & 0x0080  # QR, RD echoed, RA
+    assert (flags >> 11) & 0xF == 0 and flags & 0x000F == 0  # opcode QUERY, rcode NOERROR
+    assert not flags & 0x0200  # not truncated
+    assert (qd, an, ns, ar) == (1, 1, 0, 0)  # no OPT: the query had none
+    question = query.to_wire()[12:]
+    assert raw[12 : 12 + len(question)] == question  # echoed byte for byte, case kept
+    # the answer RR ends the message: TYPE A, CLASS IN, TTL 5 (lima_compat), RDLENGTH 4, RDATA
+    assert raw[-14:] == (b"\x00\x01\x00\x01" + struct.pack("!IH", 5, 4)
+                         + socket.inet_aton("192.168.0.23"))  # fmt: skip
+    reply = dns.message.from_wire(raw)  # strict: raises on any malformation or trailing junk
+    assert reply.id == 0x5A5A and [r.to_text() for r in reply.answer] == [
+        "My.Domain.Com. 5 IN A 192.168.0.23"]

@@ -321,7 +321,7 @@ def test_a_real_prometheus_scrapes_fastdns(
     with QueryLoad(fdp.address, fdp.udp_port, STATIC_NAME, interval=0.002) as load:
         for _ in range(20):
             assert http_get(HOST, metrics_port(fdp), "/metrics")[0] == 200
-    assert load.ok > 0 and load.failed == 0
+    assert load.ok > 0 and load.failed == 0 and load.wrong == 0, load.answers
     # Every query of the Grafana dashboard is valid PromQL for this Prometheus.
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana"
                             / "fastdns.json").read_text())  # fmt: skip

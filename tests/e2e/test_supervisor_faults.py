@@ -45,7 +45,7 @@ def rewrite_config(fdp: FastDNSProcess, doc: dict[str, Any] | str) -> None:
 def test_a_killed_worker_is_replaced_and_costs_few_queries(fastdns_factory: Any) -> None:
     fdp = fastdns_factory(config())
     victim = fdp.state["workers"][0]
-    with QueryLoad(fdp.address, fdp.udp_port, NAME, timeout=1.0) as load:
+    with QueryLoad(fdp.address, fdp.udp_port, NAME, timeout=1.0, expect={"10.0.0.1"}) as load:
         assert load.wait_for_count(100, 10)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -56,6 +56,7 @@ def test_a_killed_worker_is_replaced_and_costs_few_queries(fastdns_factory: Any)
     print(f"\nkill -9 of 1 of 2 workers under load: {load.failed} of {load.sent} queries "
           f"failed (single try, 1 s timeout); replaced in {replaced_in:.2f}s")  # fmt: skip
     assert load.failed <= 10
+    assert load.wrong == 0, load.answers  # lost, maybe; answered wrongly, never
     assert f"worker 0 (pid {victim}) was killed by SIGKILL" in fdp.stderr
     assert procfs.cmdline(state["workers"][0]) == "fastdns: worker 0"
     # The new worker took over the dead one's place in the group, and serves.
@@ -68,7 +69,8 @@ def test_sighup_switches_to_new_hosts_without_losing_a_query(fastdns_factory: An
     old = fdp.state["workers"]
     doc = copy.deepcopy(fdp.config)
     doc["hostResolver"]["hosts"][NAME] = "10.0.0.2"
-    with QueryLoad(fdp.address, fdp.udp_port, NAME, timeout=1.0, retries=1) as load:
+    with QueryLoad(fdp.address, fdp.udp_port, NAME, timeout=1.0, retries=1,
+                   expect={"10.0.0.1", "10.0.0.2"}) as load:  # fmt: skip
         assert load.wait_for_count(100, 10)
         rewrite_config(fdp, doc)
         sent_at = time.monotonic()
@@ -84,7 +86,7 @@ def test_sighup_switches_to_new_hosts_without_losing_a_query(fastdns_factory: An
     print(f"\nSIGHUP reload under load: new answer after {switched_in:.2f}s; "
           f"{load.failed} of {load.sent} queries failed with one retry, "
           f"{load.first_try_failures} first tries timed out")  # fmt: skip
-    assert load.failed == 0
+    assert load.failed == 0 and load.correct == load.sent, load.answers
     assert (state["udp_port"], state["tcp_port"]) == (fdp.udp_port, fdp.tcp_port)
     assert len(procfs.bound_sockets("udp", fdp.udp_port)) == 2
 
@@ -147,20 +149,20 @@ def test_sigterm_under_load_drains_and_exits_0_within_the_graceful_timeout(
     cfg = config(graceful_timeout=graceful, cache={"enabled": False}, native={"enabled": False})
     fdp = fastdns_factory(cfg, upstreams=[upstream])
     workers = fdp.state["workers"]
-    loads = [QueryLoad(fdp.address, fdp.udp_port, "slow.test", interval=0.01, timeout=1.0)
-             for _ in range(3)]  # fmt: skip
+    loads = [QueryLoad(fdp.address, fdp.udp_port, "slow.test", interval=0.01, timeout=1.0,
+                       expect={"10.9.9.9"}) for _ in range(3)]  # fmt: skip
     try:
         for load in loads:
             load.start()
         for load in loads:
-            assert load.wait_for_count(1, 10) and load.answers["10.9.9.9"] == load.ok
+            assert load.wait_for_count(1, 10) and load.correct == load.ok
         # Signal while the upstream holds a fresh query: the clients wait for its answer.
         assert upstream.wait_for(upstream.count("slow.test") + 1, "slow.test", timeout=5)
-        answered = [load.ok for load in loads]
+        answered = [load.correct for load in loads]
         started = time.monotonic()
         rc = fdp.stop(signal.SIGTERM, timeout=graceful + 5)
         took = time.monotonic() - started
-        drained = sum(load.ok - before for load, before in zip(loads, answered, strict=True))
+        drained = sum(load.correct - before for load, before in zip(loads, answered, strict=True))
     finally:
         for load in loads:
             load.stop()
@@ -169,6 +171,7 @@ def test_sigterm_under_load_drains_and_exits_0_within_the_graceful_timeout(
     assert rc == 0
     assert took < graceful + 1.5
     assert drained >= 2  # of 3 (one sent in the instant between SIGTERM and the drain is lost)
+    assert sum(load.wrong for load in loads) == 0, [load.answers for load in loads]
     assert fdp.orphans == []
     assert not any(procfs.alive(p) for p in workers)
     assert "stopped" in fdp.stderr and "SIGKILL" not in fdp.stderr

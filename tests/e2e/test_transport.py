@@ -67,6 +67,17 @@ def _compat(mod_fastdns_factory: Any, upstream: FakeUpstream) -> FastDNSProcess:
     return server
 
 
+@pytest.fixture(name="bounded", scope="module")
+def _bounded(mod_fastdns_factory: Any, upstream: FakeUpstream) -> FastDNSProcess:
+    """Three TCP slots and an idle timeout far beyond any test: a connection closed within a
+    test was evicted, not timed out."""
+    server: FastDNSProcess = mod_fastdns_factory(
+        {"fastdns": {**BASE, "tcp_idle_timeout": 60, "tcp_max_connections": 3}},
+        upstreams=[upstream],
+    )
+    return server
+
+
 def count_a(reply: dns.message.Message) -> int:
     return sum(len(rrset) for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A)
 
@@ -170,25 +181,31 @@ def test_tcp_idle_connections_are_closed(compat: FastDNSProcess) -> None:
         assert time.monotonic() - started < 2.0
 
 
-def test_tcp_connections_are_bounded(compat: FastDNSProcess) -> None:
+def test_tcp_connections_are_bounded(bounded: FastDNSProcess) -> None:
     """At the limit a new connection takes the slot of the idlest one (RFC 7766 §6.2.3), so
-    idle connections cannot keep new clients out."""
-    held = [socket.create_connection((compat.address, compat.tcp_port), timeout=3)
+    idle connections cannot keep new clients out. The idle timeout is 60 s: the
+    idlest connection's close is the eviction (a read timeout fails the test), and the two
+    others keep being served."""
+    server = bounded
+    held = [socket.create_connection((server.address, server.tcp_port), timeout=3)
             for _ in range(3)]  # fmt: skip
     try:
         w = dns.message.make_query("small.tr.test", "A").to_wire()
         for s in held:  # make sure each is accepted and counted, the first one idlest
             s.sendall(struct.pack("!H", len(w)) + w)
             recv_frame(s)
-        with socket.create_connection((compat.address, compat.tcp_port), timeout=3) as extra:
+        with socket.create_connection((server.address, server.tcp_port), timeout=3) as extra:
             extra.sendall(struct.pack("!H", len(w)) + w)
             assert dns.message.from_wire(recv_frame(extra)).rcode() == dns.rcode.NOERROR
-            with pytest.raises(ConnectionError):
+            with pytest.raises(ConnectionError):  # not TimeoutError: closed, not silent
                 recv_frame(held[0])  # closed to make room
+            for s in held[1:]:  # not evicted: still served
+                s.sendall(struct.pack("!H", len(w)) + w)
+                assert dns.message.from_wire(recv_frame(s)).rcode() == dns.rcode.NOERROR
     finally:
         for s in held:
             s.close()
-    assert compat.query("small.tr.test", "A", tcp=True).rcode() == dns.rcode.NOERROR
+    assert server.query("small.tr.test", "A", tcp=True).rcode() == dns.rcode.NOERROR
 
 
 # ------------------------------------------------------------------------------ header checks

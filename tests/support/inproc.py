@@ -44,6 +44,7 @@ class InProcessServer:
         self.loop = new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._drain_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="fastdns-inproc", daemon=True)
         self._thread.start()
         if not self._ready.wait(START_TIMEOUT):
@@ -69,7 +70,10 @@ class InProcessServer:
         self._ready.set()
         assert self.worker.stop_event is not None
         await self.worker.stop_event.wait()
-        await self.worker.drain()
+        try:
+            await self.worker.drain()
+        except BaseException as e:  # close() fails the test with it
+            self._drain_error = e
 
     def call(self, fn: Callable[[], T], timeout: float = 5.0) -> T:
         """Run ``fn()`` on the server's loop thread and return its result."""
@@ -105,10 +109,18 @@ class InProcessServer:
         self.call(self.worker.check_files)
 
     def close(self) -> None:
-        if not self._thread.is_alive():
-            return
-        self.loop.call_soon_threadsafe(self.worker.stop)
-        self._thread.join(self.config.graceful_timeout + 5)
+        """Stop and drain; raises (fails the test) when the drain raised or hung past
+        ``graceful_timeout`` + 5 s."""
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.worker.stop)
+            self._thread.join(self.config.graceful_timeout + 5)
+            if self._thread.is_alive():
+                raise RuntimeError(
+                    f"in-process fastdns did not drain within {self.config.graceful_timeout + 5}s"
+                )
+        error, self._drain_error = self._drain_error, None
+        if error is not None:
+            raise RuntimeError("in-process fastdns: the drain raised") from error
 
     def __enter__(self) -> InProcessServer:
         return self
@@ -133,5 +145,12 @@ class InProcessFactory:
         return server
 
     def close(self) -> None:
+        """Close every server, then raise the first failure (a hung or failed drain)."""
+        errors: list[BaseException] = []
         for server in self.made:
-            server.close()
+            try:
+                server.close()
+            except RuntimeError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]

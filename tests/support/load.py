@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Collection
 
 import dns.message
 import dns.rcode
@@ -29,6 +30,10 @@ class QueryLoad:
     a query counts as failed only when every try timed out. ``first_try_failures`` counts the
     tries that timed out either way. ``answers`` counts the first A/AAAA/TXT value of each
     reply (or the rcode name when there is none).
+
+    ``ok`` counts replies of any kind; ``correct`` only NOERROR replies whose first value is
+    in ``expect`` (any value when ``expect`` is None); ``wrong`` the other replies (SERVFAIL,
+    REFUSED, a wrong address). "Nothing lost" means ``correct == sent``, not ``failed == 0``.
     """
 
     def __init__(
@@ -41,14 +46,18 @@ class QueryLoad:
         interval: float = 0.003,
         timeout: float = 1.0,
         retries: int = 0,
+        expect: Collection[str] | None = None,
     ) -> None:
         self.target = (require_loopback(address), port)
         self.query = make_query(name, rdtype)
         self.interval = interval
         self.timeout = timeout
         self.retries = retries
+        self.expect = None if expect is None else frozenset(expect)
         self.sent = 0
         self.ok = 0
+        self.correct = 0
+        self.wrong = 0
         self.failed = 0
         self.first_try_failures = 0
         self.answers: Counter[str] = Counter()
@@ -96,18 +105,24 @@ class QueryLoad:
         end = time.monotonic() + MAX_DURATION
         next_at = time.monotonic()
         while not self._stop.is_set() and time.monotonic() < end:
-            answer = None
+            reply = None
             for attempt in range(self.retries + 1):
-                answer = self._ask()
-                if answer is not None:
+                reply = self._ask()
+                if reply is not None:
                     break
                 self.first_try_failures += attempt == 0
             with self.lock:
                 self.sent += 1
-                if answer is None:
+                if reply is None:
                     self.failed += 1
                 else:
+                    rcode, value = reply
+                    answer = value if value is not None else rcode
                     self.ok += 1
+                    right = rcode == "NOERROR" and value is not None and (
+                        self.expect is None or value in self.expect)  # fmt: skip
+                    self.correct += right
+                    self.wrong += not right
                     self.answers[answer] += 1
                     self.last_answer = answer
             next_at += self.interval
@@ -117,7 +132,8 @@ class QueryLoad:
             else:
                 next_at = time.monotonic()
 
-    def _ask(self) -> str | None:
+    def _ask(self) -> tuple[str, str | None] | None:
+        """(rcode name, first A/AAAA/TXT value or None), or None on a timeout."""
         query = self.query
         query.id = (query.id + 1) & 0xFFFF
         wire = query.to_wire()
@@ -137,8 +153,9 @@ class QueryLoad:
                     continue
                 if reply.id != query.id:
                     continue
+                rcode = dns.rcode.to_text(reply.rcode())
                 for rrset in reply.answer:
                     if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.TXT):
-                        return str(rrset[0])
-                return dns.rcode.to_text(reply.rcode())
+                        return rcode, str(rrset[0])
+                return rcode, None
         return None

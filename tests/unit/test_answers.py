@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+from socket import AF_INET, AF_INET6  # constants only: no socket is opened
 
 import dns.message
 import dns.rcode
@@ -35,8 +35,8 @@ def lines(msg: dns.message.Message, part: str = "answer") -> list[str]:
 
 
 def node(ip: str, ttl: int = 300) -> pycares.AddrInfoNode:
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    addr = (ip.encode(), 0, 0, 0) if family == socket.AF_INET6 else (ip.encode(), 0)
+    family = AF_INET6 if ":" in ip else AF_INET
+    addr = (ip.encode(), 0, 0, 0) if family == AF_INET6 else (ip.encode(), 0)
     return pycares.AddrInfoNode(ttl=ttl, flags=0, family=family, socktype=0, protocol=0, addr=addr)
 
 

@@ -3,7 +3,6 @@ driven by a fake clock (``now`` is passed in) and replies built with dnspython."
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import Any
 
@@ -16,12 +15,10 @@ import pytest
 
 from fastdns.config.load import build_config
 from fastdns.config.schema import CacheConfig
-from fastdns.dns import compose, wire
+from fastdns.dns import wire
 from fastdns.errors import ConfigError
-from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.admission import DENIAL, SUCCESS, classify
 from fastdns.resolve.cache.store import PacketCache
-from fastdns.resolve.pipeline import Pipeline
 
 T0 = 1000.0
 
@@ -599,39 +596,3 @@ def test_admission_edge_cases() -> None:
     assert verdict is not None and verdict[:2] == (DENIAL, 30)
 
 
-# ------------------------------------------------------------------------------ pipeline wiring
-
-
-class CountingForwarder:
-    """Stands in for upstream.Forwarder: answers NXDOMAIN (no SOA) and counts the queries."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-        self.plan = type("Plan", (), {"source": "resolv_conf"})()
-
-    async def exchange(self, q: wire.Query, deadline: float, resume: Any = None) -> Any:
-        self.asked.append(q.name)
-        reply = compose.error_reply(q, wire.NXDOMAIN)
-        return type("Result", (), {"reply": reply})()
-
-
-def test_refreshing_a_static_entry_never_forwards_it() -> None:
-    config = build_config({"hostResolver": {"hosts": {"static.test": "10.0.0.1"}},
-                           "fastdns": {"resolv_conf": "/nonexistent", "fallback": [],
-                                       "hosts_file": "/nonexistent"}})  # fmt: skip
-    loop = asyncio.new_event_loop()
-    try:
-        forwarder = CountingForwarder()
-        pipeline = Pipeline(config, loop, WorkerStats(), forwarder)  # type: ignore[arg-type]
-        q = parse(make_query("static.test"))
-        assert pipeline.answer_now(q) is not None and pipeline.cache is not None
-        assert len(pipeline.cache.success) == 1  # cached with static_ttl
-        loop.run_until_complete(pipeline._refresh(q))  # what a prefetch or stale hit starts
-        other = parse(make_query("elsewhere.test"))
-        loop.run_until_complete(pipeline._refresh(other))
-        assert forwarder.asked == ["elsewhere.test."]
-        reply = pipeline.cache.get(q, pipeline.cache.clock())
-        assert reply is not None
-        assert dns.message.from_wire(reply).answer[0][0].to_text() == "10.0.0.1"
-    finally:
-        loop.close()

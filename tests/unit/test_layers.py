@@ -11,8 +11,6 @@ function, is followed transitively through the fastdns package.
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,21 +141,3 @@ def test_child_only_functions_are_the_ones_that_load_the_serving_code() -> None:
     assert "fastdns.serve.worker" in inner
 
 
-def test_importing_the_supervisor_side_loads_no_loop_and_starts_no_thread() -> None:
-    """The same rule at run time, in a fresh interpreter."""
-    code = (
-        "import sys, threading\n"
-        "import fastdns.cli, fastdns.config, fastdns.supervise.arbiter\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pycares', 'uvloop', "
-        "'aiodns') or m.startswith('fastdns.resolve.native'))\n"
-        "print(bad, threading.active_count())\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=PACKAGE.parent,
-        timeout=60,
-    ).stdout.strip()
-    assert out == "[] 1"

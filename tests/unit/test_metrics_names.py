@@ -7,19 +7,14 @@ every family has samples.
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from prometheus_client.exposition import generate_latest
+from support.exposition import full_exposition
 from support.metrics import parse
 
-from fastdns.config.load import build_config
-from fastdns.metrics.aggregator import StatsAggregator
 from fastdns.metrics.definitions import (
     BY_NAME,
     CAPPED_LABELS,
@@ -28,8 +23,6 @@ from fastdns.metrics.definitions import (
     SOURCES,
     TIME_BUCKETS,
 )
-from fastdns.metrics.http import make_registry
-from fastdns.metrics.stats import WorkerStats, rules_message, supervisor_message, worker_message
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fastdns"
 NAME = re.compile(r"^fastdns_[a-z][a-z0-9]*(_[a-z0-9]+)*$")
@@ -147,41 +140,11 @@ def test_every_recorded_counter_is_exported() -> None:
     )
 
 
-def full_exposition() -> str:
-    """An exposition in which every family has at least one sample."""
-    config = build_config({"fastdns": {"resolv_conf": "/nonexistent", "rules": {"enabled": True},
-                                       "hosts_file": "/nonexistent", "fallback": []}})  # fmt: skip
-    agg = StatsAggregator(config)
-    st = WorkerStats()
-    for key, sources in SOURCES.items():
-        for src in sources:
-            metric = BY_NAME[src.metric]
-            values = tuple(sorted(metric.values[label])[-1] if label in metric.values else "x"
-                           for label in src.key_labels)  # fmt: skip
-            if metric.kind == "histogram":
-                st.observe((key, *values), 0.5, metric.buckets)
-            elif metric.kind == "gauge":
-                st.gauges[(key, *values)] = 1
-            else:
-                st.counters[(key, *values)] += 1
-    agg.feed(json.dumps(worker_message(0, 1, 1, st, "dns://127.0.0.1:53")).encode())
-    agg.feed(json.dumps(supervisor_message(2, 1, 1, 1, [(0, "crash", 1)], False, True)).encode())
-    agg.feed(json.dumps(rules_message(True, True, "", {"ok": 1}, 1.0)).encode())
-    return generate_latest(make_registry(agg)).decode()
-
-
 def test_every_family_is_exported() -> None:
     names = {name for name, _ in parse(full_exposition())}
     for m in METRICS:
         sample = m.name + "_count" if m.kind == "histogram" else m.name
         assert sample in names, m.name
-
-
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
-def test_promtool_check_metrics_finds_nothing() -> None:
-    proc = subprocess.run(["promtool", "check", "metrics"], input=full_exposition(),
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
-    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
 
 def test_buckets_are_increasing() -> None:

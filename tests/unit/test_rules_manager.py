@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from subprocess import CompletedProcess  # the result record only: nothing is run
 
 import pytest
 
@@ -33,7 +33,7 @@ class FakeKernel:
         self.calls: list[list[str]] = []
         self.fail_restore = ""
 
-    def __call__(self, argv: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+    def __call__(self, argv: Sequence[str], stdin: str | None) -> CompletedProcess[str]:
         argv = list(argv)
         self.calls.append(argv)
         tool = os.path.basename(argv[0])
@@ -53,8 +53,8 @@ class FakeKernel:
 
     @staticmethod
     def _done(argv: list[str], out: str, err: str = "", rc: int = 0
-              ) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        return subprocess.CompletedProcess(argv, rc, out, err)
+              ) -> CompletedProcess[str]:  # fmt: skip
+        return CompletedProcess(argv, rc, out, err)
 
     def save(self, table: str) -> str:
         t = self.tables[table]

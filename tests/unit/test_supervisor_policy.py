@@ -79,7 +79,9 @@ def test_crashes_older_than_the_window_do_not_count() -> None:
     for pid in range(100, 130):
         child(s, pid, ready=True)
         clock.now += 7  # 30 crashes, but never more than 10 within 60 s
-        s._on_exit(s.children.pop(pid), 1)
+        s._on_exit(s.children.pop(pid), 1)  # would raise HaltServer past the limit
+    assert s.restarts[(0, "crash")] == 30  # every one restarted, none halted the server
+    assert 0 < len(s.crashes) <= 10  # the window holds only the recent ones
 
 
 def test_a_boot_error_halts_with_the_workers_reason() -> None:

@@ -18,10 +18,10 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
-
 from support import require_loopback
 from support.clients import dig, make_query, query, raw_tcp, raw_udp
 from support.fixtures import FastDNSFactory, ResolvConfWriter, UpstreamFactory
+from support.inproc import InProcessServer
 from support.server import (
     FastDNSProcess,
     FastDNSStartError,
@@ -505,3 +505,17 @@ def test_session_guard_refuses_without_netns_marker() -> None:
     )
     assert result.returncode == 4
     assert "refusing to run outside an isolated network namespace" in result.stderr
+
+
+def test_inproc_close_fails_when_the_drain_raises(tmp_path: Path) -> None:
+    """The in-process server's close() does not swallow a failed drain."""
+    server = InProcessServer({"fastdns": {"fallback": []}}, tmp_path)
+
+    async def broken_drain() -> None:
+        raise OSError("drain broke")
+
+    server.worker.drain = broken_drain  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="the drain raised") as failed:
+        server.close()
+    assert isinstance(failed.value.__cause__, OSError)
+    server.close()  # reported once; closing again is a no-op

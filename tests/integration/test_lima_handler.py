@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.flags
 import dns.message
+import dns.rcode
 import pytest
+from support.upstream import FakeUpstream
 
 from fastdns.config.load import build_config
 from fastdns.config.schema import Config
@@ -61,6 +64,16 @@ def build_handler(config: Config, loop: asyncio.AbstractEventLoop) -> Pipeline:
     return Pipeline(config, loop, stats, forwarder)
 
 
+def aaaa_answered_empty_at_once(handler: Pipeline) -> bool:
+    """ipv6 off, as Lima: an AAAA question is NODATA at once, never forwarded (lima PR #3419)."""
+    q = wire.parse_query(dns.message.make_query("elsewhere.example", "AAAA").to_wire())
+    resolved = handler.answer_now(q)
+    if resolved is None:
+        return False
+    reply = dns.message.from_wire(resolved.reply)
+    return reply.rcode() == dns.rcode.NOERROR and not reply.answer
+
+
 def test_n1_ipv6_upstreams_in_order_and_static_tables(
     tmp_path: Path, loop: asyncio.AbstractEventLoop
 ) -> None:
@@ -70,13 +83,11 @@ def test_n1_ipv6_upstreams_in_order_and_static_tables(
         upstreams=["8.8.4.4", "1.1.1.1", "9.9.9.9"],
         hosts={"test.local": "192.168.1.1", "alias.local": "test.local"},
     )
-    assert cfg.ipv6 is True
     handler = build_handler(cfg, loop)
+    assert not aaaa_answered_empty_at_once(handler)  # ipv6 on: AAAA is forwarded
     plan = handler.forwarder.plan
     assert plan.servers == (("8.8.4.4", 53), ("1.1.1.1", 53), ("9.9.9.9", 53))
     assert plan.source == "resolv_conf"
-    # Lima's two clients (udp, then tcp): fastdns forwards over UDP and retries TC over TCP.
-    assert callable(handler.forwarder._send) and callable(handler.forwarder._tcp)
     assert handler.static.ips["test.local"] == "192.168.1.1"
     assert handler.static.aliases["alias.local"] == "test.local"
 
@@ -85,9 +96,8 @@ def test_n2_no_upstreams_reads_resolv_conf(tmp_path: Path, loop: asyncio.Abstrac
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.53\n")
     cfg = handler_config(tmp_path, ipv6=False, upstreams=None, hosts={})
-    assert cfg.ipv6 is False
-    assert cfg.resolv_conf == str(resolv)
     handler = build_handler(cfg, loop)
+    assert aaaa_answered_empty_at_once(handler)  # ipv6 off
     assert handler.forwarder.plan.source == "resolv_conf"
     assert handler.forwarder.plan.resolv.readable
     assert handler.forwarder.plan.servers == (("127.0.0.53", 53),)
@@ -106,7 +116,7 @@ def test_n3_unreadable_resolv_conf_uses_lima_fallback(
 def test_n4_empty_upstreams_is_no_error(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
     cfg = handler_config(tmp_path, ipv6=True, upstreams=[], hosts={})
     handler = build_handler(cfg, loop)  # built without error
-    assert handler.config.ipv6 is True
+    assert not aaaa_answered_empty_at_once(handler)
     # Lima: empty server list, every forward an empty NOERROR; fastdns: the fallback servers
     assert handler.forwarder.plan.source == "fallback"
 
@@ -128,6 +138,24 @@ def test_n5_aliases_are_stored_as_single_hops(
     assert static.aliases["cname2"] == "cname1"
     assert static.cycles == set()
     assert build_handler(cfg, loop).forwarder.plan.servers == (("8.8.8.8", 53),)
+
+
+def test_n1_udp_then_tcp_like_lima_s_two_clients(
+    tmp_path: Path, loop: asyncio.AbstractEventLoop, upstream: FakeUpstream
+) -> None:
+    """Lima's handler has a UDP and a TCP client; fastdns forwards over UDP and, on TC=1,
+    asks the same upstream again over TCP (RFC 7766 §5) and answers in full."""
+    upstream.big("big.test", 60)
+    upstream.behave("big.test", truncate=True)  # TC=1 over UDP, in full over TCP
+    cfg = handler_config(tmp_path, ipv6=False, upstreams=[upstream.address], hosts={})
+    handler = build_handler(cfg, loop)
+    q = wire.parse_query(dns.message.make_query("big.test", "A").to_wire())
+    result = loop.run_until_complete(handler.forwarder.exchange(q, loop.time() + 5))
+    assert result.reply is not None
+    reply = dns.message.from_wire(result.reply)
+    assert not reply.flags & dns.flags.TC and sum(len(r) for r in reply.answer) == 60
+    assert upstream.count("big.test", "A", "udp") == 1
+    assert upstream.count("big.test", "A", "tcp") == 1
 
 
 def test_n6_udp_replies_are_truncated(tmp_path: Path) -> None:

@@ -3,6 +3,9 @@
 Three numbers: ``ServerState.record`` alone, and the whole UDP ``datagram_received`` path for
 a static answer (parse, answer, build, send to a null transport) with recording on and off.
 Bounded rounds keep this to well under a second; compare the means in the benchmark table.
+
+    python -m pytest bench/micro/test_stats_overhead.py -q   # (moved from tests/unit: it
+                                                             # measures, it proves nothing)
 """
 
 from __future__ import annotations
@@ -73,4 +76,3 @@ def test_udp_static_path_with_stats(benchmark: Any, server: UDPServer) -> None:
 def test_udp_static_path_without_stats(benchmark: Any, server: UDPServer) -> None:
     server.state.accounting.record = lambda *args: None  # type: ignore[method-assign]
     run(benchmark, lambda: server.datagram_received(QUERY, ADDR))
-    assert not server.state.stats.counters
