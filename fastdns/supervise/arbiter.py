@@ -103,10 +103,6 @@ class Supervisor(Generations, ChildExits, StatePublisher):
         self.published: dict[str, Any] | None = None
         self.published_at = 0.0
 
-    @property
-    def config(self) -> Config:
-        return self.current.config
-
     # -----------------------------------------------------------------------------------
     # Main loop
 
@@ -357,7 +353,7 @@ class Supervisor(Generations, ChildExits, StatePublisher):
             self.run_dir = self.rundir.path
             self.ports_path = os.path.join(self.run_dir, "ports.json")
         if config.metrics.listen and self.stats_path is None:
-            self.stats_path = os.path.join(self.run_dir, "stats.sock")
+            self.stats_path = os.path.join(self.rundir.path, "stats.sock")
             self.status = StatusSender(self.stats_path)
         if user is not None:  # the metrics process binds there after dropping privileges
             self.rundir.chown(user.uid, user.gid)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Any
+from collections import Counter, deque
+from collections.abc import Callable
 
 from fastdns.errors import ExitCode, HaltServer
 from fastdns.supervise import children
 from fastdns.supervise.children import Child, SlotState
+from fastdns.supervise.generations import Generation
 
 logger = logging.getLogger("fastdns.supervise.arbiter")
 
@@ -29,9 +31,20 @@ KILL_AFTER_ABORT = 1.0  # a stalled worker still alive this long after SIGABRT g
 class ChildExits:
     """The supervisor's reaping half."""
 
+    # Set by Supervisor.__init__ (arbiter.py).
+    clock: Callable[[], float]
     children: dict[int, Child]
     slots: dict[tuple[str, int], SlotState]
-    crashes: Any
+    crashes: deque[float]
+    restarts: Counter[tuple[int, str]]
+    current: Generation
+    serving: Generation | None
+    stopping: bool
+    # Methods of Supervisor (arbiter.py) and Generations (generations.py).
+    _read_control: Callable[[Child], None]
+    _was_up: Callable[[Child], bool]
+    _slot: Callable[[tuple[str, int]], SlotState]
+    _abandon: Callable[[Generation, str], None]
 
     def _reap(self) -> None:
         while True:

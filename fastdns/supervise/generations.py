@@ -10,9 +10,8 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from fastdns.config.load import load_config
 from fastdns.config.schema import Config
@@ -21,7 +20,7 @@ from fastdns.policy import acl, ratelimit
 from fastdns.serve.launch import WorkerLaunch
 from fastdns.supervise import children
 from fastdns.supervise.binding import bind_first, bound_port
-from fastdns.supervise.children import Child, child_worker
+from fastdns.supervise.children import Child, Kind, SlotState, child_worker
 from fastdns.system import process
 from fastdns.system.process import Credentials
 from fastdns.system.statefile import write_state
@@ -59,10 +58,26 @@ class Generation:
 class Generations:
     """The supervisor's reload half: HUP, worker slots per generation, retirement."""
 
-    # Set by Supervisor.__init__.
+    # Set by Supervisor.__init__ (arbiter.py).
+    clock: Callable[[], float]
     children: dict[int, Child]
     current: Generation
-    generations: Any
+    serving: Generation | None
+    generations: Iterator[int]
+    workers_override: int | None
+    stopping: bool
+    stats_path: str | None
+    ports_path: str | None
+    # Methods of Supervisor (arbiter.py).
+    _prepare_run_dir: Callable[[Config, Credentials | None], None]
+    _spawn: Callable[[Kind, int, Callable[[int], None], Config, Iterable[int], int], Child | None]
+    _live: Callable[[Kind], Child | None]
+    _slot: Callable[[tuple[str, int]], SlotState]
+
+    @property
+    def config(self) -> Config:
+        """The newest generation's configuration."""
+        return self.current.config
 
     def handle_hup(self) -> None:
         """Reload: validate, start a new generation; the old one retires once it serves."""

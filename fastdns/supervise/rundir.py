@@ -57,7 +57,7 @@ def remove_stale(parent: str | None = None, owners: Collection[int] = ()) -> lis
     """
     parent = parent or tempfile.gettempdir()
     owners = set(owners) or {os.geteuid()}
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(parent))
     except OSError as e:
