@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
@@ -52,6 +52,9 @@ from fastdns.config.yamlfile import (
 from fastdns.errors import ConfigError
 from fastdns.policy.acl import AclConfig
 from fastdns.policy.ratelimit import RateLimitConfig
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 T = TypeVar("T")
 
@@ -102,7 +105,8 @@ def build_config(
     fp = "fastdns"
 
     def num(key: str, kind: Callable[[Any], T], low: float, high: float) -> T:
-        return get_number(f, key, fp, getattr(d, key), p, kind=kind, low=low, high=high)
+        default = cast(T, getattr(d, key))  # the field of the same name: ``kind`` is its type
+        return get_number(f, key, fp, default, p, kind=kind, low=low, high=high)
 
     instance = get_str(f, "instance", fp, "", p)
     if not instance and path and Path(path).name == "lima.yaml":
@@ -207,7 +211,7 @@ def known_keys() -> frozenset[str]:
     Built from the same sets the loaders reject unknown keys against, so docs/configuration.md
     can be checked against it (tests/unit/test_docs.py)."""
     keys = {f"hostResolver.{key}" for key in HOST_RESOLVER_KEYS} | {"dns"}
-    sections: dict[str, type] = {
+    sections: dict[str, type[DataclassInstance]] = {
         "native": NativeConfig, "cache": CacheConfig, "metrics": MetricsConfig,
         "rules": RulesConfig, "acl": AclConfig, "ratelimit": RateLimitConfig,
     }  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from fastdns.config.schema import (
     CacheConfig,
@@ -112,7 +112,8 @@ def load_cache(m: Mapping[str, Any], p: Problems) -> CacheConfig:
     reject_unknown(m, set(CacheConfig.__dataclass_fields__), path, p)
 
     def num(key: str, low: int, high: int) -> int:
-        return get_number(m, key, path, getattr(d, key), p, kind=int, low=low, high=high)
+        default: int = getattr(d, key)  # the CacheConfig field of the same name
+        return get_number(m, key, path, default, p, kind=int, low=low, high=high)
 
     return CacheConfig(
         enabled=get_bool(m, "enabled", path, d.enabled, p),
@@ -164,7 +165,7 @@ def load_rules(m: Mapping[str, Any], p: Problems) -> RulesConfig:
             for i, h in enumerate(raw_hooks):
                 if h not in ("PREROUTING", "OUTPUT"):
                     p.add(f"{path}.hooks[{i}]", f"must be PREROUTING or OUTPUT, got {h!r}")
-            hooks = tuple(dict.fromkeys(good))  # type: ignore[arg-type]
+            hooks = tuple(dict.fromkeys(good))
     chain = get_str(m, "chain", path, d.chain, p)
     if not chain or len(chain) > 28 or not all(c.isalnum() or c in "-_" for c in chain):
         p.add(f"{path}.chain", f"must be 1-28 letters, digits, '-' or '_', got {chain!r}")
@@ -209,7 +210,7 @@ def load_acl(m: Mapping[str, Any], p: Problems) -> AclConfig:
     reject_unknown(m, set(AclConfig.__dataclass_fields__), path, p)
     return AclConfig(
         allow=get_cidrs(m, "allow", path, d.allow, p),
-        action=get_choice(m, "action", path, d.action, ACL_ACTIONS, p),  # type: ignore[arg-type]
+        action=get_choice(m, "action", path, d.action, ACL_ACTIONS, p),
     )
 
 
@@ -218,7 +219,8 @@ def load_ratelimit(m: Mapping[str, Any], p: Problems) -> RateLimitConfig:
     reject_unknown(m, set(RateLimitConfig.__dataclass_fields__) - {"enabled"}, path, p)
 
     def num(key: str, kind: Callable[[Any], T], low: float, high: float) -> T:
-        return get_number(m, key, path, getattr(d, key), p, kind=kind, low=low, high=high)
+        default = cast(T, getattr(d, key))  # the field of the same name: ``kind`` is its type
+        return get_number(m, key, path, default, p, kind=kind, low=low, high=high)
 
     return RateLimitConfig(
         qps=num("qps", float, 0, 1e7),

@@ -11,6 +11,7 @@ from fastdns.config.yamlfile import did_you_mean
 from fastdns.policy.acl import parse_cidr
 
 T = TypeVar("T")
+S = TypeVar("S", bound=str)  # one of a fixed set of strings (a Literal type)
 
 
 class Problems:
@@ -49,8 +50,8 @@ def get_number(
     value = m.get(key)
     if value is None:
         return default
-    ok_types: tuple[type, ...] = (int,) if kind is int else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (kind is int and isinstance(value, float))):
         expected = "an integer" if kind is int else "a number"
         p.add(f"{path}.{key}", f"must be {expected}, got {type_name(value)} {value!r}")
         return default
@@ -70,13 +71,14 @@ def get_str(m: Mapping[str, Any], key: str, path: str, default: str, p: Problems
     return value
 
 
-def get_choice(m: Mapping[str, Any], key: str, path: str, default: str,
-                choices: tuple[str, ...], p: Problems) -> str:  # fmt: skip
+def get_choice(m: Mapping[str, Any], key: str, path: str, default: S,
+                choices: tuple[S, ...], p: Problems) -> S:  # fmt: skip
     value = get_str(m, key, path, default, p)
-    if value not in choices:
-        p.add(f"{path}.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
-        return default
-    return value
+    for choice in choices:
+        if value == choice:
+            return choice
+    p.add(f"{path}.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
+    return default
 
 
 def check_ip(value: object, path: str, p: Problems, *, scoped: bool = False) -> str | None:

@@ -462,5 +462,6 @@ def _cumulative(bounds: Iterable[float], counts: list[float]) -> list[tuple[str,
     out, running = [], 0.0
     for bound, count in zip((*bounds, float("inf")), counts, strict=True):
         running += count
-        out.append((floatToGoString(bound), running))
+        # prometheus_client.utils has no annotations; it returns the Go float text ("+Inf").
+        out.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
     return out

@@ -116,7 +116,7 @@ def make_registry(aggregator: StatsAggregator) -> Any:
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(aggregator)  # type: ignore[arg-type]
+    registry.register(aggregator)
     return registry
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fastdns.errors import FastDNSError
@@ -283,7 +283,11 @@ class RulesManager:
             logger.info("restored net.ipv4.conf.%s.route_localnet=0", iface)
 
     def _verify(
-        self, nf: Netfilter, plan: RulePlan, desired: list[str], hooks: dict[str, str]
+        self,
+        nf: Netfilter,
+        plan: RulePlan,
+        desired: list[str],
+        hooks: Mapping[str, str | Sequence[str]],
     ) -> None:
         """Read the table back: a backend that accepted the transaction but shows something
         else (another tool racing us, nft/legacy confusion) is an error, not a success."""

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from fastdns.config.schema import Config
 from fastdns.dns import compose, wire
@@ -36,6 +36,7 @@ from fastdns.dns.resolved import Resolved
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.store import PacketCache
 from fastdns.resolve.pipeline import Pipeline
+from fastdns.serve.accounting import Accounting
 from fastdns.serve.gate import Gate
 from fastdns.serve.tcpslots import TCPSlots
 
@@ -67,6 +68,7 @@ class TCPState(Protocol):
     pipeline: Pipeline
     tcp_connections: TCPSlots[TCPServer]
     gate: Gate
+    accounting: Accounting
 
     @property
     def draining(self) -> bool: ...
@@ -74,10 +76,6 @@ class TCPState(Protocol):
     def full(self) -> bool: ...
 
     def spawn(self, coro: Any) -> None: ...
-
-    def record(
-        self, proto: str, q: wire.Query | None, res: Resolved | None, size: int, t0: float
-    ) -> None: ...
 
 
 def _busy(conn: TCPServer) -> bool:
@@ -105,8 +103,9 @@ class TCPServer(asyncio.Protocol):
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # A stream server hands its protocol a Transport; asyncio.Protocol declares the base.
+        self.transport = transport = cast(asyncio.Transport, base)
         state = self.state
         if state.draining:
             state.stats.inc("overload", "tcp")
@@ -118,7 +117,7 @@ class TCPServer(asyncio.Protocol):
             # Outside the ACL (fastdns.acl): closed before a byte is read, whatever acl.action
             # says (a REFUSED would need the query read first); reset, no TIME_WAIT kept here.
             state.stats.inc("acl_blocked", "tcp", state.gate.action)
-            transport.abort()  # type: ignore[attr-defined]
+            transport.abort()
             return
         slots = state.tcp_connections
         verdict = slots.consider(source, _busy)
@@ -137,7 +136,7 @@ class TCPServer(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_SNDBUF)
             except OSError:
                 pass  # the kernel's default, bounded by net.ipv4.tcp_wmem
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         self.loop = loop = asyncio.get_running_loop()
         self._set_deadline(loop.time() + state.config.tcp_idle_timeout)
 
@@ -288,8 +287,10 @@ class TCPServer(asyncio.Protocol):
             q = wire.parse_query(frame)
         except wire.Malformed as e:
             state.stats.inc("dropped" if e.rcode is None else "malformed", "tcp")
-            if e.rcode is not None:
-                self._write(compose.header_only_reply(frame, e.rcode))
+            # A frame shorter than a header raises with rcode None: nothing to echo.
+            reply = compose.header_only_reply(frame, e.rcode) if e.rcode is not None else None
+            if reply is not None:
+                self._write(reply)
             return
         cache = state.cache  # first, as for UDP; no truncation over TCP
         if cache is not None:

@@ -231,10 +231,11 @@ class UDPServer:
         action = self.gate.action
         self.state.stats.inc("acl_blocked", "udp", action)
         if action == "refuse":
+            reply: bytes | None
             try:
                 reply = compose.error_reply(wire.parse_query(data), wire.REFUSED)
             except wire.Malformed:
-                reply = compose.header_only_reply(data, wire.REFUSED)  # type: ignore[assignment]
+                reply = compose.header_only_reply(data, wire.REFUSED)
             if reply is not None:
                 self._send(reply, addr)
 
