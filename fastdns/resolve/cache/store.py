@@ -26,7 +26,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import Any, final
 
 from fastdns.config.schema import CacheConfig
 from fastdns.dns import compose, wire
@@ -68,6 +68,7 @@ class Form:
     ttls: tuple[int, ...]  # flattened (body offset, TTL at age 0) pairs
 
 
+@final  # ``type(e) is Entry`` tells it from a ``Raw`` tuple, for mypy too (PacketCache.lookup)
 class Entry(Form):
     """One cached reply; it lives ``ttl`` seconds from ``stored`` (then maybe stale)."""
 
@@ -381,7 +382,7 @@ class PacketCache:
         entry = self.put(q, reply, source, ttl, now)
         if entry is None:
             return reply, source
-        if type(entry) is tuple:
+        if type(entry) is not Entry:
             return self._first_reply(entry, q), source
         return self._render(entry, q, 0, TCP_LIMIT), source
 
@@ -418,7 +419,7 @@ class PacketCache:
             e = table.get(key)
             if e is None:
                 return None
-        if type(e) is tuple:
+        if type(e) is not Entry:  # a Raw tuple: one exact type test on the hit path
             e = table[key] = self._entry(*e)  # the same place in the eviction order
         return e
 
