@@ -59,13 +59,37 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _FASTDNS_KEYS = {
-    "instance", "listen", "udp_port", "tcp_port", "resolv_conf", "hosts_file", "fallback",
-    "upstream_timeout", "deadline", "lima_compat", "static_ttl", "edns_max_udp", "host_ip",
-    "guest_ip", "max_inflight", "tcp_idle_timeout", "tcp_max_connections",
-    "tcp_max_connections_per_source", "tcp_frame_timeout", "tcp_max_write_buffer", "workers",
-    "graceful_timeout", "worker_timeout", "user", "native", "cache", "metrics", "rules",
-    "acl", "ratelimit",
-}  # fmt: skip
+    "instance",
+    "listen",
+    "udp_port",
+    "tcp_port",
+    "resolv_conf",
+    "hosts_file",
+    "fallback",
+    "upstream_timeout",
+    "deadline",
+    "lima_compat",
+    "static_ttl",
+    "edns_max_udp",
+    "host_ip",
+    "guest_ip",
+    "max_inflight",
+    "tcp_idle_timeout",
+    "tcp_max_connections",
+    "tcp_max_connections_per_source",
+    "tcp_frame_timeout",
+    "tcp_max_write_buffer",
+    "workers",
+    "graceful_timeout",
+    "worker_timeout",
+    "user",
+    "native",
+    "cache",
+    "metrics",
+    "rules",
+    "acl",
+    "ratelimit",
+}
 
 
 def _relative_to(config_path: str, value: str) -> str:
@@ -212,9 +236,13 @@ def known_keys() -> frozenset[str]:
     can be checked against it (tests/unit/test_docs.py)."""
     keys = {f"hostResolver.{key}" for key in HOST_RESOLVER_KEYS} | {"dns"}
     sections: dict[str, type[DataclassInstance]] = {
-        "native": NativeConfig, "cache": CacheConfig, "metrics": MetricsConfig,
-        "rules": RulesConfig, "acl": AclConfig, "ratelimit": RateLimitConfig,
-    }  # fmt: skip
+        "native": NativeConfig,
+        "cache": CacheConfig,
+        "metrics": MetricsConfig,
+        "rules": RulesConfig,
+        "acl": AclConfig,
+        "ratelimit": RateLimitConfig,
+    }
     for key in _FASTDNS_KEYS:
         if key in sections:
             keys |= {f"fastdns.{key}.{f}" for f in sections[key].__dataclass_fields__}

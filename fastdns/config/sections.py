@@ -85,8 +85,13 @@ def load_hosts(
         key = canonical_name(name)
         if key in by_key:
             # Lima picks one of these at random (Go map order); we keep the later one in file order.
-            warnings.append((path, f"{path}: duplicates {by_key[key][0]!r} "
-                                   f"(case or trailing dot differ); the later entry wins"))
+            warnings.append(
+                (
+                    path,
+                    f"{path}: duplicates {by_key[key][0]!r} "
+                    f"(case or trailing dot differ); the later entry wins",
+                )
+            )
             del by_key[key]
         by_key[key] = (name.strip(), value.strip())
     return list(by_key.values())
@@ -98,13 +103,15 @@ def load_native(m: Mapping[str, Any], p: Problems) -> NativeConfig:
     return NativeConfig(
         enabled=get_bool(m, "enabled", path, d.enabled, p),
         timeout=get_number(m, "timeout", path, d.timeout, p, kind=float, low=0.05, high=60),
-        negative_ttl=get_number(m, "negative_ttl", path, d.negative_ttl, p, kind=int, low=0,
-                                 high=86400),
+        negative_ttl=get_number(
+            m, "negative_ttl", path, d.negative_ttl, p, kind=int, low=0, high=86400
+        ),
         hosts_ttl=get_number(m, "hosts_ttl", path, d.hosts_ttl, p, kind=int, low=0, high=86400),
-        max_inflight=get_number(m, "max_inflight", path, d.max_inflight, p, kind=int, low=1,
-                                 high=100000),
+        max_inflight=get_number(
+            m, "max_inflight", path, d.max_inflight, p, kind=int, low=1, high=100000
+        ),
         forward_first=get_bool(m, "forward_first", path, d.forward_first, p),
-    )  # fmt: skip
+    )
 
 
 def load_cache(m: Mapping[str, Any], p: Problems) -> CacheConfig:
@@ -125,8 +132,9 @@ def load_cache(m: Mapping[str, Any], p: Problems) -> CacheConfig:
         servfail_ttl=num("servfail_ttl", 0, 300),  # RFC 2308 §7.1: at most 5 minutes
         serve_stale=num("serve_stale", 0, 7 * 86400),
         stale_ttl=num("stale_ttl", 0, 86400),
-        stale_refresh=get_choice(m, "stale_refresh", path, d.stale_refresh,
-                                  ("immediate", "verify"), p),
+        stale_refresh=get_choice(
+            m, "stale_refresh", path, d.stale_refresh, ("immediate", "verify"), p
+        ),
         prefetch=num("prefetch", 0, 1_000_000),
         prefetch_percent=num("prefetch_percent", 1, 99),
         prefetch_duration=num("prefetch_duration", 1, 86400),
@@ -140,8 +148,11 @@ def _rules_interfaces(value: object, path: str, p: Problems) -> tuple[str, ...]:
     if value == "any":
         return ("any",)
     if not isinstance(value, list) or not value:
-        p.add(path, "must be `any` or a non-empty list of interface names "
-                    "(omit it to use the interfaces that hold fastdns.host_ip)")  # fmt: skip
+        p.add(
+            path,
+            "must be `any` or a non-empty list of interface names "
+            "(omit it to use the interfaces that hold fastdns.host_ip)",
+        )
         return ()
     for i, name in enumerate(value):
         # IFNAMSIZ: 15 characters; no '/', whitespace or ':' (iptables rejects them).
@@ -185,10 +196,11 @@ def load_rules(m: Mapping[str, Any], p: Problems) -> RulesConfig:
         target=target,
         hooks=hooks,
         chain=chain,
-        reconcile_interval=get_number(m, "reconcile_interval", path, d.reconcile_interval, p,
-                                       kind=float, low=0.1, high=86400),
+        reconcile_interval=get_number(
+            m, "reconcile_interval", path, d.reconcile_interval, p, kind=float, low=0.1, high=86400
+        ),
         iptables=iptables,
-    )  # fmt: skip
+    )
 
 
 def load_metrics(m: Mapping[str, Any], p: Problems) -> MetricsConfig:

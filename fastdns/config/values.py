@@ -50,8 +50,11 @@ def get_number(
     value = m.get(key)
     if value is None:
         return default
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or (kind is int and isinstance(value, float))):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and isinstance(value, float))
+    ):
         expected = "an integer" if kind is int else "a number"
         p.add(f"{path}.{key}", f"must be {expected}, got {type_name(value)} {value!r}")
         return default
@@ -71,8 +74,9 @@ def get_str(m: Mapping[str, Any], key: str, path: str, default: str, p: Problems
     return value
 
 
-def get_choice(m: Mapping[str, Any], key: str, path: str, default: S,
-                choices: tuple[S, ...], p: Problems) -> S:  # fmt: skip
+def get_choice(
+    m: Mapping[str, Any], key: str, path: str, default: S, choices: tuple[S, ...], p: Problems
+) -> S:
     value = get_str(m, key, path, default, p)
     for choice in choices:
         if value == choice:
@@ -135,15 +139,17 @@ def reject_unknown(m: Mapping[str, Any], allowed: set[str], path: str, p: Proble
             p.add(f"{path}.{key}", "unknown key" + did_you_mean(str(key), allowed))
 
 
-def get_cidrs(m: Mapping[str, Any], key: str, path: str, default: tuple[str, ...],
-               p: Problems) -> tuple[str, ...]:  # fmt: skip
+def get_cidrs(
+    m: Mapping[str, Any], key: str, path: str, default: tuple[str, ...], p: Problems
+) -> tuple[str, ...]:
     """A list of networks (fastdns.acl); each bad one is a problem naming its value."""
     value = m.get(key)
     if value is None:
         return default
     if not isinstance(value, list):
-        p.add(f"{path}.{key}",
-              f"must be a list of CIDRs such as 10.0.0.0/8, got {type_name(value)}")
+        p.add(
+            f"{path}.{key}", f"must be a list of CIDRs such as 10.0.0.0/8, got {type_name(value)}"
+        )
         return default
     out = []
     for i, item in enumerate(value):

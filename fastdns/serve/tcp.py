@@ -54,8 +54,16 @@ WRITE_LOW = 16 * 1024  # ... and below which it resumes it
 TCP_SNDBUF = 64 * 1024
 
 # Why fastdns closed (or refused) a client connection: fastdns_dns_tcp_connections_closed_total.
-CloseReason = Literal["idle", "frame_timeout", "write_stalled", "write_buffer", "oversize",
-                      "per_source", "evicted", "max_connections"]  # fmt: skip
+CloseReason = Literal[
+    "idle",
+    "frame_timeout",
+    "write_stalled",
+    "write_buffer",
+    "oversize",
+    "per_source",
+    "evicted",
+    "max_connections",
+]
 CLOSE_REASONS: frozenset[str] = frozenset(CloseReason.__args__)  # type: ignore[attr-defined]
 
 
@@ -212,8 +220,7 @@ class TCPServer(asyncio.Protocol):
         resumes now), so its deadline starts now."""
         buf, transport = self.buffer, self.transport
         done, size = 0, len(buf)
-        while (size - done >= 2 and not self.write_paused
-               and self.pending < TCP_MAX_PENDING):  # fmt: skip
+        while size - done >= 2 and not self.write_paused and self.pending < TCP_MAX_PENDING:
             end = done + 2 + (buf[done] << 8 | buf[done + 1])
             if size < end:
                 break
@@ -240,8 +247,11 @@ class TCPServer(asyncio.Protocol):
             if not self.read_paused:
                 transport.pause_reading()
                 self.read_paused = True
-        elif self.read_paused and self.pending < TCP_MAX_PENDING // 2 and not (
-                self.state.draining or self.eof):  # fmt: skip
+        elif (
+            self.read_paused
+            and self.pending < TCP_MAX_PENDING // 2
+            and not (self.state.draining or self.eof)
+        ):
             transport.resume_reading()
             self.read_paused = False
 
@@ -325,6 +335,5 @@ class TCPServer(asyncio.Protocol):
             return
         if (self.eof or self.state.draining) and not self.pending:
             transport.close()
-        elif self.read_paused and not self.write_paused and (
-                self.pending < TCP_MAX_PENDING // 2):  # fmt: skip
+        elif self.read_paused and not self.write_paused and (self.pending < TCP_MAX_PENDING // 2):
             self._process(True)  # the frames held back, then reading again

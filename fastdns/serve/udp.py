@@ -54,7 +54,8 @@ class ServerState:
         self.tasks: set[asyncio.Task[Any]] = set()
         self._draining = False
         self.tcp_connections: TCPSlots[TCPServer] = TCPSlots(
-            config.tcp_max_connections, config.tcp_max_connections_per_source)
+            config.tcp_max_connections, config.tcp_max_connections_per_source
+        )
         # The cache's hit path runs in the datagram callback; its refreshes are tasks tracked
         # here like any query, so draining waits for them and max_inflight counts them.
         pipeline.use_spawn(self.spawn)
@@ -85,6 +86,7 @@ class ServerState:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
 
 def _reply_limit(config: Config, q: wire.Query) -> int:
     """Largest UDP reply for this client: its EDNS size capped by ours, 512 without OPT."""
@@ -127,8 +129,7 @@ class UDPServer:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         # The fast lane: query form -> ready reply (cleared when draining starts).
-        self.front: dict[bytes, Front] = (
-            state.cache.front.forms if state.cache is not None else {})
+        self.front: dict[bytes, Front] = state.cache.front.forms if state.cache is not None else {}
         self.sendto: Any = _no_send  # the socket's sendto once started
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -242,8 +243,12 @@ class UDPServer:
     def _send_failed(self, reply: bytes, addr: Any, exc: OSError) -> None:
         """``sendto`` raised: queue the reply when the socket buffer is full, else count it."""
         sock, loop = self.sock, self.loop
-        if isinstance(exc, BlockingIOError) and sock is not None and loop is not None and (
-                len(self.backlog) < MAX_BACKLOG):  # fmt: skip
+        if (
+            isinstance(exc, BlockingIOError)
+            and sock is not None
+            and loop is not None
+            and (len(self.backlog) < MAX_BACKLOG)
+        ):
             if not self.backlog:
                 loop.add_writer(sock.fileno(), self._on_writable)
             self.backlog.append((reply, addr))
@@ -321,9 +326,7 @@ class UDPServer:
             res = Resolved(compose.error_reply(q, wire.SERVFAIL), "server")
         self.send_answer(q, res, addr, size, t0)
 
-    def send_answer(
-        self, q: wire.Query, res: Resolved, addr: Any, size: int, t0: float
-    ) -> None:
+    def send_answer(self, q: wire.Query, res: Resolved, addr: Any, size: int, t0: float) -> None:
         """Send ``res`` to the client (truncated to its UDP size) and count it."""
         reply = res.reply
         limit = _reply_limit(self.state.config, q)

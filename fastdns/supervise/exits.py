@@ -82,12 +82,19 @@ class ChildExits:
             # so is a replacement killed by a signal while booting (the OOM killer, an
             # operator): its slot served before, so the signal is no verdict on the config.
             reason = child.boot_error or child.error or how
-            if (child.kind == "worker" and self.serving is not None
-                    and child.generation == self.current.number
-                    and self.current is not self.serving):  # fmt: skip
-                logger.error("reload failed: %s of generation %d could not start: %s; "
-                             "keeping generation %d", child.name, child.generation, reason,
-                             self.serving.number)  # fmt: skip
+            if (
+                child.kind == "worker"
+                and self.serving is not None
+                and child.generation == self.current.number
+                and self.current is not self.serving
+            ):
+                logger.error(
+                    "reload failed: %s of generation %d could not start: %s; keeping generation %d",
+                    child.name,
+                    child.generation,
+                    reason,
+                    self.serving.number,
+                )
                 self._abandon(self.current, "its reload failed")
                 self.current = self.serving
                 return
@@ -107,8 +114,10 @@ class ChildExits:
         while self.crashes and self.crashes[0] < now - CRASH_WINDOW:
             self.crashes.popleft()
         if len(self.crashes) > CRASH_LIMIT:
-            raise HaltServer(f"{len(self.crashes)} crashes within {CRASH_WINDOW:g}s: giving up",
-                             ExitCode.CRASH_LOOP)  # fmt: skip
+            raise HaltServer(
+                f"{len(self.crashes)} crashes within {CRASH_WINDOW:g}s: giving up",
+                ExitCode.CRASH_LOOP,
+            )
         state = self._slot(child.key)
         if now - child.started >= HEALTHY_AFTER:
             state.crashes = 0
@@ -136,8 +145,12 @@ class ChildExits:
                 limit = max(limit, BOOT_TIMEOUT)
             silent = now - child.last_beat
             if silent > limit:
-                logger.error("%s (pid %d) sent no heartbeat for %.1fs: aborting it",
-                             child.name, child.pid, silent)  # fmt: skip
+                logger.error(
+                    "%s (pid %d) sent no heartbeat for %.1fs: aborting it",
+                    child.name,
+                    child.pid,
+                    silent,
+                )
                 child.timed_out = True
                 children.kill(child.pid, signal.SIGABRT)
                 child.kill_at = now + KILL_AFTER_ABORT

@@ -88,8 +88,11 @@ class Generations:
             self._prepare_run_dir(config, user)
         except (ConfigError, BootError) as e:
             problems = e.problems if isinstance(e, ConfigError) else [str(e)]
-            logger.error("SIGHUP: reload of %s failed, keeping the running config: %s",
-                         path, "; ".join(problems))  # fmt: skip
+            logger.error(
+                "SIGHUP: reload of %s failed, keeping the running config: %s",
+                path,
+                "; ".join(problems),
+            )
             return
         for warning in config.warnings:
             logger.warning("%s", warning)
@@ -102,8 +105,7 @@ class Generations:
         try:
             socks = bind_first(config, udp=not keep_udp, tcp=not keep_tcp)
         except BootError as e:
-            logger.error("SIGHUP: reload of %s failed, keeping the running config: %s",
-                         path, e)  # fmt: skip
+            logger.error("SIGHUP: reload of %s failed, keeping the running config: %s", path, e)
             return
         # SIGTTIN/SIGTTOU adjustments survive a reload that leaves ``workers`` as it was (an
         # operator who scaled up and then edited something else keeps the workers they added).
@@ -111,16 +113,26 @@ class Generations:
         latest = self.current
         same_count = config.worker_count() == latest.config.worker_count()
         size = latest.size if self.workers_override or same_count else config.worker_count()
-        new = Generation(next(self.generations), config, bound_port(socks[0], base.udp_port),
-                         bound_port(socks[1], base.tcp_port), size, user, socks)  # fmt: skip
+        new = Generation(
+            next(self.generations),
+            config,
+            bound_port(socks[0], base.udp_port),
+            bound_port(socks[1], base.tcp_port),
+            size,
+            user,
+            socks,
+        )
         if self.current is not self.serving:
             self._abandon(self.current, "superseded by a newer reload")
         self.current = new
         number = new.number
         logger.info("SIGHUP: reloaded %s; starting worker generation %d", path, number)
         metrics = self._live("metrics")
-        if metrics is not None and metrics.config is not None and (
-            metrics.config.metrics != config.metrics):  # fmt: skip
+        if (
+            metrics is not None
+            and metrics.config is not None
+            and metrics.config.metrics != config.metrics
+        ):
             self._retire(metrics)
 
     # -----------------------------------------------------------------------------------
@@ -132,9 +144,21 @@ class Generations:
 
         def run(control_fd: int) -> None:
             udp_sock, tcp_sock = socks if socks else (None, None)
-            child_worker(WorkerLaunch(gen.config, slot, gen.number, gen.udp_port, gen.tcp_port,
-                                      control_fd, stats_path, udp_sock, tcp_sock, gen.user,
-                                      parent))  # fmt: skip
+            child_worker(
+                WorkerLaunch(
+                    gen.config,
+                    slot,
+                    gen.number,
+                    gen.udp_port,
+                    gen.tcp_port,
+                    control_fd,
+                    stats_path,
+                    udp_sock,
+                    tcp_sock,
+                    gen.user,
+                    parent,
+                )
+            )
 
         self._spawn("worker", slot, run, gen.config, gen.prebound_fds(), gen.number)
         gen.close_prebound()  # the worker has them now; a copy here would blackhole flows
@@ -183,13 +207,17 @@ class Generations:
             return
         old, self.serving = self.serving, gen
         if old is None:
-            logger.info("serving DNS on %s udp/%d tcp/%d with %d workers; acl: %s; %s",
-                        gen.config.listen, gen.udp_port, gen.tcp_port, gen.size,
-                        acl.describe(gen.config.acl),
-                        ratelimit.describe(gen.config.ratelimit))  # fmt: skip
+            logger.info(
+                "serving DNS on %s udp/%d tcp/%d with %d workers; acl: %s; %s",
+                gen.config.listen,
+                gen.udp_port,
+                gen.tcp_port,
+                gen.size,
+                acl.describe(gen.config.acl),
+                ratelimit.describe(gen.config.ratelimit),
+            )
             return
-        logger.info("worker generation %d serves: retiring generation %d", gen.number,
-                    old.number)  # fmt: skip
+        logger.info("worker generation %d serves: retiring generation %d", gen.number, old.number)
         old.close_prebound()
         for child in self.children.values():
             if child.kind == "worker" and child.generation != gen.number:
@@ -198,10 +226,12 @@ class Generations:
         if rules is not None and gen.config.rules.enabled and self.ports_path is not None:
             # New ports (if any) through the ports file, then SIGHUP: it re-reads the config
             # and reconciles, moving the DNAT without removing it.
-            write_state(self.ports_path, {"udp_port": gen.udp_port, "tcp_port": gen.tcp_port},
-                        echo=False)  # fmt: skip
+            write_state(
+                self.ports_path, {"udp_port": gen.udp_port, "tcp_port": gen.tcp_port}, echo=False
+            )
             children.kill(rules.pid, signal.SIGHUP)
 
     def _workers(self, generation: int) -> Iterable[Child]:
-        return (c for c in self.children.values()
-                if c.kind == "worker" and c.generation == generation)  # fmt: skip
+        return (
+            c for c in self.children.values() if c.kind == "worker" and c.generation == generation
+        )

@@ -75,8 +75,9 @@ def remove_stale(parent: str | None = None, owners: Collection[int] = ()) -> lis
             continue
         if _is_stale(entry.path, int(match.group(1))):
             shutil.rmtree(entry.path, ignore_errors=True)
-            logger.info("removed %s, left by a supervisor (pid %s) that is gone",
-                        entry.path, match.group(1))  # fmt: skip
+            logger.info(
+                "removed %s, left by a supervisor (pid %s) that is gone", entry.path, match.group(1)
+            )
             removed.append(entry.path)
     return removed
 

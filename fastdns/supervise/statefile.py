@@ -46,8 +46,10 @@ class StatePublisher:
         gen = self.serving
         if gen is None:
             return None
-        workers = sorted((c for c in self._workers(gen.number) if c.ready and not c.stopping),
-                         key=lambda c: c.slot)  # fmt: skip
+        workers = sorted(
+            (c for c in self._workers(gen.number) if c.ready and not c.stopping),
+            key=lambda c: c.slot,
+        )
         state: dict[str, Any] = {
             "udp_port": gen.udp_port,
             "tcp_port": gen.tcp_port,
@@ -88,9 +90,17 @@ class StatePublisher:
             return
         workers = [c for c in self.children.values() if c.kind == "worker" and not c.stopping]
         restarts = [(slot, reason, n) for (slot, reason), n in sorted(self.restarts.items())]
-        self.status.send(supervisor_message(
-            os.getpid(), self.current.size, len(workers), sum(c.ready for c in workers),
-            restarts, self.stopping, self.serving is not None and not self.stopping))  # fmt: skip
+        self.status.send(
+            supervisor_message(
+                os.getpid(),
+                self.current.size,
+                len(workers),
+                sum(c.ready for c in workers),
+                restarts,
+                self.stopping,
+                self.serving is not None and not self.stopping,
+            )
+        )
 
     # -----------------------------------------------------------------------------------
     # Shutdown

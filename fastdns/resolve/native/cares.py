@@ -159,8 +159,12 @@ def keep_txt_strings() -> bool:
     original: Callable[[Any, int], Any] = pycares.extract_record_data
     if getattr(original, "keeps_txt_strings", False):
         return True
-    needed = ("ares_dns_rr_get_abin_cnt", "ares_dns_rr_get_abin", "ARES_RR_TXT_DATA",
-              "ARES_REC_TYPE_TXT")  # fmt: skip
+    needed = (
+        "ares_dns_rr_get_abin_cnt",
+        "ares_dns_rr_get_abin",
+        "ARES_RR_TXT_DATA",
+        "ARES_REC_TYPE_TXT",
+    )
     if not all(hasattr(lib, n) for n in needed):
         return False
     txt, key = lib.ARES_REC_TYPE_TXT, lib.ARES_RR_TXT_DATA
@@ -273,14 +277,17 @@ class AresDriver:
 
     def getaddrinfo(self, name: str, family: socket.AddressFamily) -> asyncio.Future[Outcome]:
         return self._submit(
-            lambda cb: self.channel.getaddrinfo(name, None, family=family, flags=GAI_FLAGS,
-                                                callback=cb))  # fmt: skip
+            lambda cb: self.channel.getaddrinfo(
+                name, None, family=family, flags=GAI_FLAGS, callback=cb
+            )
+        )
 
     def search(self, name: str, qtype: int) -> asyncio.Future[Outcome]:
         return self._submit(lambda cb: self.channel.search(name, qtype, callback=cb))
 
-    def _submit(self, start: Callable[[Callable[[Any, int | None], None]], None]) -> (
-            asyncio.Future[Outcome]):  # fmt: skip
+    def _submit(
+        self, start: Callable[[Callable[[Any, int | None], None]], None]
+    ) -> asyncio.Future[Outcome]:
         fut: asyncio.Future[Outcome] = self.loop.create_future()
         finished = False
 
