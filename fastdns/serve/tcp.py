@@ -28,7 +28,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast, get_args
 
 from fastdns.config.schema import Config
 from fastdns.dns import compose, wire
@@ -64,7 +64,7 @@ CloseReason = Literal[
     "evicted",
     "max_connections",
 ]
-CLOSE_REASONS: frozenset[str] = frozenset(CloseReason.__args__)  # type: ignore[attr-defined]
+CLOSE_REASONS: frozenset[str] = frozenset(get_args(CloseReason))
 
 
 class TCPState(Protocol):
@@ -184,6 +184,7 @@ class TCPServer(asyncio.Protocol):
         if self.timer is None or self.timer_at > when:
             if self.timer is not None:
                 self.timer.cancel()
+            # self.loop is set in connection_made, before any frame or timer.
             self.timer = self.loop.call_at(when, self._on_timer)  # type: ignore[union-attr]
             self.timer_at = when
 
@@ -236,6 +237,7 @@ class TCPServer(asyncio.Protocol):
             return
         config = self.state.config
         if not self.write_paused:  # else pause_writing set the write-stall deadline
+            # self.loop is set in connection_made, before any frame or timer.
             now = self.loop.time()  # type: ignore[union-attr]
             if not buf:
                 if done:
@@ -277,6 +279,7 @@ class TCPServer(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.transport is not None and not self.transport.is_closing():
+            # self.loop is set in connection_made, before any frame or timer.
             now = self.loop.time()  # type: ignore[union-attr]
             self._set_deadline(now + self.state.config.tcp_idle_timeout)
             self._process(True)

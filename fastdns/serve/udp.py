@@ -166,6 +166,7 @@ class UDPServer:
         One clock read per datagram: ``t`` is when the worker started taking the datagram off
         the socket (the previous one's end), so a fast hit's duration includes its read, and
         "still exact" is judged at most one datagram's work (microseconds) late."""
+        # Registered as the reader only while self.sock is set (start/stop).
         recvfrom = self.sock.recvfrom  # type: ignore[union-attr]
         front, sendto, clock = self.front, self.sendto, time.monotonic
         verdict = self.verdicts.get
@@ -191,6 +192,7 @@ class UDPServer:
                 except OSError as e:
                     self._send_failed(reply, addr, e)
                 if v and len(reply) > UNIT:
+                    # A positive verdict comes only from the rate limiter (serve/gate.py).
                     self.gate.limiter.charge(v, len(reply))  # type: ignore[union-attr]
                 t0, t = t, clock()
                 if t - t0 <= FIRST_BUCKET:

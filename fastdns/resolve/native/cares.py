@@ -180,6 +180,7 @@ def keep_txt_strings() -> bool:
             strings.append(ffi.buffer(ptr, length[0])[:] if ptr != ffi.NULL else b"")
         return TXTStrings(data=data.data, strings=tuple(strings))
 
+    # A marker on the function (read back with getattr) that the patch is ours.
     extract_record_data.keeps_txt_strings = True  # type: ignore[attr-defined]
     pycares.extract_record_data = extract_record_data
     return True
@@ -270,6 +271,7 @@ class AresDriver:
             return
         if self._timer is None:
             # timeout(max) = min(max, next c-ares deadline); bare timeout() is 0.0 when idle.
+            # pycares's Channel.timeout has no annotations.
             delay = max(float(self.channel.timeout(TIMER_MAX)), 0.001)  # type: ignore[no-untyped-call]
             self._timer = self.loop.call_later(delay, self._on_timer)
 
