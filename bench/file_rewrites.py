@@ -49,8 +49,9 @@ def main() -> int:
         env = {"PYTHONPATH": args.code} if args.code else None
         config = {"fastdns": {"workers": 2, "resolv_conf": str(resolv)}}
         with FastDNSProcess(config, Path(tmp), env=env) as server:
-            loads = [QueryLoad(server.address, server.udp_port, name, interval=0.005)
-                     for name in NAMES]  # fmt: skip
+            loads = [
+                QueryLoad(server.address, server.udp_port, name, interval=0.005) for name in NAMES
+            ]
             for load in loads:
                 load.start()
             time.sleep(1.0)
@@ -73,9 +74,11 @@ def main() -> int:
         rcodes["(no reply)"] = load.failed
         total.update(rcodes)
         print(f"  {name} (TTL {ttl}): {dict(rcodes)}")
-    print(f"fastdns from {args.code or REPO}: {args.rewrites} in-place rewrites "
-          f"(blank {args.blank * 1000:.0f} ms) in {took:.0f}s: {dict(total)}; upstream asked "
-          f"{cached_asks} times for the cached names after warm-up")  # fmt: skip
+    print(
+        f"fastdns from {args.code or REPO}: {args.rewrites} in-place rewrites "
+        f"(blank {args.blank * 1000:.0f} ms) in {took:.0f}s: {dict(total)}; upstream asked "
+        f"{cached_asks} times for the cached names after warm-up"
+    )
     return 0
 
 

@@ -28,8 +28,12 @@ UPSTREAM = "127.0.0.53"
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.flood", description=__doc__.split("\n")[0])
     p.add_argument("--packets", type=int, default=1_000_000, help="UDP datagrams (default 1e6)")
-    p.add_argument("--streams", type=int, default=None,
-                   help="TCP streams (default: one per 1,000 datagrams, at least 1,000)")
+    p.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="TCP streams (default: one per 1,000 datagrams, at least 1,000)",
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed: a run is reproducible")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--budget", type=float, default=900.0, help="seconds before giving up")
@@ -79,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fastdns-flood-") as tmp:
         factory = FastDNSFactory(Path(tmp))
         try:
-            server = factory({"fastdns": {"workers": args.workers, "upstream_timeout": 1.0,
-                                          "deadline": 2.0}}, upstreams=[UPSTREAM])  # fmt: skip
+            server = factory(
+                {"fastdns": {"workers": args.workers, "upstream_timeout": 1.0, "deadline": 2.0}},
+                upstreams=[UPSTREAM],
+            )
             workers = list(server.state["workers"])
             peak = {pid: rss_kb(pid) for pid in workers}
 
@@ -94,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             try:
                 # every 100th datagram is a valid query: send ``packets`` junk ones besides
-                tally = flood.run(args.packets + args.packets // 99, streams,
-                                  budget=args.budget, tick=tick)  # fmt: skip
+                tally = flood.run(
+                    args.packets + args.packets // 99, streams, budget=args.budget, tick=tick
+                )
             finally:
                 flood.close()
             elapsed = time.monotonic() - t0
@@ -110,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     sent = tally.udp_packets + tally.valid_sent + tally.retries
     print(f"datagrams sent:        {sent:,} ({tally.udp_packets:,} hostile)")
     print(f"TCP streams:           {tally.tcp_streams:,}")
-    print(f"valid queries:         {tally.valid_ok:,} of {tally.valid_sent:,} answered correctly"
-          f" ({tally.retries} UDP retries)")
+    print(
+        f"valid queries:         {tally.valid_ok:,} of {tally.valid_sent:,} answered correctly"
+        f" ({tally.retries} UDP retries)"
+    )
     print(f"replies to junk:       {tally.replies_to_junk:,} read back (FORMERR/NOTIMP)")
     print(f"workers replaced:      {replaced}")
     print("peak RSS per worker:   " + ", ".join(f"{kb / 1024:.1f} MB" for kb in peak.values()))

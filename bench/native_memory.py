@@ -70,8 +70,12 @@ def ask_all(port: int, names: int, tag: str, report: int, pid: int) -> tuple[int
         while sent < names and len(outstanding) < WINDOW:
             qid = sent & 0xFFFF
             label = f"{tag}{sent}".encode()
-            sock.send(struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-                      + bytes([len(label)]) + label + b"\x00\x00\x01\x00\x01")  # fmt: skip
+            sock.send(
+                struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+                + bytes([len(label)])
+                + label
+                + b"\x00\x00\x01\x00\x01"
+            )
             outstanding.add(qid)
             sent += 1
             if sent % report == 0:
@@ -106,16 +110,21 @@ def main() -> int:
         env = {"PYTHONPATH": args.code} if args.code else None
         with FastDNSProcess({"fastdns": section}, work, env=env) as server:
             pid = server.state["workers"][0]
-            print(f"fastdns from {args.code or REPO}; worker {pid} VmRSS at start "
-                  f"{rss_kb(pid) / 1024:.1f} MB", flush=True)  # fmt: skip
+            print(
+                f"fastdns from {args.code or REPO}; worker {pid} VmRSS at start "
+                f"{rss_kb(pid) / 1024:.1f} MB",
+                flush=True,
+            )
             t0 = time.monotonic()
             tag = f"n{random.randrange(1 << 30):x}x"
-            answered, lost = ask_all(server.udp_port, args.names, tag, max(args.names // 8, 1),
-                                     pid)  # fmt: skip
+            answered, lost = ask_all(server.udp_port, args.names, tag, max(args.names // 8, 1), pid)
             took = time.monotonic() - t0
             time.sleep(1.5)
-            print(f"{args.names} names in {took:.1f}s ({answered} answered, {lost} lost); "
-                  f"worker VmRSS at end {rss_kb(pid) / 1024:.1f} MB", flush=True)  # fmt: skip
+            print(
+                f"{args.names} names in {took:.1f}s ({answered} answered, {lost} lost); "
+                f"worker VmRSS at end {rss_kb(pid) / 1024:.1f} MB",
+                flush=True,
+            )
     stop.set()
     return 0
 

@@ -52,16 +52,31 @@ def check_isolated() -> None:
 def start_dnsmasq(workdir: Path) -> subprocess.Popen[bytes]:
     with open(workdir / "dnsmasq.log", "wb") as log:
         proc = subprocess.Popen(
-            ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-             "--no-hosts", "--no-poll", "--user=root", "--pid-file",
-             f"--listen-address={UPSTREAM}", "--bind-interfaces", "--port=53",
-             "--address=/fwd.test/10.1.1.1", "--cache-size=0"],
-            stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--user=root",
+                "--pid-file",
+                f"--listen-address={UPSTREAM}",
+                "--bind-interfaces",
+                "--port=53",
+                "--address=/fwd.test/10.1.1.1",
+                "--cache-size=0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        out = subprocess.run(["dig", "+short", "+time=1", "+tries=1", f"@{UPSTREAM}", "a.fwd.test"],
-                             capture_output=True, text=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["dig", "+short", "+time=1", "+tries=1", f"@{UPSTREAM}", "a.fwd.test"],
+            capture_output=True,
+            text=True,
+        ).stdout
         if "10.1.1.1" in out:
             return proc
         time.sleep(0.1)
@@ -74,12 +89,16 @@ def write_files(workdir: Path) -> Path:
     hosts = {f"h{i}.static.test": f"10.2.{i // 250}.{i % 250 + 1}" for i in range(NAMES)}
     doc = {
         "hostResolver": {"hosts": hosts},
-        "fastdns": {"resolv_conf": str(workdir / "resolv.conf"),
-                    "hosts_file": str(workdir / "hosts"), "fallback": [],
-                    "graceful_timeout": 2.0,
-                    # the raw forward path: no packet cache, no c-ares (and its query cache)
-                    "cache": {"enabled": False}, "native": {"enabled": False}},
-    }  # fmt: skip
+        "fastdns": {
+            "resolv_conf": str(workdir / "resolv.conf"),
+            "hosts_file": str(workdir / "hosts"),
+            "fallback": [],
+            "graceful_timeout": 2.0,
+            # the raw forward path: no packet cache, no c-ares (and its query cache)
+            "cache": {"enabled": False},
+            "native": {"enabled": False},
+        },
+    }
     config = workdir / "fastdns.yaml"
     config.write_text(yaml.safe_dump(doc))
     (workdir / "static.txt").write_text("".join(f"h{i}.static.test A\n" for i in range(NAMES)))
@@ -93,10 +112,23 @@ class Server:
         prog = ["-m", "fastdns"] if detach else ["-c", NO_DETACH]
         with open(workdir / "fastdns.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, *prog, "serve", str(config), "--state-file",
-                 str(self.state_path), "--workers", str(workers), "--log-level", "warning"],
-                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, cwd=REPO,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    *prog,
+                    "serve",
+                    str(config),
+                    "--state-file",
+                    str(self.state_path),
+                    "--workers",
+                    str(workers),
+                    "--log-level",
+                    "warning",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+                cwd=REPO,
+            )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
@@ -141,10 +173,26 @@ class Server:
             self.proc.wait()
 
 
-def dnsperf(server: Server, names: Path, seconds: float, *, rate: int = 0,
-            during: Any = None) -> dict[str, float]:  # fmt: skip
-    args = ["dnsperf", "-s", "127.0.0.1", "-p", str(server.state["udp_port"]), "-d", str(names),
-            "-l", str(seconds), "-c", "20", "-q", "200", "-t", "1"]  # fmt: skip
+def dnsperf(
+    server: Server, names: Path, seconds: float, *, rate: int = 0, during: Any = None
+) -> dict[str, float]:
+    args = [
+        "dnsperf",
+        "-s",
+        "127.0.0.1",
+        "-p",
+        str(server.state["udp_port"]),
+        "-d",
+        str(names),
+        "-l",
+        str(seconds),
+        "-c",
+        "20",
+        "-q",
+        "200",
+        "-t",
+        "1",
+    ]
     if rate:
         args += ["-Q", str(rate)]
     before, supervisor_before = server.cpu_ticks(), server.cpu_ticks([server.proc.pid])
@@ -158,16 +206,26 @@ def dnsperf(server: Server, names: Path, seconds: float, *, rate: int = 0,
     busy = busy_cpu_s() - busy_before
     cpu = (server.cpu_ticks() - before) / CLK_TCK
     supervisor = (server.cpu_ticks([server.proc.pid]) - supervisor_before) / CLK_TCK
-    client = (client_after.ru_utime + client_after.ru_stime
-              - client_before.ru_utime - client_before.ru_stime)  # fmt: skip
+    client = (
+        client_after.ru_utime
+        + client_after.ru_stime
+        - client_before.ru_utime
+        - client_before.ru_stime
+    )
     # Everything else that ran meanwhile (other users of this shared machine): a noisy run.
-    result = {"cpu_s": cpu, "supervisor_cpu_s": supervisor, "dnsperf_cpu_s": round(client, 2),
-              "others_cpu_s": round(busy - cpu - client, 2)}  # fmt: skip
+    result = {
+        "cpu_s": cpu,
+        "supervisor_cpu_s": supervisor,
+        "dnsperf_cpu_s": round(client, 2),
+        "others_cpu_s": round(busy - cpu - client, 2),
+    }
     # (after a kill or a reload, the CPU of the processes that exited is not counted)
-    for key, pattern in (("sent", r"Queries sent:\s+(\d+)"),
-                         ("completed", r"Queries completed:\s+(\d+)"),
-                         ("lost", r"Queries lost:\s+(\d+)"),
-                         ("qps", r"Queries per second:\s+([\d.]+)")):  # fmt: skip
+    for key, pattern in (
+        ("sent", r"Queries sent:\s+(\d+)"),
+        ("completed", r"Queries completed:\s+(\d+)"),
+        ("lost", r"Queries lost:\s+(\d+)"),
+        ("qps", r"Queries per second:\s+([\d.]+)"),
+    ):
         m = re.search(pattern, out)
         result[key] = float(m.group(1)) if m else float("nan")
     result["us_per_query"] = cpu / max(result["completed"], 1) * 1e6
@@ -211,23 +269,46 @@ def main() -> None:
                         r = dnsperf(server, workdir / f"{workload}.txt", args.seconds)
                     finally:
                         server.stop()
-                    rows.append({"test": "throughput", "workers": workers,
-                                 "workload": workload, "run": run, **r})  # fmt: skip
+                    rows.append(
+                        {
+                            "test": "throughput",
+                            "workers": workers,
+                            "workload": workload,
+                            "run": run,
+                            **r,
+                        }
+                    )
                     print(json.dumps(rows[-1]), flush=True)
         for workload in ("static", "fwd"):
-            for name, during, detach in (("baseline", None, True), ("kill -9", kill_worker, True),
-                                         ("reload", reload, True),
-                                         ("reload, no detach", reload, False)):  # fmt: skip
+            for name, during, detach in (
+                ("baseline", None, True),
+                ("kill -9", kill_worker, True),
+                ("reload", reload, True),
+                ("reload, no detach", reload, False),
+            ):
                 rate = args.rate if workload == "static" else args.fwd_rate
                 for run in range(args.runs):
                     server = Server(config, workdir, 2, detach=detach)
                     try:
-                        r = dnsperf(server, workdir / f"{workload}.txt", args.seconds,
-                                    rate=rate, during=during)  # fmt: skip
+                        r = dnsperf(
+                            server,
+                            workdir / f"{workload}.txt",
+                            args.seconds,
+                            rate=rate,
+                            during=during,
+                        )
                     finally:
                         server.stop()
-                    rows.append({"test": name, "workers": 2, "workload": workload, "run": run,
-                                 "rate": rate, **r})  # fmt: skip
+                    rows.append(
+                        {
+                            "test": name,
+                            "workers": 2,
+                            "workload": workload,
+                            "run": run,
+                            "rate": rate,
+                            **r,
+                        }
+                    )
                     print(json.dumps(rows[-1]), flush=True)
     finally:
         upstream.terminate()

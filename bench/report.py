@@ -15,8 +15,7 @@ from typing import Any
 from bench.runner import Measurement, as_dict
 
 FASTDNS = ("fastdns-1w", "fastdns-fwd", "fastdns-cares", "fastdns-2w")
-PEERS = ("dnsmasq", "dnsmasq-nocache", "unbound", "dnsdist", "dnsdist-nocache", "lima",
-         "upstream")
+PEERS = ("dnsmasq", "dnsmasq-nocache", "unbound", "dnsdist", "dnsdist-nocache", "lima", "upstream")
 
 
 def _f(v: float | None, fmt: str) -> str:

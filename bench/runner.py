@@ -246,8 +246,10 @@ class Bench:
             if other <= self.s.noise_limit or time.monotonic() + QUIET_SAMPLE > deadline:
                 return
             if not said:
-                self.log(f"  waiting for a quiet machine (others use {other:.2f} cores: "
-                         f"{', '.join(u.other_top)})")  # fmt: skip
+                self.log(
+                    f"  waiting for a quiet machine (others use {other:.2f} cores: "
+                    f"{', '.join(u.other_top)})"
+                )
                 said = True
 
     # -- one measurement -----------------------------------------------------------------
@@ -268,9 +270,14 @@ class Bench:
             if m.status != "noisy":
                 return m
             m.rejected.append(
-                {"attempt": attempt, "other_cpu_cores": m.other_cpu_cores,
-                 "steal_cores": m.steal_cores, "qps": m.qps, "other_top": m.other_top}
-            )  # fmt: skip
+                {
+                    "attempt": attempt,
+                    "other_cpu_cores": m.other_cpu_cores,
+                    "steal_cores": m.steal_cores,
+                    "qps": m.qps,
+                    "other_top": m.other_top,
+                }
+            )
             self.log(
                 f"  rejected attempt {attempt}: other processes used {m.other_cpu_cores:.2f} "
                 f"cores ({', '.join(m.other_top) or '?'}), steal {m.steal_cores:.2f} "

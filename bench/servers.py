@@ -343,14 +343,25 @@ class Fastdns(Server):
     false``), the "fastdns-cares" row: the native path as c-ares alone runs it.
     """
 
-    def __init__(self, workdir: Path, cpus: str, workers: int, native: bool = True,
-                 forward_first: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        workdir: Path,
+        cpus: str,
+        workers: int,
+        native: bool = True,
+        forward_first: bool = True,
+    ) -> None:
         super().__init__(workdir, cpus)
         self.workers = workers
         self.native = native
         self.forward_first = forward_first
-        self.name = (f"fastdns-{workers}w" if native and forward_first
-                     else "fastdns-fwd" if not native else "fastdns-cares")  # fmt: skip
+        self.name = (
+            f"fastdns-{workers}w"
+            if native and forward_first
+            else "fastdns-fwd"
+            if not native
+            else "fastdns-cares"
+        )
         self.state_file = workdir / f"{self.name}.state.json"
         self.state: dict[str, object] = {}
 
@@ -442,8 +453,9 @@ class Lima(Server):
     def check(self) -> None:
         self.lima = shlex.split(os.environ.get(LIMA_ENV, ""))
         if not self.lima:
-            raise ServerUnavailable(f"no build of Lima's DNS server (set {LIMA_ENV}, see "
-                                    "bench/README.md)")  # fmt: skip
+            raise ServerUnavailable(
+                f"no build of Lima's DNS server (set {LIMA_ENV}, see bench/README.md)"
+            )
         if not os.access(self.lima[0], os.X_OK):
             raise ServerUnavailable(f"{LIMA_ENV}: {self.lima[0]} is not an executable")
         self.unshare = _require("unshare", "util-linux")
@@ -453,8 +465,23 @@ class Lima(Server):
         resolv, hosts = d / "lima-resolv.conf", d / "lima-hosts"
         resolv.write_text(f"nameserver {UPSTREAM_IP}\n")
         hosts.write_text("")
-        script = ('mount --bind "$1" /etc/resolv.conf && mount --bind "$2" /etc/hosts && '
-                  'shift 2 && exec "$@"')  # fmt: skip
-        return [self.unshare, "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-                str(resolv), str(hosts), *self.lima, str(self.endpoint.port),
-                str(self.endpoint.port + 1), "-6"]  # fmt: skip
+        script = (
+            'mount --bind "$1" /etc/resolv.conf && mount --bind "$2" /etc/hosts && '
+            'shift 2 && exec "$@"'
+        )
+        return [
+            self.unshare,
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(resolv),
+            str(hosts),
+            *self.lima,
+            str(self.endpoint.port),
+            str(self.endpoint.port + 1),
+            "-6",
+        ]

@@ -49,8 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("config", help="path to lima.yaml")
     serve.add_argument("--state-file", help="write the bound ports here (JSON) once ready")
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    serve.add_argument("--workers", type=_positive_int, default=None,
-                       help="worker processes (default: fastdns.workers, else CPUs)")  # fmt: skip
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="worker processes (default: fastdns.workers, else CPUs)",
+    )
     check = sub.add_parser("check-config", help="validate a lima.yaml; exit 2 when invalid")
     check.add_argument("config")
     from fastdns.rules.cli import add_parsers  # rules show|apply|remove|run, guest-script

@@ -41,9 +41,16 @@ class NullTransport:
 
 
 def main(n: int) -> None:
-    config = build_config({"fastdns": {
-        "resolv_conf": "/nonexistent", "fallback": [], "hosts_file": "/nonexistent",
-        "cache": {"capacity": n, "denial_capacity": n, "prefetch": 0}}})  # fmt: skip
+    config = build_config(
+        {
+            "fastdns": {
+                "resolv_conf": "/nonexistent",
+                "fallback": [],
+                "hosts_file": "/nonexistent",
+                "cache": {"capacity": n, "denial_capacity": n, "prefetch": 0},
+            }
+        }
+    )
     loop = asyncio.new_event_loop()
     stats = WorkerStats()
     pipeline = Pipeline(config, loop, stats, Forwarder(loop, stats))
@@ -59,8 +66,11 @@ def main(n: int) -> None:
         r = dns.message.make_response(query)
         if i % 2 == 0:
             r.answer.append(dns.rrset.from_text(name, 300, "IN", "CNAME", f"h{i}.cdn.example."))
-            r.answer.append(dns.rrset.from_text(f"h{i}.cdn.example.", 300, "IN", "A",
-                                                f"198.18.{i // 256 % 256}.{i % 256}"))  # fmt: skip
+            r.answer.append(
+                dns.rrset.from_text(
+                    f"h{i}.cdn.example.", 300, "IN", "A", f"198.18.{i // 256 % 256}.{i % 256}"
+                )
+            )
         else:
             r.authority.append(dns.rrset.from_text(*SOA.split(None, 4)[:4], SOA.split(None, 4)[4]))
         pairs.append((query.to_wire(), r.to_wire()))

@@ -52,15 +52,20 @@ def main() -> None:
     ap.add_argument("--ratelimit", type=float, default=0.0)
     ap.add_argument("--source", default="127.0.0.1")
     args = ap.parse_args()
-    section: dict[str, Any] = {"resolv_conf": "/nonexistent", "fallback": [],
-                               "hosts_file": "/nonexistent", "workers": 1}  # fmt: skip
+    section: dict[str, Any] = {
+        "resolv_conf": "/nonexistent",
+        "fallback": [],
+        "hosts_file": "/nonexistent",
+        "workers": 1,
+    }
     if args.ratelimit:
         section["ratelimit"] = {"qps": args.ratelimit, "exempt": []}
     config = build_config({"fastdns": section})
     loop = asyncio.new_event_loop()
     stats = WorkerStats()
-    server = UDPServer(ServerState(config, Pipeline(config, loop, stats, Forwarder(loop, stats)),
-                                   stats))  # fmt: skip
+    server = UDPServer(
+        ServerState(config, Pipeline(config, loop, stats, Forwarder(loop, stats)), stats)
+    )
     cache = server.state.cache
     assert cache is not None
     cache.put(wire.parse_query(QUERY), reply_wire(QUERY), "forward", None, time.monotonic())
@@ -78,8 +83,9 @@ def main() -> None:
         per_hit.append((time.perf_counter() - t0) / (WAKEUPS * BATCH) * 1e6)
     server.state.accounting.flush_fronts()
     hits = server.state.stats.counters.get(("cache_hits", "success"), 0)
-    print(f"{statistics.median(per_hit):.3f} us per hit (min {min(per_hit):.3f}); "
-          f"hits counted {hits}")  # fmt: skip
+    print(
+        f"{statistics.median(per_hit):.3f} us per hit (min {min(per_hit):.3f}); hits counted {hits}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from fastdns.config.load import build_config
 from fastdns.config.schema import CacheConfig
 from fastdns.dns import compose, wire
 from fastdns.metrics.stats import WorkerStats
-from fastdns.resolve.cache.store import STALE, PacketCache, _retime
+from fastdns.resolve.cache.entry import STALE, retime
+from fastdns.resolve.cache.store import PacketCache
 from fastdns.resolve.forward.upstream import Forwarder
 from fastdns.resolve.pipeline import Pipeline
 from fastdns.serve.udp import ServerState, UDPServer
@@ -37,8 +38,9 @@ NAME = "www.example.com."
 
 
 def query_wire(name: str = NAME, edns: int | None = None) -> bytes:
-    return dns.message.make_query(name, "A", payload=edns, use_edns=0 if edns else False,
-                                  id=0x1234).to_wire()  # fmt: skip
+    return dns.message.make_query(
+        name, "A", payload=edns, use_edns=0 if edns else False, id=0x1234
+    ).to_wire()
 
 
 def reply_wire(query: bytes, n: int = 1) -> bytes:
@@ -94,7 +96,7 @@ def test_ttl_rewrite(benchmark: Any) -> None:
     entry = cache.lookup(q.key)
     assert entry is not None
     stamps = itertools.cycle((1, STALE))
-    run(benchmark, lambda: _retime(entry, next(stamps), 30))
+    run(benchmark, lambda: retime(entry, next(stamps), 30))
 
 
 def test_truncation(benchmark: Any) -> None:
@@ -133,8 +135,9 @@ class NullTransport:
 
 @pytest.fixture(name="server")
 def _server() -> Iterator[UDPServer]:
-    config = build_config({"fastdns": {"resolv_conf": "/nonexistent", "fallback": [],
-                                       "hosts_file": "/nonexistent"}})  # fmt: skip
+    config = build_config(
+        {"fastdns": {"resolv_conf": "/nonexistent", "fallback": [], "hosts_file": "/nonexistent"}}
+    )
     loop = asyncio.new_event_loop()
     stats = WorkerStats()
     pipeline = Pipeline(config, loop, stats, Forwarder(loop, stats))
@@ -168,8 +171,7 @@ def test_udp_cache_hit_fast_lane(benchmark: Any, server: UDPServer) -> None:
 
     server.datagram_received(QUERY, ADDR)  # the full path once: the form is kept
     benchmark.group = "hotpath"
-    benchmark.pedantic(server._on_readable, setup=one_query, rounds=ROUNDS * 100,
-                       warmup_rounds=10)  # fmt: skip
+    benchmark.pedantic(server._on_readable, setup=one_query, rounds=ROUNDS * 100, warmup_rounds=10)
     server.state.accounting.flush_fronts()
     assert server.state.stats.counters["cache_hits", "success"] >= 2  # 2: --benchmark-disable
     assert server.loop is not None

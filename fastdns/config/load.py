@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
@@ -53,16 +53,43 @@ from fastdns.errors import ConfigError
 from fastdns.policy.acl import AclConfig
 from fastdns.policy.ratelimit import RateLimitConfig
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 T = TypeVar("T")
 
 _FASTDNS_KEYS = {
-    "instance", "listen", "udp_port", "tcp_port", "resolv_conf", "hosts_file", "fallback",
-    "upstream_timeout", "deadline", "lima_compat", "static_ttl", "edns_max_udp", "host_ip",
-    "guest_ip", "max_inflight", "tcp_idle_timeout", "tcp_max_connections",
-    "tcp_max_connections_per_source", "tcp_frame_timeout", "tcp_max_write_buffer", "workers",
-    "graceful_timeout", "worker_timeout", "user", "native", "cache", "metrics", "rules",
-    "acl", "ratelimit",
-}  # fmt: skip
+    "instance",
+    "listen",
+    "udp_port",
+    "tcp_port",
+    "resolv_conf",
+    "hosts_file",
+    "fallback",
+    "upstream_timeout",
+    "deadline",
+    "lima_compat",
+    "static_ttl",
+    "edns_max_udp",
+    "host_ip",
+    "guest_ip",
+    "max_inflight",
+    "tcp_idle_timeout",
+    "tcp_max_connections",
+    "tcp_max_connections_per_source",
+    "tcp_frame_timeout",
+    "tcp_max_write_buffer",
+    "workers",
+    "graceful_timeout",
+    "worker_timeout",
+    "user",
+    "native",
+    "cache",
+    "metrics",
+    "rules",
+    "acl",
+    "ratelimit",
+}
 
 
 def _relative_to(config_path: str, value: str) -> str:
@@ -102,7 +129,8 @@ def build_config(
     fp = "fastdns"
 
     def num(key: str, kind: Callable[[Any], T], low: float, high: float) -> T:
-        return get_number(f, key, fp, getattr(d, key), p, kind=kind, low=low, high=high)
+        default = cast(T, getattr(d, key))  # the field of the same name: ``kind`` is its type
+        return get_number(f, key, fp, default, p, kind=kind, low=low, high=high)
 
     instance = get_str(f, "instance", fp, "", p)
     if not instance and path and Path(path).name == "lima.yaml":
@@ -207,10 +235,14 @@ def known_keys() -> frozenset[str]:
     Built from the same sets the loaders reject unknown keys against, so docs/configuration.md
     can be checked against it (tests/unit/test_docs.py)."""
     keys = {f"hostResolver.{key}" for key in HOST_RESOLVER_KEYS} | {"dns"}
-    sections: dict[str, type] = {
-        "native": NativeConfig, "cache": CacheConfig, "metrics": MetricsConfig,
-        "rules": RulesConfig, "acl": AclConfig, "ratelimit": RateLimitConfig,
-    }  # fmt: skip
+    sections: dict[str, type[DataclassInstance]] = {
+        "native": NativeConfig,
+        "cache": CacheConfig,
+        "metrics": MetricsConfig,
+        "rules": RulesConfig,
+        "acl": AclConfig,
+        "ratelimit": RateLimitConfig,
+    }
     for key in _FASTDNS_KEYS:
         if key in sections:
             keys |= {f"fastdns.{key}.{f}" for f in sections[key].__dataclass_fields__}

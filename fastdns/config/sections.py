@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from fastdns.config.schema import (
     CacheConfig,
@@ -85,8 +85,13 @@ def load_hosts(
         key = canonical_name(name)
         if key in by_key:
             # Lima picks one of these at random (Go map order); we keep the later one in file order.
-            warnings.append((path, f"{path}: duplicates {by_key[key][0]!r} "
-                                   f"(case or trailing dot differ); the later entry wins"))
+            warnings.append(
+                (
+                    path,
+                    f"{path}: duplicates {by_key[key][0]!r} "
+                    f"(case or trailing dot differ); the later entry wins",
+                )
+            )
             del by_key[key]
         by_key[key] = (name.strip(), value.strip())
     return list(by_key.values())
@@ -98,13 +103,15 @@ def load_native(m: Mapping[str, Any], p: Problems) -> NativeConfig:
     return NativeConfig(
         enabled=get_bool(m, "enabled", path, d.enabled, p),
         timeout=get_number(m, "timeout", path, d.timeout, p, kind=float, low=0.05, high=60),
-        negative_ttl=get_number(m, "negative_ttl", path, d.negative_ttl, p, kind=int, low=0,
-                                 high=86400),
+        negative_ttl=get_number(
+            m, "negative_ttl", path, d.negative_ttl, p, kind=int, low=0, high=86400
+        ),
         hosts_ttl=get_number(m, "hosts_ttl", path, d.hosts_ttl, p, kind=int, low=0, high=86400),
-        max_inflight=get_number(m, "max_inflight", path, d.max_inflight, p, kind=int, low=1,
-                                 high=100000),
+        max_inflight=get_number(
+            m, "max_inflight", path, d.max_inflight, p, kind=int, low=1, high=100000
+        ),
         forward_first=get_bool(m, "forward_first", path, d.forward_first, p),
-    )  # fmt: skip
+    )
 
 
 def load_cache(m: Mapping[str, Any], p: Problems) -> CacheConfig:
@@ -112,7 +119,8 @@ def load_cache(m: Mapping[str, Any], p: Problems) -> CacheConfig:
     reject_unknown(m, set(CacheConfig.__dataclass_fields__), path, p)
 
     def num(key: str, low: int, high: int) -> int:
-        return get_number(m, key, path, getattr(d, key), p, kind=int, low=low, high=high)
+        default: int = getattr(d, key)  # the CacheConfig field of the same name
+        return get_number(m, key, path, default, p, kind=int, low=low, high=high)
 
     return CacheConfig(
         enabled=get_bool(m, "enabled", path, d.enabled, p),
@@ -124,8 +132,9 @@ def load_cache(m: Mapping[str, Any], p: Problems) -> CacheConfig:
         servfail_ttl=num("servfail_ttl", 0, 300),  # RFC 2308 §7.1: at most 5 minutes
         serve_stale=num("serve_stale", 0, 7 * 86400),
         stale_ttl=num("stale_ttl", 0, 86400),
-        stale_refresh=get_choice(m, "stale_refresh", path, d.stale_refresh,
-                                  ("immediate", "verify"), p),
+        stale_refresh=get_choice(
+            m, "stale_refresh", path, d.stale_refresh, ("immediate", "verify"), p
+        ),
         prefetch=num("prefetch", 0, 1_000_000),
         prefetch_percent=num("prefetch_percent", 1, 99),
         prefetch_duration=num("prefetch_duration", 1, 86400),
@@ -139,8 +148,11 @@ def _rules_interfaces(value: object, path: str, p: Problems) -> tuple[str, ...]:
     if value == "any":
         return ("any",)
     if not isinstance(value, list) or not value:
-        p.add(path, "must be `any` or a non-empty list of interface names "
-                    "(omit it to use the interfaces that hold fastdns.host_ip)")  # fmt: skip
+        p.add(
+            path,
+            "must be `any` or a non-empty list of interface names "
+            "(omit it to use the interfaces that hold fastdns.host_ip)",
+        )
         return ()
     for i, name in enumerate(value):
         # IFNAMSIZ: 15 characters; no '/', whitespace or ':' (iptables rejects them).
@@ -164,7 +176,7 @@ def load_rules(m: Mapping[str, Any], p: Problems) -> RulesConfig:
             for i, h in enumerate(raw_hooks):
                 if h not in ("PREROUTING", "OUTPUT"):
                     p.add(f"{path}.hooks[{i}]", f"must be PREROUTING or OUTPUT, got {h!r}")
-            hooks = tuple(dict.fromkeys(good))  # type: ignore[arg-type]
+            hooks = tuple(dict.fromkeys(good))
     chain = get_str(m, "chain", path, d.chain, p)
     if not chain or len(chain) > 28 or not all(c.isalnum() or c in "-_" for c in chain):
         p.add(f"{path}.chain", f"must be 1-28 letters, digits, '-' or '_', got {chain!r}")
@@ -184,10 +196,11 @@ def load_rules(m: Mapping[str, Any], p: Problems) -> RulesConfig:
         target=target,
         hooks=hooks,
         chain=chain,
-        reconcile_interval=get_number(m, "reconcile_interval", path, d.reconcile_interval, p,
-                                       kind=float, low=0.1, high=86400),
+        reconcile_interval=get_number(
+            m, "reconcile_interval", path, d.reconcile_interval, p, kind=float, low=0.1, high=86400
+        ),
         iptables=iptables,
-    )  # fmt: skip
+    )
 
 
 def load_metrics(m: Mapping[str, Any], p: Problems) -> MetricsConfig:
@@ -209,7 +222,7 @@ def load_acl(m: Mapping[str, Any], p: Problems) -> AclConfig:
     reject_unknown(m, set(AclConfig.__dataclass_fields__), path, p)
     return AclConfig(
         allow=get_cidrs(m, "allow", path, d.allow, p),
-        action=get_choice(m, "action", path, d.action, ACL_ACTIONS, p),  # type: ignore[arg-type]
+        action=get_choice(m, "action", path, d.action, ACL_ACTIONS, p),
     )
 
 
@@ -218,7 +231,8 @@ def load_ratelimit(m: Mapping[str, Any], p: Problems) -> RateLimitConfig:
     reject_unknown(m, set(RateLimitConfig.__dataclass_fields__) - {"enabled"}, path, p)
 
     def num(key: str, kind: Callable[[Any], T], low: float, high: float) -> T:
-        return get_number(m, key, path, getattr(d, key), p, kind=kind, low=low, high=high)
+        default = cast(T, getattr(d, key))  # the field of the same name: ``kind`` is its type
+        return get_number(m, key, path, default, p, kind=kind, low=low, high=high)
 
     return RateLimitConfig(
         qps=num("qps", float, 0, 1e7),

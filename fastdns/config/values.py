@@ -11,6 +11,7 @@ from fastdns.config.yamlfile import did_you_mean
 from fastdns.policy.acl import parse_cidr
 
 T = TypeVar("T")
+S = TypeVar("S", bound=str)  # one of a fixed set of strings (a Literal type)
 
 
 class Problems:
@@ -49,8 +50,11 @@ def get_number(
     value = m.get(key)
     if value is None:
         return default
-    ok_types: tuple[type, ...] = (int,) if kind is int else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and isinstance(value, float))
+    ):
         expected = "an integer" if kind is int else "a number"
         p.add(f"{path}.{key}", f"must be {expected}, got {type_name(value)} {value!r}")
         return default
@@ -70,13 +74,15 @@ def get_str(m: Mapping[str, Any], key: str, path: str, default: str, p: Problems
     return value
 
 
-def get_choice(m: Mapping[str, Any], key: str, path: str, default: str,
-                choices: tuple[str, ...], p: Problems) -> str:  # fmt: skip
+def get_choice(
+    m: Mapping[str, Any], key: str, path: str, default: S, choices: tuple[S, ...], p: Problems
+) -> S:
     value = get_str(m, key, path, default, p)
-    if value not in choices:
-        p.add(f"{path}.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
-        return default
-    return value
+    for choice in choices:
+        if value == choice:
+            return choice
+    p.add(f"{path}.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
+    return default
 
 
 def check_ip(value: object, path: str, p: Problems, *, scoped: bool = False) -> str | None:
@@ -133,15 +139,17 @@ def reject_unknown(m: Mapping[str, Any], allowed: set[str], path: str, p: Proble
             p.add(f"{path}.{key}", "unknown key" + did_you_mean(str(key), allowed))
 
 
-def get_cidrs(m: Mapping[str, Any], key: str, path: str, default: tuple[str, ...],
-               p: Problems) -> tuple[str, ...]:  # fmt: skip
+def get_cidrs(
+    m: Mapping[str, Any], key: str, path: str, default: tuple[str, ...], p: Problems
+) -> tuple[str, ...]:
     """A list of networks (fastdns.acl); each bad one is a problem naming its value."""
     value = m.get(key)
     if value is None:
         return default
     if not isinstance(value, list):
-        p.add(f"{path}.{key}",
-              f"must be a list of CIDRs such as 10.0.0.0/8, got {type_name(value)}")
+        p.add(
+            f"{path}.{key}", f"must be a list of CIDRs such as 10.0.0.0/8, got {type_name(value)}"
+        )
         return default
     out = []
     for i, item in enumerate(value):

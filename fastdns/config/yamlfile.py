@@ -16,15 +16,52 @@ import yaml
 # The top-level keys of a Lima instance config (lima-vm/lima pkg/limatype/lima_yaml.go,
 # LimaYAML), plus the removed useHostResolver and network. fastdns reads three of them; a key
 # close to one of those three that is not one of these is most likely a typo.
-LIMA_TOP_LEVEL_KEYS = frozenset((
-    "base", "minimumLimaVersion", "vmType", "vmOpts", "os", "arch", "images", "cpuType", "cpus",
-    "memory", "disk", "additionalDisks", "mounts", "mountTypesUnsupported", "mountType",
-    "mountInotify", "ssh", "firmware", "audio", "video", "provision", "upgradePackages",
-    "containerd", "guestInstallPrefix", "probes", "portForwards", "copyToHost", "message",
-    "networks", "network", "env", "param", "dns", "hostResolver", "useHostResolver",
-    "propagateProxyEnv", "caCerts", "rosetta", "plain", "timezone", "nestedVirtualization",
-    "user",
-))  # fmt: skip
+LIMA_TOP_LEVEL_KEYS = frozenset(
+    (
+        "base",
+        "minimumLimaVersion",
+        "vmType",
+        "vmOpts",
+        "os",
+        "arch",
+        "images",
+        "cpuType",
+        "cpus",
+        "memory",
+        "disk",
+        "additionalDisks",
+        "mounts",
+        "mountTypesUnsupported",
+        "mountType",
+        "mountInotify",
+        "ssh",
+        "firmware",
+        "audio",
+        "video",
+        "provision",
+        "upgradePackages",
+        "containerd",
+        "guestInstallPrefix",
+        "probes",
+        "portForwards",
+        "copyToHost",
+        "message",
+        "networks",
+        "network",
+        "env",
+        "param",
+        "dns",
+        "hostResolver",
+        "useHostResolver",
+        "propagateProxyEnv",
+        "caCerts",
+        "rosetta",
+        "plain",
+        "timezone",
+        "nestedVirtualization",
+        "user",
+    )
+)
 READ_TOP_LEVEL = ("hostResolver", "dns", "fastdns")
 HOST_RESOLVER_KEYS = ("enabled", "ipv6", "hosts")  # Lima's HostResolver struct
 TYPO_DISTANCE = 2  # a top-level key this close to one fastdns reads is warned about
@@ -74,8 +111,9 @@ def parse(text: str, name: str = "") -> tuple[Any, Source, list[tuple[str, str]]
     return doc, Source(name, lines), duplicates
 
 
-def _walk(node: yaml.Node, path: str, lines: dict[str, int],
-          duplicates: list[tuple[str, str]]) -> None:  # fmt: skip
+def _walk(
+    node: yaml.Node, path: str, lines: dict[str, int], duplicates: list[tuple[str, str]]
+) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: dict[tuple[str, str], int] = {}
         for key_node, value_node in node.value:
@@ -87,7 +125,8 @@ def _walk(node: yaml.Node, path: str, lines: dict[str, int],
             first = seen.get((key_node.tag, key))
             if first is not None:  # PyYAML keeps the later value
                 duplicates.append(
-                    (sub, f"{sub}: duplicate key (first on line {first}); the later one wins"))
+                    (sub, f"{sub}: duplicate key (first on line {first}); the later one wins")
+                )
             else:
                 seen[(key_node.tag, key)] = line
             lines[sub] = line
@@ -108,8 +147,7 @@ def edit_distance(a: str, b: str) -> int:
     for i, ca in enumerate(a, 1):
         current = [i]
         for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (ca != cb)))  # fmt: skip
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
         previous = current
     return previous[-1]
 
@@ -130,11 +168,11 @@ def top_level_typos(doc: dict[Any, Any]) -> list[tuple[str, str]]:
     for key in doc:
         if not isinstance(key, str) or key in READ_TOP_LEVEL or key in LIMA_TOP_LEVEL_KEYS:
             continue
-        distance, meant = min((edit_distance(key.lower(), ours.lower()), ours)
-                              for ours in READ_TOP_LEVEL)  # fmt: skip
+        distance, meant = min(
+            (edit_distance(key.lower(), ours.lower()), ours) for ours in READ_TOP_LEVEL
+        )
         if distance <= TYPO_DISTANCE:
-            out.append((key, f"{key}: not a key fastdns reads (did you mean {meant!r}?); "
-                             "ignored"))  # fmt: skip
+            out.append((key, f"{key}: not a key fastdns reads (did you mean {meant!r}?); ignored"))
     return out
 
 

@@ -131,9 +131,10 @@ def encode_rdata(rtype: int, data: Any, *, keep_strings: bool = True) -> bytes:
             return (
                 text_to_wire(data.mname)
                 + text_to_wire(data.rname)
-                + _SOA_NUMBERS.pack(data.serial, data.refresh, data.retry, data.expire,
-                                    data.minimum)
-            )  # fmt: skip
+                + _SOA_NUMBERS.pack(
+                    data.serial, data.refresh, data.retry, data.expire, data.minimum
+                )
+            )
     except (AttributeError, TypeError, ValueError, struct.error) as e:
         raise Unusable(f"cannot encode type {rtype}: {e}") from e
     raise Unusable(f"type {rtype} is not built natively")
@@ -220,8 +221,9 @@ def address_reply(q: wire.Query, result: Any, style: AnswerStyle, *, local: bool
     chain = [] if local else cname_chain(result.cnames)
     if style.lima_compat:
         # Lima: owner = query name, no CNAME RRs, TTL 5 (f215cb9f).
-        return _reply(q, [wire.rr(wire.POINTER_TO_QNAME, q.qtype, LIMA_TTL, r) for r in rdatas],
-                      style)  # fmt: skip
+        return _reply(
+            q, [wire.rr(wire.POINTER_TO_QNAME, q.qtype, LIMA_TTL, r) for r in rdatas], style
+        )
     # One RRset, one TTL (RFC 2181 §5.2): the smallest of the addresses'.
     ttl = style.local_ttl if local else min(int(n.ttl) for n in nodes)
     answers: list[bytes] = []

@@ -187,7 +187,8 @@ def truncate(reply: bytes, limit: int) -> bytes:
             if r[3] != first[3] or r[4] != first[4]:
                 break
             if reply[r[0] : r[1]] != owner and (
-                    read_name(reply, r[0])[0] != read_name(reply, first[0])[0]):  # fmt: skip
+                read_name(reply, r[0])[0] != read_name(reply, first[0])[0]
+            ):
                 break
             j += 1
         span = body[j - 1][2] - body[0][0]

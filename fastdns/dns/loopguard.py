@@ -76,8 +76,12 @@ def probe_query(
 ) -> bytes:
     """A recursive query for ``name`` (HINFO, class IN unless told), with a random ID."""
     qid = secrets.randbelow(65536) if qid is None else qid
-    return (wire.HEADER.pack(qid, wire.RD, 1, 0, 0, 0) + wire.name_to_wire(name)
-            + qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big"))  # fmt: skip
+    return (
+        wire.HEADER.pack(qid, wire.RD, 1, 0, 0, 0)
+        + wire.name_to_wire(name)
+        + qtype.to_bytes(2, "big")
+        + qclass.to_bytes(2, "big")
+    )
 
 
 def marker_reply(q: wire.Query, opt_size: int = 1232) -> bytes:
@@ -90,7 +94,9 @@ def marker_reply(q: wire.Query, opt_size: int = 1232) -> bytes:
 def is_marker(reply: bytes) -> bool:
     """Whether ``reply`` carries the marker record (i.e. a probe came back to fastdns)."""
     try:
-        return any(r.section == 0 and r.rtype == HINFO and reply[r.rdata_offset : r.end]
-                   == MARKER_RDATA for r in wire.iter_records(reply))  # fmt: skip
+        return any(
+            r.section == 0 and r.rtype == HINFO and reply[r.rdata_offset : r.end] == MARKER_RDATA
+            for r in wire.iter_records(reply)
+        )
     except wire.Malformed:
         return False

@@ -23,7 +23,18 @@ _U32 = struct.Struct("!I")
 # RFC 1035 / IANA codes
 A, NS, CNAME, SOA, PTR, HINFO, MX, TXT, AAAA, SRV, OPT = 1, 2, 5, 6, 12, 13, 15, 16, 28, 33, 41
 DS, RRSIG, NSEC, DNSKEY, NSEC3, SVCB, HTTPS, IXFR, AXFR, ANY, CAA = (
-    43, 46, 47, 48, 50, 64, 65, 251, 252, 255, 257)  # fmt: skip
+    43,
+    46,
+    47,
+    48,
+    50,
+    64,
+    65,
+    251,
+    252,
+    255,
+    257,
+)
 CLASS_IN, CLASS_CH, CLASS_ANY = 1, 3, 255
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16  # RFC 6891 extended rcode
@@ -37,15 +48,38 @@ MAX_NAME = 255
 MIN_UDP = 512
 
 TYPE_NAMES = {
-    A: "A", NS: "NS", CNAME: "CNAME", SOA: "SOA", PTR: "PTR", HINFO: "HINFO", MX: "MX",
-    TXT: "TXT", AAAA: "AAAA", SRV: "SRV", OPT: "OPT", DS: "DS", RRSIG: "RRSIG", NSEC: "NSEC",
-    DNSKEY: "DNSKEY", NSEC3: "NSEC3", SVCB: "SVCB", HTTPS: "HTTPS", IXFR: "IXFR", AXFR: "AXFR",
-    ANY: "ANY", CAA: "CAA",
-}  # fmt: skip
+    A: "A",
+    NS: "NS",
+    CNAME: "CNAME",
+    SOA: "SOA",
+    PTR: "PTR",
+    HINFO: "HINFO",
+    MX: "MX",
+    TXT: "TXT",
+    AAAA: "AAAA",
+    SRV: "SRV",
+    OPT: "OPT",
+    DS: "DS",
+    RRSIG: "RRSIG",
+    NSEC: "NSEC",
+    DNSKEY: "DNSKEY",
+    NSEC3: "NSEC3",
+    SVCB: "SVCB",
+    HTTPS: "HTTPS",
+    IXFR: "IXFR",
+    AXFR: "AXFR",
+    ANY: "ANY",
+    CAA: "CAA",
+}
 RCODE_NAMES = {
-    NOERROR: "NOERROR", FORMERR: "FORMERR", SERVFAIL: "SERVFAIL", NXDOMAIN: "NXDOMAIN",
-    NOTIMP: "NOTIMP", REFUSED: "REFUSED", BADVERS: "BADVERS",
-}  # fmt: skip
+    NOERROR: "NOERROR",
+    FORMERR: "FORMERR",
+    SERVFAIL: "SERVFAIL",
+    NXDOMAIN: "NXDOMAIN",
+    NOTIMP: "NOTIMP",
+    REFUSED: "REFUSED",
+    BADVERS: "BADVERS",
+}
 
 
 class Malformed(FastDNSError):
@@ -72,7 +106,7 @@ class Query:
         "qtype",
         "udp_size",
         "wire",
-    )  # fmt: skip
+    )
 
     wire: bytes
     id: int
@@ -210,9 +244,13 @@ def parse_query(buf: bytes) -> Query:
     elif qend != n:
         raise Malformed(FORMERR, "trailing bytes after the question")
     q.key = b"".join(
-        (q.qname.lower(), buf[name_end:qend], b"\x01" if q.do else b"\x00",
-         b"\x01" if flags & CD else b"\x00")
-    )  # fmt: skip
+        (
+            q.qname.lower(),
+            buf[name_end:qend],
+            b"\x01" if q.do else b"\x00",
+            b"\x01" if flags & CD else b"\x00",
+        )
+    )
     return q
 
 
@@ -373,8 +411,10 @@ def question_matches(reply: bytes, q: Query) -> bool:
         return False
     # Type and class compare exactly: a case fold would equate qtype 0x0041 with 0x0061.
     end = q.qend - 4
-    return (reply[end : q.qend] == q.wire[end : q.qend]
-            and reply[12:end].lower() == q.wire[12:end].lower())  # fmt: skip
+    return (
+        reply[end : q.qend] == q.wire[end : q.qend]
+        and reply[12:end].lower() == q.wire[12:end].lower()
+    )
 
 
 class Record(NamedTuple):
@@ -414,5 +454,3 @@ def iter_records(buf: bytes) -> Iterator[Record]:
             i = end
     if i != n:
         raise Malformed(FORMERR, "trailing bytes after the records")
-
-

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastdns.config.schema import Config
+from fastdns.metrics.context import address_family, build_versions, default_server
 from fastdns.metrics.definitions import (
     BY_NAME,
     CAPPED_LABELS,
@@ -23,9 +24,6 @@ from fastdns.metrics.definitions import (
     SOURCE_TO_PLUGIN,
     SOURCES,
     MetricDef,
-    address_family,
-    build_versions,
-    default_server,
     initial_label_sets,
 )
 from fastdns.metrics.stats import REPORT_INTERVAL, Key, decode
@@ -151,9 +149,12 @@ class StatsAggregator:
         self._admitted: dict[tuple[str, str], set[str]] = {}  # (metric, label) -> values
         # (family, its label sets) exported at 0 from the start (metrics.initial_label_sets);
         # the rules series only when there is a rules process.
-        self._initial = [(m, sets) for m in METRICS
-                         if (sets := initial_label_sets(m)) is not None
-                         and (config.rules.enabled or not m.name.startswith("fastdns_rules_"))]
+        self._initial = [
+            (m, sets)
+            for m in METRICS
+            if (sets := initial_label_sets(m)) is not None
+            and (config.rules.enabled or not m.name.startswith("fastdns_rules_"))
+        ]
 
     # --------------------------------------------------------------------------- input
 
@@ -360,24 +361,31 @@ class StatsAggregator:
         self._process_samples(put)
         return out
 
-    def _zero_samples(self, put: Callable[[MetricDef, tuple[str, ...], Any], None],
-                      totals: Totals) -> None:  # fmt: skip
+    def _zero_samples(
+        self, put: Callable[[MetricDef, tuple[str, ...], Any], None], totals: Totals
+    ) -> None:
         """Every bounded series at 0, so that rates read 0 before the first event; families
         labelled by upstream for the upstreams the workers report now (upstream_up)."""
         if not self.worker_seen:
             return  # the server label is the configured port until a worker reports its own
         upstreams = sorted({k[1] for k in totals.gauges if k[0] == "upstream_up" and len(k) > 1})
         for metric, sets in self._initial:
-            zero: Any = [metric.buckets, [0] * (len(metric.buckets) + 1), 0.0, 0] if (
-                metric.kind == "histogram") else 0  # fmt: skip
+            zero: Any = (
+                [metric.buckets, [0] * (len(metric.buckets) + 1), 0.0, 0]
+                if (metric.kind == "histogram")
+                else 0
+            )
             for given in sets:
                 for to in upstreams if "to" in metric.labels else ("",):
                     labels = {**given, "to": to} if to else given
                     put(metric, self._labels(metric, labels), zero)
 
     def _process_samples(self, put: Callable[[MetricDef, tuple[str, ...], Any], None]) -> None:
-        put(BY_NAME["fastdns_build_info"],
-            self._labels(BY_NAME["fastdns_build_info"], self.versions), 1)  # fmt: skip
+        put(
+            BY_NAME["fastdns_build_info"],
+            self._labels(BY_NAME["fastdns_build_info"], self.versions),
+            1,
+        )
         for kind, n in self.messages.items():
             metric = BY_NAME["fastdns_stats_messages_total"]
             put(metric, self._labels(metric, {"kind": kind}), n)
@@ -462,5 +470,6 @@ def _cumulative(bounds: Iterable[float], counts: list[float]) -> list[tuple[str,
     out, running = [], 0.0
     for bound, count in zip((*bounds, float("inf")), counts, strict=True):
         running += count
-        out.append((floatToGoString(bound), running))
+        # prometheus_client.utils has no annotations; it returns the Go float text ("+Inf").
+        out.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
     return out

@@ -55,8 +55,12 @@ class _Handler(BaseHTTPRequestHandler):
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         body = encoder(self.server.registry)
         gz = "gzip" in self.headers.get("Accept-Encoding", "")
-        self._send(200, gzip.compress(body, 1) if gz else body, content_type,
-                   {"Content-Encoding": "gzip"} if gz else {})  # fmt: skip
+        self._send(
+            200,
+            gzip.compress(body, 1) if gz else body,
+            content_type,
+            {"Content-Encoding": "gzip"} if gz else {},
+        )
 
     def _send(
         self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
@@ -116,7 +120,7 @@ def make_registry(aggregator: StatsAggregator) -> Any:
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(aggregator)  # type: ignore[arg-type]
+    registry.register(aggregator)
     return registry
 
 
@@ -187,8 +191,9 @@ def serve(
     stats_inode = os.lstat(stats_path).st_ino
     aggregator = StatsAggregator(config)
     httpd = MetricsHTTPServer(sock, aggregator, make_registry(aggregator))
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.5,), name="metrics-http",
-                              daemon=True)  # fmt: skip
+    thread = threading.Thread(
+        target=httpd.serve_forever, args=(0.5,), name="metrics-http", daemon=True
+    )
     thread.start()
     logger.info("metrics on http://%s/metrics", _host_port(sock))
     try:

@@ -42,9 +42,13 @@ def metrics_main(
     if not die_with_parent(ppid):
         return ExitCode.OK
     try:
-        serve(config, stats_path, lambda: stop.is_set() or os.getppid() != ppid,
-              on_ready=lambda port: control.send(metrics_port=port),
-              http_sock=http_sock)  # fmt: skip
+        serve(
+            config,
+            stats_path,
+            lambda: stop.is_set() or os.getppid() != ppid,
+            on_ready=lambda port: control.send(metrics_port=port),
+            http_sock=http_sock,
+        )
     except BootError as e:  # the supervisor reports it
         control.send(boot_error=str(e))
         return ExitCode.BOOT_ERROR

@@ -16,7 +16,21 @@ from typing import Any
 TIME_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2**i for i in range(16))
 # CoreDNS vars.go size buckets.
 SIZE_BUCKETS: tuple[float, ...] = (
-    0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)  # fmt: skip
+    0,
+    100,
+    200,
+    300,
+    400,
+    511,
+    1023,
+    2047,
+    4095,
+    8291,
+    16e3,
+    32e3,
+    48e3,
+    64e3,
+)
 
 Key = tuple[str, ...]
 
@@ -103,8 +117,13 @@ def worker_message(
     slot: int, pid: int, generation: int, stats: WorkerStats, server: str = ""
 ) -> dict[str, Any]:
     """A worker's cumulative snapshot; ``server`` is its ``dns://IP:PORT`` (CoreDNS label)."""
-    msg: dict[str, Any] = {"kind": "worker", "slot": slot, "pid": pid, "generation": generation,
-                           "snapshot": stats.snapshot()}  # fmt: skip
+    msg: dict[str, Any] = {
+        "kind": "worker",
+        "slot": slot,
+        "pid": pid,
+        "generation": generation,
+        "snapshot": stats.snapshot(),
+    }
     if server:
         msg["server"] = server
     return msg
@@ -120,10 +139,16 @@ def supervisor_message(
     ready: bool,
 ) -> dict[str, Any]:
     """The supervisor's status; ``restarts`` holds cumulative ``(slot, reason, count)``."""
-    return {"kind": "supervisor", "pid": pid, "workers_expected": workers_expected,
-            "workers_running": workers_running, "workers_ready": workers_ready,
-            "restarts": [list(r) for r in restarts], "draining": draining,
-            "ready": ready}  # fmt: skip
+    return {
+        "kind": "supervisor",
+        "pid": pid,
+        "workers_expected": workers_expected,
+        "workers_running": workers_running,
+        "workers_ready": workers_ready,
+        "restarts": [list(r) for r in restarts],
+        "draining": draining,
+        "ready": ready,
+    }
 
 
 def rules_message(
@@ -135,8 +160,14 @@ def rules_message(
 ) -> dict[str, Any]:
     """The rules process's state; ``reconcile`` counts results cumulatively (ok/changed/error)."""
     counts = {"ok": 0, "changed": 0, "error": 0, **(reconcile or {})}
-    return {"kind": "rules", "enabled": enabled, "installed": installed, "error": error,
-            "reconcile": counts, "last_reconcile": last_reconcile}  # fmt: skip
+    return {
+        "kind": "rules",
+        "enabled": enabled,
+        "installed": installed,
+        "error": error,
+        "reconcile": counts,
+        "last_reconcile": last_reconcile,
+    }
 
 
 def decode(data: bytes) -> dict[str, Any]:

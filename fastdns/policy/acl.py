@@ -25,9 +25,16 @@ ACL_ACTIONS: tuple[AclAction, ...] = ("drop", "refuse")
 # dnsdist's default ACL (dnsdist.cc setACL defaults): loopback, RFC 1918, RFC 6598 shared
 # address space (CGNAT, some VM bridges), link-local, RFC 4193 unique local, IPv6 link-local.
 DEFAULT_ALLOW: tuple[str, ...] = (
-    "127.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12",
-    "192.168.0.0/16", "::1/128", "fc00::/7", "fe80::/10",
-)  # fmt: skip
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+)
 
 _MAPPED = 0xFFFF  # ::ffff:0:0/96 >> 32
 

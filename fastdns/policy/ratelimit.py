@@ -142,6 +142,8 @@ def describe(config: RateLimitConfig) -> str:
     """The rate limit for the start-up log line."""
     if not config.enabled:
         return "rate limiting off"
-    return (f"rate limiting {config.qps:g} qps burst {config.burst or config.qps:g} per "
-            f"/{config.ipv4_prefix} and /{config.ipv6_prefix}, slip {config.slip}, exempt "
-            f"{','.join(config.exempt) or 'none'}")  # fmt: skip
+    return (
+        f"rate limiting {config.qps:g} qps burst {config.burst or config.qps:g} per "
+        f"/{config.ipv4_prefix} and /{config.ipv6_prefix}, slip {config.slip}, exempt "
+        f"{','.join(config.exempt) or 'none'}"
+    )

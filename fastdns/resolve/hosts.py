@@ -92,8 +92,10 @@ class StaticHosts:
 
     def cycle_warnings(self) -> list[str]:
         """One message per alias that ends in a cycle (docs/lima-differences.md: alias cycles)."""
-        return [f"hostResolver.hosts.{key}: alias cycle; queries for it get SERVFAIL"
-                for key in sorted(self.cycles)]  # fmt: skip
+        return [
+            f"hostResolver.hosts.{key}: alias cycle; queries for it get SERVFAIL"
+            for key in sorted(self.cycles)
+        ]
 
     def __len__(self) -> int:
         return len(self.ips) + len(self.aliases) + len(self.wild_ips) + len(self.wild_aliases)

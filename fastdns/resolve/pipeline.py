@@ -113,9 +113,13 @@ class Pipeline:
         self.cache: PacketCache | None = None
         if config.cache.enabled and not config.lima_compat:
             self.cache = PacketCache(
-                config.cache, counters=stats.counters, refresh=self._refresh_soon,
-                refresh_hold=config.deadline + 1.0, opt_size=self.opt_size,
-                max_udp=config.edns_max_udp)  # fmt: skip
+                config.cache,
+                counters=stats.counters,
+                refresh=self._refresh_soon,
+                refresh_hold=config.deadline + 1.0,
+                opt_size=self.opt_size,
+                max_udp=config.edns_max_udp,
+            )
 
     # ------------------------------------------------------------------ synchronous answers
 
@@ -138,8 +142,9 @@ class Pipeline:
             # The rules process's self-check (a CH question under our probe suffix) gets the
             # same REFUSED as any other class, but is not a client's.
             probe = self.loop_suffix and loopguard.is_probe(q.qname, self.loop_suffix)
-            return Resolved(compose.error_reply(q, wire.REFUSED, self.opt_size),
-                            PROBE if probe else "server")  # fmt: skip
+            return Resolved(
+                compose.error_reply(q, wire.REFUSED, self.opt_size), PROBE if probe else "server"
+            )
         if q.edns_version:
             return Resolved(compose.error_reply(q, wire.BADVERS, self.opt_size), "server")
         cfg = self.config
@@ -148,8 +153,12 @@ class Pipeline:
         if q.qtype == wire.AAAA and not cfg.ipv6:
             # Lima: AAAA is NODATA at once when ipv6 is off (PR #3419; IPv6 is not routable
             # over slirp, lima#547).
-            return self.remember(q, Resolved(compose.error_reply(q, wire.NOERROR, self.opt_size),
-                                              "static", cfg.static_ttl))  # fmt: skip
+            return self.remember(
+                q,
+                Resolved(
+                    compose.error_reply(q, wire.NOERROR, self.opt_size), "static", cfg.static_ttl
+                ),
+            )
         if self._endings_of is not self.hosts_file.names:
             self._endings = self._local_endings()
             self._endings_of = self.hosts_file.names
@@ -162,12 +171,20 @@ class Pipeline:
                 return None
             # Cached like any answer, with its own TTL (CoreDNS's cache wraps its hosts plugin):
             # a hit costs a third of this lookup.
-            return self.remember(q, Resolved(self._static_reply(q, verdict, cfg.static_ttl),
-                                              "static", cfg.static_ttl))  # fmt: skip
+            return self.remember(
+                q,
+                Resolved(self._static_reply(q, verdict, cfg.static_ttl), "static", cfg.static_ttl),
+            )
         verdict = self.hosts_file.lookup(name, q.qtype, cfg.ipv6)
         if verdict is not None:
-            return self.remember(q, Resolved(self._static_reply(q, verdict, cfg.native.hosts_ttl),
-                                              "hosts", cfg.native.hosts_ttl))  # fmt: skip
+            return self.remember(
+                q,
+                Resolved(
+                    self._static_reply(q, verdict, cfg.native.hosts_ttl),
+                    "hosts",
+                    cfg.native.hosts_ttl,
+                ),
+            )
         return None
 
     def _local_endings(self) -> tuple[bytes, ...] | None:
@@ -178,8 +195,15 @@ class Pipeline:
         (about 2 us each)."""
         static, hosts = self.static, self.hosts_file
         labels: set[str] = set()
-        for table in (static.ips, static.aliases, static.wild_ips, static.wild_aliases,
-                      static.reverse, hosts.names, hosts.reverse):  # fmt: skip
+        for table in (
+            static.ips,
+            static.aliases,
+            static.wild_ips,
+            static.wild_aliases,
+            static.reverse,
+            hosts.names,
+            hosts.reverse,
+        ):
             for name in table:
                 last = name.rsplit(".", 1)[-1]
                 if not last or "\\" in last or not last.isascii():
@@ -198,8 +222,11 @@ class Pipeline:
         static = self.static
         # answer_now already looked the name up; only an alias sends it here again. Without
         # aliases, skip the second name decoding on the forward path.
-        verdict = (static.lookup(_canonical_text(q.qname), q.qtype, self.config.ipv6)
-                   if static.aliases or static.wild_aliases else None)  # fmt: skip
+        verdict = (
+            static.lookup(_canonical_text(q.qname), q.qtype, self.config.ipv6)
+            if static.aliases or static.wild_aliases
+            else None
+        )
         if verdict is not None and verdict.kind == "alias":
             # Cached under the alias's own key with the static TTL: the next one is a hit.
             return self.remember(q, await self._alias(q, verdict.target, deadline))
@@ -310,9 +337,12 @@ class Pipeline:
         self.stats.inc("loop_probes")
         if not self._loop_logged:
             self._loop_logged = True
-            logger.error("forwarding loop: fastdns's own loop probe %s came back to it; the "
-                         "upstream path leads to the virtual DNS address that the rules redirect "
-                         "to fastdns (see the rules process log)", q.name)  # fmt: skip
+            logger.error(
+                "forwarding loop: fastdns's own loop probe %s came back to it; the "
+                "upstream path leads to the virtual DNS address that the rules redirect "
+                "to fastdns (see the rules process log)",
+                q.name,
+            )
 
     async def _alias(self, q: wire.Query, target: str, deadline: float) -> Resolved:
         """Resolve a static alias's non-static target; answer flattened under the query name

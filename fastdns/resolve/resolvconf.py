@@ -90,7 +90,10 @@ def same_plan(a: UpstreamPlan, b: UpstreamPlan) -> bool:
     """True when ``a`` and ``b`` forward alike: same servers, source and resolv.conf settings
     (search, ndots, options). A resolv.conf rewritten with the same contents is no change."""
     return (a.servers, a.source, replace(a.resolv, readable=True)) == (
-        b.servers, b.source, replace(b.resolv, readable=True))  # fmt: skip
+        b.servers,
+        b.source,
+        replace(b.resolv, readable=True),
+    )
 
 
 def plan_upstreams(config: Config, resolv: ResolvConf, own_port: int | None) -> UpstreamPlan:

@@ -46,9 +46,13 @@ def add_parsers(sub: Any) -> None:
         if name != "remove":
             _port_options(p)
         if name in ("show", "apply", "run"):
-            p.add_argument("--exempt-uid", type=int, default=None,
-                           help="uid whose OUTPUT traffic is not redirected (default: the uid "
-                                "fastdns runs as)")  # fmt: skip
+            p.add_argument(
+                "--exempt-uid",
+                type=int,
+                default=None,
+                help="uid whose OUTPUT traffic is not redirected (default: the uid "
+                "fastdns runs as)",
+            )
         if name == "run":
             p.add_argument(
                 "--status-socket",
@@ -141,9 +145,12 @@ def cmd_show(args: argparse.Namespace, config: Config) -> int:
     )
     print(f"# apply as one transaction with: {restore} -w 5 --noflush")
     if plan.needs_localnet:
-        print("# the target is a loopback address and PREROUTING is hooked: route_localnet=1 "
-              "is set on " + (", ".join(enable) or "no interface (already on)")
-              + ", guarded by the filter rules below")  # fmt: skip
+        print(
+            "# the target is a loopback address and PREROUTING is hooked: route_localnet=1 "
+            "is set on "
+            + (", ".join(enable) or "no interface (already on)")
+            + ", guarded by the filter rules below"
+        )
     sys.stdout.write(install_text(plan, enable))
     print("# the same as commands:")
     for line in iptables_commands(plan, "ip6tables" if plan.family == 6 else "iptables"):
@@ -175,8 +182,11 @@ def cmd_remove(args: argparse.Namespace, config: Config) -> int:
         removed = RulesManager(config.rules.iptables).remove(config.rules.chain, family)
     except IptablesError as e:
         raise CommandError(str(e), ExitCode.ERROR) from e
-    print(f"removed chain {config.rules.chain}" if removed else
-          f"nothing to remove: chain {config.rules.chain} does not exist")  # fmt: skip
+    print(
+        f"removed chain {config.rules.chain}"
+        if removed
+        else f"nothing to remove: chain {config.rules.chain} does not exist"
+    )
     return ExitCode.OK
 
 
@@ -190,8 +200,9 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         force=True,
     )
     udp, tcp = _ports_or_file(args, config)
-    proc = RulesProcess(config, udp, tcp, args.status_socket, ports_path=args.ports_file,
-                        exempt=args.exempt_uid)  # fmt: skip
+    proc = RulesProcess(
+        config, udp, tcp, args.status_socket, ports_path=args.ports_file, exempt=args.exempt_uid
+    )
     try:
         return proc.run()
     except BootError as e:

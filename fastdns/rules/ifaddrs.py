@@ -73,8 +73,9 @@ def interface_addresses() -> dict[str, list[str]]:
     pairs: list[tuple[int, str]] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
         sock.settimeout(TIMEOUT)
-        header = HEADER.pack(HEADER.size + IFADDRMSG.size, RTM_GETADDR,
-                             NLM_F_REQUEST | NLM_F_DUMP, 1, 0)  # fmt: skip
+        header = HEADER.pack(
+            HEADER.size + IFADDRMSG.size, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
+        )
         request = header + IFADDRMSG.pack(0, 0, 0, 0, 0)
         sock.sendto(request, (0, 0))
         total = 0

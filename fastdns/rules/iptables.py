@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fastdns.errors import FastDNSError
@@ -92,8 +92,14 @@ Runner = Callable[[Sequence[str], str | None], subprocess.CompletedProcess[str]]
 
 def run_command(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
-                              timeout=COMMAND_TIMEOUT, check=False)  # fmt: skip
+        return subprocess.run(
+            list(argv),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
     except subprocess.TimeoutExpired as e:
         raise IptablesError(f"{argv[0]} did not finish within {COMMAND_TIMEOUT:g}s") from e
     except OSError as e:
@@ -153,12 +159,14 @@ class RouteLocalnet:
 
     def set(self, iface: str, value: int) -> bool:
         try:
-            with open(os.path.join(self.root, iface, "route_localnet"), "w",
-                      encoding="ascii") as fh:  # fmt: skip
+            with open(
+                os.path.join(self.root, iface, "route_localnet"), "w", encoding="ascii"
+            ) as fh:
                 fh.write(f"{value}\n")
         except OSError as e:
-            logger.warning("cannot set net.ipv4.conf.%s.route_localnet=%d: %s", iface, value,
-                           e.strerror or e)  # fmt: skip
+            logger.warning(
+                "cannot set net.ipv4.conf.%s.route_localnet=%d: %s", iface, value, e.strerror or e
+            )
             return False
         return True
 
@@ -180,8 +188,21 @@ def forget_flows(plan: RulePlan, runner: Runner = run_command, path: str | None 
         return "conntrack not found: existing flows keep their old mapping until they expire"
     family = "ipv4" if plan.family == 4 else "ipv6"
     for proto in ("udp", "tcp"):
-        proc = runner([binary, "-D", "-f", family, "-p", proto, "--orig-dst", plan.virtual_ip,
-                       "--orig-port-dst", "53"], None)  # fmt: skip
+        proc = runner(
+            [
+                binary,
+                "-D",
+                "-f",
+                family,
+                "-p",
+                proto,
+                "--orig-dst",
+                plan.virtual_ip,
+                "--orig-port-dst",
+                "53",
+            ],
+            None,
+        )
         # Exit status 1 with "0 flow entries have been deleted" just means there were none.
         none = proc.returncode == 1 and "0 flow entries" in proc.stderr + proc.stdout
         if proc.returncode != 0 and not none:
@@ -247,9 +268,12 @@ class RulesManager:
             nf.restore(text)
         for iface in enable:
             if self.sysctl.set(iface, 1):
-                logger.info("set net.ipv4.conf.%s.route_localnet=1 (was 0): packets DNAT'ed to "
-                            "%s from PREROUTING are dropped without it", iface,
-                            plan.target)  # fmt: skip
+                logger.info(
+                    "set net.ipv4.conf.%s.route_localnet=1 (was 0): packets DNAT'ed to "
+                    "%s from PREROUTING are dropped without it",
+                    iface,
+                    plan.target,
+                )
         if text:
             self._verify(nf, plan, desired, hooks)
         mapping_changed = old_body != desired
@@ -274,8 +298,9 @@ class RulesManager:
         if not keep:
             return unhook_chain(filt, guard), enable, restore
         # The guard (our record of these interfaces) goes in before the sysctl is written.
-        lines = sync_chain(filt, guard, guard_rules(plan.chain, keep),
-                           {"INPUT": guard_jump(plan.chain)})  # fmt: skip
+        lines = sync_chain(
+            filt, guard, guard_rules(plan.chain, keep), {"INPUT": guard_jump(plan.chain)}
+        )
         return lines, enable, restore
 
     def _restore_localnet(self, iface: str) -> None:
@@ -283,14 +308,19 @@ class RulesManager:
             logger.info("restored net.ipv4.conf.%s.route_localnet=0", iface)
 
     def _verify(
-        self, nf: Netfilter, plan: RulePlan, desired: list[str], hooks: dict[str, str]
+        self,
+        nf: Netfilter,
+        plan: RulePlan,
+        desired: list[str],
+        hooks: Mapping[str, str | Sequence[str]],
     ) -> None:
         """Read the table back: a backend that accepted the transaction but shows something
         else (another tool racing us, nft/legacy confusion) is an error, not a success."""
         left = sync_chain(nf.save("nat"), plan.chain, desired, hooks)
         if left:
-            raise IptablesError(f"the {plan.chain} rules did not stick (still to do: "
-                                f"{'; '.join(left)})")  # fmt: skip
+            raise IptablesError(
+                f"the {plan.chain} rules did not stick (still to do: {'; '.join(left)})"
+            )
 
     # ------------------------------------------------------------------------ remove
 

@@ -72,8 +72,11 @@ def exempt_uid(config: Config) -> int:
         try:
             return pwd.getpwnam(config.user).pw_uid
         except KeyError:
-            logger.warning("fastdns.user %r does not exist: exempting uid %d instead",
-                           config.user, os.geteuid())  # fmt: skip
+            logger.warning(
+                "fastdns.user %r does not exist: exempting uid %d instead",
+                config.user,
+                os.geteuid(),
+            )
     return os.geteuid()
 
 
@@ -119,8 +122,9 @@ def listener_answers(
     return ""
 
 
-def probe_for_loop(config: Config, udp_port: int, timeout: float = PROBE_TIMEOUT,
-                   silent: list[str] | None = None) -> list[str]:  # fmt: skip
+def probe_for_loop(
+    config: Config, udp_port: int, timeout: float = PROBE_TIMEOUT, silent: list[str] | None = None
+) -> list[str]:
     """Send one loop probe to each upstream fastdns would forward to; return the upstreams
     whose answer came back from fastdns itself (a forwarding loop). Those that did not answer
     within ``timeout`` are appended to ``silent``."""
@@ -209,8 +213,13 @@ class RulesProcess:
     # ------------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
-        msg = rules_message(True, self.installed is not None, self.error or self.loop_error,
-                            self.counts, self.last_reconcile)  # fmt: skip
+        msg = rules_message(
+            True,
+            self.installed is not None,
+            self.error or self.loop_error,
+            self.counts,
+            self.last_reconcile,
+        )
         if self.installed is not None:
             msg["mapping"] = self.installed.mapping
         return msg
@@ -256,8 +265,7 @@ class RulesProcess:
         self.planned = True
         if not self.listener_ok:
             token = loopguard.instance_token(self.config.listen, plan.udp_port)
-            why = listener_answers(probe_address(plan), plan.udp_port, plan.tcp_port,
-                                   token=token)  # fmt: skip
+            why = listener_answers(probe_address(plan), plan.udp_port, plan.tcp_port, token=token)
             if why:
                 self._fail(f"waiting for fastdns to serve before installing rules: {why}")
                 self.report()
@@ -270,8 +278,9 @@ class RulesProcess:
                 self.installed = None
             outcome = self.manager.apply(plan, owned=self.installed is not None)
         except IptablesMissing as e:
-            self._fail(f"iptables is not available, DNS is served on the bound ports only "
-                       f"(retrying): {e}")  # fmt: skip
+            self._fail(
+                f"iptables is not available, DNS is served on the bound ports only (retrying): {e}"
+            )
             self.report()
             return self._backoff(interval)
         except IptablesError as e:
@@ -291,8 +300,10 @@ class RulesProcess:
         elif outcome.mapping_changed and old != plan:
             logger.info("updated the rules: %s", plan.mapping)
         elif outcome.nat_repaired:
-            logger.warning("the %s rules had been removed or changed by someone else: "
-                           "restored them", plan.chain)  # fmt: skip
+            logger.warning(
+                "the %s rules had been removed or changed by someone else: restored them",
+                plan.chain,
+            )
         for warning in outcome.warnings:
             logger.warning("%s", warning)
         if self.error:
@@ -340,7 +351,8 @@ class RulesProcess:
                 f"forwarding loop: queries fastdns forwards to {', '.join(looped)} come back to "
                 f"fastdns (probably through {plan.virtual_ip}, which the rules redirect to "
                 f"fastdns); point {cfg.resolv_conf} at a resolver that does not use "
-                f"{plan.virtual_ip}")  # fmt: skip
+                f"{plan.virtual_ip}"
+            )
             logger.error("%s", self.loop_error)
         else:
             self.loop_error = ""

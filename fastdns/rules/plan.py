@@ -61,8 +61,12 @@ class RulePlan:
     def needs_localnet(self) -> bool:
         """DNAT from PREROUTING to 127.0.0.0/8 is dropped unless route_localnet is on for the
         interface the packet came in on (ip-sysctl: route_localnet; docs/rules.md)."""
-        return (self.family == 4 and "PREROUTING" in self.hooks and bool(self.target)
-                and ipaddress.ip_address(self.target) in LOCALNET)  # fmt: skip
+        return (
+            self.family == 4
+            and "PREROUTING" in self.hooks
+            and bool(self.target)
+            and ipaddress.ip_address(self.target) in LOCALNET
+        )
 
     @property
     def guard_chain(self) -> str:
@@ -135,23 +139,29 @@ def plan_rules(
     is root: a uid-0 exemption would also exempt every root client on the host."""
     for name, port in (("UDP", udp_port), ("TCP", tcp_port)):
         if not 0 < port < 65536:
-            raise RulesError(f"no {name} port to redirect to (got {port}): fastdns's bound ports "
-                             "are needed (a port of 0 is chosen at bind time)")  # fmt: skip
+            raise RulesError(
+                f"no {name} port to redirect to (got {port}): fastdns's bound ports "
+                "are needed (a port of 0 is chosen at bind time)"
+            )
     vip = ipaddress.ip_address(rules.virtual_ip)
     target = rules.target or listen
     to = ipaddress.ip_address(target.split("%", 1)[0])
     if to.version != vip.version:
-        raise RulesError(f"rules.virtual_ip {rules.virtual_ip} is IPv{vip.version} but the DNAT "
-                         f"target {target} is IPv{to.version}")  # fmt: skip
+        raise RulesError(
+            f"rules.virtual_ip {rules.virtual_ip} is IPv{vip.version} but the DNAT "
+            f"target {target} is IPv{to.version}"
+        )
     if not rules.hooks:
         raise RulesError("rules.hooks is empty: nothing to hook")
     if len(rules.chain) > MAX_CHAIN:
         raise RulesError(f"rules.chain {rules.chain!r} is longer than {MAX_CHAIN} characters")
     if vip.version == 6 and to.is_loopback and "PREROUTING" in rules.hooks:
         # IPv6 has no route_localnet: the kernel never routes a packet from outside to ::1.
-        raise RulesError("IPv6 packets from other hosts cannot be DNAT'ed to ::1 (IPv6 has no "
-                         "route_localnet): set rules.target to an address fastdns listens on, "
-                         "or rules.hooks to [OUTPUT]")  # fmt: skip
+        raise RulesError(
+            "IPv6 packets from other hosts cannot be DNAT'ed to ::1 (IPv6 has no "
+            "route_localnet): set rules.target to an address fastdns listens on, "
+            "or rules.hooks to [OUTPUT]"
+        )
     return RulePlan(
         family=vip.version,
         chain=rules.chain,
@@ -166,8 +176,13 @@ def plan_rules(
     )
 
 
-def plan_for(config: Config, udp_port: int, tcp_port: int, exempt_uid: int | None,
-             addresses: Mapping[str, Sequence[str]]) -> RulePlan:  # fmt: skip
+def plan_for(
+    config: Config,
+    udp_port: int,
+    tcp_port: int,
+    exempt_uid: int | None,
+    addresses: Mapping[str, Sequence[str]],
+) -> RulePlan:
     """The plan for ``config``; ``addresses`` (interface -> addresses) scopes PREROUTING."""
     scope = scope_interfaces(config.rules, config.host_ip, addresses)
     return plan_rules(config.rules, config.listen, udp_port, tcp_port, exempt_uid, scope)
@@ -223,8 +238,11 @@ def guard_rules(chain: str, interfaces: Iterable[str]) -> list[str]:
     them there (kube-proxy's CVE-2020-8558 fix). They also record those interfaces in the
     kernel, so a later run can restore route_localnet after this process was killed."""
     guard = guard_chain_name(chain)
-    return [f"-A {guard} -d 127.0.0.0/8 -i {iface} -m conntrack ! --ctstate "
-            "RELATED,ESTABLISHED,DNAT -j DROP" for iface in sorted(set(interfaces))]  # fmt: skip
+    return [
+        f"-A {guard} -d 127.0.0.0/8 -i {iface} -m conntrack ! --ctstate "
+        "RELATED,ESTABLISHED,DNAT -j DROP"
+        for iface in sorted(set(interfaces))
+    ]
 
 
 def guard_jump(chain: str) -> str:
@@ -297,8 +315,9 @@ def _delete(rule: str) -> str:
     return "-D" + rule[2:]
 
 
-def sync_chain(table: Table, chain: str, body: list[str],
-               hooks: Mapping[str, str | Sequence[str]]) -> list[str]:  # fmt: skip
+def sync_chain(
+    table: Table, chain: str, body: list[str], hooks: Mapping[str, str | Sequence[str]]
+) -> list[str]:
     """Restore lines that make ``chain`` hold ``body`` and be jumped to from the first
     positions of each hook in ``hooks`` (hook -> its jump rules, in order) and from nowhere
     else; ``[]`` when it already does."""
@@ -345,9 +364,12 @@ def install_text(plan: RulePlan, guard_interfaces: Iterable[str] = ()) -> str:
     parts = {"nat": sync_chain(Table(), plan.chain, dnat_rules(plan), hook_jumps(plan))}
     interfaces = list(guard_interfaces)
     if plan.needs_localnet and interfaces:
-        parts["filter"] = sync_chain(Table(), plan.guard_chain,
-                                     guard_rules(plan.chain, interfaces),
-                                     {"INPUT": guard_jump(plan.chain)})  # fmt: skip
+        parts["filter"] = sync_chain(
+            Table(),
+            plan.guard_chain,
+            guard_rules(plan.chain, interfaces),
+            {"INPUT": guard_jump(plan.chain)},
+        )
     return transaction(parts)
 
 
@@ -373,8 +395,9 @@ def iptables_commands(plan: RulePlan, binary: str = "iptables") -> list[str]:
     for hook in plan.hooks:
         for n, jump in enumerate(jump_rules(plan, hook), 1):
             args = " ".join(shlex.quote(a) for a in shlex.split(jump)[2:])
-            lines.append(f"{b} -t nat -C {hook} {args} 2>/dev/null || "
-                         f"{b} -t nat -I {hook} {n} {args}")  # fmt: skip
+            lines.append(
+                f"{b} -t nat -C {hook} {args} 2>/dev/null || {b} -t nat -I {hook} {n} {args}"
+            )
     return lines
 
 
@@ -418,4 +441,3 @@ if command -v ip >/dev/null 2>&1 && ! ip route get {plan.virtual_ip} >/dev/null 
   ip route replace {plan.prefix} via {plan.target}
 fi
 """
-

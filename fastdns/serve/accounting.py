@@ -30,10 +30,12 @@ class Accounting:
         self.cache = cache
         # Per-query histograms, looked up once instead of by a new tuple key per query
         # (record() is the metrics cost of every query: tests/unit/test_stats_overhead.py).
-        self.request_size = {p: stats.histogram(("request_size", p), SIZE_BUCKETS)
-                             for p in ("udp", "tcp")}  # fmt: skip
-        self.response_size = {p: stats.histogram(("response_size", p), SIZE_BUCKETS)
-                              for p in ("udp", "tcp")}  # fmt: skip
+        self.request_size = {
+            p: stats.histogram(("request_size", p), SIZE_BUCKETS) for p in ("udp", "tcp")
+        }
+        self.response_size = {
+            p: stats.histogram(("response_size", p), SIZE_BUCKETS) for p in ("udp", "tcp")
+        }
         self.duration: dict[str, Histogram] = {}
         # record()'s keys, found once: (transport -> qtype -> keys), ((rcode, source) -> key)
         self._query_keys: dict[str, dict[int, _QueryKeys]] = {"udp": {}, "tcp": {}}
@@ -78,8 +80,12 @@ class Accounting:
     def _new_query_keys(self, proto: str, q: wire.Query | None) -> _QueryKeys:
         qtype = q.qtype if q is not None else -1
         name = wire.TYPE_NAMES.get(qtype, "other")
-        keys = (("requests", proto, name), self._duration(name), self.request_size[proto],
-                self.response_size[proto])  # fmt: skip
+        keys = (
+            ("requests", proto, name),
+            self._duration(name),
+            self.request_size[proto],
+            self.response_size[proto],
+        )
         if name != "other" or qtype == -1:  # bounded: known types only (and "no question")
             self._query_keys[proto][qtype] = keys
         return keys
@@ -108,8 +114,11 @@ class Accounting:
             return
         counters = self.stats.counters
         response_size, request_size = self.response_size["udp"], self.request_size["udp"]
-        for (qtype_code, do, rcode, reply_size, query_size), (n, fast, seconds) in (
-                self.cache.fold_front(time.monotonic()).items()):  # fmt: skip
+        for (qtype_code, do, rcode, reply_size, query_size), (
+            n,
+            fast,
+            seconds,
+        ) in self.cache.fold_front(time.monotonic()).items():
             hits = int(n)
             qtype = wire.TYPE_NAMES.get(qtype_code, "other")
             counters["requests", "udp", qtype] += hits

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast, get_args
 
 from fastdns.config.schema import Config
 from fastdns.dns import compose, wire
@@ -36,6 +36,7 @@ from fastdns.dns.resolved import Resolved
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.store import PacketCache
 from fastdns.resolve.pipeline import Pipeline
+from fastdns.serve.accounting import Accounting
 from fastdns.serve.gate import Gate
 from fastdns.serve.tcpslots import TCPSlots
 
@@ -53,9 +54,17 @@ WRITE_LOW = 16 * 1024  # ... and below which it resumes it
 TCP_SNDBUF = 64 * 1024
 
 # Why fastdns closed (or refused) a client connection: fastdns_dns_tcp_connections_closed_total.
-CloseReason = Literal["idle", "frame_timeout", "write_stalled", "write_buffer", "oversize",
-                      "per_source", "evicted", "max_connections"]  # fmt: skip
-CLOSE_REASONS: frozenset[str] = frozenset(CloseReason.__args__)  # type: ignore[attr-defined]
+CloseReason = Literal[
+    "idle",
+    "frame_timeout",
+    "write_stalled",
+    "write_buffer",
+    "oversize",
+    "per_source",
+    "evicted",
+    "max_connections",
+]
+CLOSE_REASONS: frozenset[str] = frozenset(get_args(CloseReason))
 
 
 class TCPState(Protocol):
@@ -67,6 +76,7 @@ class TCPState(Protocol):
     pipeline: Pipeline
     tcp_connections: TCPSlots[TCPServer]
     gate: Gate
+    accounting: Accounting
 
     @property
     def draining(self) -> bool: ...
@@ -74,10 +84,6 @@ class TCPState(Protocol):
     def full(self) -> bool: ...
 
     def spawn(self, coro: Any) -> None: ...
-
-    def record(
-        self, proto: str, q: wire.Query | None, res: Resolved | None, size: int, t0: float
-    ) -> None: ...
 
 
 def _busy(conn: TCPServer) -> bool:
@@ -105,8 +111,9 @@ class TCPServer(asyncio.Protocol):
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # A stream server hands its protocol a Transport; asyncio.Protocol declares the base.
+        self.transport = transport = cast(asyncio.Transport, base)
         state = self.state
         if state.draining:
             state.stats.inc("overload", "tcp")
@@ -118,7 +125,7 @@ class TCPServer(asyncio.Protocol):
             # Outside the ACL (fastdns.acl): closed before a byte is read, whatever acl.action
             # says (a REFUSED would need the query read first); reset, no TIME_WAIT kept here.
             state.stats.inc("acl_blocked", "tcp", state.gate.action)
-            transport.abort()  # type: ignore[attr-defined]
+            transport.abort()
             return
         slots = state.tcp_connections
         verdict = slots.consider(source, _busy)
@@ -137,7 +144,7 @@ class TCPServer(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_SNDBUF)
             except OSError:
                 pass  # the kernel's default, bounded by net.ipv4.tcp_wmem
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         self.loop = loop = asyncio.get_running_loop()
         self._set_deadline(loop.time() + state.config.tcp_idle_timeout)
 
@@ -177,6 +184,7 @@ class TCPServer(asyncio.Protocol):
         if self.timer is None or self.timer_at > when:
             if self.timer is not None:
                 self.timer.cancel()
+            # self.loop is set in connection_made, before any frame or timer.
             self.timer = self.loop.call_at(when, self._on_timer)  # type: ignore[union-attr]
             self.timer_at = when
 
@@ -213,8 +221,7 @@ class TCPServer(asyncio.Protocol):
         resumes now), so its deadline starts now."""
         buf, transport = self.buffer, self.transport
         done, size = 0, len(buf)
-        while (size - done >= 2 and not self.write_paused
-               and self.pending < TCP_MAX_PENDING):  # fmt: skip
+        while size - done >= 2 and not self.write_paused and self.pending < TCP_MAX_PENDING:
             end = done + 2 + (buf[done] << 8 | buf[done + 1])
             if size < end:
                 break
@@ -230,6 +237,7 @@ class TCPServer(asyncio.Protocol):
             return
         config = self.state.config
         if not self.write_paused:  # else pause_writing set the write-stall deadline
+            # self.loop is set in connection_made, before any frame or timer.
             now = self.loop.time()  # type: ignore[union-attr]
             if not buf:
                 if done:
@@ -241,8 +249,11 @@ class TCPServer(asyncio.Protocol):
             if not self.read_paused:
                 transport.pause_reading()
                 self.read_paused = True
-        elif self.read_paused and self.pending < TCP_MAX_PENDING // 2 and not (
-                self.state.draining or self.eof):  # fmt: skip
+        elif (
+            self.read_paused
+            and self.pending < TCP_MAX_PENDING // 2
+            and not (self.state.draining or self.eof)
+        ):
             transport.resume_reading()
             self.read_paused = False
 
@@ -268,6 +279,7 @@ class TCPServer(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.transport is not None and not self.transport.is_closing():
+            # self.loop is set in connection_made, before any frame or timer.
             now = self.loop.time()  # type: ignore[union-attr]
             self._set_deadline(now + self.state.config.tcp_idle_timeout)
             self._process(True)
@@ -288,8 +300,10 @@ class TCPServer(asyncio.Protocol):
             q = wire.parse_query(frame)
         except wire.Malformed as e:
             state.stats.inc("dropped" if e.rcode is None else "malformed", "tcp")
-            if e.rcode is not None:
-                self._write(compose.header_only_reply(frame, e.rcode))
+            # A frame shorter than a header raises with rcode None: nothing to echo.
+            reply = compose.header_only_reply(frame, e.rcode) if e.rcode is not None else None
+            if reply is not None:
+                self._write(reply)
             return
         cache = state.cache  # first, as for UDP; no truncation over TCP
         if cache is not None:
@@ -324,6 +338,5 @@ class TCPServer(asyncio.Protocol):
             return
         if (self.eof or self.state.draining) and not self.pending:
             transport.close()
-        elif self.read_paused and not self.write_paused and (
-                self.pending < TCP_MAX_PENDING // 2):  # fmt: skip
+        elif self.read_paused and not self.write_paused and (self.pending < TCP_MAX_PENDING // 2):
             self._process(True)  # the frames held back, then reading again

@@ -64,8 +64,9 @@ class TCPSlots(Generic[C]):
             return Admission(victim is not None, victim, "per_source")
         if len(self._order) >= self.limit:
             victim = _idlest(self._order, busy)
-            return Admission(victim is not None, victim,
-                             "evicted" if victim is not None else "max_connections")  # fmt: skip
+            return Admission(
+                victim is not None, victim, "evicted" if victim is not None else "max_connections"
+            )
         return Admission(True)
 
     def add(self, conn: C, source: str) -> None:

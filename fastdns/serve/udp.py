@@ -54,7 +54,8 @@ class ServerState:
         self.tasks: set[asyncio.Task[Any]] = set()
         self._draining = False
         self.tcp_connections: TCPSlots[TCPServer] = TCPSlots(
-            config.tcp_max_connections, config.tcp_max_connections_per_source)
+            config.tcp_max_connections, config.tcp_max_connections_per_source
+        )
         # The cache's hit path runs in the datagram callback; its refreshes are tasks tracked
         # here like any query, so draining waits for them and max_inflight counts them.
         pipeline.use_spawn(self.spawn)
@@ -85,6 +86,7 @@ class ServerState:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
 
 def _reply_limit(config: Config, q: wire.Query) -> int:
     """Largest UDP reply for this client: its EDNS size capped by ours, 512 without OPT."""
@@ -127,8 +129,7 @@ class UDPServer:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         # The fast lane: query form -> ready reply (cleared when draining starts).
-        self.front: dict[bytes, Front] = (
-            state.cache.front.forms if state.cache is not None else {})
+        self.front: dict[bytes, Front] = state.cache.front.forms if state.cache is not None else {}
         self.sendto: Any = _no_send  # the socket's sendto once started
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -165,6 +166,7 @@ class UDPServer:
         One clock read per datagram: ``t`` is when the worker started taking the datagram off
         the socket (the previous one's end), so a fast hit's duration includes its read, and
         "still exact" is judged at most one datagram's work (microseconds) late."""
+        # Registered as the reader only while self.sock is set (start/stop).
         recvfrom = self.sock.recvfrom  # type: ignore[union-attr]
         front, sendto, clock = self.front, self.sendto, time.monotonic
         verdict = self.verdicts.get
@@ -190,6 +192,7 @@ class UDPServer:
                 except OSError as e:
                     self._send_failed(reply, addr, e)
                 if v and len(reply) > UNIT:
+                    # A positive verdict comes only from the rate limiter (serve/gate.py).
                     self.gate.limiter.charge(v, len(reply))  # type: ignore[union-attr]
                 t0, t = t, clock()
                 if t - t0 <= FIRST_BUCKET:
@@ -231,18 +234,23 @@ class UDPServer:
         action = self.gate.action
         self.state.stats.inc("acl_blocked", "udp", action)
         if action == "refuse":
+            reply: bytes | None
             try:
                 reply = compose.error_reply(wire.parse_query(data), wire.REFUSED)
             except wire.Malformed:
-                reply = compose.header_only_reply(data, wire.REFUSED)  # type: ignore[assignment]
+                reply = compose.header_only_reply(data, wire.REFUSED)
             if reply is not None:
                 self._send(reply, addr)
 
     def _send_failed(self, reply: bytes, addr: Any, exc: OSError) -> None:
         """``sendto`` raised: queue the reply when the socket buffer is full, else count it."""
         sock, loop = self.sock, self.loop
-        if isinstance(exc, BlockingIOError) and sock is not None and loop is not None and (
-                len(self.backlog) < MAX_BACKLOG):  # fmt: skip
+        if (
+            isinstance(exc, BlockingIOError)
+            and sock is not None
+            and loop is not None
+            and (len(self.backlog) < MAX_BACKLOG)
+        ):
             if not self.backlog:
                 loop.add_writer(sock.fileno(), self._on_writable)
             self.backlog.append((reply, addr))
@@ -320,9 +328,7 @@ class UDPServer:
             res = Resolved(compose.error_reply(q, wire.SERVFAIL), "server")
         self.send_answer(q, res, addr, size, t0)
 
-    def send_answer(
-        self, q: wire.Query, res: Resolved, addr: Any, size: int, t0: float
-    ) -> None:
+    def send_answer(self, q: wire.Query, res: Resolved, addr: Any, size: int, t0: float) -> None:
         """Send ``res`` to the client (truncated to its UDP size) and count it."""
         reply = res.reply
         limit = _reply_limit(self.state.config, q)

@@ -78,11 +78,14 @@ def describe_plan(plan: UpstreamPlan, config: Config) -> str:
     if plan.source == "dns":
         return f"hostResolver is disabled: forwarding every query to the dns: servers ({servers})"
     if plan.source == "fallback":
-        return (f"{config.resolv_conf} has no usable nameserver: using the fallback servers "
-                f"({servers})")  # fmt: skip
+        return (
+            f"{config.resolv_conf} has no usable nameserver: using the fallback servers ({servers})"
+        )
     if plan.source == "none":
-        return (f"{config.resolv_conf} has no usable nameserver and no fallback is configured: "
-                "forwarded queries will get SERVFAIL")  # fmt: skip
+        return (
+            f"{config.resolv_conf} has no usable nameserver and no fallback is configured: "
+            "forwarded queries will get SERVFAIL"
+        )
     return f"upstream nameservers from {config.resolv_conf}: {servers}"
 
 
@@ -146,14 +149,18 @@ class Worker:
     def server_label(self) -> str:
         """CoreDNS's ``server`` metric label: ``dns://IP:PORT``."""
         host = self.config.listen
-        return f"dns://[{host}]:{self.own_udp_port}" if ":" in host else (
-            f"dns://{host}:{self.own_udp_port}")  # fmt: skip
+        return (
+            f"dns://[{host}]:{self.own_udp_port}"
+            if ":" in host
+            else (f"dns://{host}:{self.own_udp_port}")
+        )
 
     def sample_gauges(self) -> None:
         """Point-in-time values for the metrics process, taken per tick (never per query)."""
         gauges = self.stats.gauges
-        for key in [k for k in gauges
-                    if k[0] in ("upstream_up", "upstream_source", "upstream_sockets")]:  # fmt: skip
+        for key in [
+            k for k in gauges if k[0] in ("upstream_up", "upstream_source", "upstream_sockets")
+        ]:
             del gauges[key]  # upstreams come and go with resolv.conf
         if self.state is not None:
             gauges[("inflight",)] = self.state.inflight
@@ -204,7 +211,8 @@ class Worker:
         self.pipeline = Pipeline(self.config, loop, self.stats, self.forwarder, native)
         if self.config.rules.enabled:  # the rules process probes for forwarding loops
             self.pipeline.loop_suffix = loopguard.probe_suffix(
-                loopguard.instance_token(self.config.listen, self.own_udp_port))
+                loopguard.instance_token(self.config.listen, self.own_udp_port)
+            )
         self.state = ServerState(self.config, self.pipeline, self.stats)
         if self.pipeline.cache is not None:
             # New upstreams (a VPN came up) or a new hosts file: cached answers, negative
@@ -311,8 +319,9 @@ class Worker:
         if on_ready is not None:
             on_ready(self)
         await self.stop_event.wait()
-        logger.info("stopping: draining in-flight queries (up to %.1fs)",
-                    self.config.graceful_timeout)  # fmt: skip
+        logger.info(
+            "stopping: draining in-flight queries (up to %.1fs)", self.config.graceful_timeout
+        )
         await self.drain()
 
 
@@ -373,8 +382,9 @@ class WorkerReporter:
             worker.state.accounting.flush_fronts()
         if self.status.path:
             worker.sample_gauges()
-            self.status.send(worker_message(self.slot, os.getpid(), self.generation,
-                                            worker.stats, self.server))  # fmt: skip
+            self.status.send(
+                worker_message(self.slot, os.getpid(), self.generation, worker.stats, self.server)
+            )
 
 
 def worker_process_main(launch: WorkerLaunch) -> NoReturn:

@@ -55,9 +55,14 @@ TICK = 1.0  # longest wait of the supervisor loop
 RULES_STOP_TIMEOUT = 5.0  # the rules process removes its DNAT within this at shutdown
 
 HANDLED_SIGNALS = (
-    signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP,
-    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
-)  # fmt: skip
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
 
 
 class _Stop(FastDNSError):
@@ -84,8 +89,13 @@ class Supervisor(Generations, ChildExits, StatePublisher):
         self.state_file = state_file
         self.workers_override = workers
         self.generations = itertools.count(1)
-        self.current = Generation(next(self.generations), config, config.udp_port,
-                                  config.tcp_port, workers or config.worker_count())  # fmt: skip
+        self.current = Generation(
+            next(self.generations),
+            config,
+            config.udp_port,
+            config.tcp_port,
+            workers or config.worker_count(),
+        )
         self.serving: Generation | None = None  # the newest generation that was fully ready
         self.children: dict[int, Child] = {}
         self.slots: dict[tuple[str, int], SlotState] = {}
@@ -102,10 +112,6 @@ class Supervisor(Generations, ChildExits, StatePublisher):
         self.metrics_port: int | None = None
         self.published: dict[str, Any] | None = None
         self.published_at = 0.0
-
-    @property
-    def config(self) -> Config:
-        return self.current.config
 
     # -----------------------------------------------------------------------------------
     # Main loop
@@ -269,9 +275,14 @@ class Supervisor(Generations, ChildExits, StatePublisher):
         self.children.clear()
 
     def _spawn(
-        self, kind: Kind, slot: int, run: Callable[[int], None], config: Config,
-        keep: Iterable[int] = (), generation: int = 0,
-    ) -> Child | None:  # fmt: skip
+        self,
+        kind: Kind,
+        slot: int,
+        run: Callable[[int], None],
+        config: Config,
+        keep: Iterable[int] = (),
+        generation: int = 0,
+    ) -> Child | None:
         try:
             read_fd, write_fd = os.pipe()
         except OSError as e:  # EMFILE: try again later
@@ -292,8 +303,9 @@ class Supervisor(Generations, ChildExits, StatePublisher):
             run_child(lambda: run(write_fd), write_fd)
         os.close(write_fd)
         now = self.clock()
-        child = Child(kind, pid, read_fd, now, slot=slot, generation=generation, config=config,
-                      last_beat=now)  # fmt: skip
+        child = Child(
+            kind, pid, read_fd, now, slot=slot, generation=generation, config=config, last_beat=now
+        )
         self.children[pid] = child
         logger.debug("started %s (pid %d)", child.name, pid)
         return child
@@ -334,8 +346,9 @@ class Supervisor(Generations, ChildExits, StatePublisher):
         if any(c.kind == "rules" for c in self.children.values()):
             return  # the old one is still removing its rules
         assert self.ports_path is not None  # made by the reload that enabled rules
-        write_state(self.ports_path, {"udp_port": gen.udp_port, "tcp_port": gen.tcp_port},
-                    echo=False)  # fmt: skip
+        write_state(
+            self.ports_path, {"udp_port": gen.udp_port, "tcp_port": gen.tcp_port}, echo=False
+        )
         config, udp_port, tcp_port = gen.config, gen.udp_port, gen.tcp_port
         stats_path, ports_path, parent = self.stats_path, self.ports_path, os.getpid()
 
@@ -357,7 +370,7 @@ class Supervisor(Generations, ChildExits, StatePublisher):
             self.run_dir = self.rundir.path
             self.ports_path = os.path.join(self.run_dir, "ports.json")
         if config.metrics.listen and self.stats_path is None:
-            self.stats_path = os.path.join(self.run_dir, "stats.sock")
+            self.stats_path = os.path.join(self.rundir.path, "stats.sock")
             self.status = StatusSender(self.stats_path)
         if user is not None:  # the metrics process binds there after dropping privileges
             self.rundir.chown(user.uid, user.gid)
@@ -432,8 +445,9 @@ class Supervisor(Generations, ChildExits, StatePublisher):
                 except Empty:
                     break
                 if sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT) and not fast:
-                    logger.warning("%s while stopping: killing the children now",
-                                   signal.Signals(sig).name)  # fmt: skip
+                    logger.warning(
+                        "%s while stopping: killing the children now", signal.Signals(sig).name
+                    )
                     fast = True
                     for child in self.children.values():  # at once: nothing timed out
                         child.stop_signal, child.kill_at = signal.SIGKILL, None
@@ -480,5 +494,3 @@ class Supervisor(Generations, ChildExits, StatePublisher):
         if state is None:
             state = self.slots[key] = SlotState()
         return state
-
-

@@ -23,7 +23,9 @@ def bind_first(
     the kernel hands out a port nobody holds, and the workers then join it.
     """
     jobs: tuple[tuple[bool, int, Callable[..., socket.socket]], ...] = (
-        (udp, config.udp_port, bind_udp), (tcp, config.tcp_port, bind_tcp))  # fmt: skip
+        (udp, config.udp_port, bind_udp),
+        (tcp, config.tcp_port, bind_tcp),
+    )
     for wanted, port, bind in jobs:
         if wanted and port:
             bind(config.listen, port).close()

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Any
+from collections import Counter, deque
+from collections.abc import Callable
 
 from fastdns.errors import ExitCode, HaltServer
 from fastdns.supervise import children
 from fastdns.supervise.children import Child, SlotState
+from fastdns.supervise.generations import Generation
 
 logger = logging.getLogger("fastdns.supervise.arbiter")
 
@@ -29,9 +31,20 @@ KILL_AFTER_ABORT = 1.0  # a stalled worker still alive this long after SIGABRT g
 class ChildExits:
     """The supervisor's reaping half."""
 
+    # Set by Supervisor.__init__ (arbiter.py).
+    clock: Callable[[], float]
     children: dict[int, Child]
     slots: dict[tuple[str, int], SlotState]
-    crashes: Any
+    crashes: deque[float]
+    restarts: Counter[tuple[int, str]]
+    current: Generation
+    serving: Generation | None
+    stopping: bool
+    # Methods of Supervisor (arbiter.py) and Generations (generations.py).
+    _read_control: Callable[[Child], None]
+    _was_up: Callable[[Child], bool]
+    _slot: Callable[[tuple[str, int]], SlotState]
+    _abandon: Callable[[Generation, str], None]
 
     def _reap(self) -> None:
         while True:
@@ -69,12 +82,19 @@ class ChildExits:
             # so is a replacement killed by a signal while booting (the OOM killer, an
             # operator): its slot served before, so the signal is no verdict on the config.
             reason = child.boot_error or child.error or how
-            if (child.kind == "worker" and self.serving is not None
-                    and child.generation == self.current.number
-                    and self.current is not self.serving):  # fmt: skip
-                logger.error("reload failed: %s of generation %d could not start: %s; "
-                             "keeping generation %d", child.name, child.generation, reason,
-                             self.serving.number)  # fmt: skip
+            if (
+                child.kind == "worker"
+                and self.serving is not None
+                and child.generation == self.current.number
+                and self.current is not self.serving
+            ):
+                logger.error(
+                    "reload failed: %s of generation %d could not start: %s; keeping generation %d",
+                    child.name,
+                    child.generation,
+                    reason,
+                    self.serving.number,
+                )
                 self._abandon(self.current, "its reload failed")
                 self.current = self.serving
                 return
@@ -94,8 +114,10 @@ class ChildExits:
         while self.crashes and self.crashes[0] < now - CRASH_WINDOW:
             self.crashes.popleft()
         if len(self.crashes) > CRASH_LIMIT:
-            raise HaltServer(f"{len(self.crashes)} crashes within {CRASH_WINDOW:g}s: giving up",
-                             ExitCode.CRASH_LOOP)  # fmt: skip
+            raise HaltServer(
+                f"{len(self.crashes)} crashes within {CRASH_WINDOW:g}s: giving up",
+                ExitCode.CRASH_LOOP,
+            )
         state = self._slot(child.key)
         if now - child.started >= HEALTHY_AFTER:
             state.crashes = 0
@@ -123,8 +145,12 @@ class ChildExits:
                 limit = max(limit, BOOT_TIMEOUT)
             silent = now - child.last_beat
             if silent > limit:
-                logger.error("%s (pid %d) sent no heartbeat for %.1fs: aborting it",
-                             child.name, child.pid, silent)  # fmt: skip
+                logger.error(
+                    "%s (pid %d) sent no heartbeat for %.1fs: aborting it",
+                    child.name,
+                    child.pid,
+                    silent,
+                )
                 child.timed_out = True
                 children.kill(child.pid, signal.SIGABRT)
                 child.kill_at = now + KILL_AFTER_ABORT

@@ -10,9 +10,8 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from fastdns.config.load import load_config
 from fastdns.config.schema import Config
@@ -21,7 +20,7 @@ from fastdns.policy import acl, ratelimit
 from fastdns.serve.launch import WorkerLaunch
 from fastdns.supervise import children
 from fastdns.supervise.binding import bind_first, bound_port
-from fastdns.supervise.children import Child, child_worker
+from fastdns.supervise.children import Child, Kind, SlotState, child_worker
 from fastdns.system import process
 from fastdns.system.process import Credentials
 from fastdns.system.statefile import write_state
@@ -59,10 +58,26 @@ class Generation:
 class Generations:
     """The supervisor's reload half: HUP, worker slots per generation, retirement."""
 
-    # Set by Supervisor.__init__.
+    # Set by Supervisor.__init__ (arbiter.py).
+    clock: Callable[[], float]
     children: dict[int, Child]
     current: Generation
-    generations: Any
+    serving: Generation | None
+    generations: Iterator[int]
+    workers_override: int | None
+    stopping: bool
+    stats_path: str | None
+    ports_path: str | None
+    # Methods of Supervisor (arbiter.py).
+    _prepare_run_dir: Callable[[Config, Credentials | None], None]
+    _spawn: Callable[[Kind, int, Callable[[int], None], Config, Iterable[int], int], Child | None]
+    _live: Callable[[Kind], Child | None]
+    _slot: Callable[[tuple[str, int]], SlotState]
+
+    @property
+    def config(self) -> Config:
+        """The newest generation's configuration."""
+        return self.current.config
 
     def handle_hup(self) -> None:
         """Reload: validate, start a new generation; the old one retires once it serves."""
@@ -73,8 +88,11 @@ class Generations:
             self._prepare_run_dir(config, user)
         except (ConfigError, BootError) as e:
             problems = e.problems if isinstance(e, ConfigError) else [str(e)]
-            logger.error("SIGHUP: reload of %s failed, keeping the running config: %s",
-                         path, "; ".join(problems))  # fmt: skip
+            logger.error(
+                "SIGHUP: reload of %s failed, keeping the running config: %s",
+                path,
+                "; ".join(problems),
+            )
             return
         for warning in config.warnings:
             logger.warning("%s", warning)
@@ -87,8 +105,7 @@ class Generations:
         try:
             socks = bind_first(config, udp=not keep_udp, tcp=not keep_tcp)
         except BootError as e:
-            logger.error("SIGHUP: reload of %s failed, keeping the running config: %s",
-                         path, e)  # fmt: skip
+            logger.error("SIGHUP: reload of %s failed, keeping the running config: %s", path, e)
             return
         # SIGTTIN/SIGTTOU adjustments survive a reload that leaves ``workers`` as it was (an
         # operator who scaled up and then edited something else keeps the workers they added).
@@ -96,16 +113,26 @@ class Generations:
         latest = self.current
         same_count = config.worker_count() == latest.config.worker_count()
         size = latest.size if self.workers_override or same_count else config.worker_count()
-        new = Generation(next(self.generations), config, bound_port(socks[0], base.udp_port),
-                         bound_port(socks[1], base.tcp_port), size, user, socks)  # fmt: skip
+        new = Generation(
+            next(self.generations),
+            config,
+            bound_port(socks[0], base.udp_port),
+            bound_port(socks[1], base.tcp_port),
+            size,
+            user,
+            socks,
+        )
         if self.current is not self.serving:
             self._abandon(self.current, "superseded by a newer reload")
         self.current = new
         number = new.number
         logger.info("SIGHUP: reloaded %s; starting worker generation %d", path, number)
         metrics = self._live("metrics")
-        if metrics is not None and metrics.config is not None and (
-            metrics.config.metrics != config.metrics):  # fmt: skip
+        if (
+            metrics is not None
+            and metrics.config is not None
+            and metrics.config.metrics != config.metrics
+        ):
             self._retire(metrics)
 
     # -----------------------------------------------------------------------------------
@@ -117,9 +144,21 @@ class Generations:
 
         def run(control_fd: int) -> None:
             udp_sock, tcp_sock = socks if socks else (None, None)
-            child_worker(WorkerLaunch(gen.config, slot, gen.number, gen.udp_port, gen.tcp_port,
-                                      control_fd, stats_path, udp_sock, tcp_sock, gen.user,
-                                      parent))  # fmt: skip
+            child_worker(
+                WorkerLaunch(
+                    gen.config,
+                    slot,
+                    gen.number,
+                    gen.udp_port,
+                    gen.tcp_port,
+                    control_fd,
+                    stats_path,
+                    udp_sock,
+                    tcp_sock,
+                    gen.user,
+                    parent,
+                )
+            )
 
         self._spawn("worker", slot, run, gen.config, gen.prebound_fds(), gen.number)
         gen.close_prebound()  # the worker has them now; a copy here would blackhole flows
@@ -168,13 +207,17 @@ class Generations:
             return
         old, self.serving = self.serving, gen
         if old is None:
-            logger.info("serving DNS on %s udp/%d tcp/%d with %d workers; acl: %s; %s",
-                        gen.config.listen, gen.udp_port, gen.tcp_port, gen.size,
-                        acl.describe(gen.config.acl),
-                        ratelimit.describe(gen.config.ratelimit))  # fmt: skip
+            logger.info(
+                "serving DNS on %s udp/%d tcp/%d with %d workers; acl: %s; %s",
+                gen.config.listen,
+                gen.udp_port,
+                gen.tcp_port,
+                gen.size,
+                acl.describe(gen.config.acl),
+                ratelimit.describe(gen.config.ratelimit),
+            )
             return
-        logger.info("worker generation %d serves: retiring generation %d", gen.number,
-                    old.number)  # fmt: skip
+        logger.info("worker generation %d serves: retiring generation %d", gen.number, old.number)
         old.close_prebound()
         for child in self.children.values():
             if child.kind == "worker" and child.generation != gen.number:
@@ -183,10 +226,12 @@ class Generations:
         if rules is not None and gen.config.rules.enabled and self.ports_path is not None:
             # New ports (if any) through the ports file, then SIGHUP: it re-reads the config
             # and reconciles, moving the DNAT without removing it.
-            write_state(self.ports_path, {"udp_port": gen.udp_port, "tcp_port": gen.tcp_port},
-                        echo=False)  # fmt: skip
+            write_state(
+                self.ports_path, {"udp_port": gen.udp_port, "tcp_port": gen.tcp_port}, echo=False
+            )
             children.kill(rules.pid, signal.SIGHUP)
 
     def _workers(self, generation: int) -> Iterable[Child]:
-        return (c for c in self.children.values()
-                if c.kind == "worker" and c.generation == generation)  # fmt: skip
+        return (
+            c for c in self.children.values() if c.kind == "worker" and c.generation == generation
+        )

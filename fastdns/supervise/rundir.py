@@ -57,7 +57,7 @@ def remove_stale(parent: str | None = None, owners: Collection[int] = ()) -> lis
     """
     parent = parent or tempfile.gettempdir()
     owners = set(owners) or {os.geteuid()}
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(parent))
     except OSError as e:
@@ -75,8 +75,9 @@ def remove_stale(parent: str | None = None, owners: Collection[int] = ()) -> lis
             continue
         if _is_stale(entry.path, int(match.group(1))):
             shutil.rmtree(entry.path, ignore_errors=True)
-            logger.info("removed %s, left by a supervisor (pid %s) that is gone",
-                        entry.path, match.group(1))  # fmt: skip
+            logger.info(
+                "removed %s, left by a supervisor (pid %s) that is gone", entry.path, match.group(1)
+            )
             removed.append(entry.path)
     return removed
 

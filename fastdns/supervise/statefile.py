@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from fastdns.ipc import StatusSender
 from fastdns.metrics.stats import supervisor_message
+from fastdns.supervise.children import Child
+from fastdns.supervise.generations import Generation
 from fastdns.system.statefile import write_state
 
 logger = logging.getLogger("fastdns.supervise.arbiter")
@@ -22,12 +27,29 @@ STATE_MIN_INTERVAL = 1.0  # rewrite the state file for served counts at most thi
 class StatePublisher:
     """The supervisor's publishing half."""
 
+    # Set by Supervisor.__init__ (arbiter.py).
+    clock: Callable[[], float]
+    state_file: str | None
+    children: dict[int, Child]
+    restarts: Counter[tuple[int, str]]
+    current: Generation
+    serving: Generation | None
+    stopping: bool
+    status: StatusSender
+    metrics_port: int | None
+    published: dict[str, Any] | None
+    published_at: float
+    # Of Generations (generations.py).
+    _workers: Callable[[int], Iterable[Child]]
+
     def _state(self) -> dict[str, Any] | None:
         gen = self.serving
         if gen is None:
             return None
-        workers = sorted((c for c in self._workers(gen.number) if c.ready and not c.stopping),
-                         key=lambda c: c.slot)  # fmt: skip
+        workers = sorted(
+            (c for c in self._workers(gen.number) if c.ready and not c.stopping),
+            key=lambda c: c.slot,
+        )
         state: dict[str, Any] = {
             "udp_port": gen.udp_port,
             "tcp_port": gen.tcp_port,
@@ -49,7 +71,8 @@ class StatePublisher:
         state = self._state()
         if state is None or self.stopping or state == self.published:
             return
-        if self.published is None and self.config.metrics.listen and self.metrics_port is None:
+        metrics_listen = self.current.config.metrics.listen
+        if self.published is None and metrics_listen and self.metrics_port is None:
             return  # the first state names the metrics port (docs/process-model.md, "State file")
         last = self.published or {}
         changed = any(state.get(k) != last.get(k) for k in state if k != "served")
@@ -67,9 +90,17 @@ class StatePublisher:
             return
         workers = [c for c in self.children.values() if c.kind == "worker" and not c.stopping]
         restarts = [(slot, reason, n) for (slot, reason), n in sorted(self.restarts.items())]
-        self.status.send(supervisor_message(
-            os.getpid(), self.current.size, len(workers), sum(c.ready for c in workers),
-            restarts, self.stopping, self.serving is not None and not self.stopping))  # fmt: skip
+        self.status.send(
+            supervisor_message(
+                os.getpid(),
+                self.current.size,
+                len(workers),
+                sum(c.ready for c in workers),
+                restarts,
+                self.stopping,
+                self.serving is not None and not self.stopping,
+            )
+        )
 
     # -----------------------------------------------------------------------------------
     # Shutdown

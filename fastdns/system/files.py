@@ -62,8 +62,7 @@ class GraceHold:
         """True: act on this read. False: keep the last good contents (the read is held)."""
         if usable:
             if self._since is not None and self.log:
-                logger.info("%s is usable again after %.1fs", self.path,
-                            self.clock() - self._since)  # fmt: skip
+                logger.info("%s is usable again after %.1fs", self.path, self.clock() - self._since)
             self._good, self._since, self._gave_up = True, None, False
             return True
         if not self._good:
@@ -72,14 +71,21 @@ class GraceHold:
         if self._since is None:
             self._since = now
             if self.log:
-                logger.warning("%s is empty or unreadable (rewritten in place?): keeping its "
-                               "previous %s for up to %gs", self.path, self.what,
-                               self.grace)  # fmt: skip
+                logger.warning(
+                    "%s is empty or unreadable (rewritten in place?): keeping its "
+                    "previous %s for up to %gs",
+                    self.path,
+                    self.what,
+                    self.grace,
+                )
             return False
         if now - self._since < self.grace:
             return False
         self._gave_up, self._good = True, False
         if self.log:
-            logger.warning("%s is still empty or unreadable after %gs: using it as it is",
-                           self.path, self.grace)  # fmt: skip
+            logger.warning(
+                "%s is still empty or unreadable after %gs: using it as it is",
+                self.path,
+                self.grace,
+            )
         return True

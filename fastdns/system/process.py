@@ -62,8 +62,9 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> bool:
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-                logger.warning("prctl(PR_SET_PDEATHSIG) failed: %s",
-                               os.strerror(ctypes.get_errno()))  # fmt: skip
+                logger.warning(
+                    "prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno())
+                )
         except (OSError, AttributeError):
             logger.warning("prctl is not available: children may outlive a killed supervisor")
     return os.getppid() == parent_pid
@@ -90,14 +91,19 @@ def resolve_user(name: str) -> Credentials | None:
         entry = pwd.getpwnam(name)
     except KeyError:
         # The user is the operator's to create (deploy/systemd/fastdns.sysusers does it).
-        raise BootError(f"fastdns.user: no such user {name!r}: create it with `useradd --system "
-                        f"--no-create-home --shell /usr/sbin/nologin {name}` (or systemd-sysusers "
-                        "with deploy/systemd/fastdns.sysusers), or remove fastdns.user to run "
-                        "the workers as root") from None  # fmt: skip
+        raise BootError(
+            f"fastdns.user: no such user {name!r}: create it with `useradd --system "
+            f"--no-create-home --shell /usr/sbin/nologin {name}` (or systemd-sysusers "
+            "with deploy/systemd/fastdns.sysusers), or remove fastdns.user to run "
+            "the workers as root"
+        ) from None
     if os.geteuid() != 0:
         if entry.pw_uid != os.geteuid():
-            logger.warning("fastdns.user is %r but fastdns does not run as root: "
-                           "staying uid %d", name, os.geteuid())  # fmt: skip
+            logger.warning(
+                "fastdns.user is %r but fastdns does not run as root: staying uid %d",
+                name,
+                os.geteuid(),
+            )
         return None
     return Credentials(name, entry.pw_uid, entry.pw_gid)
 
@@ -110,8 +116,7 @@ def drop_privileges(creds: Credentials) -> None:
         os.setuid(creds.uid)
     except OSError as e:
         raise BootError(
-            f"cannot drop privileges to user {creds.name!r} (uid {creds.uid}): "
-            f"{e.strerror or e}"
+            f"cannot drop privileges to user {creds.name!r} (uid {creds.uid}): {e.strerror or e}"
         ) from e
     if os.getuid() != creds.uid or os.geteuid() != creds.uid:  # pragma: no cover - paranoia
         raise BootError(f"still uid {os.geteuid()} after dropping to {creds.name!r}")

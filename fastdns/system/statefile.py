@@ -26,8 +26,9 @@ def write_json(path: str, doc: dict[str, Any], *, sync: bool = True) -> str:
     return line
 
 
-def write_state(path: str | None, state: dict[str, Any], *, echo: bool = True,
-                sync: bool = True) -> None:  # fmt: skip
+def write_state(
+    path: str | None, state: dict[str, Any], *, echo: bool = True, sync: bool = True
+) -> None:
     """Print ``state`` as one JSON line (``echo``) and write it atomically to ``path``."""
     if echo:
         with contextlib.suppress(OSError, ValueError):  # nobody reads stdout any more

@@ -31,9 +31,9 @@ from typing import Any
 from fastdns.config.schema import CacheConfig
 from fastdns.dns import compose, wire
 from fastdns.resolve.cache.admission import KIND_NAMES, SERVFAIL, SUCCESS, classify
+from fastdns.resolve.cache.entry import STALE, Entry, Form, Raw, retime
 from fastdns.resolve.cache.front import Front, FrontTable
 
-_U32 = struct.Struct("!I")
 _HEAD = struct.Struct("!HHHHH")  # flags, qd, an, ns, ar: the header after the ID
 
 TCP_LIMIT = 65535  # no truncation: TCP, and the pipeline's full-size replies
@@ -41,7 +41,6 @@ MAX_TRUNCATED_FORMS = 4  # truncated renderings kept per entry (client UDP sizes
 MAX_INTERNED_HEADS = 4096  # distinct (flags, counts) headers shared between entries
 FAILURE_RECHECK = 30.0  # RFC 8767 §5 "failure recheck": after a failed refresh, wait this long
 NOT_CACHED_SOURCES = frozenset(("server", "cache"))  # fastdns's own errors; already cached
-STALE = -1  # Form.stamp of a body that holds the stale TTL
 # Fast-lane hits summed by (qtype, DO, rcode, reply size, query size): fold_front.
 Tally = tuple[int, bool, int, int, int]
 
@@ -53,54 +52,6 @@ _PREFETCH = ("cache_prefetch",)
 _DROPS = ("cache_drops",)
 _HITS = tuple(("cache_hits", name) for name in KIND_NAMES)
 _EVICTIONS = tuple(("cache_evictions", name) for name in KIND_NAMES)
-
-
-class Form:
-    """One rendering template: 4 headers (by the client's RD bit and OPT), the body after the
-    question without OPT, and where its TTLs sit with the TTL each shows at age 0."""
-
-    __slots__ = ("body", "heads", "size", "stamp", "ttls")
-
-    body: bytearray
-    heads: tuple[bytes, ...]  # index: client RD | client OPT << 1
-    size: int  # rendered length without OPT
-    stamp: int  # the age (whole seconds) the body's TTLs are written for, or STALE
-    ttls: tuple[int, ...]  # flattened (body offset, TTL at age 0) pairs
-
-
-class Entry(Form):
-    """One cached reply; it lives ``ttl`` seconds from ``stored`` (then maybe stale)."""
-
-    __slots__ = ("hits", "kind", "last_hit", "next_refresh", "opt", "prefetch_at", "stored",
-                 "trunc", "ttl")  # fmt: skip
-
-    hits: int  # hits with no gap longer than prefetch_duration between them (CoreDNS freq)
-    last_hit: float
-    kind: int  # SUCCESS, DENIAL or SERVFAIL
-    next_refresh: float  # no background refresh before this time (one in flight at most)
-    opt: bytes  # our OPT record for clients that sent one (DO echoed: DO is in the key)
-    prefetch_at: float  # prefetch when hit at or after this time (inf: never)
-    stored: float
-    trunc: dict[int, Form] | None  # truncated renderings by byte budget
-    ttl: int
-
-
-def _retime(form: Form, stamp: int, stale_ttl: int) -> None:
-    body, ttls = form.body, form.ttls
-    pack_into = _U32.pack_into
-    if stamp == STALE:
-        for i in range(0, len(ttls), 2):
-            pack_into(body, ttls[i], stale_ttl)
-    else:
-        for i in range(0, len(ttls), 2):
-            pack_into(body, ttls[i], ttls[i + 1] - stamp)
-    form.stamp = stamp
-
-
-# A reply stored as it came, made into an Entry on its first hit (PacketCache.lookup): kind,
-# life, stored, reply, question end, OPT offset, TTL offsets, DO. A tuple: the store is on
-# every miss, and a cold name is usually never asked again.
-Raw = tuple[int, int, float, bytes, int, int, tuple[int, ...], bool]
 
 
 class PacketCache:
@@ -174,8 +125,11 @@ class PacketCache:
             return None
         reply = self._serve(e, q, q.wire, now, TCP_LIMIT if tcp else self._udp_limit(q))
         if reply is None:
-            if not self._verify or int(now - e.stored) - e.ttl >= self._stale_window or (
-                    e.kind == SERVFAIL):  # fmt: skip
+            if (
+                not self._verify
+                or int(now - e.stored) - e.ttl >= self._stale_window
+                or e.kind == SERVFAIL
+            ):
                 self._remove(key, e)  # (verify keeps a stale entry for ``admit``)
             counters[_MISSES] += 1
         elif not tcp and q.qname == key[: len(q.qname)] and len(q.wire) <= 512:
@@ -209,7 +163,8 @@ class PacketCache:
         q = f.q
         e = self.lookup(q.key)
         if e is None or int(now - e.stored) - e.ttl >= (
-                self._serve_window if e.kind != SERVFAIL else 0):  # fmt: skip
+            self._serve_window if e.kind != SERVFAIL else 0
+        ):
             self.front.drop(form)  # gone or expired: the full path counts and forgets it
             return None
         self.counters[_REQUESTS] += 1
@@ -264,14 +219,16 @@ class PacketCache:
             # CoreDNS freq.Update: a gap longer than the window starts the count over.
             e.hits = 1 if now - e.last_hit > self._prefetch_window else e.hits + 1
             e.last_hit = now
-            if now >= e.prefetch_at and e.hits >= self._prefetch_hits and (
-                    now >= e.next_refresh):  # fmt: skip
+            if now >= e.prefetch_at and e.hits >= self._prefetch_hits and now >= e.next_refresh:
                 # CoreDNS tryPrefetch: popular and near expiry; one refresh in flight at most.
                 e.next_refresh = now + self.refresh_hold
                 counters[_PREFETCH] += 1
                 self.refresh(q)
-        elif age - e.ttl < self._stale_window and e.kind != SERVFAIL and (
-                not self._verify or now < e.next_refresh):  # fmt: skip
+        elif (
+            age - e.ttl < self._stale_window
+            and e.kind != SERVFAIL
+            and (not self._verify or now < e.next_refresh)
+        ):
             # RFC 8767 §4 immediate mode: answer stale now with a short TTL, refresh behind.
             # Verify mode: only within the failure recheck after a failed lookup
             # (RFC 8767 §5), else the lookup goes first (a miss; ``admit`` serves it if that fails).
@@ -296,9 +253,16 @@ class PacketCache:
         if e.size + len(opt) > limit:
             form = self._truncated(e, q, limit - len(opt))
         if form.stamp != stamp:
-            _retime(form, stamp, self._stale_ttl)
-        return b"".join((data[:2], form.heads[(data[2] & 1) | (2 if opt else 0)],
-                         data[12 : q.qend], form.body, opt))  # fmt: skip
+            retime(form, stamp, self._stale_ttl)
+        return b"".join(
+            (
+                data[:2],
+                form.heads[(data[2] & 1) | (2 if opt else 0)],
+                data[12 : q.qend],
+                form.body,
+                opt,
+            )
+        )
 
     def _truncated(self, e: Entry, q: wire.Query, budget: int) -> Form:
         """The entry cut to ``budget`` bytes (OPT aside) at an RRset boundary, TC set when
@@ -313,16 +277,20 @@ class PacketCache:
         try:
             cut = compose.truncate(msg, budget)
         except wire.Malformed:  # a name the upstream compressed badly: send the header only
-            cut = msg[:2] + _HEAD.pack(_HEAD.unpack_from(msg, 2)[0] | wire.TC, 1, 0, 0, 0) + (
-                msg[12 : q.qend])  # fmt: skip
+            cut = (
+                msg[:2]
+                + _HEAD.pack(_HEAD.unpack_from(msg, 2)[0] | wire.TC, 1, 0, 0, 0)
+                + (msg[12 : q.qend])
+            )
         flags, _, an, ns, ar = _HEAD.unpack_from(cut, 2)
         form = Form()
         form.heads = self._heads_for(flags, an, ns, ar)
         form.body = bytearray(cut[q.qend :])
         # The cut body is a prefix of the entry's body: its TTLs are the first ones.
         n = len(form.body)
-        form.ttls = tuple(v for i in range(0, len(e.ttls), 2) if e.ttls[i] < n
-                          for v in e.ttls[i : i + 2])  # fmt: skip
+        form.ttls = tuple(
+            v for i in range(0, len(e.ttls), 2) if e.ttls[i] < n for v in e.ttls[i : i + 2]
+        )
         form.stamp = e.stamp
         form.size = len(cut)
         if len(trunc) < MAX_TRUNCATED_FORMS:
@@ -345,9 +313,12 @@ class PacketCache:
         heads = self._heads.get(base)
         if heads is None:
             flags &= ~wire.RD
-            heads = (_HEAD.pack(flags, 1, an, ns, ar), _HEAD.pack(flags | wire.RD, 1, an, ns, ar),
-                     _HEAD.pack(flags, 1, an, ns, ar + 1),
-                     _HEAD.pack(flags | wire.RD, 1, an, ns, ar + 1))  # fmt: skip
+            heads = (
+                _HEAD.pack(flags, 1, an, ns, ar),
+                _HEAD.pack(flags | wire.RD, 1, an, ns, ar),
+                _HEAD.pack(flags, 1, an, ns, ar + 1),
+                _HEAD.pack(flags | wire.RD, 1, an, ns, ar + 1),
+            )
             if len(self._heads) < MAX_INTERNED_HEADS:
                 self._heads[base] = heads
         return heads
@@ -381,12 +352,21 @@ class PacketCache:
         entry = self.put(q, reply, source, ttl, now)
         if entry is None:
             return reply, source
-        if type(entry) is tuple:
+        if type(entry) is not Entry:
             return self._first_reply(entry, q), source
         return self._render(entry, q, 0, TCP_LIMIT), source
 
-    def _entry(self, kind: int, life: int, stored: float, reply: bytes, qend: int,
-               opt_start: int, ttls: tuple[int, ...], do: bool) -> Entry:  # fmt: skip
+    def _entry(
+        self,
+        kind: int,
+        life: int,
+        stored: float,
+        reply: bytes,
+        qend: int,
+        opt_start: int,
+        ttls: tuple[int, ...],
+        do: bool,
+    ) -> Entry:
         """An Entry for ``reply`` (its body showing the TTLs it came with: ``stamp`` 0)."""
         body_end = opt_start or len(reply)
         e = Entry()
@@ -418,7 +398,7 @@ class PacketCache:
             e = table.get(key)
             if e is None:
                 return None
-        if type(e) is tuple:
+        if type(e) is not Entry:  # a Raw tuple: one exact type test on the hit path
             e = table[key] = self._entry(*e)  # the same place in the eviction order
         return e
 
@@ -443,8 +423,10 @@ class PacketCache:
         kind, life, opt_start, ttls, as_is = verdict
         cfg = self.config
         table, other, capacity = (
-            (self.success, self.denial, cfg.capacity) if kind == SUCCESS
-            else (self.denial, self.success, cfg.denial_capacity))  # fmt: skip
+            (self.success, self.denial, cfg.capacity)
+            if kind == SUCCESS
+            else (self.denial, self.success, cfg.denial_capacity)
+        )
         if capacity <= 0:
             return None
         e: Entry | Raw
@@ -452,7 +434,7 @@ class PacketCache:
             e = (kind, life, now, reply, q.qend, opt_start, ttls, q.key[-2] == 1)
         else:
             e = self._entry(kind, life, now, reply, q.qend, opt_start, ttls, q.key[-2] == 1)
-            _retime(e, 0, 0)  # the capped TTLs
+            retime(e, 0, 0)  # the capped TTLs
         key = q.key
         other.pop(key, None)
         if key in table:
@@ -469,5 +451,12 @@ class PacketCache:
         heads = self._cached_heads(reply, opt_start, do)
         opt = self._opts[do] if q.has_opt else b""
         data = q.wire
-        return b"".join((data[:2], heads[(data[2] & 1) | (2 if opt else 0)], data[12 : q.qend],
-                         reply[qend : opt_start or len(reply)], opt))  # fmt: skip
+        return b"".join(
+            (
+                data[:2],
+                heads[(data[2] & 1) | (2 if opt else 0)],
+                data[12 : q.qend],
+                reply[qend : opt_start or len(reply)],
+                opt,
+            )
+        )

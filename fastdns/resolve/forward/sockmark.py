@@ -40,9 +40,13 @@ def configure(mark: int) -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             mark_socket(probe, mark)
     except OSError as e:
-        logger.info("upstream sockets are not marked with 0x%x (%s; SO_MARK needs "
-                    "CAP_NET_ADMIN): the rules' OUTPUT exemption matches fastdns.user's uid "
-                    "instead", mark, e.strerror or e)  # fmt: skip
+        logger.info(
+            "upstream sockets are not marked with 0x%x (%s; SO_MARK needs "
+            "CAP_NET_ADMIN): the rules' OUTPUT exemption matches fastdns.user's uid "
+            "instead",
+            mark,
+            e.strerror or e,
+        )
         return False
     _mark = mark
     return True

@@ -159,8 +159,12 @@ def keep_txt_strings() -> bool:
     original: Callable[[Any, int], Any] = pycares.extract_record_data
     if getattr(original, "keeps_txt_strings", False):
         return True
-    needed = ("ares_dns_rr_get_abin_cnt", "ares_dns_rr_get_abin", "ARES_RR_TXT_DATA",
-              "ARES_REC_TYPE_TXT")  # fmt: skip
+    needed = (
+        "ares_dns_rr_get_abin_cnt",
+        "ares_dns_rr_get_abin",
+        "ARES_RR_TXT_DATA",
+        "ARES_REC_TYPE_TXT",
+    )
     if not all(hasattr(lib, n) for n in needed):
         return False
     txt, key = lib.ARES_REC_TYPE_TXT, lib.ARES_RR_TXT_DATA
@@ -176,6 +180,7 @@ def keep_txt_strings() -> bool:
             strings.append(ffi.buffer(ptr, length[0])[:] if ptr != ffi.NULL else b"")
         return TXTStrings(data=data.data, strings=tuple(strings))
 
+    # A marker on the function (read back with getattr) that the patch is ours.
     extract_record_data.keeps_txt_strings = True  # type: ignore[attr-defined]
     pycares.extract_record_data = extract_record_data
     return True
@@ -266,6 +271,7 @@ class AresDriver:
             return
         if self._timer is None:
             # timeout(max) = min(max, next c-ares deadline); bare timeout() is 0.0 when idle.
+            # pycares's Channel.timeout has no annotations.
             delay = max(float(self.channel.timeout(TIMER_MAX)), 0.001)  # type: ignore[no-untyped-call]
             self._timer = self.loop.call_later(delay, self._on_timer)
 
@@ -273,14 +279,17 @@ class AresDriver:
 
     def getaddrinfo(self, name: str, family: socket.AddressFamily) -> asyncio.Future[Outcome]:
         return self._submit(
-            lambda cb: self.channel.getaddrinfo(name, None, family=family, flags=GAI_FLAGS,
-                                                callback=cb))  # fmt: skip
+            lambda cb: self.channel.getaddrinfo(
+                name, None, family=family, flags=GAI_FLAGS, callback=cb
+            )
+        )
 
     def search(self, name: str, qtype: int) -> asyncio.Future[Outcome]:
         return self._submit(lambda cb: self.channel.search(name, qtype, callback=cb))
 
-    def _submit(self, start: Callable[[Callable[[Any, int | None], None]], None]) -> (
-            asyncio.Future[Outcome]):  # fmt: skip
+    def _submit(
+        self, start: Callable[[Callable[[Any, int | None], None]], None]
+    ) -> asyncio.Future[Outcome]:
         fut: asyncio.Future[Outcome] = self.loop.create_future()
         finished = False
 

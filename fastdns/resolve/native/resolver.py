@@ -163,16 +163,20 @@ class NativeResolver:
         self.plan = plan
         # Our own view of the hosts file, only to tell hosts-file answers (TTL 0 from c-ares)
         # from DNS ones; c-ares re-reads the file itself when its mtime changes.
-        self.hosts = HostsFile(config.hosts_file,  # (the pipeline's copy logs its holds)
-                               hold=GraceHold(config.hosts_file, "entries", log=False))
+        self.hosts = HostsFile(
+            config.hosts_file,  # (the pipeline's copy logs its holds)
+            hold=GraceHold(config.hosts_file, "entries", log=False),
+        )
         self._hosts_checked = -1.0
         self.timeout = config.native.timeout
         self.max_inflight = config.native.max_inflight
         self.negative_ttl = config.native.negative_ttl
         self.lima_compat = config.lima_compat
-        self.style = AnswerStyle(lima_compat=config.lima_compat,
-                                 local_ttl=config.native.hosts_ttl,
-                                 opt_size=config.udp_payload_cap)  # fmt: skip
+        self.style = AnswerStyle(
+            lima_compat=config.lima_compat,
+            local_ttl=config.native.hosts_ttl,
+            opt_size=config.udp_payload_cap,
+        )
         self.retiring: set[AresDriver] = set()
         # native.forward_first (never in lima_compat: Lima's answers are flattened, TTL 5).
         self.first = config.native.forward_first and not config.lima_compat
@@ -204,8 +208,9 @@ class NativeResolver:
             except QueryCacheUnsupported as e:
                 if not self._qcache_warned:
                     self._qcache_warned = True
-                    logger.warning("%s: c-ares keeps its own cache of native answers, beyond "
-                                   "cache.capacity", e)  # fmt: skip
+                    logger.warning(
+                        "%s: c-ares keeps its own cache of native answers, beyond cache.capacity", e
+                    )
                 del options["qcache_max_ttl"]
                 return AresDriver(self.loop, server_csv_entries(plan), **options)
         except (pycares.AresError, ValueError, RuntimeError) as e:
@@ -400,8 +405,9 @@ class NativeResolver:
     def _negative(self, q: wire.Query, rcode: int) -> Resolved:
         # No SOA can be given (see answers.negative_reply); the negative TTL travels with the
         # result for fastdns's own cache instead of inside the reply.
-        return Resolved(answers.negative_reply(q, rcode, self.style), "native",
-                        ttl=self.negative_ttl)  # fmt: skip
+        return Resolved(
+            answers.negative_reply(q, rcode, self.style), "native", ttl=self.negative_ttl
+        )
 
 
 def _expire(fut: asyncio.Future[Outcome]) -> None:
