@@ -25,6 +25,7 @@ from typing import Literal
 
 from fastdns import __version__
 from fastdns.config.schema import Config
+from fastdns.dns import wire
 from fastdns.metrics.stats import SIZE_BUCKETS, TIME_BUCKETS
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ CAPPED_LABELS = {"to": 32, "slot": 128, "reason": 16, "result": 8, "kind": 8}
 INITIAL_SERIES_CAP = 100
 # Labels every series of a family shares, filled by the metrics process (one value each).
 CONTEXT_LABELS = frozenset(("server", "family"))
-FAILOVER_RCODES = frozenset(("SERVFAIL", "REFUSED"))  # resolve/forward/upstream.py FAILOVER_RCODES
+# The rcodes after which a forwarder asks the next upstream (fastdns/dns/wire.py).
+FAILOVER_RCODES = frozenset(wire.RCODE_NAMES[r] for r in wire.FAILOVER_RCODES)
 
 Kind = Literal["counter", "gauge", "histogram", "info"]
 
