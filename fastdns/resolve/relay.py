@@ -27,8 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import Resolved
@@ -37,9 +37,16 @@ from fastdns.resolve.forward.upsock import PortSocket, UpstreamDown
 from fastdns.resolve.forward.upstream import Mailbox
 from fastdns.resolve.pipeline import Pipeline, Spawn
 
-# How the lane hands a finished answer back to the server that read the query (the UDP
-# server's ``send_answer``): passed down, so this layer never imports the serving one.
-SendAnswer = Callable[[wire.Query, Resolved, Any, int, float], None]
+
+class Delivery(Protocol):
+    """Where the lane's finished answers go: the datapath that read the query (implemented
+    in fastdns/serve/udp.py, handed down with each query), so this layer never imports the
+    serving one. The one way out of the lane."""
+
+    def send_answer(self, q: wire.Query, res: Resolved, addr: Any, size: int,
+                    t0: float) -> None:  # fmt: skip
+        """Send ``res`` to the client at ``addr`` (query of ``size`` bytes read at ``t0``)."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +57,11 @@ class Relayed:
     """One query in the lane; it stands in for the Future in ``PortSocket.pending``."""
 
     __slots__ = ("addr", "deadline", "expires", "finished", "fut", "m", "native", "q", "relay",
-                 "send", "sent", "server", "size", "sock", "t0", "uid")  # fmt: skip
+                 "sent", "server", "sink", "size", "sock", "t0", "uid")  # fmt: skip
 
-    def __init__(self, relay: Relay, q: wire.Query, send: SendAnswer, addr: Any, size: int,
+    def __init__(self, relay: Relay, q: wire.Query, sink: Delivery, addr: Any, size: int,
                  t0: float) -> None:  # fmt: skip
-        self.relay, self.q, self.send = relay, q, send
+        self.relay, self.q, self.sink = relay, q, sink
         self.addr, self.size, self.t0 = addr, size, t0
         self.finished = False
         self.native = False  # forwarded first for the native path (native.forward_first)
@@ -90,7 +97,7 @@ class Relay:
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
 
-    def start(self, q: wire.Query, send: SendAnswer, addr: Any, size: int, t0: float) -> bool:
+    def start(self, q: wire.Query, sink: Delivery, addr: Any, size: int, t0: float) -> bool:
         """Relay ``q`` if the lane can take it; False: use the general path."""
         pipeline = self.pipeline
         if self.closed or q.key in pipeline.pending or pipeline.static.aliases or (
@@ -123,7 +130,7 @@ class Relay:
                 # below returns False), and the general path, which counts it otherwise, never
                 # sees it.
                 lookup.count_fallback(reason)
-        r = Relayed(self, q, send, addr, size, t0)
+        r = Relayed(self, q, sink, addr, size, t0)
         r.m = m
         r.native = native
         r.server = server
@@ -232,7 +239,7 @@ class Relay:
         if out.reply is res.reply:  # not from the cache: the upstream's ID and question case
             out = Resolved(compose.splice(res.reply, q.id, q.question, q.rd), res.source)
         # (else the cache rendered it for q itself: q's ID, question bytes, RD and OPT)
-        r.send(q, out, r.addr, r.size, r.t0)
+        r.sink.send_answer(q, out, r.addr, r.size, r.t0)
 
     def _hand_off(self, r: Relayed, reason: str, box: Mailbox | None) -> None:
         """Leave the lane: the general path drives ``r``'s state machine on from its next
