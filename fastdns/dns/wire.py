@@ -386,6 +386,16 @@ def reply_rcode(buf: bytes) -> int:
     return buf[3] & RCODE_MASK
 
 
+def truncated(buf: bytes) -> bool:
+    """The TC bit of a reply's header (RFC 1035 §4.1.1): retry over TCP (RFC 7766 §5)."""
+    return bool(buf[2] & 0x02)  # TC is the low bit of the flags' high byte (``TC`` above)
+
+
+# Rcodes after which a forwarder asks the next upstream and never this one again for the
+# same query (RFC 1035 §4.1.1: the server failed, or refused us).
+FAILOVER_RCODES = frozenset((SERVFAIL, REFUSED))
+
+
 def name_end(buf: bytes, i: int, n: int) -> int:
     """Where the (possibly compressed) name at ``i`` ends, or -1 when it runs past ``n`` or
     has a bad label type. Only its end: what pointers point at is not followed (the callers

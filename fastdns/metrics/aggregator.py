@@ -24,9 +24,9 @@ from fastdns.metrics.definitions import (
     SOURCE_TO_PLUGIN,
     SOURCES,
     MetricDef,
-    initial_label_sets,
 )
 from fastdns.metrics.stats import REPORT_INTERVAL, Key, decode
+from fastdns.metrics.zeros import initial_label_sets
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class StatsAggregator:
         self.messages: Counter[str] = Counter()
         self.versions = build_versions()
         self._admitted: dict[tuple[str, str], set[str]] = {}  # (metric, label) -> values
-        # (family, its label sets) exported at 0 from the start (metrics.initial_label_sets);
+        # (family, its label sets) exported at 0 from the start (fastdns.metrics.zeros);
         # the rules series only when there is a rules process.
         self._initial = [
             (m, sets)

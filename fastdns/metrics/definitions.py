@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fastdns.dns import wire
 from fastdns.metrics.stats import SIZE_BUCKETS, TIME_BUCKETS
 
 logger = logging.getLogger(__name__)
@@ -62,13 +63,10 @@ RECONCILE_RESULTS = frozenset(("ok", "changed", "error"))
 # Label values chosen by configuration (upstream addresses) or the supervisor (slots, restart
 # reasons): bounded by admitting the first N distinct values and mapping later ones to "other".
 CAPPED_LABELS = {"to": 32, "slot": 128, "reason": 16, "result": 8, "kind": 8}
-# Counters and histograms whose labels all come from fixed sets are exported at 0 from the
-# start (a rate shows 0, not "no data"), up to this many label sets per family (per upstream
-# for those with ``to``); larger products (native duration by type and rcode) appear as used.
-INITIAL_SERIES_CAP = 100
 # Labels every series of a family shares, filled by the metrics process (one value each).
 CONTEXT_LABELS = frozenset(("server", "family"))
-FAILOVER_RCODES = frozenset(("SERVFAIL", "REFUSED"))  # resolve/forward/upstream.py FAILOVER_RCODES
+# The rcodes after which a forwarder asks the next upstream (fastdns/dns/wire.py).
+FAILOVER_RCODES = frozenset(wire.RCODE_NAMES[r] for r in wire.FAILOVER_RCODES)
 
 Kind = Literal["counter", "gauge", "histogram", "info"]
 
@@ -473,28 +471,3 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "cache_evictions": (Source("fastdns_cache_evictions_total", ("type",)),),
     "cache_drops": (Source("fastdns_cache_drops_total"),),
 }
-
-
-def initial_label_sets(metric: MetricDef) -> list[dict[str, str]] | None:
-    """The label sets (without the context labels and ``to``) a counter or histogram is
-    exported with at 0 before anything is counted; None when one of its labels has no fixed
-    set of values or the product exceeds INITIAL_SERIES_CAP. "other" is never among them."""
-    if metric.kind not in ("counter", "histogram"):
-        return None
-    consts: dict[str, set[str]] = {}
-    for sources in SOURCES.values():
-        for src in sources:
-            if src.metric == metric.name:
-                for label, value in src.const:
-                    consts.setdefault(label, set()).add(value)
-    sets: list[dict[str, str]] = [{}]
-    for label in metric.labels:
-        if label in CONTEXT_LABELS or label == "to":
-            continue
-        values = metric.values.get(label) or consts.get(label)
-        if not values:
-            return None
-        sets = [{**s, label: v} for s in sets for v in sorted(values)]
-        if len(sets) > INITIAL_SERIES_CAP:
-            return None
-    return sets

@@ -20,7 +20,8 @@ from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import PROBE, Resolved
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.store import PacketCache
-from fastdns.resolve.forward.upstream import FRESH, Forwarder, Resume
+from fastdns.resolve.forward.attempts import Attempts
+from fastdns.resolve.forward.upstream import Forwarder, Mailbox
 from fastdns.resolve.hosts import HostsFile, StaticAnswer, StaticHosts
 
 logger = logging.getLogger(__name__)
@@ -287,11 +288,15 @@ class Pipeline:
         return res if found is None else found
 
     async def forward_rest(
-        self, q: wire.Query, deadline: float, resume: Resume = FRESH
+        self,
+        q: wire.Query,
+        deadline: float,
+        machine: Attempts | None = None,
+        box: Mailbox | None = None,
     ) -> Resolved:
-        """Forward ``q`` raw (``Forwarder.exchange``, from where ``resume`` says the forward
-        fast lane left off): the reply, or SERVFAIL when every upstream failed."""
-        result = await self.forwarder.exchange(q, deadline, resume)
+        """Forward ``q`` raw (``Forwarder.exchange``; with ``machine`` and ``box``, from where
+        the forward fast lane left off): the reply, or SERVFAIL when every upstream failed."""
+        result = await self.forwarder.exchange(q, deadline, machine, box)
         if result.reply is None:
             self.stats.inc("servfail_exhausted")
             return Resolved(compose.error_reply(q, wire.SERVFAIL, self.opt_size), "server")

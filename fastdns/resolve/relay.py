@@ -10,10 +10,13 @@ by
 from one timer per worker at the oldest query's deadline (every query waits the same
 ``upstream_timeout``, so send order is deadline order).
 
-Anything else leaves the lane for the general path, from where this lane stopped: a timeout,
-an ICMP error, SERVFAIL or REFUSED go on to the next upstream (``Forwarder.exchange(tried=)``);
-a TC reply goes to TCP. After a timeout the lane's ID stays valid: ``Forwarder.carry`` hands
-its reply to the general path, which still takes it until the client's deadline. Static
+Which upstream to ask, and what each reply, error or timeout means, is decided by the query's
+forwarding state machine (``fastdns.resolve.forward.attempts``), the same one the general path
+drives. Anything but a plain answer leaves the lane with that machine, whose next step is
+already decided (the next upstream after a timeout, an ICMP error, SERVFAIL or REFUSED; TCP
+after a TC reply): ``Forwarder.exchange`` drives it on. After a timeout the lane's ID stays
+valid: ``Forwarder.carry`` hands its reply to the general path, which still takes it until the
+client's deadline. Static
 aliases, loop probes, native lookups and questions already in flight (coalescing) never enter
 the lane. A query in the lane is in ``Pipeline.pending``, so identical questions coalesce onto
 it, and counts towards the worker's in-flight limit and draining like a task.
@@ -24,34 +27,57 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import Resolved
+from fastdns.resolve.forward.attempts import DONE, UDP, Attempts
 from fastdns.resolve.forward.upsock import PortSocket, UpstreamDown
-from fastdns.resolve.forward.upstream import Resume, order_servers
+from fastdns.resolve.forward.upstream import Mailbox
 from fastdns.resolve.pipeline import Pipeline, Spawn
 
-# How the lane hands a finished answer back to the server that read the query (the UDP
-# server's ``send_answer``): passed down, so this layer never imports the serving one.
-SendAnswer = Callable[[wire.Query, Resolved, Any, int, float], None]
+
+class Delivery(Protocol):
+    """Where the lane's finished answers go: the datapath that read the query (implemented
+    in fastdns/serve/udp.py, handed down with each query), so this layer never imports the
+    serving one. The one way out of the lane."""
+
+    def send_answer(self, q: wire.Query, res: Resolved, addr: Any, size: int, t0: float) -> None:
+        """Send ``res`` to the client at ``addr`` (query of ``size`` bytes read at ``t0``)."""
+
 
 logger = logging.getLogger(__name__)
 
-_TC = 0x02
 _ANSWERED = ("forward_fast_lane", "answered")  # WorkerStats key; hand-offs count by reason
 
 
 class Relayed:
     """One query in the lane; it stands in for the Future in ``PortSocket.pending``."""
 
-    __slots__ = ("addr", "deadline", "expires", "finished", "fut", "native", "q", "relay",
-                 "send", "sent", "server", "size", "sock", "t0", "uid")  # fmt: skip
+    __slots__ = (
+        "addr",
+        "deadline",
+        "expires",
+        "finished",
+        "fut",
+        "m",
+        "native",
+        "q",
+        "relay",
+        "sent",
+        "server",
+        "sink",
+        "size",
+        "sock",
+        "t0",
+        "uid",
+    )
 
-    def __init__(self, relay: Relay, q: wire.Query, send: SendAnswer, addr: Any, size: int,
-                 t0: float) -> None:  # fmt: skip
-        self.relay, self.q, self.send = relay, q, send
+    def __init__(
+        self, relay: Relay, q: wire.Query, sink: Delivery, addr: Any, size: int, t0: float
+    ) -> None:
+        self.relay, self.q, self.sink = relay, q, sink
         self.addr, self.size, self.t0 = addr, size, t0
         self.finished = False
         self.native = False  # forwarded first for the native path (native.forward_first)
@@ -60,6 +86,7 @@ class Relayed:
         self.uid = 0
         self.sent = self.expires = self.deadline = 0.0
         self.fut: asyncio.Future[Resolved] | None = None
+        self.m: Attempts | None = None  # set by ``Relay.start``
 
     # The part of the Future interface PortSocket uses.
     def done(self) -> bool:
@@ -86,21 +113,26 @@ class Relay:
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
 
-    def start(self, q: wire.Query, send: SendAnswer, addr: Any, size: int, t0: float) -> bool:
+    def start(self, q: wire.Query, sink: Delivery, addr: Any, size: int, t0: float) -> bool:
         """Relay ``q`` if the lane can take it; False: use the general path."""
         pipeline = self.pipeline
-        if self.closed or q.key in pipeline.pending or pipeline.static.aliases or (
-                pipeline.static.wild_aliases):  # fmt: skip
+        if (
+            self.closed
+            or q.key in pipeline.pending
+            or pipeline.static.aliases
+            or (pipeline.static.wild_aliases)
+        ):
             return False
         if pipeline.loop_suffix and loopguard.is_probe(q.qname, pipeline.loop_suffix):
             return False
         fwd = self.forwarder
-        servers = fwd.plan.servers
-        if not servers:
+        if not fwd.plan.servers:
             return False
-        server = servers[0] if not fwd.health else (
-            order_servers(servers, fwd.health, fwd.clock())[0])  # fmt: skip
         now = self.loop.time()
+        m = fwd.attempts(now + self.config.deadline)
+        if m.start(now) != UDP:
+            return False
+        server = m.server
         try:
             s = fwd.channel(server).pick(now)
         except UpstreamDown:
@@ -118,12 +150,13 @@ class Relay:
                 # below returns False), and the general path, which counts it otherwise, never
                 # sees it.
                 lookup.count_fallback(reason)
-        r = Relayed(self, q, send, addr, size, t0)
+        r = Relayed(self, q, sink, addr, size, t0)
+        r.m = m
         r.native = native
         r.server = server
         r.sent = now
-        r.deadline = now + self.config.deadline
-        r.expires = now + min(fwd.upstream_timeout, self.config.deadline)
+        r.deadline = m.deadline
+        r.expires = m.until
         r.sock = s
         r.uid = uid = s.track(r, q)
         r.fut = pipeline.pending[q.key] = self.loop.create_future()
@@ -148,13 +181,17 @@ class Relay:
             return
         r.finished = True
         self.inflight -= 1
-        fwd = self.forwarder
-        if data[2] & _TC:
+        fwd, m = self.forwarder, r.m
+        assert m is not None
+        if wire.truncated(data):
             fwd.stats.inc("forward_tcp_retries", f"{r.server[0]}:{r.server[1]}")
-            self._hand_off(r, "truncated", Resume(force_tcp=True))
+            m.on_reply(0, 0, True, self.loop.time())
+            self._hand_off(r, "truncated", None)
             return
-        if not fwd.note_reply(r.server, r.sent, data[3] & 0xF):
-            self._hand_off(r, "failover", Resume(refused=frozenset((r.server,))))
+        rcode = wire.reply_rcode(data)
+        fwd.note_reply(r.server, r.sent, rcode)
+        if m.on_reply(0, rcode, False, self.loop.time()) != DONE:
+            self._hand_off(r, "failover", None)
             return
         fwd.stats.counters[_ANSWERED] += 1
         source = "fallback" if fwd.plan.source == "fallback" else "forward"
@@ -174,8 +211,10 @@ class Relay:
         self.inflight -= 1
         if self.closed:
             return
+        assert r.m is not None
         self.forwarder.note_failure(r.server, r.sent, "error")
-        self._hand_off(r, "error", Resume(tried=frozenset((r.server,))))
+        r.m.on_error(0, self.loop.time())
+        self._hand_off(r, "error", None)
 
     def _expire(self) -> None:
         """The oldest queries' deadlines: time them out, re-arm for the next one."""
@@ -191,9 +230,12 @@ class Relay:
             r.finished = True
             self.inflight -= 1
             fwd = self.forwarder
+            assert r.m is not None
             fwd.note_failure(r.server, r.sent, "timeout")
-            box = fwd.carry(r.sock, r.uid, r, r.server, r.sent) if r.sock is not None else None
-            self._hand_off(r, "timeout", Resume(tried=frozenset((r.server,)), box=box))
+            # The lane's attempt stays valid until the deadline: its reply goes to ``box``.
+            box = fwd.carry(r.sock, r.uid, r, r.server, r.sent, 0) if r.sock is not None else None
+            r.m.on_timeout(now)
+            self._hand_off(r, "timeout", box)
         if queue and not self.closed:
             self.timer = self.loop.call_at(max(queue[0].expires, now), self._expire)
 
@@ -217,16 +259,17 @@ class Relay:
         if out.reply is res.reply:  # not from the cache: the upstream's ID and question case
             out = Resolved(compose.splice(res.reply, q.id, q.question, q.rd), res.source)
         # (else the cache rendered it for q itself: q's ID, question bytes, RD and OPT)
-        r.send(q, out, r.addr, r.size, r.t0)
+        r.sink.send_answer(q, out, r.addr, r.size, r.t0)
 
-    def _hand_off(self, r: Relayed, reason: str, resume: Resume) -> None:
-        """Leave the lane: the general path goes on from here, in a task."""
+    def _hand_off(self, r: Relayed, reason: str, box: Mailbox | None) -> None:
+        """Leave the lane: the general path drives ``r``'s state machine on from its next
+        step, in a task (``box``: where the lane's attempt still awaited reports)."""
         self.forwarder.stats.inc("forward_fast_lane", reason)
-        self.spawn(self._general(r, self._forward_rest(r, resume)))
+        self.spawn(self._general(r, self._forward_rest(r, box)))
 
-    async def _forward_rest(self, r: Relayed, resume: Resume) -> Resolved:
+    async def _forward_rest(self, r: Relayed, box: Mailbox | None) -> Resolved:
         pipeline = self.pipeline
-        res = await pipeline.forward_rest(r.q, r.deadline, resume)
+        res = await pipeline.forward_rest(r.q, r.deadline, r.m, box)
         return await pipeline.settle(r.q, res, r.deadline) if r.native else res
 
     async def _general(self, r: Relayed, step: Awaitable[Resolved]) -> None:

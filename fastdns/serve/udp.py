@@ -315,7 +315,7 @@ class UDPServer:
             res = Resolved(compose.error_reply(q, wire.REFUSED), "server")
             self.send_answer(q, res, addr, len(data), t0)
             return
-        if state.relay.start(q, self.send_answer, addr, len(data), t0):
+        if state.relay.start(q, self, addr, len(data), t0):
             return
         state.spawn(self._answer(q, addr, len(data), t0))
 

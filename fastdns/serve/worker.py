@@ -32,8 +32,9 @@ from fastdns.resolve.resolvconf import (
     read_resolv_conf,
     same_plan,
 )
+from fastdns.serve.datapath import Datapath, PyDatapath
 from fastdns.serve.launch import WorkerLaunch
-from fastdns.serve.udp import ServerState, TCPServer, UDPServer
+from fastdns.serve.udp import ServerState, TCPServer
 from fastdns.system.files import GraceHold
 from fastdns.system.process import die_with_parent, drop_privileges
 from fastdns.system.sockets import bind_tcp, bind_udp, leave_reuseport_group, queued_bytes
@@ -135,6 +136,7 @@ class Worker:
         self.forwarder: Forwarder | None = None
         self.pipeline: Pipeline | None = None
         self.state: ServerState | None = None
+        self.datapath: Datapath | None = None  # the UDP per-packet path (serve/datapath.py)
         self.resolv_watch = FileWatch(config.resolv_conf)
         self.resolv_hold = GraceHold(config.resolv_conf, "nameservers")
         self._plan_told = False  # replan() has logged a plan
@@ -219,8 +221,9 @@ class Worker:
             # ones above all, may be wrong now.
             self.reload_hooks.append(self.pipeline.cache.clear)
         state = self.state
-        self.udp_server = UDPServer(state)
-        self.udp_server.start(loop, self.udp_sock)
+        self.datapath = datapath = PyDatapath(state)
+        self.reload_hooks.append(datapath.clear)
+        datapath.start(loop, self.udp_sock)
         self.tcp_server = await loop.create_server(lambda: TCPServer(state), sock=self.tcp_sock)
         self.tick_task = loop.create_task(self._tick())
 
@@ -279,29 +282,28 @@ class Worker:
         it stops reading at once, as a single process does.
         """
         assert self.state is not None and self.forwarder is not None
-        state = self.state
+        assert self.datapath is not None
+        state, datapath = self.state, self.datapath
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.graceful_timeout
         detached = leave_reuseport_group(self.udp_sock)
-        state.draining = not detached
+        datapath.drain(stop_reading=not detached)
         self.tcp_server.close()
         for conn in list(state.tcp_connections):
             conn.close_when_idle()
         while detached and queued_bytes(self.udp_sock) and loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL)  # the loop reads what is left in the queue
-        while state.inflight and (left := deadline - loop.time()) > 0:
+        while datapath.inflight and (left := deadline - loop.time()) > 0:
             if state.tasks:
                 await asyncio.wait(set(state.tasks), timeout=min(left, DRAIN_WAIT))
             else:  # only the forward fast lane's queries: callbacks, no task to wait on
                 await asyncio.sleep(min(left, DRAIN_POLL))
-        state.draining = True
-        state.relay.close()
+        datapath.close()
         for task in list(state.tasks):
             task.cancel()
         self.tick_task.cancel()
         if self._recheck is not None:
             self._recheck.cancel()
-        self.udp_server.close()
         for conn in list(state.tcp_connections):
             if conn.transport is not None:
                 conn.transport.close()
@@ -376,10 +378,10 @@ class WorkerReporter:
             worker.loop.call_later(interval, self.beat, worker)
 
     def send_stats(self, worker: Worker) -> None:
-        if worker.state is not None:
+        if worker.datapath is not None:
             # Fast-lane hits are counted per form; fold them into the per-query stats (and
             # the served count) once a tick, here, and at the last report.
-            worker.state.accounting.flush_fronts()
+            worker.datapath.fold()
         if self.status.path:
             worker.sample_gauges()
             self.status.send(

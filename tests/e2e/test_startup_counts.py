@@ -119,7 +119,8 @@ def _bounded_label_sets(metric: Any, context: dict[str, str], to: str) -> list[d
     """Every label set of ``metric`` when all its labels come from fixed sets (the
     definition's ``values``, constants of its sources, the per-instance server/family, the
     configured upstream); [] otherwise or above the documented cap."""
-    from fastdns.metrics.definitions import INITIAL_SERIES_CAP, SOURCES
+    from fastdns.metrics.definitions import SOURCES
+    from fastdns.metrics.zeros import INITIAL_SERIES_CAP
 
     consts: dict[str, set[str]] = {}
     for sources in SOURCES.values():

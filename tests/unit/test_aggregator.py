@@ -190,7 +190,7 @@ def test_label_values_are_bounded(agg: StatsAggregator) -> None:
         st.counters["forward_tcp_retries", f"127.0.0.{i + 1}:53"] += 1
     report(agg, 0, 100, st)
     s = scrape(agg)
-    # (every known label set is exported at 0 as well: metrics.initial_label_sets)
+    # (every known label set is exported at 0 as well: fastdns.metrics.zeros.initial_label_sets)
     types = {dict(ls)["type"]: v
              for ls, v in series(s, "fastdns_dns_requests_total").items() if v}  # fmt: skip
     assert types == {"other": 3}

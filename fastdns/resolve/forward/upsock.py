@@ -71,8 +71,14 @@ class PortSocket:
 
     __slots__ = ("born", "channel", "fd", "pending", "retired", "slot", "sock", "uses", "write")
 
-    def __init__(self, channel: UdpChannel, sock: _socket.socket | None,
-                 write: Callable[[bytes], object], born: float, slot: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        channel: UdpChannel,
+        sock: _socket.socket | None,
+        write: Callable[[bytes], object],
+        born: float,
+        slot: int,
+    ) -> None:
         self.channel, self.sock, self.write, self.born, self.slot = channel, sock, write, born, slot
         self.fd = sock.fileno() if sock is not None else -1
         self.pending: dict[int, tuple[Waiter, wire.Query]] = {}
@@ -140,8 +146,13 @@ class PortSocket:
 class UdpChannel:
     """The sockets to one upstream: ``pick`` gives a random one for each query."""
 
-    def __init__(self, stats: WorkerStats, to: str, poll: FdPoll | None = None,
-                 addr: tuple[int, tuple[object, ...]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stats: WorkerStats,
+        to: str,
+        poll: FdPoll | None = None,
+        addr: tuple[int, tuple[object, ...]] | None = None,
+    ) -> None:
         self.stats = stats
         self.to = to
         self.poll = poll  # watches the sockets (None with ``attach``)
@@ -255,8 +266,9 @@ class UdpChannel:
             s.on_readable()
             if len(s.pending) < before and not s.retired:
                 self.stats.inc("upstream_socket", self.to, "stalled")
-                logger.warning("upstream %s: replies were waiting unread on a socket; replaced",
-                               self.to)  # fmt: skip
+                logger.warning(
+                    "upstream %s: replies were waiting unread on a socket; replaced", self.to
+                )
         self.retire(s)
 
     def close_socket(self, s: PortSocket, reuse: bool = True) -> None:

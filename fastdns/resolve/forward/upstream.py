@@ -22,22 +22,25 @@ from dataclasses import dataclass, field
 
 from fastdns.dns import wire
 from fastdns.metrics.stats import Histogram, WorkerStats
+from fastdns.resolve.forward.attempts import DONE, GIVE_UP, TCP, UDP, Attempts, Health
 from fastdns.resolve.forward.fdpoll import FdPoll
 from fastdns.resolve.forward.sockmark import mark_upstream
 from fastdns.resolve.forward.upsock import PortSocket, UdpChannel, UpstreamDown, Waiter
 from fastdns.resolve.resolvconf import UpstreamPlan
 
-__all__ = ["FRESH", "Attempt", "ForwardResult", "Forwarder", "Mailbox", "Resume", "UdpChannel",
-           "UpstreamDown", "Waiter", "order_servers", "sockaddr"]
+__all__ = [
+    "Attempt",
+    "ForwardResult",
+    "Forwarder",
+    "Health",
+    "Mailbox",
+    "UdpChannel",
+    "UpstreamDown",
+    "Waiter",
+    "sockaddr",
+]
 
 logger = logging.getLogger(__name__)
-
-FAILOVER_RCODES = frozenset((wire.SERVFAIL, wire.REFUSED))
-# An upstream that timed out this many times in a row is tried after the healthy ones
-# (CoreDNS forward max_fails), until it answers again or DOWN_FOR seconds pass.
-MAX_FAILS = 2
-DOWN_FOR = 10.0
-_TC = 0x02
 
 
 def sockaddr(host: str, port: int) -> tuple[int, tuple[object, ...]]:
@@ -55,10 +58,10 @@ class Attempt:
     """One UDP attempt of an exchange; it stands in for a Future in ``PortSocket.pending``
     until the client's deadline, so a late reply still answers (docs/answering.md)."""
 
-    __slots__ = ("box", "finished", "server", "sock", "t0", "uid")
+    __slots__ = ("box", "finished", "seq", "server", "sock", "t0", "uid")
 
-    def __init__(self, box: Mailbox, server: tuple[str, int], t0: float) -> None:
-        self.box, self.server, self.t0 = box, server, t0
+    def __init__(self, box: Mailbox, server: tuple[str, int], t0: float, seq: int) -> None:
+        self.box, self.server, self.t0, self.seq = box, server, t0, seq
         self.sock: PortSocket | None = None
         self.uid = 0
         self.finished = False
@@ -123,42 +126,6 @@ def _wake(fut: asyncio.Future[None]) -> None:
 
 
 @dataclass
-class Health:
-    fails: int = 0
-    last_fail: float = 0.0
-
-    def down(self, now: float) -> bool:
-        return self.fails >= MAX_FAILS and now - self.last_fail < DOWN_FOR
-
-
-def order_servers(
-    servers: tuple[tuple[str, int], ...], health: dict[tuple[str, int], Health], now: float
-) -> list[tuple[str, int]]:
-    """resolv.conf order, with servers that keep timing out moved to the end (stable)."""
-    up = [s for s in servers if not (h := health.get(s)) or not h.down(now)]
-    if len(up) == len(servers):
-        return list(servers)
-    return up + [s for s in servers if s not in up]
-
-
-@dataclass(frozen=True, slots=True)
-class Resume:
-    """Where the forward fast lane (``fastdns.resolve.relay``) left a query for ``exchange``:
-    ``force_tcp`` after a TC reply; ``tried``, servers that timed out or failed in this first
-    round (asked again from the next attempt); ``refused``, servers that answered SERVFAIL or
-    REFUSED (not asked again); ``box``, where the lane's attempt still waiting for its reply
-    now reports (``Forwarder.carry``)."""
-
-    force_tcp: bool = False
-    tried: frozenset[tuple[str, int]] = frozenset()
-    refused: frozenset[tuple[str, int]] = frozenset()
-    box: Mailbox | None = None
-
-
-FRESH = Resume()  # a query nothing was sent for yet
-
-
-@dataclass
 class ForwardResult:
     reply: bytes | None  # None: every upstream failed
     to: str = ""  # who answered, "host:port"
@@ -202,7 +169,8 @@ class Forwarder:
             if self._poll is None:
                 self._poll = FdPoll(self.loop)
             ch = self.channels[server] = UdpChannel(
-                self.stats, f"{server[0]}:{server[1]}", self._poll, sockaddr(*server))
+                self.stats, f"{server[0]}:{server[1]}", self._poll, sockaddr(*server)
+            )
         return ch
 
     def sweep(self) -> None:
@@ -211,10 +179,19 @@ class Forwarder:
         for ch in self.channels.values():
             ch.sweep(now)
 
-    def _send(self, server: tuple[str, int], q: wire.Query, box: Mailbox, t0: float) -> Attempt:
+    def attempts(self, deadline: float) -> Attempts:
+        """The state machine of one query forwarded under the current plan
+        (``fastdns.resolve.forward.attempts``): resolv.conf's ``attempts`` rounds, else 2."""
+        plan = self.plan
+        rounds = plan.resolv.attempts if plan.source == "resolv_conf" else 2
+        return Attempts(plan.servers, self.health, rounds, self.upstream_timeout, deadline)
+
+    def _send(
+        self, server: tuple[str, int], q: wire.Query, box: Mailbox, t0: float, seq: int
+    ) -> Attempt:
         """Send ``q`` to ``server`` from a random-port socket; its outcome goes to ``box``."""
         s = self.channel(server).pick(t0)
-        a = Attempt(box, server, t0)
+        a = Attempt(box, server, t0, seq)
         a.sock = s
         a.uid = s.track(a, q)
         box.attempts.append(a)
@@ -224,12 +201,13 @@ class Forwarder:
             s.channel.broken(s, e)  # fails ``a`` (and any other query on ``s``) into ``box``
         return a
 
-    def carry(self, sock: PortSocket, uid: int, old: Waiter, server: tuple[str, int],
-              t0: float) -> Mailbox:  # fmt: skip
-        """A mailbox that takes over the reply to ``uid`` on ``sock`` (sent by the fast lane
-        at ``t0``), for the general path's ``exchange`` to go on with."""
+    def carry(
+        self, sock: PortSocket, uid: int, old: Waiter, server: tuple[str, int], t0: float, seq: int
+    ) -> Mailbox:
+        """A mailbox that takes over the reply to ``uid`` on ``sock`` (the fast lane's attempt
+        ``seq``, sent at ``t0``), for the general path's ``exchange`` to go on with."""
         box = Mailbox(self.loop)
-        a = Attempt(box, server, t0)
+        a = Attempt(box, server, t0, seq)
         if sock.repoint(uid, old, a):
             a.sock, a.uid = sock, uid
             box.attempts.append(a)
@@ -264,14 +242,16 @@ class Forwarder:
 
     def note_failure(self, server: tuple[str, int], t0: float, reason: str) -> None:
         """An exchange with ``server`` started at ``t0`` timed out or failed ("error")."""
-        self.stats.observe(("proxy_duration", f"{server[0]}:{server[1]}", reason),
-                           self.loop.time() - t0)  # fmt: skip
+        self.stats.observe(
+            ("proxy_duration", f"{server[0]}:{server[1]}", reason), self.loop.time() - t0
+        )
         h = self.health.setdefault(server, Health())
         h.fails += 1
         h.last_fail = self.clock()
 
-    def note_reply(self, server: tuple[str, int], t0: float, rcode: int) -> bool:
-        """``server`` answered with ``rcode``; False when that rcode means "try the next one"."""
+    def note_reply(self, server: tuple[str, int], t0: float, rcode: int) -> None:
+        """``server`` answered with ``rcode``: it is healthy; the reply's duration and, for
+        SERVFAIL or REFUSED, the failover are counted."""
         if self.health:
             self.health.pop(server, None)
         # The histogram per (server, rcode), found once: this runs for every forwarded reply.
@@ -279,101 +259,94 @@ class Forwarder:
         if h is None:
             to = f"{server[0]}:{server[1]}"
             h = self._proxy_histograms[(server, rcode)] = self.stats.histogram(
-                ("proxy_duration", to, wire.RCODE_NAMES.get(rcode, "other")))
+                ("proxy_duration", to, wire.RCODE_NAMES.get(rcode, "other"))
+            )
         h.observe(self.loop.time() - t0)
-        if rcode in FAILOVER_RCODES:
+        if rcode in wire.FAILOVER_RCODES:
             self.stats.inc("forward_failover", f"{server[0]}:{server[1]}", wire.RCODE_NAMES[rcode])
-            return False
-        return True
 
     async def exchange(
-        self, q: wire.Query, deadline: float, resume: Resume = FRESH
+        self,
+        q: wire.Query,
+        deadline: float,
+        machine: Attempts | None = None,
+        box: Mailbox | None = None,
     ) -> ForwardResult:
-        """Try the upstreams in order until one gives an acceptable reply or time runs out,
-        from where ``resume`` says the fast lane left off. Every UDP attempt's ID stays valid
-        until the deadline: a reply later than ``upstream_timeout`` still answers."""
-        plan = self.plan
-        attempts = plan.resolv.attempts if plan.source == "resolv_conf" else 2
-        refused_now = set(resume.refused)
-        tried = resume.tried
-        box = resume.box if resume.box is not None else Mailbox(self.loop)
+        """Drive ``machine`` (a fresh one for ``deadline``, or the one the fast lane handed
+        over with its next step decided, and ``box``, where its attempt still awaited reports)
+        until an acceptable reply or GIVE_UP. Every UDP attempt's ID stays valid until the
+        deadline: a reply later than ``upstream_timeout`` still answers."""
+        loop = self.loop
+        m = machine if machine is not None else self.attempts(deadline)
+        box = box if box is not None else Mailbox(loop)
+        tcp_t0 = loop.time()  # a TCP step handed over: its duration counts from here
+        timed_out = -1  # the attempt whose timeout was noted
         try:
-            for attempt in range(attempts):
-                for server in order_servers(plan.servers, self.health, self.clock()):
-                    if server in refused_now or (attempt == 0 and server in tried):
+            step = m.start(tcp_t0) if machine is None else m.step
+            while True:
+                if step == UDP:
+                    server, seq, t0 = m.server, m.seq, loop.time()
+                    try:
+                        self._send(server, q, box, t0, seq)
+                    except (OSError, UpstreamDown):
+                        self.note_failure(server, t0, "error")
+                        step = m.on_error(seq, t0)
                         continue
-                    t0 = self.loop.time()
-                    if deadline - t0 <= 0.001:
-                        return ForwardResult(None)
-                    if resume.force_tcp:
-                        result = await self._over_tcp(server, q, t0, deadline, refused_now)
-                    else:
-                        try:
-                            current = self._send(server, q, box, t0)
-                        except (OSError, UpstreamDown):
-                            self.note_failure(server, t0, "error")
-                            continue
-                        until = min(t0 + self.upstream_timeout, deadline)
-                        result = await self._wait(box, q, current, until, deadline, refused_now)
-                    if result is not None:
-                        return result
-            # Every server was asked: replies still due may come until the deadline.
-            if box.waiting():
-                result = await self._wait(box, q, None, deadline, deadline, refused_now)
-                if result is not None:
-                    return result
-            return ForwardResult(None)
+                elif step == TCP:
+                    step, reply = await self._over_tcp(m, q, tcp_t0)
+                    if step == DONE:
+                        return ForwardResult(reply, f"{m.server[0]}:{m.server[1]}", True)
+                    continue
+                elif step == GIVE_UP:
+                    return ForwardResult(None)
+                event = await box.get(m.until)  # WAIT (after UDP too)
+                if event is None:
+                    cur = m.current
+                    if cur >= 0 and cur != timed_out:
+                        timed_out = cur
+                        a = _attempt_of(box, cur)
+                        if a is not None and not a.finished:
+                            self.note_failure(a.server, a.t0, "timeout")
+                            if a.sock is not None:
+                                a.sock.channel.stalled(a.sock)
+                                if box.events:  # the hand read found a reply: take it
+                                    continue
+                    step = m.on_timeout(loop.time())
+                    continue
+                a, outcome = event
+                if isinstance(outcome, BaseException):
+                    self.note_failure(a.server, a.t0, "error")
+                    step = m.on_error(a.seq, loop.time())
+                    continue
+                if wire.truncated(outcome):  # the same upstream over TCP
+                    self.stats.inc("forward_tcp_retries", f"{a.server[0]}:{a.server[1]}")
+                    tcp_t0 = a.t0
+                    step = m.on_reply(a.seq, 0, True, loop.time())
+                    continue
+                rcode = wire.reply_rcode(outcome)
+                self.note_reply(a.server, a.t0, rcode)
+                step = m.on_reply(a.seq, rcode, False, loop.time())
+                if step == DONE:
+                    return ForwardResult(outcome, f"{a.server[0]}:{a.server[1]}")
         finally:
             box.close()
 
-    async def _wait(
-        self, box: Mailbox, q: wire.Query, current: Attempt | None, until: float,
-        deadline: float, refused_now: set[tuple[str, int]],
-    ) -> ForwardResult | None:  # fmt: skip
-        """The first acceptable reply to any attempt in ``box`` before ``until``; None when
-        ``current`` failed (error, SERVFAIL/REFUSED, timeout) or ``until`` passed."""
-        timed_out = False
-        while True:
-            event = await box.get(until)
-            if event is None:
-                if current is not None and not current.finished and not timed_out:
-                    timed_out = True
-                    self.note_failure(current.server, current.t0, "timeout")
-                    if current.sock is not None:
-                        current.sock.channel.stalled(current.sock)
-                        if box.events:  # the hand read found a reply: take it
-                            continue
-                return None
-            a, outcome = event
-            if isinstance(outcome, BaseException):
-                self.note_failure(a.server, a.t0, "error")
-                if a is current:
-                    return None
-                continue
-            reply = outcome
-            if reply[2] & _TC:  # retry the same upstream over TCP
-                self.stats.inc("forward_tcp_retries", f"{a.server[0]}:{a.server[1]}")
-                result = await self._over_tcp(a.server, q, a.t0, deadline, refused_now)
-                if result is not None or a is current:
-                    return result
-                continue
-            if not self.note_reply(a.server, a.t0, wire.reply_rcode(reply)):
-                refused_now.add(a.server)
-                if a is current:
-                    return None
-                continue
-            return ForwardResult(reply, f"{a.server[0]}:{a.server[1]}")
-
-    async def _over_tcp(
-        self, server: tuple[str, int], q: wire.Query, t0: float, deadline: float,
-        refused_now: set[tuple[str, int]],
-    ) -> ForwardResult | None:  # fmt: skip
+    async def _over_tcp(self, m: Attempts, q: wire.Query, t0: float) -> tuple[int, bytes | None]:
+        """Attempt ``m.seq`` over TCP to ``m.server``: the machine's next step, and the reply
+        when that step is DONE."""
+        server, seq = m.server, m.seq
         try:
-            reply = await self._tcp(server, q, deadline - self.loop.time())
+            reply = await self._tcp(server, q, m.deadline - self.loop.time())
         except (TimeoutError, OSError, UpstreamDown) as e:
             self.note_failure(server, t0, "timeout" if isinstance(e, TimeoutError) else "error")
-            return None
-        if not self.note_reply(server, t0, wire.reply_rcode(reply)):
-            refused_now.add(server)
-            return None
-        return ForwardResult(reply, f"{server[0]}:{server[1]}", True)
+            return m.on_error(seq, self.loop.time()), None
+        rcode = wire.reply_rcode(reply)
+        self.note_reply(server, t0, rcode)
+        return m.on_reply(seq, rcode, False, self.loop.time()), reply
+
+
+def _attempt_of(box: Mailbox, seq: int) -> Attempt | None:
+    for a in box.attempts:
+        if a.seq == seq:
+            return a
+    return None
