@@ -1,5 +1,5 @@
 """tests/unit stays pure: no module there imports what opens sockets, runs an event loop, starts
-a process or a thread (issue 14 item 8). Tests that need those live in tests/integration (in
+a process or a thread. Tests that need those live in tests/integration (in
 process, real loopback sockets) or tests/e2e (the real ``fastdns serve``).
 
 Checked on the source (AST), so an import inside a function counts too. Inert names may be
