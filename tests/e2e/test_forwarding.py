@@ -207,10 +207,13 @@ def test_hosts_file_with_a_bad_name_still_answers_ptr(server: FastDNSProcess) ->
     assert "Traceback" not in server.stderr
 
 
-def test_hosts_file_edits_are_picked_up(server: FastDNSProcess, hosts_path: Path) -> None:
-    assert server.query("edited.example", "A").rcode() != dns.rcode.NOERROR or not a_of(
-        server.query("edited.example", "A")
-    )
+def test_hosts_file_edits_are_picked_up(fastdns_factory: Any, tmp_path: Path) -> None:
+    # A server and hosts file of its own: the edit must not reach the tests above.
+    hosts_path = tmp_path / "hosts"
+    hosts_path.write_text("127.0.0.1 localhost\n10.20.30.40 FileHost.example filehost\n")
+    server = fastdns_factory({"fastdns": {**FAST, "hosts_file": str(hosts_path)}})
+    assert a_of(server.query("filehost.example", "A")) == ["10.20.30.40"]
+    assert not a_of(server.query("edited.example", "A"))
     tmp = hosts_path.with_name("hosts.new")
     tmp.write_text("127.0.0.1 localhost\n10.20.30.41 filehost.example edited.example\n")
     tmp.replace(hosts_path)
@@ -221,21 +224,20 @@ def test_hosts_file_edits_are_picked_up(server: FastDNSProcess, hosts_path: Path
 # ------------------------------------------------------------------------------ spoofed replies
 
 
-@pytest.fixture(name="spoofer", scope="module")
-def _spoofer(mod_upstream_factory: Any) -> tuple[FakeUpstream, FakeUpstream]:
-    return zone(mod_upstream_factory(), "192.0.2.66"), zone(mod_upstream_factory(), "192.0.2.2")
+# Function-scoped: a spoof that is the only reply makes ``bad`` time out, after which fastdns
+# tries it after ``good`` for a while (upstream health ordering). A server of its own per test
+# keeps each test's outcome independent of which spoof tests ran before it.
+@pytest.fixture(name="spoofer")
+def _spoofer(upstream_factory: Any) -> tuple[FakeUpstream, FakeUpstream]:
+    return zone(upstream_factory(), "192.0.2.66"), zone(upstream_factory(), "192.0.2.2")
 
 
-@pytest.fixture(name="spoofed", scope="module")
-def _spoofed(
-    mod_fastdns_factory: Any, spoofer: tuple[FakeUpstream, FakeUpstream]
-) -> FastDNSProcess:
-    server: FastDNSProcess = mod_fastdns_factory({"fastdns": FAST}, upstreams=list(spoofer))
+@pytest.fixture(name="spoofed")
+def _spoofed(fastdns_factory: Any, spoofer: tuple[FakeUpstream, FakeUpstream]) -> FastDNSProcess:
+    server: FastDNSProcess = fastdns_factory({"fastdns": FAST}, upstreams=list(spoofer))
     return server
 
 
-# Runs before the "only" spoofs below: those time out on ``bad`` twice, after which it is tried
-# after ``good`` for a while (upstream health ordering).
 @pytest.mark.parametrize(("knob", "name"), [("wrong_id", "spoof-id2"),
                                             ("wrong_question", "spoof-q2")])  # fmt: skip
 def test_the_correct_reply_after_a_spoof_is_taken(

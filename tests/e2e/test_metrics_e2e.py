@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -32,7 +31,7 @@ from support.metrics import (
     wait_until,
 )
 from support.server import FastDNSProcess
-from support.upstream import FakeUpstream
+from support.upstream import FakeUpstream, next_address
 
 pytestmark = pytest.mark.e2e
 
@@ -225,19 +224,19 @@ def _quietly(fn: Any, *args: Any) -> None:
 # A real Prometheus server
 
 
-def free_port() -> int:
-    # Inside the test's own network namespace nobody else can take it before Prometheus does.
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+# Prometheus gets a loopback address of its own (next_address) on its usual port: nothing else
+# binds there, so no port has to be guessed free and then raced for.
+PROMETHEUS_PORT = 9090
+PROMETHEUS_READY_TIMEOUT = 30.0
 
 
 class Prometheus:
-    """``prometheus`` on 127.0.0.1 with a generated config and storage in ``workdir``."""
+    """``prometheus`` on a fresh 127.x.y.z with a generated config and storage in ``workdir``;
+    the constructor returns once it reports ready (``/-/ready``)."""
 
     def __init__(self, workdir: Path, target: str) -> None:
         workdir.mkdir()
-        self.port = free_port()
+        self.host, self.port = next_address(), PROMETHEUS_PORT
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "fastdns", "static_configs": [{"targets": [target]}],
@@ -249,16 +248,35 @@ class Prometheus:
             self.proc = subprocess.Popen(
                 ["prometheus", f"--config.file={workdir / 'prometheus.yml'}",
                  f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address={HOST}:{self.port}",
+                 f"--web.listen-address={self.host}:{self.port}",
                  "--storage.tsdb.retention.time=1h", "--log.level=warn"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=workdir,
             )  # fmt: skip
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = PROMETHEUS_READY_TIMEOUT) -> None:
+        """Until ``/-/ready`` says 200. Before that the query API answers 503 with a plain-text
+        body (the TSDB is still opening), which is not a result to decode."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-2000:]
+            try:
+                if http_get(self.host, self.port, "/-/ready", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass  # not listening yet
+            assert time.monotonic() < deadline, (
+                f"prometheus not ready within {timeout:g}s:\n"
+                + self.log.read_text(errors="replace")[-2000:]
+            )
+            time.sleep(0.1)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         path = "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        status, _, body = http_get(HOST, self.port, path, timeout=5)
-        doc = json.loads(body) if body else {}
-        assert status == 200 and doc.get("status") == "success", (expr, status, body[:300])
+        status, _, body = http_get(self.host, self.port, path, timeout=5)
+        assert status == 200, (expr, status, body[:300])
+        doc = json.loads(body)
+        assert doc.get("status") == "success", (expr, status, body[:300])
         return list(doc["data"]["result"])
 
     def scalar(self, expr: str) -> float | None:

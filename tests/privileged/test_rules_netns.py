@@ -409,11 +409,10 @@ def test_loop_through_a_local_stub_is_detected(
 # Through the supervisor (fastdns serve): reload with new ports, a crashed rules process.
 
 
-def free_ports() -> tuple[int, int]:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
-        u.bind(("127.0.0.1", 0))
-        t.bind(("127.0.0.1", 0))
-        return u.getsockname()[1], t.getsockname()[1]
+# The ports the reload moves to. Fixed, and below this namespace's ephemeral range (32768 and
+# up: ip_local_port_range), so no port-0 bind (fastdns's first ports, its upstream sockets, a
+# client) can hold them, and no test binds them: free by construction, no probe to race.
+RELOAD_UDP_PORT, RELOAD_TCP_PORT = 20053, 20054
 
 
 def rules_children(fdp: FastDNSProcess) -> list[int]:
@@ -423,15 +422,14 @@ def rules_children(fdp: FastDNSProcess) -> list[int]:
 def test_serve_reload_with_new_ports_moves_rules_and_flows(
     link: GuestLink, nat: str, fastdns_factory: Any
 ) -> None:
-    udp, tcp = free_ports()
-    cfg = fastdns_config("10.9.9.1", enabled=True)
-    cfg["fastdns"].update(udp_port=udp, tcp_port=tcp)
-    fdp = fastdns_factory(cfg)
+    fdp = fastdns_factory(fastdns_config("10.9.9.1", enabled=True))  # ports 0: fastdns picks
+    udp = fdp.udp_port
     wait_for(lambda: installed_to(udp), what="rules installed")
     pinned = ("-b", f"{GUEST_IP}#40054")
     assert guest(link, *pinned) == "10.9.9.1"
 
-    new_udp, new_tcp = free_ports()
+    new_udp, new_tcp = RELOAD_UDP_PORT, RELOAD_TCP_PORT
+    assert udp not in (new_udp, new_tcp)
     doc = dict(fdp.config)
     doc["hostResolver"] = {"hosts": {NAME: "10.9.9.2"}}
     doc["fastdns"] = {**doc["fastdns"], "udp_port": new_udp, "tcp_port": new_tcp}
