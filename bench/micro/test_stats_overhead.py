@@ -36,11 +36,18 @@ class NullTransport:
 
 @pytest.fixture(name="server")
 def _server() -> Iterator[UDPServer]:
-    config = build_config({"hostResolver": {"hosts": {"static.test": "10.0.0.1"}},
-                           "fastdns": {"resolv_conf": "/nonexistent", "fallback": [],
-                                       "hosts_file": "/nonexistent",
-                                       # the static path itself, not a cache hit
-                                       "cache": {"enabled": False}}})  # fmt: skip
+    config = build_config(
+        {
+            "hostResolver": {"hosts": {"static.test": "10.0.0.1"}},
+            "fastdns": {
+                "resolv_conf": "/nonexistent",
+                "fallback": [],
+                "hosts_file": "/nonexistent",
+                # the static path itself, not a cache hit
+                "cache": {"enabled": False},
+            },
+        }
+    )
     loop = asyncio.new_event_loop()
     stats = WorkerStats()
     pipeline = Pipeline(config, loop, stats, Forwarder(loop, stats))

@@ -77,13 +77,22 @@ def main() -> None:
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     if os.environ.get("FASTDNS_TEST_NETNS") != "1":
         sys.exit("run me under tests/netns-run (loopback-only network namespace)")
-    echo = subprocess.Popen([sys.executable, "-c", ECHO, UPSTREAM], stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    echo = subprocess.Popen(
+        [sys.executable, "-c", ECHO, UPSTREAM], stdout=subprocess.PIPE, text=True
+    )
     assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
     tmp = Path(tempfile.mkdtemp())
     resolv = write_resolv_conf(tmp / "resolv.conf", UPSTREAM)
-    srv = InProcessServer({"fastdns": {"resolv_conf": str(resolv), "native": {"enabled": False},
-                                       "cache": {"enabled": True}}}, tmp)  # fmt: skip
+    srv = InProcessServer(
+        {
+            "fastdns": {
+                "resolv_conf": str(resolv),
+                "native": {"enabled": False},
+                "cache": {"enabled": True},
+            }
+        },
+        tmp,
+    )
     cpu: dict[str, list[float]] = {name: [] for name in SETTINGS}
     try:
         for r in range(rounds):

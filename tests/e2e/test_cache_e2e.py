@@ -22,8 +22,7 @@ pytestmark = pytest.mark.e2e
 
 CACHE = {"prefetch": 3, "prefetch_percent": 50, "serve_stale": 3600, "stale_ttl": 30}
 # One upstream: a dead one fails fast (two attempts of 0.3 s, 1.5 s at most per query).
-FAST = {"upstream_timeout": 0.3, "deadline": 1.5, "native": {"enabled": False},
-        "cache": CACHE}  # fmt: skip
+FAST = {"upstream_timeout": 0.3, "deadline": 1.5, "native": {"enabled": False}, "cache": CACHE}
 
 
 @pytest.fixture(name="upstream", scope="module")

@@ -27,8 +27,13 @@ def safe_doc(tmp_path: Path, **fastdns: Any) -> dict[str, Any]:
     resolv = write_resolv_conf(tmp_path / "resolv.conf")
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")
-    section = {"resolv_conf": str(resolv), "hosts_file": str(hosts), "fallback": [],
-               "listen": "127.0.0.1", **fastdns}  # fmt: skip
+    section = {
+        "resolv_conf": str(resolv),
+        "hosts_file": str(hosts),
+        "fallback": [],
+        "listen": "127.0.0.1",
+        **fastdns,
+    }
     return {"fastdns": section}
 
 
@@ -42,8 +47,9 @@ def write_yaml(path: Path, doc: Any) -> Path:
 
 def test_check_config_ok(tmp_path: Path) -> None:
     doc = safe_doc(tmp_path)
-    doc["hostResolver"] = {"hosts": {"A.test": "10.0.0.1", "a.test.": "10.0.0.2", "x": "y",
-                                     "y": "x"}}  # fmt: skip
+    doc["hostResolver"] = {
+        "hosts": {"A.test": "10.0.0.1", "a.test.": "10.0.0.2", "x": "y", "y": "x"}
+    }
     doc["vmType"] = "vz"
     path = write_yaml(tmp_path / "lima.yaml", doc)
     out = run_cli("check-config", str(path), cwd=tmp_path)
@@ -51,7 +57,8 @@ def test_check_config_ok(tmp_path: Path) -> None:
     assert out.stdout.strip() == f"{path}: ok"
     line = path.read_text().splitlines().index("    a.test.: 10.0.0.2") + 1
     assert f"warning: {path}:{line}: hostResolver.hosts.a.test.: duplicates 'A.test'" in (
-        out.stderr)
+        out.stderr
+    )
     assert "warning: hostResolver.hosts.x: alias cycle" in out.stderr  # warned at load
     assert "warning: hostResolver.hosts.y: alias cycle" in out.stderr
 
@@ -59,13 +66,17 @@ def test_check_config_ok(tmp_path: Path) -> None:
 def test_check_config_warns_about_a_misspelt_key_with_its_file_and_line(tmp_path: Path) -> None:
     """A typo in a key fastdns reads would silently drop the static names: a warning."""
     path = tmp_path / "lima.yaml"
-    path.write_text(yaml.safe_dump(safe_doc(tmp_path), sort_keys=False)
-                    + "hostResolvr:\n  hosts:\n    a.test: 10.0.0.1\n")  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(safe_doc(tmp_path), sort_keys=False)
+        + "hostResolvr:\n  hosts:\n    a.test: 10.0.0.1\n"
+    )
     line = path.read_text().splitlines().index("hostResolvr:") + 1
     out = run_cli("check-config", str(path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert (f"warning: {path}:{line}: hostResolvr: not a key fastdns reads (did you mean "
-            "'hostResolver'?); ignored") in out.stderr.splitlines()
+    assert (
+        f"warning: {path}:{line}: hostResolvr: not a key fastdns reads (did you mean "
+        "'hostResolver'?); ignored"
+    ) in out.stderr.splitlines()
 
 
 def test_check_config_reports_every_problem_with_its_key_path(tmp_path: Path) -> None:
@@ -79,8 +90,14 @@ def test_check_config_reports_every_problem_with_its_key_path(tmp_path: Path) ->
     # error: FILE:LINE: KEY.PATH: message
     assert all(line.startswith(f"error: {path}:") for line in lines), lines
     paths = sorted(line.split(": ", 3)[2] for line in lines)
-    assert paths == ["dns", "fastdns.colour", "fastdns.listen", "fastdns.udp_port",
-                     "hostResolver.hosts.bad.test", "hostResolver.ipv6"]  # fmt: skip
+    assert paths == [
+        "dns",
+        "fastdns.colour",
+        "fastdns.listen",
+        "fastdns.udp_port",
+        "hostResolver.hosts.bad.test",
+        "hostResolver.ipv6",
+    ]
     assert all(line.startswith("error: ") for line in lines)
     assert "Traceback" not in out.stderr
 
@@ -213,9 +230,7 @@ def test_signals_stop_cleanly_with_exit_0_and_finish_in_flight_queries(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT], ids=["SIGTERM", "SIGQUIT"])
-def test_after_a_stop_the_state_file_no_longer_says_ready(
-    fastdns_factory: Any, sig: int
-) -> None:
+def test_after_a_stop_the_state_file_no_longer_says_ready(fastdns_factory: Any, sig: int) -> None:
     fdp: FastDNSProcess = fastdns_factory({})
     pid = fdp.state["pid"]
     assert fdp.stop(sig) == 0
@@ -269,18 +284,30 @@ def test_query_names_are_not_logged_at_info(
     fastdns_factory: Any, slow_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     fdp: FastDNSProcess = fastdns_factory(
-        {"hostResolver": {"hosts": {"secret-static.test": "10.0.0.1", "loopy": "loopy"}},
-         "fastdns": {"upstream_timeout": 0.2, "deadline": 0.5}},
+        {
+            "hostResolver": {"hosts": {"secret-static.test": "10.0.0.1", "loopy": "loopy"}},
+            "fastdns": {"upstream_timeout": 0.2, "deadline": 0.5},
+        },
         upstreams=[slow_upstream],
-    )  # fmt: skip
-    secrets = ["secret-static.test", "secret-forward.test", "secret-nx.test", "ok.test",
-               "loopy", "slow.test"]  # fmt: skip
+    )
+    secrets = [
+        "secret-static.test",
+        "secret-forward.test",
+        "secret-nx.test",
+        "ok.test",
+        "loopy",
+        "slow.test",
+    ]
     for name in secrets:
         fdp.query(name, "A")
         fdp.query(name, "TXT", tcp=True)
     fdp.query("secret-ch.test", "TXT", rdclass="CH")
-    raw_udp(fdp.address, fdp.udp_port, b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
-            b"\x0csecret-broke\x00", 0.5)  # fmt: skip
+    raw_udp(
+        fdp.address,
+        fdp.udp_port,
+        b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x0csecret-broke\x00",
+        0.5,
+    )
     assert fdp.query("ok.test").rcode() == dns.rcode.NOERROR  # everything above was handled
     assert fdp.stop() == 0
     err = fdp.stderr.lower()
@@ -298,8 +325,7 @@ def test_log_level_debug_is_accepted(fastdns_factory: Any) -> None:
 
 def test_servfail_reply_is_a_full_reply(fastdns_factory: Any) -> None:
     # no upstream at all: SERVFAIL, with the question echoed and the client's ID
-    fdp: FastDNSProcess = fastdns_factory({"fastdns": {"deadline": 0.5,
-                                                       "upstream_timeout": 0.2}})  # fmt: skip
+    fdp: FastDNSProcess = fastdns_factory({"fastdns": {"deadline": 0.5, "upstream_timeout": 0.2}})
     q = dns.message.make_query("Nowhere.Test", "A", id=777)
     started = time.monotonic()
     raw = raw_udp(fdp.address, fdp.udp_port, q.to_wire())

@@ -49,9 +49,12 @@ def test_resolv_conf_rewritten_in_place_under_load(
     text = resolv_conf_text(up)
     resolv.write_text(text)
     server: FastDNSProcess = fastdns_factory(
-        {"fastdns": {"workers": 2, "resolv_conf": str(resolv)}})  # fmt: skip
-    with (QueryLoad(server.address, server.udp_port, "cached.test", interval=0.01) as cached,
-          QueryLoad(server.address, server.udp_port, "uncached.test", interval=0.01) as fresh):
+        {"fastdns": {"workers": 2, "resolv_conf": str(resolv)}}
+    )
+    with (
+        QueryLoad(server.address, server.udp_port, "cached.test", interval=0.01) as cached,
+        QueryLoad(server.address, server.udp_port, "uncached.test", interval=0.01) as fresh,
+    ):
         assert cached.wait_for_count(100, 10.0) and fresh.wait_for_count(100, 10.0)
         warm = up.count("cached.test", "A")
         assert warm <= 2  # one per worker
@@ -99,7 +102,8 @@ def test_hosts_file_rewritten_in_place_keeps_answering(
     text = "127.0.0.1 localhost\n10.7.7.7 filehost.test\n"
     hosts.write_text(text)
     server: FastDNSProcess = fastdns_factory(
-        {"fastdns": {"workers": 2, "hosts_file": str(hosts)}}, upstreams=[up])  # fmt: skip
+        {"fastdns": {"workers": 2, "hosts_file": str(hosts)}}, upstreams=[up]
+    )
     with QueryLoad(server.address, server.udp_port, "filehost.test", interval=0.01) as load:
         assert load.wait_for_count(50, 10.0)
         for blank in (SLOW, 0.15, SLOW):

@@ -84,8 +84,7 @@ def _hosts_path(mod_tmp: Path) -> Path:
 def _server(
     mod_fastdns_factory: Any, pair: tuple[FakeUpstream, FakeUpstream], hosts_path: Path
 ) -> FastDNSProcess:
-    config = {"hostResolver": {"ipv6": True},
-              "fastdns": {**FAST, "hosts_file": str(hosts_path)}}  # fmt: skip
+    config = {"hostResolver": {"ipv6": True}, "fastdns": {**FAST, "hosts_file": str(hosts_path)}}
     server: FastDNSProcess = mod_fastdns_factory(config, upstreams=list(pair))
     return server
 
@@ -238,8 +237,9 @@ def _spoofed(fastdns_factory: Any, spoofer: tuple[FakeUpstream, FakeUpstream]) -
     return server
 
 
-@pytest.mark.parametrize(("knob", "name"), [("wrong_id", "spoof-id2"),
-                                            ("wrong_question", "spoof-q2")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("knob", "name"), [("wrong_id", "spoof-id2"), ("wrong_question", "spoof-q2")]
+)
 def test_the_correct_reply_after_a_spoof_is_taken(
     spoofed: FastDNSProcess, spoofer: tuple[FakeUpstream, FakeUpstream], knob: str, name: str
 ) -> None:
@@ -250,8 +250,9 @@ def test_the_correct_reply_after_a_spoof_is_taken(
     assert good.count(f"{name}.fwd.test") == 0
 
 
-@pytest.mark.parametrize(("knob", "name"), [("wrong_id", "spoof-id"),
-                                            ("wrong_question", "spoof-q")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("knob", "name"), [("wrong_id", "spoof-id"), ("wrong_question", "spoof-q")]
+)
 def test_reply_with_wrong_id_or_question_is_ignored(
     spoofed: FastDNSProcess, spoofer: tuple[FakeUpstream, FakeUpstream], knob: str, name: str
 ) -> None:
@@ -331,9 +332,14 @@ def test_case26_unreadable_resolv_conf_uses_the_fallback_servers(
 ) -> None:
     up = zone(mod_upstream_factory(), "192.0.2.5")
     server = mod_fastdns_factory(
-        {"fastdns": {**FAST, "resolv_conf": str(mod_tmp / "missing.conf"),
-                     "fallback": [dead_address(), up.address]}}
-    )  # fmt: skip
+        {
+            "fastdns": {
+                **FAST,
+                "resolv_conf": str(mod_tmp / "missing.conf"),
+                "fallback": [dead_address(), up.address],
+            }
+        }
+    )
     assert a_of(server.query("fallback.fwd.test")) == ["192.0.2.5"]
 
 
@@ -396,9 +402,12 @@ def test_disabled_resolver_forwards_to_dns_and_says_so(
     up.add("disabled.fwd.test", "AAAA", "2001:db8::14")
     up.add("host.lima.internal", "A", "192.0.2.15")
     server = mod_fastdns_factory(
-        {"hostResolver": {"enabled": False, "hosts": {"static.fwd.test": "10.0.0.1"}},
-         "dns": [up.address], "fastdns": FAST}
-    )  # fmt: skip
+        {
+            "hostResolver": {"enabled": False, "hosts": {"static.fwd.test": "10.0.0.1"}},
+            "dns": [up.address],
+            "fastdns": FAST,
+        }
+    )
     assert a_of(server.query("disabled.fwd.test")) == ["192.0.2.14"]
     assert "hostResolver is disabled: forwarding every query to the dns: servers" in server.stderr
     # "forwards everything": AAAA (ipv6 is off), static names and the built-ins too, as the

@@ -62,8 +62,10 @@ def _server(mod_fastdns_factory: Any, upstream: FakeUpstream) -> FastDNSProcess:
     # host.lima.internal over an identical user key, so the test's address goes into host_ip.
     # lima_compat: Lima's answers carry TTL 5; by default native answers carry the real TTL,
     # which c-ares' own cache counts down (5, 4, ...).
-    config = {"hostResolver": {"ipv6": True, "hosts": HOSTS},
-              "fastdns": {"host_ip": "10.10.0.34", "lima_compat": True}}  # fmt: skip
+    config = {
+        "hostResolver": {"ipv6": True, "hosts": HOSTS},
+        "fastdns": {"host_ip": "10.10.0.34", "lima_compat": True},
+    }
     server: FastDNSProcess = mod_fastdns_factory(config, upstreams=[upstream])
     return server
 
@@ -71,11 +73,19 @@ def _server(mod_fastdns_factory: Any, upstream: FakeUpstream) -> FastDNSProcess:
 CASES = [
     # id, name, type, Lima's regex
     ("T1", "onerecord.com.", "TXT", r'onerecord.com.\s+5\s+IN\s+TXT\s+"My txt record"'),
-    ("T2", "multistringrecord.com.", "TXT",
-     r"multistringrecord.com.\s+5\s+IN\s+TXT\s+\"" + LONG[:255] + r'" "' + LONG[255:] + '"'),
-    ("T3", "multiplerecords.com.", "TXT",
-     r'multiplerecords.com.\s+5\s+IN\s+TXT\s+"record 1"\n'
-     r'multiplerecords.com.\s*5\s*IN\s*TXT\s*"record 2"'),
+    (
+        "T2",
+        "multistringrecord.com.",
+        "TXT",
+        r"multistringrecord.com.\s+5\s+IN\s+TXT\s+\"" + LONG[:255] + r'" "' + LONG[255:] + '"',
+    ),
+    (
+        "T3",
+        "multiplerecords.com.",
+        "TXT",
+        r'multiplerecords.com.\s+5\s+IN\s+TXT\s+"record 1"\n'
+        r'multiplerecords.com.\s*5\s*IN\s*TXT\s*"record 2"',
+    ),
     ("A1", "my.domain.com.", "A", r"my.domain.com.\s+5\s+IN\s+A\s+192.168.0.23"),
     ("A2", "host.lima.internal.", "A", r"host.lima.internal.\s+5\s+IN\s+A\s+10.10.0.34"),
     ("C1", "my.host.", "CNAME", r"my.host.\s+5\s+IN\s+CNAME\s+host.lima.internal."),
@@ -83,7 +93,7 @@ CASES = [
     ("K1", "My.Domain.Com.", "A", r"My.Domain.Com.\s+5\s+IN\s+A\s+192.168.0.23"),
     ("K2", "HOST.LIMA.INTERNAL.", "A", r"HOST.LIMA.INTERNAL.\s+5\s+IN\s+A\s+10.10.0.34"),
     ("K3", "MY.HOST.", "CNAME", r"MY.HOST.\s+5\s+IN\s+CNAME\s+host.lima.internal."),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
@@ -121,8 +131,9 @@ def test_txt_goes_upstream_for_now(server: FastDNSProcess, upstream: FakeUpstrea
     assert upstream.count("onerecord.com", "TXT") >= 1
 
 
-@pytest.mark.parametrize("name", ["cycle1.example.com.", "cycle2.example.com.",
-                                  "self.example.com."])  # fmt: skip
+@pytest.mark.parametrize(
+    "name", ["cycle1.example.com.", "cycle2.example.com.", "self.example.com."]
+)
 @pytest.mark.parametrize("rdtype", ["CNAME", "A"])
 def test_y1_y2_alias_cycles_answer_servfail_fast(
     server: FastDNSProcess, upstream: FakeUpstream, name: str, rdtype: str
@@ -166,8 +177,10 @@ def test_static_reply_bytes_are_exact(server: FastDNSProcess) -> None:
     question = query.to_wire()[12:]
     assert raw[12 : 12 + len(question)] == question  # echoed byte for byte, case kept
     # the answer RR ends the message: TYPE A, CLASS IN, TTL 5 (lima_compat), RDLENGTH 4, RDATA
-    assert raw[-14:] == (b"\x00\x01\x00\x01" + struct.pack("!IH", 5, 4)
-                         + socket.inet_aton("192.168.0.23"))  # fmt: skip
+    assert raw[-14:] == (
+        b"\x00\x01\x00\x01" + struct.pack("!IH", 5, 4) + socket.inet_aton("192.168.0.23")
+    )
     reply = dns.message.from_wire(raw)  # strict: raises on any malformation or trailing junk
     assert reply.id == 0x5A5A and [r.to_text() for r in reply.answer] == [
-        "My.Domain.Com. 5 IN A 192.168.0.23"]
+        "My.Domain.Com. 5 IN A 192.168.0.23"
+    ]

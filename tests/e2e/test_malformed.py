@@ -40,18 +40,21 @@ def _upstream(mod_upstream_factory: Any) -> FakeUpstream:
 @pytest.fixture(name="server", scope="module")
 def _server(mod_fastdns_factory: Any, upstream: FakeUpstream) -> Iterator[FastDNSProcess]:
     server: FastDNSProcess = mod_fastdns_factory(
-        {"hostResolver": {"hosts": {PROBE: "10.0.0.1", "alias.mal.test": "fwd.mal.test"}},
-         "fastdns": {"upstream_timeout": 0.3, "deadline": 1.0}},
+        {
+            "hostResolver": {"hosts": {PROBE: "10.0.0.1", "alias.mal.test": "fwd.mal.test"}},
+            "fastdns": {"upstream_timeout": 0.3, "deadline": 1.0},
+        },
         upstreams=[upstream],
-    )  # fmt: skip
+    )
     yield server
     # the module's last word: alive, no traceback
     assert server.proc.poll() is None, server.stderr
     assert "Traceback" not in server.stderr, server.stderr
 
 
-def header(qid: int = 0xABCD, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0,
-           ar: int = 0) -> bytes:  # fmt: skip
+def header(
+    qid: int = 0xABCD, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0
+) -> bytes:
     return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
 
 
@@ -90,11 +93,12 @@ CORPUS: list[tuple[str, bytes, int | None]] = [
     ("pointer-in-question", header() + b"\xc0\x0c\x00\x01\x00\x01", FORMERR),
     ("pointer-loop-in-question", header() + b"\x01a\xc0\x0c\x00\x01\x00\x01", FORMERR),
     ("pointer-past-end-in-question", header() + b"\xc3\xff\x00\x01\x00\x01", FORMERR),
-    ("pointer-loop-in-additional",
-     header(ar=1) + Q + rr(b"\xc0" + bytes([BASE])), FORMERR),
-    ("pointer-two-hop-loop",
-     header(ar=2) + Q + rr(b"\x01x\xc0" + bytes([BASE + 18])) + rr(b"\xc0" + bytes([BASE])),
-     FORMERR),
+    ("pointer-loop-in-additional", header(ar=1) + Q + rr(b"\xc0" + bytes([BASE])), FORMERR),
+    (
+        "pointer-two-hop-loop",
+        header(ar=2) + Q + rr(b"\x01x\xc0" + bytes([BASE + 18])) + rr(b"\xc0" + bytes([BASE])),
+        FORMERR,
+    ),
     ("pointer-past-end-in-additional", header(ar=1) + Q + rr(b"\xc0\xff"), FORMERR),
     ("cut-pointer", header(ar=1) + Q + b"\xc0", FORMERR),
     ("name-256-bytes", header() + long_name(4)[:-2] + b"\x00\x00\x01\x00\x01", FORMERR),
@@ -107,11 +111,17 @@ CORPUS: list[tuple[str, bytes, int | None]] = [
     ("trailing-zero", header() + Q + b"\x00", FORMERR),
     ("ancount-without-record", header(an=1) + Q, FORMERR),
     ("huge-counts", header(an=0xFFFF, ns=0xFFFF, ar=0xFFFF) + Q, FORMERR),
-    ("rdlength-past-end", header(ar=1) + Q + b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 500),
-     FORMERR),
-    ("two-opt-records", header(ar=2) + Q + (b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)) * 2,
-     FORMERR),
-]  # fmt: skip
+    (
+        "rdlength-past-end",
+        header(ar=1) + Q + b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 500),
+        FORMERR,
+    ),
+    (
+        "two-opt-records",
+        header(ar=2) + Q + (b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)) * 2,
+        FORMERR,
+    ),
+]
 
 
 def probe_query(qid: int) -> bytes:
@@ -119,8 +129,11 @@ def probe_query(qid: int) -> bytes:
 
 
 def is_probe_reply(data: bytes, qid: int) -> bool:
-    return len(data) >= 12 and struct.unpack_from("!H", data)[0] == qid and PROBE.encode()[:5] in (
-        data[13:18])  # fmt: skip
+    return (
+        len(data) >= 12
+        and struct.unpack_from("!H", data)[0] == qid
+        and PROBE.encode()[:5] in (data[13:18])
+    )
 
 
 def frame(data: bytes) -> bytes:

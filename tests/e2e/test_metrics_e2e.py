@@ -78,9 +78,13 @@ def metrics_port(fdp: FastDNSProcess) -> int:
 
 def scrape_when(fdp: FastDNSProcess, requests: float, timeout: float = 15.0) -> Samples:
     """Scrape once the workers' reports (1 s apart) add up to ``requests`` queries."""
-    return wait_until(lambda: scrape(HOST, metrics_port(fdp)),
-                      lambda s: total(s, "fastdns_dns_requests_total") >= requests,
-                      timeout, interval=0.1, what=f"{requests} requests in /metrics")  # fmt: skip
+    return wait_until(
+        lambda: scrape(HOST, metrics_port(fdp)),
+        lambda s: total(s, "fastdns_dns_requests_total") >= requests,
+        timeout,
+        interval=0.1,
+        what=f"{requests} requests in /metrics",
+    )
 
 
 def ask(fdp: FastDNSProcess, name: str, rdtype: str = "A", **kwargs: Any) -> Any:
@@ -110,8 +114,10 @@ def test_exact_counts_monotonic_restart_and_ready_during_drain(
     port = metrics_port(fdp)
     server = f"dns://{HOST}:{fdp.udp_port}"
     to = f"{up.address}:53"
-    assert wait_until(lambda: http_get(HOST, port, "/ready")[0], lambda c: c == 200,
-                      what="/ready 200") == 200  # fmt: skip
+    assert (
+        wait_until(lambda: http_get(HOST, port, "/ready")[0], lambda c: c == 200, what="/ready 200")
+        == 200
+    )
     n = send_mix(fdp)
     s = scrape_when(fdp, n)
     base = {"server": server, "family": "1"}
@@ -121,18 +127,29 @@ def test_exact_counts_monotonic_restart_and_ready_during_drain(
     assert value(s, "fastdns_dns_requests_total", proto="udp", type="TXT", **base) == 1
     assert total(s, "fastdns_dns_requests_total") == n
     assert total(s, "fastdns_worker_requests_total") == n
-    responses = {(dict(ls)["rcode"], dict(ls)["plugin"]): v
-                 for ls, v in series(s, "fastdns_dns_responses_total").items() if v}  # fmt: skip
-    assert responses == {("NOERROR", "static"): 7, ("NOERROR", "forward"): 5,
-                         ("NXDOMAIN", "forward"): 1, ("SERVFAIL", ""): 2}  # fmt: skip
+    responses = {
+        (dict(ls)["rcode"], dict(ls)["plugin"]): v
+        for ls, v in series(s, "fastdns_dns_responses_total").items()
+        if v
+    }
+    assert responses == {
+        ("NOERROR", "static"): 7,
+        ("NOERROR", "forward"): 5,
+        ("NXDOMAIN", "forward"): 1,
+        ("SERVFAIL", ""): 2,
+    }
     assert value(s, "fastdns_forward_upstreams_exhausted_total") == 2
     assert value(s, "fastdns_forward_failover_total", to=to, rcode="SERVFAIL") == 2
     assert value(s, "fastdns_forward_tcp_retries_total", to=to) == 1
-    attempts = {dict(ls)["rcode"]: v for ls, v in
-                series(s, "fastdns_proxy_request_duration_seconds_count").items() if v}  # fmt: skip
+    attempts = {
+        dict(ls)["rcode"]: v
+        for ls, v in series(s, "fastdns_proxy_request_duration_seconds_count").items()
+        if v
+    }
     assert attempts == {"NOERROR": 5, "NXDOMAIN": 1, "SERVFAIL": 2}
-    assert value(s, "fastdns_dns_dropped_total", server=server, proto="udp",
-                 reason="malformed") == 1  # fmt: skip
+    assert (
+        value(s, "fastdns_dns_dropped_total", server=server, proto="udp", reason="malformed") == 1
+    )
     assert value(s, "fastdns_dns_request_duration_seconds_count", server=server, type="A") == 14
     assert value(s, "fastdns_dns_request_size_bytes_count", server=server, proto="tcp") == 2
     assert value(s, "fastdns_dns_response_size_bytes_count", server=server, proto="udp") == 13
@@ -148,9 +165,14 @@ def test_exact_counts_monotonic_restart_and_ready_during_drain(
     os.kill(victim, signal.SIGKILL)
     after = wait_until(
         lambda: scrape(HOST, port),
-        lambda x: total(x, "fastdns_worker_restarts_total") == 1
-        and value(x, "fastdns_workers_ready") == 2,
-        15, interval=0.1, what="a replaced worker")  # fmt: skip
+        lambda x: (
+            total(x, "fastdns_worker_restarts_total") == 1
+            and value(x, "fastdns_workers_ready") == 2
+        ),
+        15,
+        interval=0.1,
+        what="a replaced worker",
+    )
     assert total(after, "fastdns_worker_restarts_total", reason="signal") == 1
     assert counters_not_below(s, after) == []
     assert total(after, "fastdns_dns_requests_total") == n
@@ -165,33 +187,35 @@ def test_exact_counts_monotonic_restart_and_ready_during_drain(
     slow.start()
     assert up.wait_for(1, "slow.test", "A", timeout=5)
     fdp.send_signal(signal.SIGTERM)
-    _, _, body = wait_until(lambda: http_get(HOST, port, "/ready"), lambda r: r[0] == 503,
-                            5, interval=0.02, what="/ready 503")  # fmt: skip
+    _, _, body = wait_until(
+        lambda: http_get(HOST, port, "/ready"),
+        lambda r: r[0] == 503,
+        5,
+        interval=0.02,
+        what="/ready 503",
+    )
     assert body == b"draining\n"
     assert http_get(HOST, port, "/health")[0] == 200
     slow.join(5)
     assert fdp.wait_exit(15) == 0
 
 
-def test_native_answers_and_fallbacks_are_counted(
-    fastdns_factory: Any, up: FakeUpstream
-) -> None:
+def test_native_answers_and_fallbacks_are_counted(fastdns_factory: Any, up: FakeUpstream) -> None:
     """The native (c-ares) path: what it answers is plugin="native"; what it hands to raw
     forwarding is counted by reason and then answered by plugin="forward"."""
-    fdp = fastdns_factory(config(native={"enabled": True, "forward_first": False}),
-                          upstreams=[up])  # fmt: skip
+    fdp = fastdns_factory(config(native={"enabled": True, "forward_first": False}), upstreams=[up])
     for i in range(3):
         assert str(ask(fdp, f"fwd{i}.test").answer[0][0]) == f"192.0.2.{i + 1}"
     assert ask(fdp, "test", "SOA").rcode() == 0  # not a native type: raw
     assert ask(fdp, "fwd3.test", do=True).rcode() == 0  # DO: c-ares cannot carry it
     s = scrape_when(fdp, 5)
-    plugins = {dict(ls)["plugin"]: v
-               for ls, v in series(s, "fastdns_dns_responses_total").items() if v}  # fmt: skip
+    plugins = {
+        dict(ls)["plugin"]: v for ls, v in series(s, "fastdns_dns_responses_total").items() if v
+    }
     assert plugins == {"native": 3, "forward": 2}
     assert value(s, "fastdns_native_fallbacks_total", reason="unsupported_type") == 1
     assert value(s, "fastdns_native_fallbacks_total", reason="dnssec") == 1
-    assert value(s, "fastdns_native_request_duration_seconds_count", type="A",
-                 rcode="NOERROR") == 3  # fmt: skip
+    assert value(s, "fastdns_native_request_duration_seconds_count", type="A", rcode="NOERROR") == 3
     assert value(s, "fastdns_dns_do_requests_total", server=f"dns://{HOST}:{fdp.udp_port}") == 1
 
 
@@ -239,19 +263,32 @@ class Prometheus:
         self.host, self.port = next_address(), PROMETHEUS_PORT
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "fastdns", "static_configs": [{"targets": [target]}],
-                                "scrape_interval": "500ms", "scrape_timeout": "400ms"}],
-        }  # fmt: skip
+            "scrape_configs": [
+                {
+                    "job_name": "fastdns",
+                    "static_configs": [{"targets": [target]}],
+                    "scrape_interval": "500ms",
+                    "scrape_timeout": "400ms",
+                }
+            ],
+        }
         (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         self.log = workdir / "prometheus.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                ["prometheus", f"--config.file={workdir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address={self.host}:{self.port}",
-                 "--storage.tsdb.retention.time=1h", "--log.level=warn"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=workdir,
-            )  # fmt: skip
+                [
+                    "prometheus",
+                    f"--config.file={workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address={self.host}:{self.port}",
+                    "--storage.tsdb.retention.time=1h",
+                    "--log.level=warn",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=workdir,
+            )
         self.wait_ready()
 
     def wait_ready(self, timeout: float = PROMETHEUS_READY_TIMEOUT) -> None:
@@ -315,8 +352,16 @@ def test_a_real_prometheus_scrapes_fastdns(
 ) -> None:
     fdp = fastdns_factory(config(), upstreams=[up])
     prom = prometheus_factory(f"{HOST}:{metrics_port(fdp)}")
-    assert wait_until(lambda: prom.scalar('up{job="fastdns"}'), lambda v: v == 1, 20,
-                      interval=0.2, what="up == 1") == 1  # fmt: skip
+    assert (
+        wait_until(
+            lambda: prom.scalar('up{job="fastdns"}'),
+            lambda v: v == 1,
+            20,
+            interval=0.2,
+            what="up == 1",
+        )
+        == 1
+    )
     sent = 0
     deadline = time.monotonic() + 20
     # Keep a trickle of queries going until Prometheus has two samples that differ.
@@ -329,8 +374,13 @@ def test_a_real_prometheus_scrapes_fastdns(
             break
         assert time.monotonic() < deadline, "no fastdns rate in Prometheus"
         time.sleep(0.2)
-    stored = wait_until(lambda: prom.scalar('sum(fastdns_dns_requests_total{job="fastdns"})'),
-                        lambda v: v == sent, 10, interval=0.2, what=f"{sent} requests stored")
+    stored = wait_until(
+        lambda: prom.scalar('sum(fastdns_dns_requests_total{job="fastdns"})'),
+        lambda v: v == sent,
+        10,
+        interval=0.2,
+        what=f"{sent} requests stored",
+    )
     assert stored == sent
     assert prom.scalar('sum(fastdns_dns_responses_total{plugin="static"})') == sent
     assert prom.scalar("fastdns_workers_ready") == 2
@@ -341,8 +391,9 @@ def test_a_real_prometheus_scrapes_fastdns(
             assert http_get(HOST, metrics_port(fdp), "/metrics")[0] == 200
     assert load.ok > 0 and load.failed == 0 and load.wrong == 0, load.answers
     # Every query of the Grafana dashboard is valid PromQL for this Prometheus.
-    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana"
-                            / "fastdns.json").read_text())  # fmt: skip
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "fastdns.json").read_text()
+    )
     for panel in dashboard["panels"]:
         for target in panel.get("targets", ()):
             expr = target["expr"].replace("$__rate_interval", "1m").replace("$instance", ".*")

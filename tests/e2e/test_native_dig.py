@@ -43,8 +43,10 @@ def _up(mod_upstream_factory: Any) -> FakeUpstream:
 @pytest.fixture(name="server", scope="module")
 def _server(mod_fastdns_factory: Any, mod_tmp: Path, up: FakeUpstream) -> FastDNSProcess:
     resolv = write_resolv_conf(mod_tmp / "native-resolv.conf", up, search=["corp.test"])
-    config = {"hostResolver": {"ipv6": True},
-              "fastdns": {"resolv_conf": str(resolv), "cache": {"enabled": False}}}  # fmt: skip
+    config = {
+        "hostResolver": {"ipv6": True},
+        "fastdns": {"resolv_conf": str(resolv), "cache": {"enabled": False}},
+    }
     server: FastDNSProcess = mod_fastdns_factory(config)
     return server
 
@@ -59,8 +61,9 @@ def dig_answer(server: FastDNSProcess, *args: str) -> list[tuple[str, int, str, 
     return out
 
 
-@pytest.mark.parametrize(("name", "rdtype", "ttl", "values"), RECORDS,
-                         ids=[f"{r[1]}" for r in RECORDS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "rdtype", "ttl", "values"), RECORDS, ids=[f"{r[1]}" for r in RECORDS]
+)
 def test_dig_each_type_matches_the_upstream_records(
     server: FastDNSProcess, up: FakeUpstream, name: str, rdtype: str, ttl: int, values: list[str]
 ) -> None:

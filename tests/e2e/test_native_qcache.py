@@ -31,17 +31,25 @@ def _server(mod_fastdns_factory: Any, mod_tmp: Path, up: FakeUpstream) -> FastDN
     """fastdns's cache off, so every query reaches the native path; forward_first off, so
     every native-type query goes through c-ares."""
     resolv = write_resolv_conf(mod_tmp / "qcache-resolv.conf", up, search=["corp.test"])
-    config = {"fastdns": {"resolv_conf": str(resolv), "cache": {"enabled": False},
-                          "native": {"forward_first": False}}}  # fmt: skip
+    config = {
+        "fastdns": {
+            "resolv_conf": str(resolv),
+            "cache": {"enabled": False},
+            "native": {"forward_first": False},
+        }
+    }
     server: FastDNSProcess = mod_fastdns_factory(config)
     return server
 
 
-@pytest.mark.parametrize(("name", "rdtype", "asked"), [
-    ("a.test", "A", "a.test"),
-    ("t.test", "TXT", "t.test"),
-    ("host", "A", "host.corp.test"),  # a search-list name
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "rdtype", "asked"),
+    [
+        ("a.test", "A", "a.test"),
+        ("t.test", "TXT", "t.test"),
+        ("host", "A", "host.corp.test"),  # a search-list name
+    ],
+)
 def test_cares_does_not_answer_a_repeated_question_from_its_own_cache(
     server: FastDNSProcess, up: FakeUpstream, name: str, rdtype: str, asked: str
 ) -> None:

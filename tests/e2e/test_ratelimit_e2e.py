@@ -55,8 +55,7 @@ def flood(fdp: Any, source: str) -> dict[str, float]:
         s.bind((source, 0))
         s.setblocking(False)
         socks.append(s)
-    out = {"sent": 0, "bytes_in": 0, "answered": 0, "answer_bytes": 0, "slipped": 0,
-           "bytes_out": 0}  # fmt: skip
+    out = {"sent": 0, "bytes_in": 0, "answered": 0, "answer_bytes": 0, "slipped": 0, "bytes_out": 0}
     to = (fdp.address, fdp.udp_port)
 
     def drain() -> None:
@@ -96,8 +95,9 @@ def flood(fdp: Any, source: str) -> dict[str, float]:
     return out
 
 
-def test_unlimited_flood_is_amplified(mod_fastdns_factory: FastDNSFactory,
-                                      amp_upstream: FakeUpstream) -> None:  # fmt: skip
+def test_unlimited_flood_is_amplified(
+    mod_fastdns_factory: FastDNSFactory, amp_upstream: FakeUpstream
+) -> None:
     """The issue's figures, as a baseline: without a limit every query is answered in full."""
     fdp = start(mod_fastdns_factory, amp_upstream)
     got = flood(fdp, FLOODER)
@@ -109,7 +109,8 @@ def test_unlimited_flood_is_amplified(mod_fastdns_factory: FastDNSFactory,
 
 
 def test_two_workers_hold_the_aggregate_limit_in_bytes(
-        mod_fastdns_factory: FastDNSFactory, amp_upstream: FakeUpstream) -> None:  # fmt: skip
+    mod_fastdns_factory: FastDNSFactory, amp_upstream: FakeUpstream
+) -> None:
     fdp = start(mod_fastdns_factory, amp_upstream, qps=QPS, burst=BURST, slip=2)
     got = flood(fdp, FLOODER)
     print(f"rate limiting {QPS} qps, burst {BURST}, 2 workers: {got}")

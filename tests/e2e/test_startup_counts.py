@@ -52,20 +52,27 @@ def test_the_startup_self_check_is_not_counted_as_a_client_query(fastdns_factory
 def _check_self_check_uncounted(fdp: FastDNSProcess) -> None:
     port = int(fdp.state["metrics_port"])
     # /ready needs the rules installed, which comes after the self-check answered.
-    wait_until(lambda: http_get(HOST, port, "/ready")[0], lambda c: c == 200, 15,
-               what="/ready 200")  # fmt: skip
+    wait_until(lambda: http_get(HOST, port, "/ready")[0], lambda c: c == 200, 15, what="/ready 200")
     # Two more worker snapshots: the self-check's answer is in the last one if it counted.
     first = _worker_reports(_scrape(fdp))
-    s = wait_until(lambda: _scrape(fdp), lambda s: _worker_reports(s) >= first + 2, 10,
-                   what="two worker reports after /ready")  # fmt: skip
+    s = wait_until(
+        lambda: _scrape(fdp),
+        lambda s: _worker_reports(s) >= first + 2,
+        10,
+        what="two worker reports after /ready",
+    )
     assert total(s, "fastdns_dns_requests_total") == 0
     assert total(s, "fastdns_dns_responses_total", rcode="REFUSED") == 0
     assert total(s, "fastdns_dns_responses_total") == 0
     assert _served(fdp) == 0
 
     assert str(fdp.query(STATIC_NAME, timeout=3.0).answer[0][0]) == STATIC_IP
-    s = wait_until(lambda: _scrape(fdp), lambda s: total(s, "fastdns_dns_requests_total") >= 1,
-                   10, what="the client query in /metrics")  # fmt: skip
+    s = wait_until(
+        lambda: _scrape(fdp),
+        lambda s: total(s, "fastdns_dns_requests_total") >= 1,
+        10,
+        what="the client query in /metrics",
+    )
     wait_until(lambda: _served(fdp), lambda n: n >= 1, 10, what="served in the state file")
     assert total(s, "fastdns_dns_requests_total") == 1
     assert total(s, "fastdns_dns_responses_total") == 1
@@ -75,14 +82,25 @@ def _check_self_check_uncounted(fdp: FastDNSProcess) -> None:
 
 # ------------------------------------------------------------------------------ zero series
 
-FALLBACK_REASONS = ("unsupported_type", "dnssec", "disabled", "overload", "error", "timeout",
-                    "nodata", "nxdomain", "servfail", "refused")  # fmt: skip
+FALLBACK_REASONS = (
+    "unsupported_type",
+    "dnssec",
+    "disabled",
+    "overload",
+    "error",
+    "timeout",
+    "nodata",
+    "nxdomain",
+    "servfail",
+    "refused",
+)
 
 
 def _first_report(fdp: FastDNSProcess) -> Samples:
     """A scrape once the worker has reported (its upstreams are known from then on)."""
-    return wait_until(lambda: _scrape(fdp), lambda s: _worker_reports(s) >= 1, 10,
-                      what="a worker report")  # fmt: skip
+    return wait_until(
+        lambda: _scrape(fdp), lambda s: _worker_reports(s) >= 1, 10, what="a worker report"
+    )
 
 
 def _has(s: Samples, name: str, **labels: str) -> bool:
@@ -104,13 +122,17 @@ def test_fallback_and_failover_series_are_exported_at_zero_from_the_start(
     for outcome in ("answered", "timeout", "error", "failover", "truncated"):
         assert _has(s, "fastdns_forward_fast_lane_total", outcome=outcome), outcome
     assert _has(s, "fastdns_forward_upstreams_exhausted_total")
-    assert _has(s, "fastdns_dns_responses_total", server=server, rcode="NOERROR",
-                plugin="fallback")  # fmt: skip
+    assert _has(s, "fastdns_dns_responses_total", server=server, rcode="NOERROR", plugin="fallback")
     for rcode in ("SERVFAIL", "REFUSED"):
         assert _has(s, "fastdns_forward_failover_total", to=to, rcode=rcode), rcode
     assert _has(s, "fastdns_forward_tcp_retries_total", to=to)
-    assert _has(s, "fastdns_proxy_request_duration_seconds_count", proxy_name="forward", to=to,
-                rcode="timeout")  # fmt: skip
+    assert _has(
+        s,
+        "fastdns_proxy_request_duration_seconds_count",
+        proxy_name="forward",
+        to=to,
+        rcode="timeout",
+    )
     assert _has(s, "fastdns_cache_hits_total", server=server, type="success")
     assert total(s, "fastdns_dns_requests_total") == 0
 

@@ -57,8 +57,10 @@ def _upstream(mod_upstream_factory: Any) -> FakeUpstream:
 
 
 def config(ipv6: bool) -> dict[str, Any]:
-    return {"hostResolver": {"ipv6": ipv6, "hosts": HOSTS},
-            "fastdns": {"instance": "my_example.com"}}  # fmt: skip
+    return {
+        "hostResolver": {"ipv6": ipv6, "hosts": HOSTS},
+        "fastdns": {"instance": "my_example.com"},
+    }
 
 
 @pytest.fixture(name="server", scope="module")
@@ -149,8 +151,9 @@ def test_case6_alias_query_case_and_rd_kept(server: FastDNSProcess) -> None:
     assert {rrset.name.to_text() for rrset in reply.answer} == {"EXT."}
 
 
-@pytest.mark.parametrize(("name", "rdtype"), [("x", "CNAME"), ("x", "A"), ("y", "A"),
-                                              ("s", "A"), ("s", "CNAME")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "rdtype"), [("x", "CNAME"), ("x", "A"), ("y", "A"), ("s", "A"), ("s", "CNAME")]
+)
 def test_case7_cycles_answer_servfail_fast(
     server: FastDNSProcess, upstream: FakeUpstream, name: str, rdtype: str
 ) -> None:
@@ -276,8 +279,10 @@ def test_a_label_holding_a_dot_is_not_a_static_name(
     server: FastDNSProcess, upstream: FakeUpstream
 ) -> None:
     # one label "my.domain" then "com": not the three-label static name my.domain.com
-    wire = (struct.pack("!HHHHHH", 0x5151, 0x0100, 1, 0, 0, 0)
-            + b"\x09my.domain\x03com\x00\x00\x01\x00\x01")  # fmt: skip
+    wire = (
+        struct.pack("!HHHHHH", 0x5151, 0x0100, 1, 0, 0, 0)
+        + b"\x09my.domain\x03com\x00\x00\x01\x00\x01"
+    )
     raw = raw_udp(server.address, server.udp_port, wire)
     assert raw is not None
     reply = dns.message.from_wire(raw)
@@ -294,20 +299,26 @@ def test_a_46_byte_label_is_still_matched(server: FastDNSProcess) -> None:
 
 
 @pytest.fixture(name="filealias", scope="module")
-def _filealias(
-    mod_fastdns_factory: Any, upstream: FakeUpstream, mod_tmp: Any
-) -> FastDNSProcess:
+def _filealias(mod_fastdns_factory: Any, upstream: FakeUpstream, mod_tmp: Any) -> FastDNSProcess:
     """Two workers; static aliases whose targets only the hosts file knows.
     The upstream has no such names: asking it gets NXDOMAIN."""
     hosts = mod_tmp / "alias-hosts"
-    hosts.write_text("127.0.0.1 localhost\n10.7.7.7 hostsfile.test\nfd00::77 hostsfile.test\n"
-                     "10.7.7.8 second.test\n")  # fmt: skip
-    aliases = {"alias.test": "hostsfile.test", "alias2.test": "second.test",
-               "alias6.test": "hostsfile.test"}  # fmt: skip
+    hosts.write_text(
+        "127.0.0.1 localhost\n10.7.7.7 hostsfile.test\nfd00::77 hostsfile.test\n"
+        "10.7.7.8 second.test\n"
+    )
+    aliases = {
+        "alias.test": "hostsfile.test",
+        "alias2.test": "second.test",
+        "alias6.test": "hostsfile.test",
+    }
     server: FastDNSProcess = mod_fastdns_factory(
-        {"hostResolver": {"ipv6": True, "hosts": aliases},
-         "fastdns": {"workers": 2, "hosts_file": str(hosts)}},
-        upstreams=[upstream])  # fmt: skip
+        {
+            "hostResolver": {"ipv6": True, "hosts": aliases},
+            "fastdns": {"workers": 2, "hosts_file": str(hosts)},
+        },
+        upstreams=[upstream],
+    )
     return server
 
 
@@ -342,5 +353,6 @@ def test_alias_to_a_hosts_file_name_aaaa(filealias: FastDNSProcess, upstream: Fa
         assert texts(filealias.query("alias6.test", "AAAA")) == ["alias6.test. 5 IN AAAA fd00::77"]
     for _ in range(8):
         assert texts(filealias.query("hostsfile.test", "AAAA")) == [
-            "hostsfile.test. 5 IN AAAA fd00::77"]
+            "hostsfile.test. 5 IN AAAA fd00::77"
+        ]
     assert upstream.count("hostsfile.test") == 0

@@ -170,8 +170,12 @@ def test_metrics_and_rules_processes_start_and_stop_around_the_workers(
     assert isinstance(fdp.state["metrics_port"], int)
     assert procfs.wait_until(lambda: len(procfs.children(fdp.pid)) == 4, 10)
     titles = sorted(procfs.cmdline(p) for p in procfs.children(fdp.pid))
-    assert titles == ["fastdns: metrics", "fastdns: rules", "fastdns: worker 0",
-                      "fastdns: worker 1"]  # fmt: skip
+    assert titles == [
+        "fastdns: metrics",
+        "fastdns: rules",
+        "fastdns: worker 0",
+        "fastdns: worker 1",
+    ]
     assert answer(fdp) == STATIC_IP
     workers = fdp.state["workers"]
     assert fdp.stop() == 0

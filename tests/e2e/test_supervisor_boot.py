@@ -59,8 +59,7 @@ def test_a_taken_metrics_port_halts_with_boot_error_and_one_line(
         if listening:
             holder.listen()
         port = holder.getsockname()[1]
-        fdp = FastDNSProcess(config(metrics={"listen": f"127.0.0.1:{port}"}), tmp_path,
-                             wait=False)  # fmt: skip
+        fdp = FastDNSProcess(config(metrics={"listen": f"127.0.0.1:{port}"}), tmp_path, wait=False)
         rc, took = run_to_exit(fdp, 20)
     err = fdp.stderr
     assert rc == ExitCode.BOOT_ERROR, err
@@ -85,14 +84,16 @@ def test_a_metrics_process_that_crashes_while_booting_halts_with_the_cause(
         "raise ImportError('prometheus_client is broken for this test')\n"
     )
     env = {"PYTHONPATH": f"{broken}{os.pathsep}{REPO_ROOT}"}
-    fdp = FastDNSProcess(config(metrics={"listen": "127.0.0.1:0"}), tmp_path, wait=False,
-                         env=env)  # fmt: skip
+    fdp = FastDNSProcess(config(metrics={"listen": "127.0.0.1:0"}), tmp_path, wait=False, env=env)
     rc, took = run_to_exit(fdp, 60)
     err = fdp.stderr
     assert rc == ExitCode.BOOT_ERROR, err
     assert took < PROMPT, err
-    cause = [line for line in err.splitlines()
-             if line.startswith("fastdns: ") and "broken for this test" in line]  # fmt: skip
+    cause = [
+        line
+        for line in err.splitlines()
+        if line.startswith("fastdns: ") and "broken for this test" in line
+    ]
     assert len(cause) == 1, err
     assert "metrics" in cause[0] and "ImportError" in cause[0]
     assert not [line for line in err.splitlines() if any(s in line for s in SECONDARY)], err

@@ -53,8 +53,10 @@ def test_a_killed_worker_is_replaced_and_costs_few_queries(fastdns_factory: Any)
         replaced_in = time.monotonic() - killed_at
         seen = load.sent
         assert load.wait_for_count(seen + 150, 10)
-    print(f"\nkill -9 of 1 of 2 workers under load: {load.failed} of {load.sent} queries "
-          f"failed (single try, 1 s timeout); replaced in {replaced_in:.2f}s")  # fmt: skip
+    print(
+        f"\nkill -9 of 1 of 2 workers under load: {load.failed} of {load.sent} queries "
+        f"failed (single try, 1 s timeout); replaced in {replaced_in:.2f}s"
+    )
     assert load.failed <= 10
     assert load.wrong == 0, load.answers  # lost, maybe; answered wrongly, never
     assert f"worker 0 (pid {victim}) was killed by SIGKILL" in fdp.stderr
@@ -69,8 +71,9 @@ def test_sighup_switches_to_new_hosts_without_losing_a_query(fastdns_factory: An
     old = fdp.state["workers"]
     doc = copy.deepcopy(fdp.config)
     doc["hostResolver"]["hosts"][NAME] = "10.0.0.2"
-    with QueryLoad(fdp.address, fdp.udp_port, NAME, timeout=1.0, retries=1,
-                   expect={"10.0.0.1", "10.0.0.2"}) as load:  # fmt: skip
+    with QueryLoad(
+        fdp.address, fdp.udp_port, NAME, timeout=1.0, retries=1, expect={"10.0.0.1", "10.0.0.2"}
+    ) as load:
         assert load.wait_for_count(100, 10)
         rewrite_config(fdp, doc)
         sent_at = time.monotonic()
@@ -83,9 +86,11 @@ def test_sighup_switches_to_new_hosts_without_losing_a_query(fastdns_factory: An
         seen = load.sent
         assert load.wait_for_count(seen + 100, 10)
         assert load.last_answer == "10.0.0.2"
-    print(f"\nSIGHUP reload under load: new answer after {switched_in:.2f}s; "
-          f"{load.failed} of {load.sent} queries failed with one retry, "
-          f"{load.first_try_failures} first tries timed out")  # fmt: skip
+    print(
+        f"\nSIGHUP reload under load: new answer after {switched_in:.2f}s; "
+        f"{load.failed} of {load.sent} queries failed with one retry, "
+        f"{load.first_try_failures} first tries timed out"
+    )
     assert load.failed == 0 and load.correct == load.sent, load.answers
     assert (state["udp_port"], state["tcp_port"]) == (fdp.udp_port, fdp.tcp_port)
     assert len(procfs.bound_sockets("udp", fdp.udp_port)) == 2
@@ -149,8 +154,12 @@ def test_sigterm_under_load_drains_and_exits_0_within_the_graceful_timeout(
     cfg = config(graceful_timeout=graceful, cache={"enabled": False}, native={"enabled": False})
     fdp = fastdns_factory(cfg, upstreams=[upstream])
     workers = fdp.state["workers"]
-    loads = [QueryLoad(fdp.address, fdp.udp_port, "slow.test", interval=0.01, timeout=1.0,
-                       expect={"10.9.9.9"}) for _ in range(3)]  # fmt: skip
+    loads = [
+        QueryLoad(
+            fdp.address, fdp.udp_port, "slow.test", interval=0.01, timeout=1.0, expect={"10.9.9.9"}
+        )
+        for _ in range(3)
+    ]
     try:
         for load in loads:
             load.start()
@@ -166,8 +175,10 @@ def test_sigterm_under_load_drains_and_exits_0_within_the_graceful_timeout(
     finally:
         for load in loads:
             load.stop()
-    print(f"\nSIGTERM under load: exit {rc} after {took:.2f}s (graceful_timeout {graceful}s); "
-          f"{drained} queries in flight at SIGTERM answered while draining")  # fmt: skip
+    print(
+        f"\nSIGTERM under load: exit {rc} after {took:.2f}s (graceful_timeout {graceful}s); "
+        f"{drained} queries in flight at SIGTERM answered while draining"
+    )
     assert rc == 0
     assert took < graceful + 1.5
     assert drained >= 2  # of 3 (one sent in the instant between SIGTERM and the drain is lost)

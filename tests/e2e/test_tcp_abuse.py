@@ -53,7 +53,8 @@ def _fdp(upstream_factory: Any, fastdns_factory: Any) -> FastDNSProcess:
     up.add(BIG, "TXT", *(f"{i:04d}" + "x" * 250 for i in range(200)))
     up.add("small.abuse.test", "A", "192.0.2.9")
     fdp: FastDNSProcess = fastdns_factory(
-        {"fastdns": {"native": {"enabled": False}, "tcp_idle_timeout": 2.0}}, upstreams=[up])
+        {"fastdns": {"native": {"enabled": False}, "tcp_idle_timeout": 2.0}}, upstreams=[up]
+    )
     return fdp
 
 

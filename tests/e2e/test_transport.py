@@ -60,10 +60,17 @@ def _server(mod_fastdns_factory: Any, upstream: FakeUpstream) -> FastDNSProcess:
 @pytest.fixture(name="compat", scope="module")
 def _compat(mod_fastdns_factory: Any, upstream: FakeUpstream) -> FastDNSProcess:
     server: FastDNSProcess = mod_fastdns_factory(
-        {"fastdns": {**BASE, "lima_compat": True, "tcp_idle_timeout": 0.5,
-                     "tcp_max_connections": 3, "max_inflight": 2}},
+        {
+            "fastdns": {
+                **BASE,
+                "lima_compat": True,
+                "tcp_idle_timeout": 0.5,
+                "tcp_max_connections": 3,
+                "max_inflight": 2,
+            }
+        },
         upstreams=[upstream],
-    )  # fmt: skip
+    )
     return server
 
 
@@ -187,8 +194,9 @@ def test_tcp_connections_are_bounded(bounded: FastDNSProcess) -> None:
     idlest connection's close is the eviction (a read timeout fails the test), and the two
     others keep being served."""
     server = bounded
-    held = [socket.create_connection((server.address, server.tcp_port), timeout=3)
-            for _ in range(3)]  # fmt: skip
+    held = [
+        socket.create_connection((server.address, server.tcp_port), timeout=3) for _ in range(3)
+    ]
     try:
         w = dns.message.make_query("small.tr.test", "A").to_wire()
         for s in held:  # make sure each is accepted and counted, the first one idlest
@@ -220,11 +228,14 @@ def raw_query(qd: int = 1, opcode: int = 0, qr: bool = False) -> bytes:
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
 @pytest.mark.parametrize(
     ("packet", "rcode"),
-    [(raw_query(qd=0), dns.rcode.FORMERR), (raw_query(qd=2), dns.rcode.FORMERR),
-     (raw_query(opcode=dns.opcode.UPDATE), dns.rcode.NOTIMP),
-     (raw_query(opcode=dns.opcode.STATUS), dns.rcode.NOTIMP)],
+    [
+        (raw_query(qd=0), dns.rcode.FORMERR),
+        (raw_query(qd=2), dns.rcode.FORMERR),
+        (raw_query(opcode=dns.opcode.UPDATE), dns.rcode.NOTIMP),
+        (raw_query(opcode=dns.opcode.STATUS), dns.rcode.NOTIMP),
+    ],
     ids=["qdcount0", "qdcount2", "update", "status"],
-)  # fmt: skip
+)
 def test_case36_header_errors(server: FastDNSProcess, packet: bytes, rcode: int, tcp: bool) -> None:
     send = raw_tcp if tcp else raw_udp
     raw = send(server.address, server.tcp_port if tcp else server.udp_port, packet, 2.0)
@@ -237,8 +248,10 @@ def test_case36_header_errors(server: FastDNSProcess, packet: bytes, rcode: int,
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
 def test_case36_responses_are_dropped(server: FastDNSProcess, tcp: bool) -> None:
     send = raw_tcp if tcp else raw_udp
-    assert send(server.address, server.tcp_port if tcp else server.udp_port,
-                raw_query(qr=True), 0.3) is None  # fmt: skip
+    assert (
+        send(server.address, server.tcp_port if tcp else server.udp_port, raw_query(qr=True), 0.3)
+        is None
+    )
     assert server.query("small.tr.test", "A").rcode() == dns.rcode.NOERROR
 
 

@@ -50,8 +50,13 @@ def zone(up: FakeUpstream) -> FakeUpstream:
 
 def serve(tmp_path: Path, *ups: FakeUpstream, **fastdns: Any) -> FastDNSProcess:
     resolv = write_resolv_conf(tmp_path / f"resolv-{time.monotonic_ns()}.conf", *ups)
-    section = {"resolv_conf": str(resolv), "workers": 1, "native": {"enabled": False},
-               "metrics": {"listen": f"{HOST}:0"}, **fastdns}  # fmt: skip
+    section = {
+        "resolv_conf": str(resolv),
+        "workers": 1,
+        "native": {"enabled": False},
+        "metrics": {"listen": f"{HOST}:0"},
+        **fastdns,
+    }
     return FastDNSProcess({"fastdns": section}, tmp_path)
 
 
@@ -64,8 +69,7 @@ def ready(fdp: FastDNSProcess) -> tuple[int, bytes]:
     return status, body
 
 
-def test_an_upstream_restart_is_survived(upstream_factory: UpstreamFactory,
-                                         tmp_path: Path) -> None:  # fmt: skip
+def test_an_upstream_restart_is_survived(upstream_factory: UpstreamFactory, tmp_path: Path) -> None:
     """Stop the only upstream (ICMP port unreachable for what is sent meanwhile), start it
     again on the same address: uncached queries are answered again at once, and /ready and
     fastdns_forward_upstream_up say the upstream was unreachable while it was."""
@@ -105,8 +109,9 @@ def test_an_upstream_restart_is_survived(upstream_factory: UpstreamFactory,
         fdp.close()
 
 
-def test_replies_later_than_one_attempt_still_answer(upstream_factory: UpstreamFactory,
-                                                     tmp_path: Path) -> None:  # fmt: skip
+def test_replies_later_than_one_attempt_still_answer(
+    upstream_factory: UpstreamFactory, tmp_path: Path
+) -> None:
     """An upstream that answers after 1.2 s with upstream_timeout 1 s (and after 3 s, within
     the 4 s deadline): the late reply to the first attempt answers, over UDP (the fast lane)
     and TCP (the general path)."""
@@ -131,8 +136,9 @@ def test_replies_later_than_one_attempt_still_answer(upstream_factory: UpstreamF
         fdp.close()
 
 
-def test_forwarded_queries_leave_from_many_source_ports(upstream_factory: UpstreamFactory,
-                                                        tmp_path: Path) -> None:  # fmt: skip
+def test_forwarded_queries_leave_from_many_source_ports(
+    upstream_factory: UpstreamFactory, tmp_path: Path
+) -> None:
     """RFC 5452 §9.2: 2,000 forwarded queries come from many ports, none used much."""
     up = zone(upstream_factory())
     fdp = serve(tmp_path, up, cache={"enabled": False})
@@ -141,8 +147,10 @@ def test_forwarded_queries_leave_from_many_source_ports(upstream_factory: Upstre
             assert ask(fdp, f"p{i}.bad.test").rcode() == dns.rcode.NOERROR
         ports = Counter(seen.src[1] for seen in up.queries if seen.transport == "udp")
         assert sum(ports.values()) == 2000
-        print(f"\n2000 forwarded queries: {len(ports)} distinct source ports, "
-              f"at most {max(ports.values())} from one port")  # fmt: skip
+        print(
+            f"\n2000 forwarded queries: {len(ports)} distinct source ports, "
+            f"at most {max(ports.values())} from one port"
+        )
         # A socket sends at most upsock.MAX_USES (4) queries; the kernel may hand a port out
         # again later, to a new socket, so one port can carry a few more.
         assert len(ports) >= 200
@@ -161,8 +169,9 @@ def spoofs(name: str) -> list[bytes]:
     return [i.to_bytes(2, "big") + wire[2:] for i in range(65536)]
 
 
-def test_spoofed_replies_at_a_seen_port_do_not_poison(upstream_factory: UpstreamFactory,
-                                                      tmp_path: Path) -> None:  # fmt: skip
+def test_spoofed_replies_at_a_seen_port_do_not_poison(
+    upstream_factory: UpstreamFactory, tmp_path: Path
+) -> None:
     """The source-port attack (RFC 5452 §9.2): learn the source port from one forwarded query, then,
     while a victim name is resolved (slowly), send replies with all 65,536 IDs from the upstream's
     address and port to that port. The victim must get the real answer, and keep it."""

@@ -21,22 +21,60 @@ from fastdns.dns import wire
 from fastdns.resolve.hosts import HostsFile
 from fastdns.resolve.resolvconf import parse_resolv_conf
 
-WORDS = st.sampled_from((
-    "nameserver", "search", "domain", "options", "ndots:", "timeout:", "attempts:", "rotate",
-    "127.0.0.1", "::1", "fe80::1%lo", "1.2.3.4%eth0", "10.0.0.300", "0x7f.1", "-1", "1e400",
-    "nan", "inf", "99999999999999999999", "#", ";", ".", "..", "a..b", "localhost", "LOCALHOST.",
-    "xn--nxasmq6b", "ünï", "*", "\t", "\x00", "\ufeff", "\r",
-))  # fmt: skip
+WORDS = st.sampled_from(
+    (
+        "nameserver",
+        "search",
+        "domain",
+        "options",
+        "ndots:",
+        "timeout:",
+        "attempts:",
+        "rotate",
+        "127.0.0.1",
+        "::1",
+        "fe80::1%lo",
+        "1.2.3.4%eth0",
+        "10.0.0.300",
+        "0x7f.1",
+        "-1",
+        "1e400",
+        "nan",
+        "inf",
+        "99999999999999999999",
+        "#",
+        ";",
+        ".",
+        "..",
+        "a..b",
+        "localhost",
+        "LOCALHOST.",
+        "xn--nxasmq6b",
+        "ünï",
+        "*",
+        "\t",
+        "\x00",
+        "\ufeff",
+        "\r",
+    )
+)
 TOKENS = st.one_of(WORDS, st.text(max_size=12))
-OPTIONS = st.builds("{}:{}".format, st.sampled_from(("ndots", "timeout", "attempts")),
-                    st.one_of(WORDS, st.integers(-(2**40), 2**40).map(str),
-                              st.floats(allow_nan=True, allow_infinity=True).map(str)))
+OPTIONS = st.builds(
+    "{}:{}".format,
+    st.sampled_from(("ndots", "timeout", "attempts")),
+    st.one_of(
+        WORDS,
+        st.integers(-(2**40), 2**40).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(str),
+    ),
+)
 LINE = st.one_of(
     st.lists(TOKENS, max_size=6).map(" ".join),
-    st.tuples(st.sampled_from(("nameserver", "search", "domain", "options", " options")),
-              st.lists(st.one_of(OPTIONS, TOKENS), min_size=1, max_size=4).map(" ".join),
-              ).map(" ".join),
-)  # fmt: skip
+    st.tuples(
+        st.sampled_from(("nameserver", "search", "domain", "options", " options")),
+        st.lists(st.one_of(OPTIONS, TOKENS), min_size=1, max_size=4).map(" ".join),
+    ).map(" ".join),
+)
 LINES = st.lists(LINE, max_size=12).map("\n".join)
 
 
@@ -61,11 +99,19 @@ def test_resolv_conf_parses_to_sane_values(text: str) -> None:
 
 
 @FUZZ
-@given(text=st.one_of(
-    LINES, st.text(max_size=400),
-    st.lists(st.tuples(st.sampled_from(("127.0.0.1", "::1", "fe80::1%lo", "10.0.0.300", "x")),
-                       st.lists(TOKENS, max_size=4).map(" ".join)).map(" ".join),
-             max_size=8).map("\n".join)))  # fmt: skip
+@given(
+    text=st.one_of(
+        LINES,
+        st.text(max_size=400),
+        st.lists(
+            st.tuples(
+                st.sampled_from(("127.0.0.1", "::1", "fe80::1%lo", "10.0.0.300", "x")),
+                st.lists(TOKENS, max_size=4).map(" ".join),
+            ).map(" ".join),
+            max_size=8,
+        ).map("\n".join),
+    )
+)
 def test_hosts_file_parses_to_lower_case_wire_names(text: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "hosts")

@@ -57,8 +57,9 @@ def test_a_valid_query_parses_as_dnspython_reads_it(data: bytes) -> None:
         assert q.udp_size == max(512, msg.payload)
         assert q.do == bool(msg.ednsflags & dns.flags.DO)
     assert q.cd == bool(msg.flags & dns.flags.CD)
-    assert q.key == (question.name.to_wire().lower() + data[q.qend - 4 : q.qend]
-                     + bytes((q.do, q.cd)))  # fmt: skip
+    assert q.key == (
+        question.name.to_wire().lower() + data[q.qend - 4 : q.qend] + bytes((q.do, q.cd))
+    )
 
 
 @FUZZ
@@ -103,7 +104,12 @@ def test_the_cache_key_is_the_question_folded(a: bytes, b: bytes) -> None:
     if isinstance(qa, wire.Malformed) or isinstance(qb, wire.Malformed):
         return
     same = (qa.qname.lower(), qa.qtype, qa.qclass, qa.do, qa.cd) == (
-        qb.qname.lower(), qb.qtype, qb.qclass, qb.do, qb.cd)  # fmt: skip
+        qb.qname.lower(),
+        qb.qtype,
+        qb.qclass,
+        qb.do,
+        qb.cd,
+    )
     assert (qa.key == qb.key) == same
 
 
@@ -118,7 +124,8 @@ def test_a_cache_hit_for_any_query_is_its_answer(data: bytes, seed: int) -> None
         return
     # an upstream's reply to the same question (a clean query asked on the client's behalf)
     clean = wire.HEADER.pack(0, q.flags & (wire.RD | wire.CD), 1, 0, 0, int(q.has_opt)) + (
-        q.question + (compose.opt_record(q.udp_size, q.do) if q.has_opt else b""))  # fmt: skip
+        q.question + (compose.opt_record(q.udp_size, q.do) if q.has_opt else b"")
+    )
     try:
         upstream = reply_to(clean, random.Random(seed))
     except (dns.exception.DNSException, ValueError):

@@ -67,8 +67,11 @@ def received(q: wire.Query, data: bytes) -> bytes | None:
 
 
 def rrsets(msg: dns.message.Message) -> list[tuple[str, int, list[str]]]:
-    return [(rrset.name.to_text().lower(), rrset.rdtype, sorted(r.to_text() for r in rrset))
-            for section in (msg.answer, msg.authority) for rrset in section]  # fmt: skip
+    return [
+        (rrset.name.to_text().lower(), rrset.rdtype, sorted(r.to_text() for r in rrset))
+        for section in (msg.answer, msg.authority)
+        for rrset in section
+    ]
 
 
 @FUZZ

@@ -84,11 +84,17 @@ class Framing(tcp.TCPServer):
 
 
 def state() -> Any:
-    config = types.SimpleNamespace(tcp_idle_timeout=10.0, tcp_frame_timeout=2.0,
-                                   tcp_max_write_buffer=256 * 1024)  # fmt: skip
+    config = types.SimpleNamespace(
+        tcp_idle_timeout=10.0, tcp_frame_timeout=2.0, tcp_max_write_buffer=256 * 1024
+    )
     gate = Gate(AclConfig(), RateLimitConfig())  # the default ACL: loopback may query
-    return types.SimpleNamespace(draining=False, tcp_connections=TCPSlots(8, 8), config=config,
-                                 stats=WorkerStats(), gate=gate)  # fmt: skip
+    return types.SimpleNamespace(
+        draining=False,
+        tcp_connections=TCPSlots(8, 8),
+        config=config,
+        stats=WorkerStats(),
+        gate=gate,
+    )
 
 
 @st.composite

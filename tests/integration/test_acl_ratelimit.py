@@ -25,13 +25,13 @@ NAME = "acl.test"
 INSIDE, OUTSIDE = "127.0.0.2", "127.0.0.1"
 
 
-def ask(srv: InProcessServer, source: str, *, tcp: bool = False, timeout: float = 1.0,
-        name: str = NAME) -> dns.message.Message | None:  # fmt: skip
+def ask(
+    srv: InProcessServer, source: str, *, tcp: bool = False, timeout: float = 1.0, name: str = NAME
+) -> dns.message.Message | None:
     q = make_query(name, "A")
     try:
         if tcp:
-            return dns.query.tcp(q, srv.address, timeout=timeout, port=srv.tcp_port,
-                                 source=source)  # fmt: skip
+            return dns.query.tcp(q, srv.address, timeout=timeout, port=srv.tcp_port, source=source)
         return dns.query.udp(q, srv.address, timeout=timeout, port=srv.udp_port, source=source)
     except (dns.exception.Timeout, ConnectionError, EOFError):
         return None

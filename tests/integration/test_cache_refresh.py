@@ -36,9 +36,16 @@ class CountingForwarder:
 
 
 def test_refreshing_a_static_entry_never_forwards_it() -> None:
-    config = build_config({"hostResolver": {"hosts": {"static.test": "10.0.0.1"}},
-                           "fastdns": {"resolv_conf": "/nonexistent", "fallback": [],
-                                       "hosts_file": "/nonexistent"}})  # fmt: skip
+    config = build_config(
+        {
+            "hostResolver": {"hosts": {"static.test": "10.0.0.1"}},
+            "fastdns": {
+                "resolv_conf": "/nonexistent",
+                "fallback": [],
+                "hosts_file": "/nonexistent",
+            },
+        }
+    )
     loop = asyncio.new_event_loop()
     try:
         forwarder = CountingForwarder()

@@ -10,7 +10,12 @@ from pathlib import Path
 def test_check_config_exits_2_naming_the_bad_cidr(tmp_path: Path) -> None:
     path = tmp_path / "lima.yaml"
     path.write_text("fastdns:\n  acl:\n    allow: [10.0.0.0/8, 300.1.2.0/24]\n")
-    proc = subprocess.run([sys.executable, "-m", "fastdns", "check-config", str(path)],
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastdns", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "fastdns.acl.allow[1]" in proc.stderr and "300.1.2.0/24" in proc.stderr

@@ -22,13 +22,17 @@ needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="no
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["promtool", *args], cwd=PROMETHEUS, capture_output=True, text=True,
-                          timeout=60, check=False)  # fmt: skip
+    return subprocess.run(
+        ["promtool", *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def rule_files() -> list[Path]:
-    return sorted(p for p in PROMETHEUS.glob("*.yml")
-                  if p.name != "prometheus.yml" and not p.name.endswith(".test.yml"))  # fmt: skip
+    return sorted(
+        p
+        for p in PROMETHEUS.glob("*.yml")
+        if p.name != "prometheus.yml" and not p.name.endswith(".test.yml")
+    )
 
 
 @needs_promtool

@@ -65,9 +65,16 @@ def _clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def make_server(front: bool = True, **cache: Any) -> Served:
-    config = build_config({"fastdns": {"resolv_conf": "/nonexistent", "fallback": [],
-                                       "hosts_file": "/nonexistent",
-                                       "cache": {"prefetch": 0, **cache}}})  # fmt: skip
+    config = build_config(
+        {
+            "fastdns": {
+                "resolv_conf": "/nonexistent",
+                "fallback": [],
+                "hosts_file": "/nonexistent",
+                "cache": {"prefetch": 0, **cache},
+            }
+        }
+    )
     loop = asyncio.new_event_loop()
     stats = WorkerStats()
     pipeline = Pipeline(config, loop, stats, Forwarder(loop, stats))

@@ -44,10 +44,12 @@ def handler_config(
     if upstreams is not None:
         resolv.write_text("".join(f"nameserver {s}\n" for s in upstreams))
     return build_config(
-        {"hostResolver": {"ipv6": ipv6, "hosts": hosts},
-         "fastdns": {"resolv_conf": str(resolv), "hosts_file": str(tmp_path / "hosts")}},
+        {
+            "hostResolver": {"ipv6": ipv6, "hosts": hosts},
+            "fastdns": {"resolv_conf": str(resolv), "hosts_file": str(tmp_path / "hosts")},
+        },
         str(tmp_path / "fastdns.yaml"),
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(name="loop")
@@ -128,9 +130,13 @@ def test_n5_aliases_are_stored_as_single_hops(
         tmp_path,
         ipv6=False,
         upstreams=["8.8.8.8"],
-        hosts={"host1.local": "10.0.0.1", "host2.local": "10.0.0.2",
-               "cname1": "host1.local", "cname2": "cname1"},
-    )  # fmt: skip
+        hosts={
+            "host1.local": "10.0.0.1",
+            "host2.local": "10.0.0.2",
+            "cname1": "host1.local",
+            "cname2": "cname1",
+        },
+    )
     static = build_handler(cfg, loop).static
     assert static.ips["host1.local"] == "10.0.0.1"
     assert static.ips["host2.local"] == "10.0.0.2"
@@ -161,8 +167,9 @@ def test_n1_udp_then_tcp_like_lima_s_two_clients(
 def test_n6_udp_replies_are_truncated(tmp_path: Path) -> None:
     cfg = handler_config(tmp_path, ipv6=False, upstreams=["1.1.1.1"], hosts={})
     plain = wire.parse_query(dns.message.make_query("a.test", "A").to_wire())
-    edns = wire.parse_query(dns.message.make_query("a.test", "A", use_edns=0, payload=4096)
-                            .to_wire())  # fmt: skip
+    edns = wire.parse_query(
+        dns.message.make_query("a.test", "A", use_edns=0, payload=4096).to_wire()
+    )
     assert _reply_limit(cfg, plain) == 512
     assert _reply_limit(cfg, edns) == 1232  # the client's size, capped by edns_max_udp
     compat: Any = build_config({"fastdns": {"lima_compat": True}})

@@ -45,16 +45,26 @@ class MetricsChild:
 
     def __init__(self, tmp_path: Path, listen: str = f"{HOST}:0", **fastdns: Any) -> None:
         self.stats_path = str(tmp_path / "stats.sock")
-        doc = {"fastdns": {"resolv_conf": "/nonexistent", "hosts_file": "/nonexistent",
-                           "fallback": [], "metrics": {"listen": listen}, **fastdns}}  # fmt: skip
+        doc = {
+            "fastdns": {
+                "resolv_conf": "/nonexistent",
+                "hosts_file": "/nonexistent",
+                "fallback": [],
+                "metrics": {"listen": listen},
+                **fastdns,
+            }
+        }
         read_fd, write_fd = os.pipe()
         self.stderr = tmp_path / "metrics.stderr"
         with open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", CHILD, json.dumps(doc), self.stats_path, str(write_fd)],
-                pass_fds=(write_fd,), env=child_env(), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=err,
-            )  # fmt: skip
+                pass_fds=(write_fd,),
+                env=child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         os.close(write_fd)
         self.report = self._read_report(read_fd)
         os.close(read_fd)
@@ -86,6 +96,7 @@ class MetricsChild:
     def scrape_all(self) -> Samples:
         """Scrape once every datagram sent so far was received (datagrams are unordered
         with respect to HTTP: wait for the count)."""
+
         def received(s: Samples) -> bool:
             kinds = ("worker", "supervisor", "rules", "invalid")
             got = sum(value(s, "fastdns_stats_messages_total", kind=k) for k in kinds)
@@ -128,10 +139,16 @@ def test_scrape_sums_workers_and_reports_health(child: MetricsChild) -> None:
     base = {"server": SERVER, "family": "1"}
     assert value(s, "fastdns_dns_requests_total", proto="udp", type="A", **base) == 12
     assert value(s, "fastdns_dns_requests_total", proto="tcp", type="AAAA", **base) == 2
-    assert value(s, "fastdns_dns_responses_total", server=SERVER, rcode="NOERROR",
-                 plugin="static") == 14  # fmt: skip
-    assert value(s, "fastdns_dns_request_duration_seconds_bucket", server=SERVER, type="A",
-                 le="0.0005") == 12  # fmt: skip
+    assert (
+        value(s, "fastdns_dns_responses_total", server=SERVER, rcode="NOERROR", plugin="static")
+        == 14
+    )
+    assert (
+        value(
+            s, "fastdns_dns_request_duration_seconds_bucket", server=SERVER, type="A", le="0.0005"
+        )
+        == 12
+    )
     assert value(s, "fastdns_inflight_requests", server=SERVER) == 4
     assert value(s, "fastdns_worker_restarts_total", slot="1", reason="crash") == 1
     assert value(s, "fastdns_ready") == 1
@@ -144,8 +161,9 @@ def test_scrape_sums_workers_and_reports_health(child: MetricsChild) -> None:
     assert value(s, "fastdns_dns_requests_total", proto="udp", type="A", **base) == 13
 
     child.send(supervisor_message(1, 2, 2, 2, [(1, "crash", 1)], True, False))
-    _, _, body = wait_until(lambda: http_get(HOST, child.port, "/ready"),
-                            lambda r: r[0] == 503, what="/ready 503")  # fmt: skip
+    _, _, body = wait_until(
+        lambda: http_get(HOST, child.port, "/ready"), lambda r: r[0] == 503, what="/ready 503"
+    )
     assert body == b"draining\n"
     assert http_get(HOST, child.port, "/health")[0] == 200
 
@@ -161,14 +179,16 @@ def test_openmetrics_and_gzip_on_request(child: MetricsChild) -> None:
     child.send(worker_message(0, 1000, 1, worker_stats(3), SERVER))
     child.scrape_all()
     accept = "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"
-    status, headers, body = http_get(HOST, child.port, "/metrics",
-                                     headers={"Accept": accept, "Accept-Encoding": "gzip"})
+    status, headers, body = http_get(
+        HOST, child.port, "/metrics", headers={"Accept": accept, "Accept-Encoding": "gzip"}
+    )
     assert status == 200 and headers["Content-Encoding"] == "gzip"
     assert headers["Content-Type"].startswith("application/openmetrics-text")
     text = gzip.decompress(body).decode()
     families = {f.name: f for f in parse_openmetrics(text)}
-    (sample,) = [s for s in families["fastdns_dns_requests"].samples
-                 if s.name.endswith("_total") and s.value]  # the others: at 0 from the start
+    (sample,) = [
+        s for s in families["fastdns_dns_requests"].samples if s.name.endswith("_total") and s.value
+    ]  # the others: at 0 from the start
     assert sample.value == 3
     assert families["fastdns_build"].type == "info"
 

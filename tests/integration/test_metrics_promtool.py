@@ -12,6 +12,12 @@ from support.exposition import full_exposition
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_promtool_check_metrics_finds_nothing() -> None:
-    proc = subprocess.run(["promtool", "check", "metrics"], input=full_exposition(),
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=full_exposition(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr

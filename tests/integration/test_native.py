@@ -66,15 +66,21 @@ def serve(
 ) -> InProcessServer:
     """A worker whose resolv.conf names ``servers`` (with ``search``/``options``)."""
     n = len(inproc.made)
-    resolv = write_resolv_conf(tmp_path / f"resolv-{n}.conf", *servers, search=search,
-                               options=options)  # fmt: skip
+    resolv = write_resolv_conf(
+        tmp_path / f"resolv-{n}.conf", *servers, search=search, options=options
+    )
     hosts_file = tmp_path / f"hosts-{n}"
     hosts_file.write_text("127.0.0.1 localhost\n" + hosts)
     # fastdns's own cache off: these tests look at what the native path itself sends; and
     # c-ares for every A/AAAA too (native.forward_first has its own tests)
     native = {"forward_first": False, **fastdns.pop("native", {})}
-    section = {"resolv_conf": str(resolv), "hosts_file": str(hosts_file),
-               "cache": {"enabled": False}, "native": native, **fastdns}  # fmt: skip
+    section = {
+        "resolv_conf": str(resolv),
+        "hosts_file": str(hosts_file),
+        "cache": {"enabled": False},
+        "native": native,
+        **fastdns,
+    }
     return inproc({"hostResolver": resolver or {}, "fastdns": section})
 
 
@@ -116,9 +122,16 @@ def resolve_directly(srv: InProcessServer, name: str, rdtype: str) -> Any:
 
 @pytest.mark.parametrize(
     ("name", "rdtype"),
-    [("a.test", "A"), ("a.test", "AAAA"), ("www.test", "CNAME"), ("txt.test", "TXT"),
-     ("test", "NS"), ("test", "MX"), ("_sip._udp.test", "SRV")],
-)  # fmt: skip
+    [
+        ("a.test", "A"),
+        ("a.test", "AAAA"),
+        ("www.test", "CNAME"),
+        ("txt.test", "TXT"),
+        ("test", "NS"),
+        ("test", "MX"),
+        ("_sip._udp.test", "SRV"),
+    ],
+)
 def test_each_type_resolves_natively_as_the_upstream_holds_it(
     inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream, name: str, rdtype: str
 ) -> None:
@@ -213,14 +226,14 @@ def test_ndots_decides_whether_the_name_or_the_search_list_goes_first(
 def test_hosts_file_names_resolve_even_when_dns_does_not_know_them(
     inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream
 ) -> None:
-    srv = serve(inproc, tmp_path, up, hosts="10.1.1.1 hostonly.internal\n",
-                native={"hosts_ttl": 42})  # fmt: skip
+    srv = serve(
+        inproc, tmp_path, up, hosts="10.1.1.1 hostonly.internal\n", native={"hosts_ttl": 42}
+    )
     assert answer_lines(ask(srv, "hostonly.internal")) == ["hostonly.internal. 42 IN A 10.1.1.1"]
     # c-ares itself reads the same file first: same answer, same TTL, no DNS query
     res = resolve_directly(srv, "hostonly.internal", "A")
     assert res.source == "native"
-    assert answer_lines(dns.message.from_wire(res.reply)) == [
-        "hostonly.internal. 42 IN A 10.1.1.1"]  # fmt: skip
+    assert answer_lines(dns.message.from_wire(res.reply)) == ["hostonly.internal. 42 IN A 10.1.1.1"]
     assert up.count("hostonly.internal") == 0
 
 
@@ -264,8 +277,7 @@ def test_lima_compat_forwards_negatives_as_lima_does(
     srv = serve(inproc, tmp_path, up, lima_compat=True)
     nx = ask(srv, "nope.test", "A", qid=4321)
     assert nx.id == 4321 and nx.rcode() == dns.rcode.NXDOMAIN
-    assert answer_lines(nx, "authority") == answer_lines(direct(up, "nope.test", "A"),
-                                                         "authority")  # fmt: skip
+    assert answer_lines(nx, "authority") == answer_lines(direct(up, "nope.test", "A"), "authority")
     nodata = ask(srv, "a.test", "MX")
     assert nodata.rcode() == dns.rcode.NOERROR and nodata.authority  # the upstream's SOA
     assert fallbacks(srv) == {"nxdomain": 1, "nodata": 1}
@@ -316,8 +328,7 @@ def test_a_silent_nameserver_costs_its_own_queries_only(
     inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream
 ) -> None:
     up.behave("hang.test", drop=True)
-    srv = serve(inproc, tmp_path, up, deadline=1.5, upstream_timeout=0.5,
-                native={"timeout": 0.5})  # fmt: skip
+    srv = serve(inproc, tmp_path, up, deadline=1.5, upstream_timeout=0.5, native={"timeout": 0.5})
     with ThreadPoolExecutor(1) as pool:
         t0 = time.monotonic()
         hanging = pool.submit(ask, srv, "hang.test", "A", timeout=5.0)
@@ -349,8 +360,7 @@ def test_only_a_blackholed_nameserver_gives_servfail_within_the_deadline(
     inproc: InProcessFactory, tmp_path: Path, upstream_factory: UpstreamFactory
 ) -> None:
     hole = upstream_factory(blackhole=True)
-    srv = serve(inproc, tmp_path, hole, deadline=1.0, upstream_timeout=0.4,
-                native={"timeout": 0.4})  # fmt: skip
+    srv = serve(inproc, tmp_path, hole, deadline=1.0, upstream_timeout=0.4, native={"timeout": 0.4})
     t0 = time.monotonic()
     msg = ask(srv, "anything.test", "A", timeout=4.0)
     assert msg.rcode() == dns.rcode.SERVFAIL

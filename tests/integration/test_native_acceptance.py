@@ -92,8 +92,13 @@ def serve(
     # fastdns's own cache off: these tests look at what the native path itself sends; and
     # c-ares for every A/AAAA too (native.forward_first has its own tests)
     native = {"forward_first": False, **fastdns.pop("native", {})}
-    section = {"resolv_conf": str(resolv), "lima_compat": lima, "cache": {"enabled": False},
-               "native": native, **fastdns}  # fmt: skip
+    section = {
+        "resolv_conf": str(resolv),
+        "lima_compat": lima,
+        "cache": {"enabled": False},
+        "native": native,
+        **fastdns,
+    }
     return inproc({"hostResolver": {"ipv6": ipv6}, "fastdns": section})
 
 
@@ -120,8 +125,10 @@ def test_16_addresses_in_resolver_order(
     inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream, lima: bool, ttl: int
 ) -> None:
     srv = serve(inproc, tmp_path, up, lima=lima)
-    assert lines(ask(srv, "n.test", "A")) == [f"n.test. {ttl} IN A 1.2.3.4",
-                                              f"n.test. {ttl} IN A 5.6.7.8"]  # fmt: skip
+    assert lines(ask(srv, "n.test", "A")) == [
+        f"n.test. {ttl} IN A 1.2.3.4",
+        f"n.test. {ttl} IN A 5.6.7.8",
+    ]
     aaaa = ask(srv, "n.test", "AAAA")  # ipv6: false
     assert aaaa.rcode() == dns.rcode.NOERROR and not aaaa.answer
     assert up.count("n.test", "AAAA") == 0  # no native call
@@ -189,9 +196,12 @@ def test_19_txt_records(inproc: InProcessFactory, tmp_path: Path, up: FakeUpstre
 
 @pytest.mark.parametrize(
     ("name", "rdtype", "rdata"),
-    [("mx.test", "MX", "10 mail.test."), ("ns.test", "NS", "ns1.test."),
-     ("_x._tcp.test", "SRV", "1 2 3 target.test.")],
-)  # fmt: skip
+    [
+        ("mx.test", "MX", "10 mail.test."),
+        ("ns.test", "NS", "ns1.test."),
+        ("_x._tcp.test", "SRV", "1 2 3 target.test."),
+    ],
+)
 def test_20_mx_ns_srv_are_copied(
     inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream, name: str, rdtype: str, rdata: str
 ) -> None:
@@ -244,8 +254,9 @@ def test_22_other_types_are_forwarded_raw_with_edns_options(
 ) -> None:
     srv = serve(inproc, tmp_path, up, lima=False)
     cookie = dns.edns.CookieOption(b"\x01\x02\x03\x04\x05\x06\x07\x08", b"")
-    msg = dns.message.make_query("plain.test", rdtype, use_edns=0, want_dnssec=True,
-                                 options=[cookie])  # fmt: skip
+    msg = dns.message.make_query(
+        "plain.test", rdtype, use_edns=0, want_dnssec=True, options=[cookie]
+    )
     dns.query.udp(msg, LOCAL, timeout=2, port=srv.udp_port)
     seen = [s.message() for s in up.queries if s.qtype == rdtype]
     assert len(seen) == 1
@@ -299,8 +310,15 @@ def test_45_a_hanging_lookup_does_not_stall_others(
     inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream
 ) -> None:
     up.behave("printer.local", drop=True)  # an mDNS-ish miss that never comes back
-    srv = serve(inproc, tmp_path, up, lima=False, deadline=2.0, upstream_timeout=0.5,
-                native={"timeout": 1.0})  # fmt: skip
+    srv = serve(
+        inproc,
+        tmp_path,
+        up,
+        lima=False,
+        deadline=2.0,
+        upstream_timeout=0.5,
+        native={"timeout": 1.0},
+    )
     with ThreadPoolExecutor(1) as pool:
         t0 = time.monotonic()
         hanging = pool.submit(ask, srv, "printer.local", "A", timeout=6.0)

@@ -27,14 +27,22 @@ def _up(upstream_factory: UpstreamFactory) -> FakeUpstream:
     return up
 
 
-def serve(inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream,
-          **native: Any) -> InProcessServer:  # fmt: skip
+def serve(
+    inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream, **native: Any
+) -> InProcessServer:
     """Default config (packet cache on); only forward_first off, so c-ares answers a.test."""
     resolv = write_resolv_conf(tmp_path / f"resolv-{len(inproc.made)}.conf", up)
     hosts = tmp_path / f"hosts-{len(inproc.made)}"
     hosts.write_text("127.0.0.1 localhost\n")
-    return inproc({"fastdns": {"resolv_conf": str(resolv), "hosts_file": str(hosts),
-                               "native": {"forward_first": False, **native}}})  # fmt: skip
+    return inproc(
+        {
+            "fastdns": {
+                "resolv_conf": str(resolv),
+                "hosts_file": str(hosts),
+                "native": {"forward_first": False, **native},
+            }
+        }
+    )
 
 
 def ask(srv: InProcessServer, name: str) -> dns.message.Message:
@@ -61,11 +69,15 @@ def test_a_native_answer_is_cached_and_served_from_the_cache(
 
 @pytest.mark.parametrize(("negative_ttl", "second_from"), [(30, "cache"), (0, "native")])
 def test_native_negative_ttl_decides_whether_an_nxdomain_is_cached(
-    inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream, negative_ttl: int,
+    inproc: InProcessFactory,
+    tmp_path: Path,
+    up: FakeUpstream,
+    negative_ttl: int,
     second_from: str,
-) -> None:  # fmt: skip
+) -> None:
     srv = serve(inproc, tmp_path, up, negative_ttl=negative_ttl)
     assert ask(srv, "nx.test").rcode() == dns.rcode.NXDOMAIN
     assert ask(srv, "nx.test").rcode() == dns.rcode.NXDOMAIN
-    assert by(srv, "NXDOMAIN") == ({"native": 1, second_from: 1} if second_from == "cache"
-                                   else {"native": 2})  # fmt: skip
+    assert by(srv, "NXDOMAIN") == (
+        {"native": 1, second_from: 1} if second_from == "cache" else {"native": 2}
+    )

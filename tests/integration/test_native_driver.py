@@ -41,8 +41,13 @@ def _up(upstream_factory: UpstreamFactory) -> FakeUpstream:
 
 def driver(up: FakeUpstream) -> AresDriver:
     keep_txt_strings()  # as NativeResolver does
-    return AresDriver(asyncio.get_running_loop(), [f"{up.address}:53"],
-                      flags=pycares.ARES_FLAG_EDNS, timeout=1.0, tries=1)  # fmt: skip
+    return AresDriver(
+        asyncio.get_running_loop(),
+        [f"{up.address}:53"],
+        flags=pycares.ARES_FLAG_EDNS,
+        timeout=1.0,
+        tries=1,
+    )
 
 
 def test_lookups_complete_and_leave_nothing_armed(up: FakeUpstream) -> None:
@@ -78,9 +83,14 @@ def test_the_query_cache_can_be_turned_off(up: FakeUpstream) -> None:
 
     async def main() -> None:
         keep_txt_strings()
-        d = AresDriver(asyncio.get_running_loop(), [f"{up.address}:53"],
-                       flags=pycares.ARES_FLAG_EDNS, timeout=1.0, tries=1,
-                       qcache_max_ttl=0)  # fmt: skip
+        d = AresDriver(
+            asyncio.get_running_loop(),
+            [f"{up.address}:53"],
+            flags=pycares.ARES_FLAG_EDNS,
+            timeout=1.0,
+            tries=1,
+            qcache_max_ttl=0,
+        )
         assert query_cache_ttl(d.channel) == 0
         for _ in range(2):
             fut = d.search("t.test", pycares.QUERY_TYPE_TXT)
@@ -95,8 +105,10 @@ def test_the_query_cache_can_be_turned_off(up: FakeUpstream) -> None:
 def test_a_bad_name_is_reported_once(up: FakeUpstream) -> None:
     async def main() -> None:
         d = driver(up)
-        for fut in (d.search("a" * 64 + ".test", pycares.QUERY_TYPE_TXT),  # label > 63
-                    d.getaddrinfo("a" * 64 + ".test", socket.AF_INET)):  # fmt: skip
+        for fut in (
+            d.search("a" * 64 + ".test", pycares.QUERY_TYPE_TXT),  # label > 63
+            d.getaddrinfo("a" * 64 + ".test", socket.AF_INET),
+        ):
             assert fut.done()
             result, status = fut.result()
             assert result is None and status is not None

@@ -62,8 +62,14 @@ def serve(
     resolv = write_resolv_conf(tmp_path / f"resolv-{n}.conf", *servers, search=search)
     hosts_file = tmp_path / f"hosts-{n}"
     hosts_file.write_text("127.0.0.1 localhost\n" + hosts)
-    section = {"resolv_conf": str(resolv), "hosts_file": str(hosts_file), "lima_compat": lima,
-               "upstream_timeout": 0.4, "cache": {"enabled": False}, "native": native}  # fmt: skip
+    section = {
+        "resolv_conf": str(resolv),
+        "hosts_file": str(hosts_file),
+        "lima_compat": lima,
+        "upstream_timeout": 0.4,
+        "cache": {"enabled": False},
+        "native": native,
+    }
     return inproc({"hostResolver": {"ipv6": True}, "fastdns": section})
 
 
@@ -76,8 +82,11 @@ def outcomes(srv: InProcessServer) -> dict[str, int]:
 
 
 def cares_lookups(srv: InProcessServer) -> int:
-    return sum(srv.histogram_count("native_duration", t, rc)
-               for t in ("A", "AAAA") for rc in ("NOERROR", "NXDOMAIN"))  # fmt: skip
+    return sum(
+        srv.histogram_count("native_duration", t, rc)
+        for t in ("A", "AAAA")
+        for rc in ("NOERROR", "NXDOMAIN")
+    )
 
 
 def addresses(msg: dns.message.Message) -> list[str]:
@@ -99,9 +108,14 @@ def test_a_name_with_a_dot_is_answered_from_one_raw_forward(
     assert srv.counter("responses", "NOERROR", "forward") == 1
 
 
-@pytest.mark.parametrize(("name", "rdtype", "want"), [
-    ("txt.test", "TXT", '"one" "two"'), ("_sip._udp.test", "SRV", "1 2 5060 sip.test."),
-    ("www.test", "CNAME", "a.test.")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "rdtype", "want"),
+    [
+        ("txt.test", "TXT", '"one" "two"'),
+        ("_sip._udp.test", "SRV", "1 2 5060 sip.test."),
+        ("www.test", "CNAME", "a.test."),
+    ],
+)
 def test_the_other_native_types_are_forwarded_first_too(
     inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream, name: str, rdtype: str, want: str
 ) -> None:
@@ -186,11 +200,19 @@ def test_ndots_decides_which_names_are_forwarded_first(
     inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream
 ) -> None:
     n = len(inproc.made)
-    resolv = write_resolv_conf(tmp_path / f"resolv-{n}.conf", up, search=("corp.test",),
-                               options=("ndots:2",))  # fmt: skip
-    srv = inproc({"hostResolver": {}, "fastdns": {
-        "resolv_conf": str(resolv), "hosts_file": str(tmp_path / "none"),
-        "cache": {"enabled": False}}})  # fmt: skip
+    resolv = write_resolv_conf(
+        tmp_path / f"resolv-{n}.conf", up, search=("corp.test",), options=("ndots:2",)
+    )
+    srv = inproc(
+        {
+            "hostResolver": {},
+            "fastdns": {
+                "resolv_conf": str(resolv),
+                "hosts_file": str(tmp_path / "none"),
+                "cache": {"enabled": False},
+            },
+        }
+    )
     assert addresses(ask(srv, "pc.test")) == ["192.0.2.10"]  # one dot < 2: c-ares
     assert outcomes(srv) == {}
     assert cares_lookups(srv) == 1
@@ -246,8 +268,11 @@ def test_every_upstream_failing_is_answered_once_not_asked_again(
 def test_off_and_in_lima_compat_c_ares_answers_every_address_question(
     inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream, how: str
 ) -> None:
-    srv = (serve(inproc, tmp_path, up, forward_first=False) if how == "off"
-           else serve(inproc, tmp_path, up, lima=True))  # fmt: skip
+    srv = (
+        serve(inproc, tmp_path, up, forward_first=False)
+        if how == "off"
+        else serve(inproc, tmp_path, up, lima=True)
+    )
     got = ask(srv, "www.test")
     assert addresses(got) == ["192.0.2.1"]
     assert outcomes(srv) == {}

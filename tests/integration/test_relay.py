@@ -45,11 +45,17 @@ def _ups(upstream_factory: UpstreamFactory) -> tuple[FakeUpstream, FakeUpstream]
     return upstream(upstream_factory, "192.0.2.1"), upstream(upstream_factory, "192.0.2.2")
 
 
-def serve(inproc: InProcessFactory, tmp_path: Path, *servers: FakeUpstream,
-          **fastdns: Any) -> InProcessServer:  # fmt: skip
+def serve(
+    inproc: InProcessFactory, tmp_path: Path, *servers: FakeUpstream, **fastdns: Any
+) -> InProcessServer:
     resolv = write_resolv_conf(tmp_path / f"resolv-{len(inproc.made)}.conf", *servers)
-    section = {"resolv_conf": str(resolv), "native": {"enabled": False},
-               "upstream_timeout": 0.3, "deadline": 2.0, **fastdns}  # fmt: skip
+    section = {
+        "resolv_conf": str(resolv),
+        "native": {"enabled": False},
+        "upstream_timeout": 0.3,
+        "deadline": 2.0,
+        **fastdns,
+    }
     srv = inproc({"fastdns": section})
     # The first query opens the upstream sockets (the general path does that); the lane
     # takes the queries after it. Then the query logs start empty.
@@ -145,8 +151,12 @@ def test_a_reply_with_the_wrong_question_is_never_the_answer(
     srv = serve(inproc, tmp_path, *ups)
     first.behave("n4.lane.test", wrong_question="then-correct")
     assert a_of(ask(srv, "n4.lane.test")) == ["192.0.2.1"]
-    assert srv.call(lambda: srv.worker.stats.counters.get(
-        ("upstream_mismatch", f"{first.address}:53"), 0)) == 1  # fmt: skip
+    assert (
+        srv.call(
+            lambda: srv.worker.stats.counters.get(("upstream_mismatch", f"{first.address}:53"), 0)
+        )
+        == 1
+    )
 
 
 def test_identical_questions_in_flight_share_one_upstream_query(
@@ -167,8 +177,9 @@ def test_the_in_flight_limit_counts_lane_queries(
     inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
 ) -> None:
     first, _ = ups
-    srv = serve(inproc, tmp_path, *ups, max_inflight=3, cache={"enabled": False},
-                upstream_timeout=1.0)  # fmt: skip
+    srv = serve(
+        inproc, tmp_path, *ups, max_inflight=3, cache={"enabled": False}, upstream_timeout=1.0
+    )
     for i in range(10, 13):
         first.behave(f"n{i}.lane.test", delay=0.5)
     with ThreadPoolExecutor(3) as pool:

@@ -38,11 +38,17 @@ def _up(upstream_factory: UpstreamFactory) -> FakeUpstream:
     return up
 
 
-def serve(inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream,
-          **fastdns: Any) -> InProcessServer:  # fmt: skip
+def serve(
+    inproc: InProcessFactory, tmp_path: Path, up: FakeUpstream, **fastdns: Any
+) -> InProcessServer:
     resolv = write_resolv_conf(tmp_path / f"resolv-{len(inproc.made)}.conf", up)
-    section = {"resolv_conf": str(resolv), "native": {"enabled": False},
-               "upstream_timeout": 0.5, "deadline": 2.0, **fastdns}  # fmt: skip
+    section = {
+        "resolv_conf": str(resolv),
+        "native": {"enabled": False},
+        "upstream_timeout": 0.5,
+        "deadline": 2.0,
+        **fastdns,
+    }
     return inproc({"fastdns": section})
 
 
@@ -88,9 +94,13 @@ def closed_by_server(s: socket.socket) -> bool:
 
 def buffered(srv: InProcessServer) -> int:
     """Reply bytes the worker holds for its TCP clients (the transports' write buffers)."""
-    return srv.call(lambda: sum(c.transport.get_write_buffer_size()
-                                for c in srv.worker.state.tcp_connections  # type: ignore[union-attr]
-                                if c.transport is not None))  # fmt: skip
+    return srv.call(
+        lambda: sum(
+            c.transport.get_write_buffer_size()
+            for c in srv.worker.state.tcp_connections  # type: ignore[union-attr]
+            if c.transport is not None
+        )
+    )
 
 
 def open_connections(srv: InProcessServer) -> int:
@@ -230,8 +240,11 @@ def test_when_every_slot_is_busy_a_new_connection_is_refused(
         s = connect(srv.tcp_port)
         sockets.append(s)
         s.sendall(frame("slow.tcp.test", qid=i))
-    wait_for(lambda: srv.call(lambda: srv.worker.state.inflight) == 2,  # type: ignore[union-attr]
-             2.0, "two queries in flight")  # fmt: skip
+    wait_for(
+        lambda: srv.call(lambda: srv.worker.state.inflight) == 2,  # type: ignore[union-attr]
+        2.0,
+        "two queries in flight",
+    )
     assert not served(srv, timeout=0.5)
     assert srv.counter("tcp_closed", "max_connections") == 1
     assert srv.counter("overload", "tcp") == 1

@@ -31,12 +31,20 @@ def _loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 @pytest.fixture(name="udp")
 def _udp(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[UDPServer, socket.socket]]:
-    config = build_config({"hostResolver": {"hosts": {"static.test": STATIC_IP}},
-                           "fastdns": {"resolv_conf": "/nonexistent", "fallback": [],
-                                       "hosts_file": "/nonexistent"}})  # fmt: skip
+    config = build_config(
+        {
+            "hostResolver": {"hosts": {"static.test": STATIC_IP}},
+            "fastdns": {
+                "resolv_conf": "/nonexistent",
+                "fallback": [],
+                "hosts_file": "/nonexistent",
+            },
+        }
+    )
     stats = WorkerStats()
-    udp = UDPServer(ServerState(config, Pipeline(config, loop, stats, Forwarder(loop, stats)),
-                                stats))  # fmt: skip
+    udp = UDPServer(
+        ServerState(config, Pipeline(config, loop, stats, Forwarder(loop, stats)), stats)
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)

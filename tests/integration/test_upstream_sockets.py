@@ -20,7 +20,9 @@ from fastdns.serve.worker import new_event_loop
 pytestmark = pytest.mark.integration
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "uvloop": new_event_loop, "asyncio": asyncio.new_event_loop}  # fmt: skip
+    "uvloop": new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
 
 
 @pytest.fixture(name="peer")
@@ -146,7 +148,10 @@ def test_fdpoll_dispatches_replies_and_errors(kind: str, peer: socket.socket) ->
     try:
         loop.run_until_complete(asyncio.wait_for(main(), 5.0))
         assert sorted(g for g in got if isinstance(g[1], bytes))[:3] == [
-            (0, b"r0"), (1, b"after"), (1, b"r1")]  # fmt: skip
+            (0, b"r0"),
+            (1, b"after"),
+            (1, b"r1"),
+        ]
     finally:
         poll.close()
         for s in socks:

@@ -78,8 +78,9 @@ def _link() -> Iterator[GuestLink]:
 
 
 def ask(link: GuestLink, port: int, source: str, proto: str = "udp") -> dict[str, Any]:
-    proc = link.guest(sys.executable, "-c", CLIENT, HOST_IP, str(port), source, proto, NAME,
-                      timeout=15)  # fmt: skip
+    proc = link.guest(
+        sys.executable, "-c", CLIENT, HOST_IP, str(port), source, proto, NAME, timeout=15
+    )
     return json.loads(proc.stdout)
 
 
@@ -87,15 +88,17 @@ def serve(factory: Any, **acl: Any) -> Any:
     section: dict[str, Any] = {"listen": "0.0.0.0", "workers": 1, "graceful_timeout": 1.0}
     if acl:
         section["acl"] = acl
-    return factory({"hostResolver": {"hosts": {NAME: "10.9.9.9"}}, "fastdns": section},
-                   wildcard_listen=True)
+    return factory(
+        {"hostResolver": {"hosts": {NAME: "10.9.9.9"}}, "fastdns": section}, wildcard_listen=True
+    )
 
 
 ANSWERED = {"result": "NOERROR", "answers": ["10.9.9.9"]}
 
 
-def test_wildcard_listen_drops_the_internet_by_default(link: GuestLink,
-                                                       fastdns_factory: Any) -> None:  # fmt: skip
+def test_wildcard_listen_drops_the_internet_by_default(
+    link: GuestLink, fastdns_factory: Any
+) -> None:
     fdp = serve(fastdns_factory)
     udp, tcp = fdp.udp_port, fdp.tcp_port
     # Private sources are answered, the second time from the cache's fast lane.

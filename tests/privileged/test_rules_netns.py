@@ -88,8 +88,9 @@ def _nat(link: GuestLink) -> Iterator[str]:
     before = normalized(netns.save("nat"))
     yield before
     # Reset for the next test, whatever happened in this one.
-    subprocess.run(["iptables-restore"], input="*nat\nCOMMIT\n*filter\nCOMMIT\n", text=True,
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["iptables-restore"], input="*nat\nCOMMIT\n*filter\nCOMMIT\n", text=True, check=True
+    )
     subprocess.run(["ip6tables-restore"], input="*nat\nCOMMIT\n", text=True, check=True)
     Path(f"/proc/sys/net/ipv4/conf/{HOST_IF}/route_localnet").write_text("0\n")
 
@@ -123,8 +124,14 @@ class RulesRun:
     """``fastdns rules run`` as its own process (what the supervisor forks), with a status
     socket the test reads."""
 
-    def __init__(self, tmp_path: Path, fdp: FastDNSProcess, *, env: dict[str, str] | None = None,
-                 **rules: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        tmp_path: Path,
+        fdp: FastDNSProcess,
+        *,
+        env: dict[str, str] | None = None,
+        **rules: Any,
+    ) -> None:
         doc = dict(fdp.config)
         doc["fastdns"] = {
             **doc["fastdns"],
@@ -146,9 +153,22 @@ class RulesRun:
         self.status.bind(self.status_path)
         self.log = open(self.dir / "stderr.log", "w+b")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastdns", "rules", "run", str(self.config), "--ports-file",
-             str(self.ports), "--status-socket", self.status_path],
-            stdout=subprocess.DEVNULL, stderr=self.log, env=child_env(env))  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "fastdns",
+                "rules",
+                "run",
+                str(self.config),
+                "--ports-file",
+                str(self.ports),
+                "--status-socket",
+                self.status_path,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            env=child_env(env),
+        )
         self.last: dict[str, Any] = {}
 
     def write_ports(self, fdp: FastDNSProcess) -> None:
@@ -237,8 +257,9 @@ def test_serve_dnats_guest_and_local_clients_and_cleans_up(
     assert netns.route_localnet(HOST_IF) == 0
 
 
-def test_apply_twice_is_idempotent_and_remove_restores(link: GuestLink, nat: str,
-                                                       tmp_path: Path) -> None:  # fmt: skip
+def test_apply_twice_is_idempotent_and_remove_restores(
+    link: GuestLink, nat: str, tmp_path: Path
+) -> None:
     from support.server import run_cli
 
     cfg = tmp_path / "lima.yaml"
@@ -255,8 +276,9 @@ def test_apply_twice_is_idempotent_and_remove_restores(link: GuestLink, nat: str
     text = normalized(after_two[0])
     assert text.count("-j FASTDNS") == 2 and text.count("--dport 53 -j DNAT") == 2
 
-    shown = run_cli("rules", "show", str(cfg), "--udp-port", "5353", "--tcp-port", "5354",
-                    cwd=tmp_path)  # fmt: skip
+    shown = run_cli(
+        "rules", "show", str(cfg), "--udp-port", "5353", "--tcp-port", "5354", cwd=tmp_path
+    )
     for rule in chain_body():
         assert rule in shown.stdout
 
@@ -344,7 +366,8 @@ def test_rules_left_by_a_killed_process_are_replaced_then_cleaned(
     second = rules_run(b)
     second.wait_status(lambda s: s["installed"])
     assert "found rules left by a previous fastdns in chain FASTDNS: replaced them" in (
-        second.stderr)  # fmt: skip
+        second.stderr
+    )
     assert installed_to(b.udp_port) and not installed_to(a.udp_port)
     assert guest(link) == "10.9.9.2"
     assert second.stop() == 0
@@ -365,9 +388,11 @@ def test_loop_guard_virtual_address_in_resolv_conf(
     wait_for(lambda: installed_to(fdp.udp_port), what="rules installed")
     # Guests get correct answers: fastdns never forwards to the virtual address (itself).
     assert answer(["nsenter", f"--net={link.ns}", *dig_argv(VIRTUAL_IP, "far.test")]) == (
-        "10.7.7.7")  # fmt: skip
-    wait_for(lambda: "names the virtual DNS address 10.201.0.53" in fdp.stderr,
-             what="a clear warning")  # fmt: skip
+        "10.7.7.7"
+    )
+    wait_for(
+        lambda: "names the virtual DNS address 10.201.0.53" in fdp.stderr, what="a clear warning"
+    )
     assert fdp.stop() == 0
 
 
@@ -385,18 +410,36 @@ def test_loop_through_a_local_stub_is_detected(
     # fastdns -> dnsmasq on 127.0.0.9 (running as nobody, so not exempt) -> 10.201.0.53 ->
     # DNAT -> fastdns: the rules process's probe comes back, the worker answers the marker.
     stub = subprocess.Popen(
-        ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-         "--user=nobody", "--group=nogroup", "--pid-file=", "--bind-interfaces",
-         "--listen-address=127.0.0.9", "--port=53", f"--server={VIRTUAL_IP}", "--cache-size=0",
-         "--log-facility=-"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        [
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=nobody",
+            "--group=nogroup",
+            "--pid-file=",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.9",
+            "--port=53",
+            f"--server={VIRTUAL_IP}",
+            "--cache-size=0",
+            "--log-facility=-",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         path = resolv_conf("127.0.0.9")
         cfg = fastdns_config("10.9.9.1", enabled=True)
         cfg["fastdns"]["resolv_conf"] = str(path)
         fdp = fastdns_factory(cfg)
-        wait_for(lambda: "forwarding loop: queries fastdns forwards to 127.0.0.9 come back"
-                 in fdp.stderr, what=f"loop detected; stderr:\n{fdp.stderr}")  # fmt: skip
+        wait_for(
+            lambda: (
+                "forwarding loop: queries fastdns forwards to 127.0.0.9 come back" in fdp.stderr
+            ),
+            what=f"loop detected; stderr:\n{fdp.stderr}",
+        )
         # Static answers still work, and nothing amplifies: the probe is never forwarded.
         assert guest(link) == "10.9.9.1"
         assert fdp.stop() == 0
@@ -465,12 +508,13 @@ def test_serve_restarts_a_killed_rules_process(
 
 def test_ipv6_virtual_address_uses_ip6tables(link: GuestLink, fastdns_factory: Any) -> None:
     six_before = normalized(netns.save("nat", "ip6tables-save"))
-    cfg = fastdns_config("10.9.9.1", enabled=True, virtual_ip=netns.VIRTUAL_IP6,
-                         hooks=["OUTPUT"])  # fmt: skip
+    cfg = fastdns_config("10.9.9.1", enabled=True, virtual_ip=netns.VIRTUAL_IP6, hooks=["OUTPUT"])
     cfg["fastdns"]["listen"] = "::1"
     fdp = fastdns_factory(cfg)
-    wait_for(lambda: f"[::1]:{fdp.udp_port}" in netns.save("nat", "ip6tables-save"),
-             what="ip6tables rules installed")  # fmt: skip
+    wait_for(
+        lambda: f"[::1]:{fdp.udp_port}" in netns.save("nat", "ip6tables-save"),
+        what="ip6tables rules installed",
+    )
     argv = dig_argv(netns.VIRTUAL_IP6, NAME)
     assert answer(netns.as_nobody(argv)) == "10.9.9.1"
     assert answer(netns.as_nobody([*argv, "+tcp"])) == "10.9.9.1"
@@ -551,8 +595,9 @@ def test_legacy_backend_apply_and_remove(link: GuestLink, tmp_path: Path) -> Non
 def _outsider() -> Iterator[GuestLink]:
     """Another namespace on another interface of the host, with a route for the virtual
     address via the host: a network the host routes but does not serve."""
-    link = GuestLink(OUTSIDER_HOST_IF, OUTSIDER_IF, OUTSIDER_HOST_IP, OUTSIDER_IP, first=False,
-                     host_routes=False)  # fmt: skip
+    link = GuestLink(
+        OUTSIDER_HOST_IF, OUTSIDER_IF, OUTSIDER_HOST_IP, OUTSIDER_IP, first=False, host_routes=False
+    )
     yield link
     link.close()
 
@@ -617,8 +662,15 @@ def test_root_client_on_the_host_gets_answers(
 @pytest.fixture(name="script_guest")
 def _script_guest() -> Iterator[GuestLink]:
     """A guest with only its link's /24: no route to the virtual address until the script."""
-    link = GuestLink(SCRIPT_HOST_IF, SCRIPT_GUEST_IF, SCRIPT_HOST_IP, SCRIPT_GUEST_IP,
-                     first=False, host_routes=False, default_route=False)  # fmt: skip
+    link = GuestLink(
+        SCRIPT_HOST_IF,
+        SCRIPT_GUEST_IF,
+        SCRIPT_HOST_IP,
+        SCRIPT_GUEST_IP,
+        first=False,
+        host_routes=False,
+        default_route=False,
+    )
     yield link
     link.close()
 
@@ -629,11 +681,19 @@ def test_guest_script_runs_in_a_guest_and_answers(
     from support.server import run_cli
 
     cfg = fastdns_config("10.9.9.1")
-    cfg["fastdns"].update(listen=SCRIPT_HOST_IP, host_ip=SCRIPT_HOST_IP,
-                          rules={"virtual_ip": VIRTUAL_IP})  # fmt: skip
+    cfg["fastdns"].update(
+        listen=SCRIPT_HOST_IP, host_ip=SCRIPT_HOST_IP, rules={"virtual_ip": VIRTUAL_IP}
+    )
     fdp = fastdns_factory(cfg)
-    made = run_cli("guest-script", str(fdp.config_path), "--udp-port", str(fdp.udp_port),
-                   "--tcp-port", str(fdp.tcp_port), cwd=tmp_path)  # fmt: skip
+    made = run_cli(
+        "guest-script",
+        str(fdp.config_path),
+        "--udp-port",
+        str(fdp.udp_port),
+        "--tcp-port",
+        str(fdp.tcp_port),
+        cwd=tmp_path,
+    )
     assert made.returncode == 0, made.stderr
 
     def in_guest(*opts: str) -> str:
@@ -661,8 +721,9 @@ def test_the_example_config_boots_once_its_user_exists(
     section = doc["fastdns"]
     for key in ("resolv_conf", "hosts_file", "udp_port", "tcp_port"):
         section.pop(key)
-    section.update(host_ip=HOST_IP, workers=1, graceful_timeout=1.0,
-                   metrics={"listen": "127.0.0.1:0"})  # fmt: skip
+    section.update(
+        host_ip=HOST_IP, workers=1, graceful_timeout=1.0, metrics={"listen": "127.0.0.1:0"}
+    )
     section["rules"].update(virtual_ip=VIRTUAL_IP, reconcile_interval=0.5)
     assert section["user"] == "fastdns"
     try:
@@ -684,8 +745,9 @@ def test_the_example_config_boots_once_its_user_exists(
             wait_for(lambda: installed_to(fdp.udp_port), what="rules installed")
             # Workers as nobody cannot set SO_MARK: its uid is exempt too.
             out = [r for r in netns.save("nat").splitlines() if r.startswith("-A OUTPUT")]
-            assert out[0] == (f"-A OUTPUT -m mark ! --mark 0x53 -m owner ! --uid-owner "
-                              f"{netns.NOBODY} -j FASTDNS")  # fmt: skip
+            assert out[0] == (
+                f"-A OUTPUT -m mark ! --mark 0x53 -m owner ! --uid-owner {netns.NOBODY} -j FASTDNS"
+            )
             vip = dig_argv(VIRTUAL_IP, "host.docker.internal")
             assert answer(["nsenter", f"--net={link.ns}", *vip]) == HOST_IP  # the guest
             assert answer(vip) == HOST_IP  # a root client on the host

@@ -15,15 +15,25 @@ from fastdns.metrics.stats import WorkerStats, rules_message, supervisor_message
 
 def full_exposition() -> str:
     """An exposition in which every family has at least one sample."""
-    config = build_config({"fastdns": {"resolv_conf": "/nonexistent", "rules": {"enabled": True},
-                                       "hosts_file": "/nonexistent", "fallback": []}})  # fmt: skip
+    config = build_config(
+        {
+            "fastdns": {
+                "resolv_conf": "/nonexistent",
+                "rules": {"enabled": True},
+                "hosts_file": "/nonexistent",
+                "fallback": [],
+            }
+        }
+    )
     agg = StatsAggregator(config)
     st = WorkerStats()
     for key, sources in SOURCES.items():
         for src in sources:
             metric = BY_NAME[src.metric]
-            values = tuple(sorted(metric.values[label])[-1] if label in metric.values else "x"
-                           for label in src.key_labels)  # fmt: skip
+            values = tuple(
+                sorted(metric.values[label])[-1] if label in metric.values else "x"
+                for label in src.key_labels
+            )
             if metric.kind == "histogram":
                 st.observe((key, *values), 0.5, metric.buckets)
             elif metric.kind == "gauge":

@@ -61,8 +61,16 @@ def frame(data: bytes) -> bytes:
 class Flood:
     """Send ``udp`` datagrams and ``tcp`` streams to ``address``; ``check`` every ``every``."""
 
-    def __init__(self, address: str, udp_port: int, tcp_port: int, *, seed: int = 1,
-                 sockets: int = 16, every: int = 100) -> None:  # fmt: skip
+    def __init__(
+        self,
+        address: str,
+        udp_port: int,
+        tcp_port: int,
+        *,
+        seed: int = 1,
+        sockets: int = 16,
+        every: int = 100,
+    ) -> None:
         self.address = require_loopback(address)
         self.udp = (address, udp_port)
         self.tcp = (address, tcp_port)
@@ -122,8 +130,9 @@ class Flood:
         want = address_of(i)
         got = [r.address for rrset in msg.answer for r in rrset if rrset.rdtype == dns.rdatatype.A]
         if msg.rcode() != dns.rcode.NOERROR or got != [want]:
-            self.tally.fail(f"{how} valid query {i}: {dns.rcode.to_text(msg.rcode())} {got} "
-                            f"(want {want})")  # fmt: skip
+            self.tally.fail(
+                f"{how} valid query {i}: {dns.rcode.to_text(msg.rcode())} {got} (want {want})"
+            )
         else:
             self.tally.valid_ok += 1
         return True
@@ -212,8 +221,14 @@ class Flood:
 
     # ---------------------------------------------------------------------------- the run
 
-    def run(self, packets: int, streams: int, *, budget: float,
-            tick: Callable[[int], None] | None = None) -> Tally:  # fmt: skip
+    def run(
+        self,
+        packets: int,
+        streams: int,
+        *,
+        budget: float,
+        tick: Callable[[int], None] | None = None,
+    ) -> Tally:
         """Send ``packets`` datagrams (every ``every``-th a checked valid query) and ``streams``
         TCP streams spread among them; stop early when ``budget`` seconds have passed."""
         end = time.monotonic() + budget

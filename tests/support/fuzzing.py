@@ -31,7 +31,10 @@ FUZZ = settings(
     database=None,
     derandomize=os.environ.get("FASTDNS_FUZZ_RANDOM") != "1",
     suppress_health_check=[
-        HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
 
 ops = st.lists(
@@ -54,8 +57,9 @@ def queries(draw: st.DrawFn) -> bytes:
     if kind == "raw":
         return draw(st.binary(max_size=600))
     if kind == "header":
-        fields = draw(st.tuples(*[st.integers(0, 0xFFFF)] * 2,
-                                *[st.sampled_from(mutate.COUNTS)] * 4))  # fmt: skip
+        fields = draw(
+            st.tuples(*[st.integers(0, 0xFFFF)] * 2, *[st.sampled_from(mutate.COUNTS)] * 4)
+        )
         return b"".join(v.to_bytes(2, "big") for v in fields) + draw(st.binary(max_size=300))
     base = draw(valid_queries())
     return base if kind == "valid" else mutate.apply(base, draw(ops))
@@ -77,8 +81,14 @@ def reply_to(query: bytes, rng: random.Random) -> bytes:
 
     target = dns.name.from_text("target.fuzz.test")
     rdtype = dns.rdatatype.to_text(qtype) if qtype in (1, 28, 16, 15, 5, 12) else "A"
-    texts = {"A": ["192.0.2.1"], "AAAA": ["2001:db8::1"], "TXT": ['"hello"'],
-             "MX": ["10 mx.fuzz.test."], "CNAME": ["c.fuzz.test."], "PTR": ["p.fuzz.test."]}
+    texts = {
+        "A": ["192.0.2.1"],
+        "AAAA": ["2001:db8::1"],
+        "TXT": ['"hello"'],
+        "MX": ["10 mx.fuzz.test."],
+        "CNAME": ["c.fuzz.test."],
+        "PTR": ["p.fuzz.test."],
+    }
     if shape == "answer":
         add(r.answer, name, rdtype, *texts[rdtype])
     elif shape == "cname":
@@ -88,15 +98,23 @@ def reply_to(query: bytes, rng: random.Random) -> bytes:
         if shape == "nxdomain":
             r.set_rcode(dns.rcode.NXDOMAIN)
         if rng.random() < 0.8:
-            add(r.authority, dns.name.from_text("fuzz.test"), "SOA",
-                f"ns.fuzz.test. h.fuzz.test. 1 2 3 4 {rng.choice((0, 60, 3600))}")
+            add(
+                r.authority,
+                dns.name.from_text("fuzz.test"),
+                "SOA",
+                f"ns.fuzz.test. h.fuzz.test. 1 2 3 4 {rng.choice((0, 60, 3600))}",
+            )
     elif shape == "servfail":
         r.set_rcode(dns.rcode.SERVFAIL)
     else:
         addresses = [f"10.0.{i // 256}.{i % 256}" for i in range(rng.randint(20, 120))]
         add(r.answer, name, "A", *addresses)
-        add(r.authority, dns.name.from_text("fuzz.test"), "NS",
-            *[f"ns{i}.fuzz.test." for i in range(rng.randint(0, 8))] or ["ns.fuzz.test."])
+        add(
+            r.authority,
+            dns.name.from_text("fuzz.test"),
+            "NS",
+            *[f"ns{i}.fuzz.test." for i in range(rng.randint(0, 8))] or ["ns.fuzz.test."],
+        )
         add(r.additional, dns.name.from_text("ns0.fuzz.test"), "A", "192.0.2.53")
     if q.edns >= 0:
         options = []
@@ -121,4 +139,3 @@ def exchanges(draw: st.DrawFn) -> tuple[bytes, bytes, bytes]:
     else:
         damaged = mutate.apply(reply, draw(ops))
     return query, reply, damaged
-

@@ -119,8 +119,11 @@ class QueryLoad:
                     rcode, value = reply
                     answer = value if value is not None else rcode
                     self.ok += 1
-                    right = rcode == "NOERROR" and value is not None and (
-                        self.expect is None or value in self.expect)  # fmt: skip
+                    right = (
+                        rcode == "NOERROR"
+                        and value is not None
+                        and (self.expect is None or value in self.expect)
+                    )
                     self.correct += right
                     self.wrong += not right
                     self.answers[answer] += 1
@@ -138,8 +141,9 @@ class QueryLoad:
         query.id = (query.id + 1) & 0xFFFF
         wire = query.to_wire()
         deadline = time.monotonic() + self.timeout
-        with socket.socket(socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET,
-                           socket.SOCK_DGRAM) as sock:  # fmt: skip
+        with socket.socket(
+            socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET, socket.SOCK_DGRAM
+        ) as sock:
             sock.sendto(wire, self.target)
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)

@@ -21,7 +21,11 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def http_get(
-    host: str, port: int, path: str, *, headers: Mapping[str, str] | None = None,
+    host: str,
+    port: int,
+    path: str,
+    *,
+    headers: Mapping[str, str] | None = None,
     timeout: float = 5.0,
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of ``GET http://host:port/path``; HTTP errors are returned."""
@@ -66,8 +70,11 @@ def series(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], floa
 
 
 def wait_until(
-    probe: Callable[[], T], predicate: Callable[[T], bool], timeout: float = 10.0,
-    interval: float = 0.05, what: str = "condition",
+    probe: Callable[[], T],
+    predicate: Callable[[T], bool],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "condition",
 ) -> T:
     """Call ``probe`` until ``predicate(result)``; AssertionError with the last result after
     ``timeout`` seconds."""
@@ -94,5 +101,14 @@ def counters_not_below(before: Samples, after: Samples) -> list[str]:
     return problems
 
 
-__all__ = ["Samples", "counters_not_below", "http_get", "parse", "scrape", "series",
-           "total", "value", "wait_until"]  # fmt: skip
+__all__ = [
+    "Samples",
+    "counters_not_below",
+    "http_get",
+    "parse",
+    "scrape",
+    "series",
+    "total",
+    "value",
+    "wait_until",
+]

@@ -23,8 +23,22 @@ KINDS = ("flip", "set", "cut", "insert", "dup", "count", "pointer", "label", "lo
 # Bytes that mean something in a name: end, longest label, reserved label types, pointers.
 INTERESTING = (0x00, 0x01, 0x3F, 0x40, 0x41, 0x7F, 0x80, 0xBF, 0xC0, 0xC1, 0xFF)
 COUNTS = (0, 1, 2, 3, 0x7F, 0x100, 0xFFFF)
-QTYPES = ("A", "AAAA", "TXT", "MX", "CNAME", "PTR", "SRV", "SOA", "NS", "ANY", "HTTPS", 41, 0,
-          65535)  # fmt: skip
+QTYPES = (
+    "A",
+    "AAAA",
+    "TXT",
+    "MX",
+    "CNAME",
+    "PTR",
+    "SRV",
+    "SOA",
+    "NS",
+    "ANY",
+    "HTTPS",
+    41,
+    0,
+    65535,
+)
 
 
 def _u16(data: bytearray, at: int, value: int) -> None:
@@ -67,16 +81,21 @@ def apply(message: bytes, ops: list[Op]) -> bytes:
             size = arg % 40
             rdata = bytes(range(size))
             rdlen = (size + (pos % 7) - 3) & 0xFFFF
-            data += b"\x00" + struct.pack("!HHIH", 41, arg & 0xFFFF, (arg * 7919) & 0xFFFFFFFF,
-                                          rdlen) + rdata  # fmt: skip
+            data += (
+                b"\x00"
+                + struct.pack("!HHIH", 41, arg & 0xFFFF, (arg * 7919) & 0xFFFFFFFF, rdlen)
+                + rdata
+            )
             if n >= 12:
                 _u16(data, 10, struct.unpack_from("!H", data, 10)[0] + 1)
     return bytes(data)
 
 
 def random_ops(rng: random.Random, most: int = 4) -> list[Op]:
-    return [(rng.choice(KINDS), rng.randrange(1 << 16), rng.randrange(1 << 32))
-            for _ in range(rng.randint(1, most))]  # fmt: skip
+    return [
+        (rng.choice(KINDS), rng.randrange(1 << 16), rng.randrange(1 << 32))
+        for _ in range(rng.randint(1, most))
+    ]
 
 
 def random_option(rng: random.Random, most: int) -> dns.edns.Option:
@@ -98,10 +117,13 @@ def random_name(rng: random.Random, zone: str = "fuzz.test") -> str:
 def random_query(rng: random.Random, name: str | None = None) -> bytes:
     """A valid query: any name, type, EDNS or not, DO or not, CD or not, with options or not."""
     q = dns.message.make_query(
-        name or random_name(rng), rng.choice(QTYPES), want_dnssec=rng.random() < 0.3,
-        use_edns=0 if rng.random() < 0.6 else None, payload=rng.choice((512, 1232, 4096, 65535)),
+        name or random_name(rng),
+        rng.choice(QTYPES),
+        want_dnssec=rng.random() < 0.3,
+        use_edns=0 if rng.random() < 0.6 else None,
+        payload=rng.choice((512, 1232, 4096, 65535)),
         id=rng.randrange(1 << 16),
-    )  # fmt: skip
+    )
     if rng.random() < 0.2:
         q.flags |= dns.flags.CD
     if q.edns >= 0 and rng.random() < 0.3:

@@ -87,8 +87,7 @@ class GuestLink:
         require_test_address(host_ip)
         require_test_address(guest_ip)
         self.host_if = host_if
-        self.holder = subprocess.Popen(["unshare", "-n", "sleep", "600"],
-                                       stdin=subprocess.DEVNULL)  # fmt: skip
+        self.holder = subprocess.Popen(["unshare", "-n", "sleep", "600"], stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 5
         while _netns_inode(self.holder.pid) == _netns_inode("self"):
             if time.monotonic() > deadline or self.holder.poll() is not None:
@@ -97,8 +96,19 @@ class GuestLink:
             time.sleep(0.01)
         self.ns = f"/proc/{self.holder.pid}/ns/net"
         try:
-            run("ip", "link", "add", host_if, "type", "veth", "peer", "name", guest_if,
-                "netns", str(self.holder.pid))  # fmt: skip
+            run(
+                "ip",
+                "link",
+                "add",
+                host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                guest_if,
+                "netns",
+                str(self.holder.pid),
+            )
             run("ip", "addr", "add", f"{host_ip}/24", "dev", host_if)
             run("ip", "link", "set", host_if, "up")
             if host_routes:
@@ -115,8 +125,9 @@ class GuestLink:
             self.close()
             raise
 
-    def guest(self, *argv: str, check: bool = True, timeout: float = 15.0
-              ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def guest(
+        self, *argv: str, check: bool = True, timeout: float = 15.0
+    ) -> subprocess.CompletedProcess[str]:
         return run("nsenter", f"--net={self.ns}", *argv, check=check, timeout=timeout)
 
     def close(self) -> None:
@@ -140,8 +151,9 @@ def dig_env() -> dict[str, str]:
 
 def answer(argv: Sequence[str], timeout: float = 10.0) -> str:
     """The ``+short`` answer of a dig command line, "" on timeout or error."""
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                          env=dig_env(), check=False)  # fmt: skip
+    proc = subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=timeout, env=dig_env(), check=False
+    )
     if proc.returncode != 0 or "timed out" in proc.stdout or "no servers" in proc.stdout:
         return ""
     return proc.stdout.strip()

@@ -73,8 +73,9 @@ def write_resolv_conf(
     return path
 
 
-def prepare_config(config: Mapping[str, Any], workdir: Path, *,
-                   wildcard_listen: bool = False) -> dict[str, Any]:  # fmt: skip
+def prepare_config(
+    config: Mapping[str, Any], workdir: Path, *, wildcard_listen: bool = False
+) -> dict[str, Any]:
     """A copy of ``config`` (lima.yaml keys plus ``fastdns:``) that is safe to serve in a test.
 
     Missing ``resolv_conf`` / ``hosts_file`` become generated files in ``workdir`` (no

@@ -13,21 +13,54 @@ from fastdns.serve.gate import DENY, PASS, Gate
 DEFAULT = NetworkSet(DEFAULT_ALLOW)
 
 
-@pytest.mark.parametrize("host", [
-    "127.0.0.1", "127.255.0.9", "10.0.0.1", "10.255.255.255", "172.16.0.1", "172.31.255.254",
-    "192.168.5.15", "100.64.0.1", "100.127.255.255", "169.254.1.1", "::1", "fd00::1",
-    "fc00::53", "fe80::1", "fe80::1%eth0", "::ffff:10.1.2.3", "::ffff:127.0.0.1",
-    "::ffff:192.168.0.1",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.255.0.9",
+        "10.0.0.1",
+        "10.255.255.255",
+        "172.16.0.1",
+        "172.31.255.254",
+        "192.168.5.15",
+        "100.64.0.1",
+        "100.127.255.255",
+        "169.254.1.1",
+        "::1",
+        "fd00::1",
+        "fc00::53",
+        "fe80::1",
+        "fe80::1%eth0",
+        "::ffff:10.1.2.3",
+        "::ffff:127.0.0.1",
+        "::ffff:192.168.0.1",
+    ],
+)
 def test_default_allows_loopback_private_and_link_local(host: str) -> None:
     assert host in DEFAULT
 
 
-@pytest.mark.parametrize("host", [
-    "198.51.100.2", "8.8.8.8", "172.32.0.1", "172.15.255.255", "100.128.0.1", "192.169.0.1",
-    "11.0.0.1", "2001:db8::1", "::ffff:198.51.100.2", "::ffff:8.8.8.8", "::2", "fec0::1",
-    "0.0.0.0", "", "not-an-address", "::ffff:999.1.1.1",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "host",
+    [
+        "198.51.100.2",
+        "8.8.8.8",
+        "172.32.0.1",
+        "172.15.255.255",
+        "100.128.0.1",
+        "192.169.0.1",
+        "11.0.0.1",
+        "2001:db8::1",
+        "::ffff:198.51.100.2",
+        "::ffff:8.8.8.8",
+        "::2",
+        "fec0::1",
+        "0.0.0.0",
+        "",
+        "not-an-address",
+        "::ffff:999.1.1.1",
+    ],
+)
 def test_default_refuses_the_internet(host: str) -> None:
     assert host not in DEFAULT
 
@@ -92,16 +125,27 @@ def test_config_defaults() -> None:
 
 
 def test_config_accepts_cidrs_and_refuse() -> None:
-    cfg = build_config({"fastdns": {"acl": {"allow": ["192.0.2.0/24", "2001:db8::/32",
-                                                      "10.1.2.3"], "action": "refuse"}}})
+    cfg = build_config(
+        {
+            "fastdns": {
+                "acl": {"allow": ["192.0.2.0/24", "2001:db8::/32", "10.1.2.3"], "action": "refuse"}
+            }
+        }
+    )
     assert cfg.acl.allow == ("192.0.2.0/24", "2001:db8::/32", "10.1.2.3/32")
     assert cfg.acl.action == "refuse"
 
 
-@pytest.mark.parametrize(("value", "shown"), [
-    ("10.0.0.1/8", "'10.0.0.1/8'"), ("10.0.0.0/33", "'10.0.0.0/33'"), ("bogus", "'bogus'"),
-    ("2001:db8::/129", "'2001:db8::/129'"), (42, "42"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("10.0.0.1/8", "'10.0.0.1/8'"),
+        ("10.0.0.0/33", "'10.0.0.0/33'"),
+        ("bogus", "'bogus'"),
+        ("2001:db8::/129", "'2001:db8::/129'"),
+        (42, "42"),
+    ],
+)
 def test_bad_cidr_is_a_config_error_naming_the_value(value: object, shown: str) -> None:
     text = _problems({"acl": {"allow": ["10.0.0.0/8", value]}})
     assert "fastdns.acl.allow[1]" in text and shown in text
@@ -117,5 +161,3 @@ def test_bad_acl_and_ratelimit_values() -> None:
     assert "fastdns.ratelimit.ipv4_prefix" in _problems({"ratelimit": {"ipv4_prefix": 33}})
     assert "fastdns.ratelimit.slip" in _problems({"ratelimit": {"slip": "2"}})
     assert "fastdns.ratelimit.max_clients" in _problems({"ratelimit": {"max_clients": 0}})
-
-

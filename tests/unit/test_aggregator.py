@@ -32,8 +32,14 @@ class Clock:
 
 
 def make_config(**rules: Any) -> Config:
-    doc = {"fastdns": {"resolv_conf": "/nonexistent", "hosts_file": "/nonexistent",
-                       "fallback": [], "rules": rules}}  # fmt: skip
+    doc = {
+        "fastdns": {
+            "resolv_conf": "/nonexistent",
+            "hosts_file": "/nonexistent",
+            "fallback": [],
+            "rules": rules,
+        }
+    }
     return build_config(doc)
 
 
@@ -80,8 +86,10 @@ def test_sums_workers_exactly(agg: StatsAggregator) -> None:
     s = scrape(agg)
     labels = {"server": SERVER, "proto": "udp", "family": "1", "type": "A"}
     assert value(s, "fastdns_dns_requests_total", **labels) == 7
-    assert value(s, "fastdns_dns_responses_total", server=SERVER, rcode="NOERROR",
-                 plugin="forward") == 7  # fmt: skip
+    assert (
+        value(s, "fastdns_dns_responses_total", server=SERVER, rcode="NOERROR", plugin="forward")
+        == 7
+    )
     hist = {"server": SERVER, "type": "A"}
     assert value(s, "fastdns_dns_request_duration_seconds_count", **hist) == 7
     assert value(s, "fastdns_dns_request_duration_seconds_sum", **hist) == pytest.approx(0.015)
@@ -112,7 +120,9 @@ def test_a_restarted_worker_folds_the_old_totals_in(agg: StatsAggregator) -> Non
     s = scrape(agg)
     assert requests(s) == 17
     assert series(s, "fastdns_worker_requests_total") == {
-        frozenset({("slot", "0")}): 16, frozenset({("slot", "1")}): 1}
+        frozenset({("slot", "0")}): 16,
+        frozenset({("slot", "1")}): 1,
+    }
 
 
 def test_late_reports_of_a_retired_worker_add_only_their_increase(agg: StatsAggregator) -> None:
@@ -162,10 +172,20 @@ def test_gauges_sum_fresh_workers_and_upstream_up_takes_the_max(
     agg: StatsAggregator, clock: Clock
 ) -> None:
     a, b = stats(), stats()
-    a.gauges.update({("inflight",): 3, ("upstream_up", "127.0.0.1:53"): 0,
-                     ("upstream_source", "resolv_conf"): 1})  # fmt: skip
-    b.gauges.update({("inflight",): 4, ("upstream_up", "127.0.0.1:53"): 1,
-                     ("upstream_source", "resolv_conf"): 1})  # fmt: skip
+    a.gauges.update(
+        {
+            ("inflight",): 3,
+            ("upstream_up", "127.0.0.1:53"): 0,
+            ("upstream_source", "resolv_conf"): 1,
+        }
+    )
+    b.gauges.update(
+        {
+            ("inflight",): 4,
+            ("upstream_up", "127.0.0.1:53"): 1,
+            ("upstream_source", "resolv_conf"): 1,
+        }
+    )
     report(agg, 0, 100, a)
     report(agg, 1, 101, b)
     s = scrape(agg)
@@ -191,11 +211,13 @@ def test_label_values_are_bounded(agg: StatsAggregator) -> None:
     report(agg, 0, 100, st)
     s = scrape(agg)
     # (every known label set is exported at 0 as well: fastdns.metrics.zeros.initial_label_sets)
-    types = {dict(ls)["type"]: v
-             for ls, v in series(s, "fastdns_dns_requests_total").items() if v}  # fmt: skip
+    types = {dict(ls)["type"]: v for ls, v in series(s, "fastdns_dns_requests_total").items() if v}
     assert types == {"other": 3}
-    plugins = {(dict(ls)["rcode"], dict(ls)["plugin"]): v
-               for ls, v in series(s, "fastdns_dns_responses_total").items() if v}  # fmt: skip
+    plugins = {
+        (dict(ls)["rcode"], dict(ls)["plugin"]): v
+        for ls, v in series(s, "fastdns_dns_responses_total").items()
+        if v
+    }
     assert plugins == {("NOERROR", ""): 1, ("other", "other"): 1}
     assert value(s, "fastdns_native_fallbacks_total", reason="other") == 1
     retries = series(s, "fastdns_forward_tcp_retries_total")
@@ -204,9 +226,16 @@ def test_label_values_are_bounded(agg: StatsAggregator) -> None:
 
 
 def test_garbage_datagrams_are_counted_and_ignored(agg: StatsAggregator) -> None:
-    for junk in (b"", b"not json", b"[]", b'{"kind": "worker"}', b'{"kind": "alien"}',
-                 json.dumps({"kind": "worker", "slot": 0, "pid": 1,
-                             "snapshot": {"counters": [[["x"], "NaN"]]}}).encode()):  # fmt: skip
+    for junk in (
+        b"",
+        b"not json",
+        b"[]",
+        b'{"kind": "worker"}',
+        b'{"kind": "alien"}',
+        json.dumps(
+            {"kind": "worker", "slot": 0, "pid": 1, "snapshot": {"counters": [[["x"], "NaN"]]}}
+        ).encode(),
+    ):
         agg.feed(junk)
     report(agg, 0, 100, stats(1))
     s = scrape(agg)
@@ -273,7 +302,7 @@ def test_ready_waits_for_the_rules_when_enabled(clock: Clock) -> None:
 
 
 def test_build_info_names_the_versions(agg: StatsAggregator) -> None:
-    (labels, one), = series(scrape(agg), "fastdns_build_info").items()
+    ((labels, one),) = series(scrape(agg), "fastdns_build_info").items()
     info = dict(labels)
     assert one == 1 and set(info) == {"version", "python", "pycares", "cares"}
     assert info["cares"].count(".") == 2 and info["pycares"].startswith("5.")

@@ -40,8 +40,9 @@ def node(ip: str, ttl: int = 300) -> pycares.AddrInfoNode:
     return pycares.AddrInfoNode(ttl=ttl, flags=0, family=family, socktype=0, protocol=0, addr=addr)
 
 
-def gai(*nodes: pycares.AddrInfoNode, cnames: tuple[tuple[str, str, int], ...] = ()) -> (
-        pycares.AddrInfoResult):  # fmt: skip
+def gai(
+    *nodes: pycares.AddrInfoNode, cnames: tuple[tuple[str, str, int], ...] = ()
+) -> pycares.AddrInfoResult:
     return pycares.AddrInfoResult(
         cnames=[pycares.AddrInfoCname(ttl=t, alias=a, name=n) for a, n, t in cnames],
         nodes=list(nodes),
@@ -52,8 +53,9 @@ def rec(name: str, rtype: int, data: object, ttl: int = 30) -> pycares.DNSRecord
     return pycares.DNSRecord(name=name, type=rtype, record_class=1, ttl=ttl, data=data)
 
 
-def result(*answer: pycares.DNSRecord, authority: tuple[pycares.DNSRecord, ...] = ()) -> (
-        pycares.DNSResult):  # fmt: skip
+def result(
+    *answer: pycares.DNSRecord, authority: tuple[pycares.DNSRecord, ...] = ()
+) -> pycares.DNSResult:
     return pycares.DNSResult(answer=list(answer), authority=list(authority), additional=[])
 
 
@@ -81,7 +83,9 @@ def test_cname_chain_orders_and_deduplicates_hops() -> None:
     res = gai(node("192.0.2.1"), cnames=tuple(hops))
     chain = answers.cname_chain(res.cnames)
     assert [(h.alias, h.target, h.ttl) for h in chain] == [
-        ("a.test", "b.test", 10), ("b.test", "c.test", 20)]  # fmt: skip
+        ("a.test", "b.test", 10),
+        ("b.test", "c.test", 20),
+    ]
 
 
 def test_cname_chain_survives_a_loop() -> None:
@@ -114,8 +118,11 @@ def test_no_address_of_the_family_is_none() -> None:
 
 
 def test_cname_chain_is_emitted_before_the_addresses() -> None:
-    res = gai(node("192.0.2.1", 300), node("192.0.2.1", 300),
-              cnames=(("host.test", "mid.test", 60), ("mid.test", "end.test", 120)))  # fmt: skip
+    res = gai(
+        node("192.0.2.1", 300),
+        node("192.0.2.1", 300),
+        cnames=(("host.test", "mid.test", 60), ("mid.test", "end.test", 120)),
+    )
     reply = answers.address_reply(q(), res, DEFAULT, local=False)
     assert reply is not None
     assert lines(parsed(reply)) == [
@@ -150,8 +157,10 @@ def test_local_replies_echo_opt() -> None:
 
 
 def test_txt_records_keep_order_and_resplit_long_strings() -> None:
-    res = result(rec("host.test", wire.TXT, pycares.TXTRecordData(data=b"y" * 290)),
-                 rec("host.test", wire.TXT, pycares.TXTRecordData(data=b"")))  # fmt: skip
+    res = result(
+        rec("host.test", wire.TXT, pycares.TXTRecordData(data=b"y" * 290)),
+        rec("host.test", wire.TXT, pycares.TXTRecordData(data=b"")),
+    )
     reply = answers.records_reply(q(rdtype="TXT"), res, DEFAULT)
     assert reply is not None
     rrs = list(parsed(reply).answer[0])
@@ -200,10 +209,13 @@ def test_srv_ns_and_cname_rdata() -> None:
 
 
 def test_a_chain_ending_in_nodata_keeps_the_chain_and_the_soa() -> None:
-    soa = pycares.SOARecordData(mname="ns.test", rname="hostmaster.test", serial=1, refresh=2,
-                                retry=3, expire=4, minimum=60)  # fmt: skip
-    res = result(rec("a.test", wire.CNAME, pycares.CNAMERecordData(cname="b.test"), ttl=60),
-                 authority=(rec("test", wire.SOA, soa, ttl=60),))  # fmt: skip
+    soa = pycares.SOARecordData(
+        mname="ns.test", rname="hostmaster.test", serial=1, refresh=2, retry=3, expire=4, minimum=60
+    )
+    res = result(
+        rec("a.test", wire.CNAME, pycares.CNAMERecordData(cname="b.test"), ttl=60),
+        authority=(rec("test", wire.SOA, soa, ttl=60),),
+    )
     reply = answers.records_reply(q("a.test", "TXT"), res, DEFAULT)
     assert reply is not None
     msg = parsed(reply)

@@ -23,21 +23,35 @@ from fastdns.resolve.cache.store import PacketCache
 T0 = 1000.0
 
 
-def make_query(name: str = "www.example.com", rdtype: str = "A", *, qid: int = 1,
-               edns: int | None = None, do: bool = False, cd: bool = False,
-               rd: bool = True) -> dns.message.QueryMessage:  # fmt: skip
+def make_query(
+    name: str = "www.example.com",
+    rdtype: str = "A",
+    *,
+    qid: int = 1,
+    edns: int | None = None,
+    do: bool = False,
+    cd: bool = False,
+    rd: bool = True,
+) -> dns.message.QueryMessage:
     flags = (dns.flags.RD if rd else 0) | (dns.flags.CD if cd else 0)
     payload = edns if edns is not None else (1232 if do else None)
-    return dns.message.make_query(name, rdtype, payload=payload, want_dnssec=do, id=qid,
-                                  flags=flags)  # fmt: skip
+    return dns.message.make_query(
+        name, rdtype, payload=payload, want_dnssec=do, id=qid, flags=flags
+    )
 
 
 def parse(msg: dns.message.Message) -> wire.Query:
     return wire.parse_query(msg.to_wire())
 
 
-def answer(query: dns.message.Message, *rrs: str, rcode: int = 0, authority: tuple[str, ...] = (),
-           tc: bool = False, aa: bool = False) -> bytes:  # fmt: skip
+def answer(
+    query: dns.message.Message,
+    *rrs: str,
+    rcode: int = 0,
+    authority: tuple[str, ...] = (),
+    tc: bool = False,
+    aa: bool = False,
+) -> bytes:
     """The reply a server would send ``query``; RRs are zone-file lines."""
     r = dns.message.make_response(query)
     r.set_rcode(dns.rcode.Rcode(rcode))
@@ -73,8 +87,14 @@ def _clear_refreshes() -> None:
     refreshes.clear()
 
 
-def stored(c: PacketCache, msg: dns.message.Message, reply: bytes, source: str = "forward",
-           ttl: int | None = None, now: float = T0) -> bytes:  # fmt: skip
+def stored(
+    c: PacketCache,
+    msg: dns.message.Message,
+    reply: bytes,
+    source: str = "forward",
+    ttl: int | None = None,
+    now: float = T0,
+) -> bytes:
     return c.admit(parse(msg), reply, source, ttl, now)[0]
 
 
@@ -105,8 +125,15 @@ def test_hit_rewrites_ttl_to_time_left() -> None:
 def test_every_ttl_is_the_smallest_and_capped() -> None:
     c = cache(max_ttl=100, min_ttl=10)
     q = make_query()
-    reply = stored(c, q, answer(q, "www.example.com. 5000 IN CNAME web.example.com.",
-                                "web.example.com. 7200 IN A 192.0.2.1"))  # fmt: skip
+    reply = stored(
+        c,
+        q,
+        answer(
+            q,
+            "www.example.com. 5000 IN CNAME web.example.com.",
+            "web.example.com. 7200 IN A 192.0.2.1",
+        ),
+    )
     # The capped TTL is what clients see, the first one included (CoreDNS).
     assert ttls(dns.message.from_wire(reply)) == [100, 100]
     assert ttls(hit(c, q, T0 + 40)) == [60, 60]
@@ -118,8 +145,15 @@ def test_every_ttl_is_the_smallest_and_capped() -> None:
 def test_each_record_keeps_its_own_ttl_counting_down() -> None:
     c = cache(max_ttl=250)
     q = make_query()
-    reply = stored(c, q, answer(q, "www.example.com. 60 IN CNAME web.example.com.",
-                                "web.example.com. 300 IN A 192.0.2.1"))  # fmt: skip
+    reply = stored(
+        c,
+        q,
+        answer(
+            q,
+            "www.example.com. 60 IN CNAME web.example.com.",
+            "web.example.com. 300 IN A 192.0.2.1",
+        ),
+    )
     assert ttls(dns.message.from_wire(reply)) == [60, 250]  # upstream TTLs pass through, capped
     assert ttls(hit(c, q, T0 + 10)) == [50, 240]
     assert ttls(hit(c, q, T0 + 59.5)) == [1, 191]
@@ -154,8 +188,12 @@ def test_a_reply_stored_raw_answers_as_the_entry_it_becomes(edns: int | None, do
     reply sent for the miss must equal what that entry renders, byte for byte."""
     c = cache()
     q = make_query("wWw.example.com", edns=edns, do=do, qid=77)
-    upstream = answer(q, "www.example.com. 300 IN A 192.0.2.1",
-                      authority=("example.com. 300 IN NS ns.example.com.",), aa=True)  # fmt: skip
+    upstream = answer(
+        q,
+        "www.example.com. 300 IN A 192.0.2.1",
+        authority=("example.com. 300 IN NS ns.example.com.",),
+        aa=True,
+    )
     first, source = c.admit(parse(q), upstream, "forward", None, T0)
     assert type(c.success[parse(q).key]) is tuple  # not built yet
     entry = c.lookup(parse(q).key)
@@ -418,8 +456,9 @@ def test_verify_mode_asks_first_and_serves_stale_only_when_that_fails() -> None:
     assert ttls(hit(c, q, T0 + 40)) == [30] and refreshes == []
     # ...after it, the upstream is asked first again, and a good answer replaces it.
     assert hit(c, q, T0 + 53) is None
-    reply, source = c.admit(parse(q), answer(q, "www.example.com. 10 IN A 192.0.2.2"),
-                            "forward", None, T0 + 54)  # fmt: skip
+    reply, source = c.admit(
+        parse(q), answer(q, "www.example.com. 10 IN A 192.0.2.2"), "forward", None, T0 + 54
+    )
     assert source == "forward"
     assert [r.to_text() for r in hit(c, q, T0 + 55).answer[0]] == ["192.0.2.2"]
 
@@ -590,9 +629,8 @@ def test_admission_edge_cases() -> None:
     assert classify(parse(q), bytes(notify), cfg) is None
     assert classify(parse(q), answer(q, rcode=5), cfg) is None
     # Answers of another type only (a CNAME chain) with an SOA: a denial.
-    chain = answer(make_query(), "www.example.com. 30 IN CNAME gone.example.com.", rcode=3,
-                   authority=(SOA,))  # fmt: skip
+    chain = answer(
+        make_query(), "www.example.com. 30 IN CNAME gone.example.com.", rcode=3, authority=(SOA,)
+    )
     verdict = classify(parse(make_query()), chain, cfg)
     assert verdict is not None and verdict[:2] == (DENIAL, 30)
-
-

@@ -116,8 +116,10 @@ def test_relative_file_paths_are_relative_to_the_config_folder(tmp_path: Path) -
 
 def test_unknown_fastdns_keys_are_rejected_with_their_path() -> None:
     found = problems({"fastdns": {"listen_addr": "127.0.0.1", "udpport": 1}})
-    assert sorted(found) == ["fastdns.listen_addr: unknown key (did you mean 'listen'?)",
-                             "fastdns.udpport: unknown key (did you mean 'udp_port'?)"]
+    assert sorted(found) == [
+        "fastdns.listen_addr: unknown key (did you mean 'listen'?)",
+        "fastdns.udpport: unknown key (did you mean 'udp_port'?)",
+    ]
 
 
 def test_unknown_keys_in_nested_fastdns_sections_are_rejected() -> None:
@@ -129,7 +131,8 @@ def test_prefetch_duration_is_read_and_bounded() -> None:
     assert cfg.cache.prefetch_duration == 300
     assert build_config({}).cache.prefetch_duration == 60  # CoreDNS's default
     assert one_problem({"fastdns": {"cache": {"prefetch_duration": 0}}}) == (
-        "fastdns.cache.prefetch_duration: must be between 1 and 86400, got 0")
+        "fastdns.cache.prefetch_duration: must be between 1 and 86400, got 0"
+    )
 
 
 def test_all_problems_are_reported_at_once() -> None:
@@ -199,9 +202,15 @@ def test_ports_out_of_range_are_rejected(key: str, value: int) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("edns_max_udp", 511), ("edns_max_udp", 65536), ("static_ttl", -1), ("deadline", 0),
-     ("upstream_timeout", 0), ("deadline", float("nan"))],
-)  # fmt: skip
+    [
+        ("edns_max_udp", 511),
+        ("edns_max_udp", 65536),
+        ("static_ttl", -1),
+        ("deadline", 0),
+        ("upstream_timeout", 0),
+        ("deadline", float("nan")),
+    ],
+)
 def test_out_of_range_numbers_are_rejected(key: str, value: float) -> None:
     assert one_problem({"fastdns": {key: value}}).startswith(f"fastdns.{key}: must be between")
 
@@ -320,9 +329,17 @@ def test_empty_dns_with_enabled_resolver_is_fine() -> None:
 
 def test_duplicate_keys_differing_in_case_or_dot_later_wins_with_a_warning() -> None:
     cfg = build_config(
-        {"hostResolver": {"hosts": {"MY.Host": "10.0.0.1", "my.host": "10.0.0.2",
-                                    "override.": "10.0.0.3", "override": "10.0.0.4"}}}
-    )  # fmt: skip
+        {
+            "hostResolver": {
+                "hosts": {
+                    "MY.Host": "10.0.0.1",
+                    "my.host": "10.0.0.2",
+                    "override.": "10.0.0.3",
+                    "override": "10.0.0.4",
+                }
+            }
+        }
+    )
     hosts = hosts_of(cfg)
     assert hosts["my.host"] == "10.0.0.2" and "MY.Host" not in hosts
     assert hosts["override"] == "10.0.0.4" and "override." not in hosts
@@ -339,9 +356,11 @@ def test_duplicate_resolution_is_by_file_order_not_by_spelling() -> None:
 
 def test_builtins_override_identical_user_keys() -> None:
     cfg = build_config(
-        {"hostResolver": {"hosts": {"Host.Lima.Internal.": "1.2.3.4", "lima-dev": "5.6.7.8"}},
-         "fastdns": {"instance": "dev"}}
-    )  # fmt: skip
+        {
+            "hostResolver": {"hosts": {"Host.Lima.Internal.": "1.2.3.4", "lima-dev": "5.6.7.8"}},
+            "fastdns": {"instance": "dev"},
+        }
+    )
     assert hosts_of(cfg) == {"host.lima.internal": "192.168.5.2", "lima-dev": "192.168.5.15"}
 
 
@@ -385,9 +404,12 @@ def test_no_instance_from_a_file_not_named_lima_yaml(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("instance", "host"),
-    [("default", "lima-default"), ("my_example.com", "lima-my-example-com"),
-     ("a.b_c", "lima-a-b-c")],
-)  # fmt: skip
+    [
+        ("default", "lima-default"),
+        ("my_example.com", "lima-my-example-com"),
+        ("a.b_c", "lima-a-b-c"),
+    ],
+)
 def test_instance_hostname(instance: str, host: str) -> None:
     assert instance_hostname(instance) == host
 

@@ -25,12 +25,13 @@ def load(tmp_path: Path, text: str) -> tuple[Path, tuple[str, ...]]:
 def test_a_misspelt_host_resolver_section_is_a_warning_with_its_line(tmp_path: Path) -> None:
     path, warnings = load(tmp_path, "vmType: qemu\nhostResolvr:\n  hosts:\n    a.test: 10.0.0.1\n")
     assert warnings == (
-        f"{path}:2: hostResolvr: not a key fastdns reads (did you mean 'hostResolver'?); "
-        "ignored",)
+        f"{path}:2: hostResolvr: not a key fastdns reads (did you mean 'hostResolver'?); ignored",
+    )
 
 
-@pytest.mark.parametrize(("key", "meant"), [("DNS", "dns"), ("fastdsn", "fastdns"),
-                                            ("hostresolver", "hostResolver")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("key", "meant"), [("DNS", "dns"), ("fastdsn", "fastdns"), ("hostresolver", "hostResolver")]
+)
 def test_top_level_keys_close_to_ours_are_warned_about(
     tmp_path: Path, key: str, meant: str
 ) -> None:
@@ -49,19 +50,21 @@ def test_unknown_keys_inside_host_resolver_are_warned_about(tmp_path: Path) -> N
     text = "hostResolver:\n  enabled: true\n  hots:\n    a.test: 1.2.3.4\n"
     path, warnings = load(tmp_path, text)
     assert warnings == (
-        f"{path}:3: hostResolver.hots: not a key fastdns reads (did you mean 'hosts'?); "
-        "ignored",)
+        f"{path}:3: hostResolver.hots: not a key fastdns reads (did you mean 'hosts'?); ignored",
+    )
 
 
 def test_duplicate_keys_are_warned_about_with_both_lines(tmp_path: Path) -> None:
-    text = ("hostResolver:\n  hosts:\n    a.test: 10.0.0.1\n    b.test: 10.0.0.2\n"
-            "    a.test: 10.0.0.3\n")  # fmt: skip
+    text = (
+        "hostResolver:\n  hosts:\n    a.test: 10.0.0.1\n    b.test: 10.0.0.2\n"
+        "    a.test: 10.0.0.3\n"
+    )
     path = tmp_path / "lima.yaml"
     path.write_text(text)
     cfg = load_config(path)
     assert cfg.warnings == (
-        f"{path}:5: hostResolver.hosts.a.test: duplicate key (first on line 3); "
-        "the later one wins",)
+        f"{path}:5: hostResolver.hosts.a.test: duplicate key (first on line 3); the later one wins",
+    )
     assert dict(cfg.hosts)["a.test"] == "10.0.0.3"
 
 
@@ -72,8 +75,9 @@ def test_the_same_key_in_two_mappings_is_not_a_duplicate(tmp_path: Path) -> None
 
 def test_errors_in_the_fastdns_section_name_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "lima.yaml"
-    path.write_text("vmType: qemu\nfastdns:\n  workers: 2\n  udp_port: seventy\n"
-                    "  cache:\n    capacity: -1\n")  # fmt: skip
+    path.write_text(
+        "vmType: qemu\nfastdns:\n  workers: 2\n  udp_port: seventy\n  cache:\n    capacity: -1\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert sorted(info.value.problems) == [
@@ -106,4 +110,5 @@ def test_serve_logs_the_warnings(
     with caplog.at_level(logging.WARNING, logger="fastdns"):
         assert main(["serve", str(path)]) == 0
     assert f"{path}:2: hostResolver.hots: not a key fastdns reads (did you mean 'hosts'?)" in (
-        caplog.text)
+        caplog.text
+    )

@@ -88,8 +88,9 @@ def _complaints(doc: dict[str, Any]) -> list[str]:
 
 
 def _says_unknown(path: str, complaints: list[str]) -> bool:
-    return any(c.startswith(f"{path}: ") and ("unknown key" in c or "not a key" in c)
-               for c in complaints)  # fmt: skip
+    return any(
+        c.startswith(f"{path}: ") and ("unknown key" in c or "not a key" in c) for c in complaints
+    )
 
 
 @pytest.mark.parametrize("path", sorted(known_keys()))
@@ -128,8 +129,14 @@ def test_every_metric_name_in_the_docs_exists(page: Path) -> None:
             if not any(e.startswith(prefix) for e in exported):
                 unknown.add(name)
             continue
-        base = next((name.removesuffix(s) for s in HISTOGRAM_SUFFIXES
-                     if name.endswith(s) and name.removesuffix(s) in histograms), name)  # fmt: skip
+        base = next(
+            (
+                name.removesuffix(s)
+                for s in HISTOGRAM_SUFFIXES
+                if name.endswith(s) and name.removesuffix(s) in histograms
+            ),
+            name,
+        )
         if base not in exported:
             unknown.add(name)
     where = page.relative_to(ROOT)
@@ -202,12 +209,14 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 
 # Documents outside this repository that comments used to cite.
 FORBIDDEN = {
-    "research notes": re.compile(r"tech[- ]?notes|research/|\baesthetics\b|lima-dns-spec",
-                                 re.IGNORECASE),
+    "research notes": re.compile(
+        r"tech[- ]?notes|research/|\baesthetics\b|lima-dns-spec", re.IGNORECASE
+    ),
     "the brief": re.compile(r"\b(team|the) brief\b", re.IGNORECASE),
     "the style guide": re.compile(r"\bSTYLE(\.md| R\d+)"),
-    "an acceptance case": re.compile(r"\bacceptance cases?\b|\bcases? \d+\b|\bspec §",
-                                     re.IGNORECASE),
+    "an acceptance case": re.compile(
+        r"\bacceptance cases?\b|\bcases? \d+\b|\bspec §", re.IGNORECASE
+    ),
     "the tracker": re.compile(r"\bissues? \d+\b", re.IGNORECASE),
 }
 # A section sign belongs to something a reader can open: an RFC, or a file of this repository.
@@ -254,16 +263,19 @@ def test_comments_cite_only_what_a_reader_can_open() -> None:
     )
 
 
-@pytest.mark.parametrize("text, ok", [
-    ("# RFC 2308 §5: negative caching", True),
-    ("# lima#380: busybox fails on >512-byte UDP replies", True),
-    ("# see docs/answering.md", True),
-    ("# (tech-notes §1.6)", False),
-    ("# acceptance case 28", False),
-    ("# team brief, contracts", False),
-    ("# STYLE R7", False),
-    ("# issue 13", False),
-    ("# aesthetics §3.4", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        ("# RFC 2308 §5: negative caching", True),
+        ("# lima#380: busybox fails on >512-byte UDP replies", True),
+        ("# see docs/answering.md", True),
+        ("# (tech-notes §1.6)", False),
+        ("# acceptance case 28", False),
+        ("# team brief, contracts", False),
+        ("# STYLE R7", False),
+        ("# issue 13", False),
+        ("# aesthetics §3.4", False),
+    ],
+)
 def test_the_citation_check_tells_them_apart(text: str, ok: bool) -> None:
     assert (not _citation_problems(text)) == ok

@@ -32,8 +32,11 @@ def defined_exceptions() -> dict[str, type[BaseException]]:
 
 def test_every_exception_derives_from_the_root() -> None:
     found = defined_exceptions()
-    outside = sorted(name for name, cls in found.items()
-                     if not issubclass(cls, FastDNSError) and cls is not HaltServer)  # fmt: skip
+    outside = sorted(
+        name
+        for name, cls in found.items()
+        if not issubclass(cls, FastDNSError) and cls is not HaltServer
+    )
     assert outside == sorted(PENDING & set(found)), outside
     still_pending = {n for n in PENDING if n in found and issubclass(found[n], FastDNSError)}
     assert not still_pending, f"in the tree now, remove from PENDING: {still_pending}"
@@ -42,7 +45,11 @@ def test_every_exception_derives_from_the_root() -> None:
 def test_the_walk_sees_the_exceptions() -> None:
     """Guards the walk: classes from the bottom, the middle and the top of the package."""
     found = defined_exceptions()
-    for name in ("fastdns.dns.wire.Malformed", "fastdns.errors.ConfigError",
-                 "fastdns.rules.cli.CommandError", "fastdns.resolve.native.cares."
-                 "QueryCacheUnsupported", "fastdns.supervise.arbiter._Stop"):  # fmt: skip
+    for name in (
+        "fastdns.dns.wire.Malformed",
+        "fastdns.errors.ConfigError",
+        "fastdns.rules.cli.CommandError",
+        "fastdns.resolve.native.cares.QueryCacheUnsupported",
+        "fastdns.supervise.arbiter._Stop",
+    ):
         assert name in found, name

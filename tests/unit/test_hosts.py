@@ -28,11 +28,16 @@ def ptr(*names: str) -> StaticAnswer:
 
 
 LIMA = StaticHosts.from_pairs(
-    [("MY.DOMAIN.COM", "192.168.0.23"), ("host.lima.internal", "10.10.0.34"),
-     ("my.host", "host.lima.internal"), ("default", "my.domain.com"),
-     ("cycle1.example.com", "cycle2.example.com"), ("cycle2.example.com", "cycle1.example.com"),
-     ("self.example.com", "self.example.com")]
-)  # fmt: skip
+    [
+        ("MY.DOMAIN.COM", "192.168.0.23"),
+        ("host.lima.internal", "10.10.0.34"),
+        ("my.host", "host.lima.internal"),
+        ("default", "my.domain.com"),
+        ("cycle1.example.com", "cycle2.example.com"),
+        ("cycle2.example.com", "cycle1.example.com"),
+        ("self.example.com", "self.example.com"),
+    ]
+)
 
 
 def test_exact_names_are_case_insensitive_canonical_keys() -> None:
@@ -107,9 +112,13 @@ def test_ipv6_entry() -> None:
 
 def test_wildcards() -> None:
     h = StaticHosts.from_pairs(
-        [("*.test.internal", "10.0.0.9"), ("exact.test.internal", "10.0.0.1"),
-         ("*.deep.test.internal", "10.0.0.7"), ("*.alias.test", "exact.test.internal")]
-    )  # fmt: skip
+        [
+            ("*.test.internal", "10.0.0.9"),
+            ("exact.test.internal", "10.0.0.1"),
+            ("*.deep.test.internal", "10.0.0.7"),
+            ("*.alias.test", "exact.test.internal"),
+        ]
+    )
     assert h.lookup("a.test.internal", A, False) == a("10.0.0.9")
     assert h.lookup("a.b.test.internal", A, False) == a("10.0.0.9")
     assert h.lookup("test.internal", A, False) is None  # *.x does not match x
@@ -123,9 +132,13 @@ def test_wildcards() -> None:
 
 def test_ptr_for_static_ips() -> None:
     h = StaticHosts.from_pairs(
-        [("host.lima.internal", "192.168.5.2"), ("gw", "192.168.5.2"), ("v6", "fd00::1"),
-         ("*.wild", "10.9.9.9")]
-    )  # fmt: skip
+        [
+            ("host.lima.internal", "192.168.5.2"),
+            ("gw", "192.168.5.2"),
+            ("v6", "fd00::1"),
+            ("*.wild", "10.9.9.9"),
+        ]
+    )
     assert h.lookup("2.5.168.192.in-addr.arpa", PTR, False) == ptr("host.lima.internal", "gw")
     v6 = wire.reverse_name("fd00::1").rstrip(".")
     assert h.lookup(v6, PTR, False) == ptr("v6")

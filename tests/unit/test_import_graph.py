@@ -47,8 +47,9 @@ def modules(package: Path = PACKAGE) -> dict[str, Path]:
     return found
 
 
-def _imported(node: ast.AST, module: str, is_package: bool, known: dict[str, Path]
-              ) -> Iterator[str]:  # fmt: skip
+def _imported(
+    node: ast.AST, module: str, is_package: bool, known: dict[str, Path]
+) -> Iterator[str]:
     if isinstance(node, ast.Import):
         for alias in node.names:
             yield alias.name

@@ -46,9 +46,7 @@ def _is_type_checking(node: ast.If) -> bool:
 def _walk(node: ast.AST) -> Iterator[ast.AST]:
     """Every node under ``node``, skipping child-only functions and TYPE_CHECKING blocks."""
     for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) and _is_child_only(
-            child.name
-        ):
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) and _is_child_only(child.name):
             continue
         if isinstance(child, ast.If) and _is_type_checking(child):
             yield from (n for stmt in child.orelse for n in (stmt, *_walk(stmt)))
@@ -139,5 +137,3 @@ def test_child_only_functions_are_the_ones_that_load_the_serving_code() -> None:
         if isinstance(node, ast.ImportFrom)
     }
     assert "fastdns.serve.worker" in inner
-
-

@@ -31,8 +31,10 @@ LABEL = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 CONTEXT_LABELS = {"server", "family", "proxy_name", "version", "python", "pycares", "cares"}
 UNBOUNDED = {"pid", "qname", "name", "client", "ip", "id", "query", "path", "error"}
 BASE_UNITS = ("_seconds", "_bytes")
-NON_BASE_UNITS = re.compile(r"_(milli|micro|nano)?(secs?|ms|us|ns|minutes?|hours?|days?|kb|mb|"
-                            r"kilobytes|megabytes|percent|ratio_percent)(_|$)")  # fmt: skip
+NON_BASE_UNITS = re.compile(
+    r"_(milli|micro|nano)?(secs?|ms|us|ns|minutes?|hours?|days?|kb|mb|"
+    r"kilobytes|megabytes|percent|ratio_percent)(_|$)"
+)
 MAX_SERIES = 5000  # per family, with every bounded label at its cap
 
 # CoreDNS metrics fastdns mirrors: the same name after the namespace and the same labels, minus

@@ -11,8 +11,9 @@ MAX_LINES = 500
 
 def oversized(package: Path = PACKAGE, limit: int = MAX_LINES) -> dict[str, int]:
     """Modules over ``limit`` lines: path relative to the package -> line count."""
-    sizes = {str(p.relative_to(package)): len(p.read_text().splitlines())
-             for p in package.rglob("*.py")}  # fmt: skip
+    sizes = {
+        str(p.relative_to(package)): len(p.read_text().splitlines()) for p in package.rglob("*.py")
+    }
     return {name: n for name, n in sizes.items() if n > limit}
 
 

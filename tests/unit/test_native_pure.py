@@ -37,10 +37,19 @@ def test_lookup_name_refuses_labels_c_ares_cannot_take(label: bytes) -> None:
 
 
 def test_channel_options_follow_the_plan(tmp_path: Path) -> None:
-    resolv = parse_resolv_conf("nameserver 127.0.0.53\nsearch corp.test other.test\n"
-                               "options ndots:2 attempts:3 timeout:5 rotate\n")  # fmt: skip
-    cfg = build_config({"fastdns": {"resolv_conf": str(tmp_path / "r"), "fallback": [],
-                                    "native": {"timeout": 1.0}}})  # fmt: skip
+    resolv = parse_resolv_conf(
+        "nameserver 127.0.0.53\nsearch corp.test other.test\n"
+        "options ndots:2 attempts:3 timeout:5 rotate\n"
+    )
+    cfg = build_config(
+        {
+            "fastdns": {
+                "resolv_conf": str(tmp_path / "r"),
+                "fallback": [],
+                "native": {"timeout": 1.0},
+            }
+        }
+    )
     plan = plan_upstreams(cfg, resolv, 5353)
     opts = channel_options(cfg, plan)
     assert opts["domains"] == ["corp.test", "other.test"]
@@ -62,8 +71,7 @@ def test_make_channel_really_reads_resolvconf_path(tmp_path: Path) -> None:
     path = tmp_path / "resolv.conf"
     path.write_text("nameserver 127.0.0.77\nsearch corp.test\n")
     for _ in range(50):
-        ch = make_channel(resolvconf_path=str(path), lookups="fb",
-                          sock_state_cb=lambda *a: None)  # fmt: skip
+        ch = make_channel(resolvconf_path=str(path), lookups="fb", sock_state_cb=lambda *a: None)
         try:
             assert ch.servers == ["127.0.0.77:53"]
         finally:

@@ -35,8 +35,9 @@ def test_parse_nameservers_in_order_with_ipv6_and_scope() -> None:
 
 def test_parse_ignores_bad_nameservers_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="fastdns.resolve.resolvconf"):
-        rc = parse_resolv_conf("nameserver dns.example\nnameserver\nnameserver 10.0.0.300\n"
-                               "nameserver 10.0.0.2\n")  # fmt: skip
+        rc = parse_resolv_conf(
+            "nameserver dns.example\nnameserver\nnameserver 10.0.0.300\nnameserver 10.0.0.2\n"
+        )
     assert rc.nameservers == ("10.0.0.2",)
     assert len(caplog.records) == 2
 
@@ -140,9 +141,11 @@ def test_same_plan_ignores_a_rewrite_with_the_same_contents() -> None:
     text = "nameserver 10.0.0.1\nsearch corp.example\noptions ndots:2\n"
     a = plan_upstreams(cfg(), parse_resolv_conf(text), None)
     assert same_plan(a, plan_upstreams(cfg(), parse_resolv_conf("# again\n" + text), None))
-    for other in ("nameserver 10.0.0.2\nsearch corp.example\noptions ndots:2\n",
-                  "nameserver 10.0.0.1\nsearch other.example\noptions ndots:2\n",
-                  "nameserver 10.0.0.1\nsearch corp.example\n"):  # fmt: skip
+    for other in (
+        "nameserver 10.0.0.2\nsearch corp.example\noptions ndots:2\n",
+        "nameserver 10.0.0.1\nsearch other.example\noptions ndots:2\n",
+        "nameserver 10.0.0.1\nsearch corp.example\n",
+    ):
         assert not same_plan(a, plan_upstreams(cfg(), parse_resolv_conf(other), None))
     assert not same_plan(a, plan_upstreams(cfg(), ResolvConf(readable=False), None))
 
@@ -166,10 +169,12 @@ def test_file_watch(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("listen", "skipped"),
-    [("0.0.0.0", ["127.0.0.1", "127.0.0.53", "0.0.0.0"]),
-     ("::", ["127.0.0.1", "127.0.0.53", "0.0.0.0", "::1"]),
-     ("127.0.0.1", ["127.0.0.1"])],
-)  # fmt: skip
+    [
+        ("0.0.0.0", ["127.0.0.1", "127.0.0.53", "0.0.0.0"]),
+        ("::", ["127.0.0.1", "127.0.0.53", "0.0.0.0", "::1"]),
+        ("127.0.0.1", ["127.0.0.1"]),
+    ],
+)
 def test_plan_skips_loopback_when_listening_on_a_wildcard(listen: str, skipped: list[str]) -> None:
     servers = ["127.0.0.1", "127.0.0.53", "0.0.0.0", "::1", "10.0.0.1"]
     rc = parse_resolv_conf("".join(f"nameserver {s}\n" for s in servers))

@@ -20,16 +20,19 @@ from fastdns.rules.iptables import (
 )
 from fastdns.rules.plan import Table, plan_rules
 
-BASE = {"nat": ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
-        "filter": ["INPUT", "FORWARD", "OUTPUT"]}  # fmt: skip
+BASE = {
+    "nat": ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+    "filter": ["INPUT", "FORWARD", "OUTPUT"],
+}
 
 
 class FakeKernel:
     """Just enough of iptables-save / iptables-restore --noflush / conntrack for the manager."""
 
     def __init__(self) -> None:
-        self.tables = {name: Table({c: "ACCEPT" for c in chains}, [])
-                       for name, chains in BASE.items()}  # fmt: skip
+        self.tables = {
+            name: Table({c: "ACCEPT" for c in chains}, []) for name, chains in BASE.items()
+        }
         self.calls: list[list[str]] = []
         self.fail_restore = ""
 
@@ -52,8 +55,7 @@ class FakeKernel:
         raise AssertionError(argv)
 
     @staticmethod
-    def _done(argv: list[str], out: str, err: str = "", rc: int = 0
-              ) -> CompletedProcess[str]:  # fmt: skip
+    def _done(argv: list[str], out: str, err: str = "", rc: int = 0) -> CompletedProcess[str]:
         return CompletedProcess(argv, rc, out, err)
 
     def save(self, table: str) -> str:
@@ -79,8 +81,10 @@ class FakeKernel:
                 current.rules.append(line)
             elif line.startswith("-I "):
                 _, chain, _, spec = line.split(" ", 3)
-                at = next((i for i, r in enumerate(current.rules)
-                           if r.startswith(f"-A {chain} ")), len(current.rules))  # fmt: skip
+                at = next(
+                    (i for i, r in enumerate(current.rules) if r.startswith(f"-A {chain} ")),
+                    len(current.rules),
+                )
                 current.rules.insert(at, f"-A {chain} {spec}")
             elif line.startswith("-D "):
                 rule = "-A" + line[2:]
@@ -104,8 +108,13 @@ def _kernel() -> FakeKernel:
 def _bin_path(tmp_path: Path) -> str:
     path = tmp_path / "bin"
     path.mkdir()
-    for name in ("iptables-restore", "iptables-save", "ip6tables-restore", "ip6tables-save",
-                 "conntrack"):  # fmt: skip
+    for name in (
+        "iptables-restore",
+        "iptables-save",
+        "ip6tables-restore",
+        "ip6tables-save",
+        "conntrack",
+    ):
         exe = path / name
         exe.write_text("#!/bin/sh\nexit 1\n")
         exe.chmod(0o755)
@@ -125,8 +134,12 @@ def manager(kernel: FakeKernel, bin_path: str, sysctl: RouteLocalnet) -> RulesMa
     return RulesManager("auto", runner=kernel, sysctl=sysctl, path=bin_path)
 
 
-def plan(udp: int = 5353, hooks: tuple[str, ...] = ("PREROUTING", "OUTPUT"), uid: int = 0,  # type: ignore[no-untyped-def]
-         interfaces: tuple[str, ...] | None = None):  # fmt: skip
+def plan(
+    udp: int = 5353,
+    hooks: tuple[str, ...] = ("PREROUTING", "OUTPUT"),
+    uid: int = 0,  # type: ignore[no-untyped-def]
+    interfaces: tuple[str, ...] | None = None,
+):
     rules = RulesConfig(enabled=True, virtual_ip="10.201.0.53", hooks=hooks, mark=0)  # type: ignore[arg-type]
     return plan_rules(rules, "127.0.0.1", udp, 5354, uid, interfaces)
 
@@ -134,8 +147,10 @@ def plan(udp: int = 5353, hooks: tuple[str, ...] = ("PREROUTING", "OUTPUT"), uid
 def test_tool_names() -> None:
     assert tool_names("auto", 4) == ("iptables-restore", "iptables-save")
     assert tool_names("legacy", 6) == ("ip6tables-legacy-restore", "ip6tables-legacy-save")
-    assert tool_names("/opt/x/iptables-nft", 6) == ("/opt/x/ip6tables-nft-restore",
-                                                    "/opt/x/ip6tables-nft-save")  # fmt: skip
+    assert tool_names("/opt/x/iptables-nft", 6) == (
+        "/opt/x/ip6tables-nft-restore",
+        "/opt/x/ip6tables-nft-save",
+    )
 
 
 def test_find_tools_reports_what_is_missing(tmp_path: Path, bin_path: str) -> None:
@@ -146,8 +161,9 @@ def test_find_tools_reports_what_is_missing(tmp_path: Path, bin_path: str) -> No
         find_tools("/nowhere/iptables", 4, bin_path)
 
 
-def test_apply_twice_is_idempotent(kernel: FakeKernel, bin_path: str, sysctl: RouteLocalnet
-                                   ) -> None:  # fmt: skip
+def test_apply_twice_is_idempotent(
+    kernel: FakeKernel, bin_path: str, sysctl: RouteLocalnet
+) -> None:
     m = manager(kernel, bin_path, sysctl)
     first = m.apply(plan())
     assert first.changed and first.mapping_changed and not first.stale
@@ -158,7 +174,8 @@ def test_apply_twice_is_idempotent(kernel: FakeKernel, bin_path: str, sysctl: Ro
     nat = kernel.tables["nat"]
     assert [r for r in nat.rules if r.startswith("-A PREROUTING")] == ["-A PREROUTING -j FASTDNS"]
     assert [r for r in nat.rules if r.startswith("-A OUTPUT")] == [
-        "-A OUTPUT -m owner ! --uid-owner 0 -j FASTDNS"]  # fmt: skip
+        "-A OUTPUT -m owner ! --uid-owner 0 -j FASTDNS"
+    ]
     assert len(nat.body("FASTDNS")) == 2
     assert m.installed(plan())
 
@@ -172,7 +189,8 @@ def test_route_localnet_enabled_recorded_and_restored(
     # Only the interface fastdns changed is guarded and recorded (eth0 was 1 already).
     assert kernel.tables["filter"].body("FASTDNS-LOCALNET") == [
         "-A FASTDNS-LOCALNET -d 127.0.0.0/8 -i veth-h -m conntrack ! --ctstate "
-        "RELATED,ESTABLISHED,DNAT -j DROP"]  # fmt: skip
+        "RELATED,ESTABLISHED,DNAT -j DROP"
+    ]
     # A new manager (the next fastdns after a kill) reads the record back from the kernel.
     assert manager(kernel, bin_path, sysctl).remove("FASTDNS", 4)
     assert sysctl.get("veth-h") == 0 and sysctl.get("eth0") == 1
@@ -181,8 +199,9 @@ def test_route_localnet_enabled_recorded_and_restored(
     assert not manager(kernel, bin_path, sysctl).remove("FASTDNS", 4)
 
 
-def test_output_only_needs_no_route_localnet(kernel: FakeKernel, bin_path: str,
-                                             sysctl: RouteLocalnet) -> None:  # fmt: skip
+def test_output_only_needs_no_route_localnet(
+    kernel: FakeKernel, bin_path: str, sysctl: RouteLocalnet
+) -> None:
     m = manager(kernel, bin_path, sysctl)
     m.apply(plan())
     m.apply(plan(hooks=("OUTPUT",)), owned=True)  # reconfigured: the guard goes, sysctl back

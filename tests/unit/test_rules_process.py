@@ -47,10 +47,19 @@ class Sent:
 
 
 def config(tmp_path: Path, **rules: Any) -> Any:
-    doc = {"fastdns": {"resolv_conf": str(tmp_path / "resolv.conf"), "fallback": [],
-                       "rules": {"enabled": True, "virtual_ip": "10.201.0.53",
-                                 "reconcile_interval": 8, "interfaces": "any",
-                                 **rules}}}  # fmt: skip
+    doc = {
+        "fastdns": {
+            "resolv_conf": str(tmp_path / "resolv.conf"),
+            "fallback": [],
+            "rules": {
+                "enabled": True,
+                "virtual_ip": "10.201.0.53",
+                "reconcile_interval": 8,
+                "interfaces": "any",
+                **rules,
+            },
+        }
+    }
     return build_config(doc, str(tmp_path / "fastdns.yaml"))
 
 
@@ -58,8 +67,13 @@ def config(tmp_path: Path, **rules: Any) -> Any:
 def _proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> rulesproc.RulesProcess:
     monkeypatch.setattr(rulesproc, "listener_answers", lambda *a, **k: "")
     monkeypatch.setattr(rulesproc, "probe_for_loop", lambda *a, **k: [])
-    p = rulesproc.RulesProcess(config(tmp_path), 5353, 5354, manager=FakeManager(),  # type: ignore[arg-type]
-                               clock=lambda: 1000.0)  # fmt: skip
+    p = rulesproc.RulesProcess(
+        config(tmp_path),
+        5353,
+        5354,
+        manager=FakeManager(),  # type: ignore[arg-type]
+        clock=lambda: 1000.0,
+    )
     p.sender = Sent()  # type: ignore[assignment]
     return p
 
@@ -92,8 +106,9 @@ def test_failing_iptables_keeps_the_process_alive(proc: rulesproc.RulesProcess) 
     assert "table nat missing" in proc.error
 
 
-def test_waits_for_the_listener(proc: rulesproc.RulesProcess, monkeypatch: pytest.MonkeyPatch
-                                ) -> None:  # fmt: skip
+def test_waits_for_the_listener(
+    proc: rulesproc.RulesProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(rulesproc, "listener_answers", lambda *a, **k: "connection refused")
     assert proc.step() == 0.5
     assert not proc.manager.applied  # type: ignore[attr-defined]
@@ -107,7 +122,8 @@ def test_sighup_reads_new_ports_and_config(proc: rulesproc.RulesProcess, tmp_pat
     proc.ports_path = str(ports)
     (tmp_path / "fastdns.yaml").write_text(
         "fastdns:\n  fallback: []\n  rules: {enabled: true, virtual_ip: 10.201.0.53, "
-        "chain: OTHER, interfaces: any}\n")  # fmt: skip
+        "chain: OTHER, interfaces: any}\n"
+    )
     proc.reload()
     proc.step()
     new = proc.manager.applied[-1]  # type: ignore[attr-defined]
@@ -115,8 +131,9 @@ def test_sighup_reads_new_ports_and_config(proc: rulesproc.RulesProcess, tmp_pat
     assert proc.manager.removed == [("FASTDNS", 4)]  # type: ignore[attr-defined]
 
 
-def test_invalid_config_on_reload_keeps_the_old_one(proc: rulesproc.RulesProcess,
-                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_invalid_config_on_reload_keeps_the_old_one(
+    proc: rulesproc.RulesProcess, tmp_path: Path
+) -> None:
     (tmp_path / "fastdns.yaml").write_text("fastdns: {rules: {chain: 'bad chain!'}}\n")
     before = proc.config
     proc.reload()
@@ -139,8 +156,9 @@ def test_shutdown_removes_and_reports(proc: rulesproc.RulesProcess) -> None:
     assert proc.sender.messages[-1]["installed"] is False  # type: ignore[attr-defined]
 
 
-def test_bad_plan_is_reported_not_retried_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                              ) -> None:  # fmt: skip
+def test_bad_plan_is_reported_not_retried_fast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(rulesproc, "listener_answers", lambda *a, **k: "")
     p = rulesproc.RulesProcess(config(tmp_path), 0, 5354, manager=FakeManager())  # type: ignore[arg-type]
     assert p.step() == 8
@@ -199,8 +217,9 @@ def test_an_upstream_silent_to_the_loop_probe_is_probed_again_a_few_times(
     assert [proc.step() for _ in range(4)] == [2.0, 2.0, 8, 8]
     assert len(calls) == 3  # twice silent, then answered: no more probes
 
-    monkeypatch.setattr(rulesproc, "probe_for_loop",
-                        lambda *a, silent=None, **k: (silent.append("x"), [])[1])  # fmt: skip
+    monkeypatch.setattr(
+        rulesproc, "probe_for_loop", lambda *a, silent=None, **k: (silent.append("x"), [])[1]
+    )
     proc.loop_checked = proc.loop_retry_plan = None  # as a reload does
     assert [proc.step() for _ in range(6)] == [2.0, 2.0, 2.0, 8, 8, 8]  # then it gives up
 
@@ -217,8 +236,16 @@ def test_no_guest_facing_interface_refuses_to_start_then_only_reports(
     held = {"eth0": ["10.0.0.9"]}
     monkeypatch.setattr(rulesproc, "interface_addresses", lambda: held)
     doc = config(tmp_path)
-    cfg = build_config({"fastdns": {"fallback": [], "host_ip": "10.200.0.1", "rules": {
-        "enabled": True, "virtual_ip": "10.201.0.53"}}}, doc.path)  # fmt: skip
+    cfg = build_config(
+        {
+            "fastdns": {
+                "fallback": [],
+                "host_ip": "10.200.0.1",
+                "rules": {"enabled": True, "virtual_ip": "10.201.0.53"},
+            }
+        },
+        doc.path,
+    )
     proc = rulesproc.RulesProcess(cfg, 5353, 5354, manager=FakeManager())  # type: ignore[arg-type]
     proc.sender = Sent()  # type: ignore[assignment]
     with pytest.raises(BootError, match=r"no interface holds fastdns.host_ip 10.200.0.1"):

@@ -35,8 +35,17 @@ def make(clock: Clock, **config: Any) -> sup.Supervisor:
 
 
 def child(s: sup.Supervisor, pid: int, slot: int = 0, **kwargs: Any) -> children.Child:
-    c = children.Child("worker", pid, -1, s.clock(), slot=slot, generation=s.current.number,
-                  config=s.config, last_beat=s.clock(), **kwargs)  # fmt: skip
+    c = children.Child(
+        "worker",
+        pid,
+        -1,
+        s.clock(),
+        slot=slot,
+        generation=s.current.number,
+        config=s.config,
+        last_beat=s.clock(),
+        **kwargs,
+    )
     s.children[pid] = c
     return c
 

@@ -86,11 +86,17 @@ def test_tcp_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("tcp_max_connections_per_source", 0), ("tcp_max_connections_per_source", 1.5),
-     ("tcp_frame_timeout", 0), ("tcp_frame_timeout", "2"), ("tcp_frame_timeout", 61),
-     ("tcp_max_write_buffer", 65536), ("tcp_max_write_buffer", True),
-     ("tcp_max_write_buffer", 2 << 30)],
-)  # fmt: skip
+    [
+        ("tcp_max_connections_per_source", 0),
+        ("tcp_max_connections_per_source", 1.5),
+        ("tcp_frame_timeout", 0),
+        ("tcp_frame_timeout", "2"),
+        ("tcp_frame_timeout", 61),
+        ("tcp_max_write_buffer", 65536),
+        ("tcp_max_write_buffer", True),
+        ("tcp_max_write_buffer", 2 << 30),
+    ],
+)
 def test_bad_tcp_limits_are_config_errors(key: str, value: object) -> None:
     with pytest.raises(ConfigError) as e:
         build_config({"fastdns": {key: value}})

@@ -14,8 +14,18 @@ from pathlib import Path
 import pytest
 
 UNIT = Path(__file__).resolve().parent
-FORBIDDEN = frozenset({"socket", "asyncio", "uvloop", "subprocess", "threading",
-                       "multiprocessing", "selectors", "concurrent"})  # fmt: skip
+FORBIDDEN = frozenset(
+    {
+        "socket",
+        "asyncio",
+        "uvloop",
+        "subprocess",
+        "threading",
+        "multiprocessing",
+        "selectors",
+        "concurrent",
+    }
+)
 INERT = {
     "socket": frozenset({"AF_INET", "AF_INET6", "SOCK_DGRAM", "SOCK_STREAM"}),
     "subprocess": frozenset({"CompletedProcess"}),
@@ -27,14 +37,20 @@ def impure_imports(source: str) -> list[str]:
     bad: list[str] = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            bad += [f"{node.lineno}: import {a.name}" for a in node.names
-                    if a.name.split(".")[0] in FORBIDDEN]  # fmt: skip
+            bad += [
+                f"{node.lineno}: import {a.name}"
+                for a in node.names
+                if a.name.split(".")[0] in FORBIDDEN
+            ]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             top = node.module.split(".")[0]
             if top in FORBIDDEN:
                 allowed = INERT.get(node.module, frozenset())
-                bad += [f"{node.lineno}: from {node.module} import {a.name}" for a in node.names
-                        if a.name not in allowed]  # fmt: skip
+                bad += [
+                    f"{node.lineno}: from {node.module} import {a.name}"
+                    for a in node.names
+                    if a.name not in allowed
+                ]
     return bad
 
 
@@ -45,21 +61,36 @@ MODULES = sorted(p for p in UNIT.rglob("*.py"))
 def test_unit_module_imports_nothing_impure(path: Path) -> None:
     bad = impure_imports(path.read_text())
     assert not bad, f"{path.name} is not pure, move the test to tests/integration:\n" + "\n".join(
-        bad)
+        bad
+    )
 
 
-@pytest.mark.parametrize("source", [
-    "import socket", "import asyncio.events", "from asyncio import new_event_loop",
-    "def f():\n    import subprocess\n", "import uvloop as u", "from threading import Thread",
-    "from socket import socketpair", "from concurrent.futures import ThreadPoolExecutor",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import socket",
+        "import asyncio.events",
+        "from asyncio import new_event_loop",
+        "def f():\n    import subprocess\n",
+        "import uvloop as u",
+        "from threading import Thread",
+        "from socket import socketpair",
+        "from concurrent.futures import ThreadPoolExecutor",
+    ],
+)
 def test_the_check_catches(source: str) -> None:
     assert impure_imports(source)
 
 
-@pytest.mark.parametrize("source", [
-    "from socket import AF_INET, AF_INET6", "from subprocess import CompletedProcess",
-    "import dns.message", "from fastdns.dns import wire", "import sockets_like_name",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from socket import AF_INET, AF_INET6",
+        "from subprocess import CompletedProcess",
+        "import dns.message",
+        "from fastdns.dns import wire",
+        "import sockets_like_name",
+    ],
+)
 def test_the_check_lets_pass(source: str) -> None:
     assert not impure_imports(source)

@@ -31,14 +31,21 @@ def query_bytes(
     if edns is None and not do and not options:
         return dns.message.make_query(name, rdtype, rdclass, id=qid).to_wire()
     q = dns.message.make_query(
-        name, rdtype, rdclass, use_edns=0, payload=edns or 1232, want_dnssec=do,
-        options=options, id=qid,
-    )  # fmt: skip
+        name,
+        rdtype,
+        rdclass,
+        use_edns=0,
+        payload=edns or 1232,
+        want_dnssec=do,
+        options=options,
+        id=qid,
+    )
     return q.to_wire()
 
 
-def header(qid: int = 1, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0,
-           ar: int = 0) -> bytes:  # fmt: skip
+def header(
+    qid: int = 1, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0
+) -> bytes:
     return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
 
 
@@ -274,9 +281,10 @@ def response(
     q = dns.message.make_query(qname, "A", use_edns=0 if edns else False)
     r = dns.message.make_response(q)
     r.answer.append(
-        dns.rrset.from_text_list(qname, 300, "IN", "A",
-                                 [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(n)])
-    )  # fmt: skip
+        dns.rrset.from_text_list(
+            qname, 300, "IN", "A", [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(n)]
+        )
+    )
     for k in range(extra_sets):
         txt = '"' + "x" * 100 + '"'
         r.answer.append(dns.rrset.from_text(f"s{k}.{qname}", 300, "IN", "TXT", txt))
@@ -341,8 +349,12 @@ def test_truncate_with_opt_not_last() -> None:
     body = response(n=20, additional=30)  # no EDNS
     no_glue = response(n=20)  # the same header, question and answer, nothing else
     qid, flags, qd, an, ns, ar = struct.unpack_from("!HHHHHH", body)
-    raw = (struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar + 1) + no_glue[12:] + _opt(1232)
-           + body[len(no_glue) :])  # fmt: skip
+    raw = (
+        struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar + 1)
+        + no_glue[12:]
+        + _opt(1232)
+        + body[len(no_glue) :]
+    )
     m = dns.message.from_wire(raw)  # sanity: a valid message with OPT first
     assert m.edns == 0 and len(m.additional) == 30
     t = compose.truncate(raw, 512)
@@ -448,8 +460,9 @@ def test_match_opt_adds_or_removes_opt() -> None:
     assert removed.edns == -1 and len(removed.answer[0]) == 2 and len(removed.additional) == 1
 
 
-def _reply_with(qname: str, qtype: str, *rrsets: tuple[str, str, str], rcode: int = 0) -> tuple[
-        bytes, wire.Query]:  # fmt: skip
+def _reply_with(
+    qname: str, qtype: str, *rrsets: tuple[str, str, str], rcode: int = 0
+) -> tuple[bytes, wire.Query]:
     q = dns.message.make_query(qname, qtype)
     r = dns.message.make_response(q)
     r.set_rcode(rcode)
@@ -470,7 +483,7 @@ def _reply_with(qname: str, qtype: str, *rrsets: tuple[str, str, str], rcode: in
         ("A", [], 3, False),  # NXDOMAIN
         ("A", [("a.example.", "A", "192.0.2.1")], 2, False),  # SERVFAIL, whatever it holds
     ],
-)  # fmt: skip
+)
 def test_has_answer_wants_a_record_of_the_asked_type(
     qtype: str, rrsets: list[tuple[str, str, str]], rcode: int, want: bool
 ) -> None:

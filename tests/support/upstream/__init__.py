@@ -29,5 +29,13 @@ from .seen import Handler, Seen, Transport
 from .server import FakeUpstream
 from .zone import RecordValue
 
-__all__ = ["FakeUpstream", "Handler", "RecordValue", "Seen", "Spoof", "Transport",
-           "dead_address", "next_address"]  # fmt: skip
+__all__ = [
+    "FakeUpstream",
+    "Handler",
+    "RecordValue",
+    "Seen",
+    "Spoof",
+    "Transport",
+    "dead_address",
+    "next_address",
+]

@@ -18,8 +18,16 @@ from .seen import Handler, Seen, Transport
 from .zone import Zone
 
 
-def replies(query: dns.message.Message, seen: Seen, b: Behaviour, transport: Transport, *,
-            zone: Zone, max_udp: int, handler: Handler | None) -> list[bytes]:  # fmt: skip
+def replies(
+    query: dns.message.Message,
+    seen: Seen,
+    b: Behaviour,
+    transport: Transport,
+    *,
+    zone: Zone,
+    max_udp: int,
+    handler: Handler | None,
+) -> list[bytes]:
     """Every datagram (or TCP message) to send for ``query``, in order."""
     if query.opcode() != dns.opcode.QUERY:
         return [error(query, dns.rcode.NOTIMP, max_udp)]
@@ -54,8 +62,9 @@ def error(query: dns.message.Message, rcode: dns.rcode.Rcode, max_udp: int) -> b
     return response.to_wire(max_size=65535)
 
 
-def _response(query: dns.message.Message, forced: dns.rcode.Rcode | None, zone: Zone,
-              max_udp: int) -> dns.message.Message:  # fmt: skip
+def _response(
+    query: dns.message.Message, forced: dns.rcode.Rcode | None, zone: Zone, max_udp: int
+) -> dns.message.Message:
     response = dns.message.make_response(query, recursion_available=True, our_payload=max_udp)
     if query.edns >= 0:
         response.want_dnssec(bool(query.ednsflags & dns.flags.DO))  # RFC 3225 §3

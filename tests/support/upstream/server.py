@@ -173,8 +173,14 @@ class FakeUpstream:
           question is ``wrong.<qname>``; ``True`` or ``"only"`` sends just that,
           ``"then-correct"`` sends it and then the correct reply.
         """
-        given = {"rcode": rcode, "delay": delay, "drop": drop, "truncate": truncate,
-                 "wrong_id": wrong_id, "wrong_question": wrong_question}  # fmt: skip
+        given = {
+            "rcode": rcode,
+            "delay": delay,
+            "drop": drop,
+            "truncate": truncate,
+            "wrong_id": wrong_id,
+            "wrong_question": wrong_question,
+        }
         knobs = {key: value for key, value in given.items() if value is not None}
         self.rules.set(name, qtype, transport, times, knobs)
 
@@ -373,8 +379,9 @@ class FakeUpstream:
         b = self.rules.for_query(q.name, q.rdtype, transport)
         if b.drop:
             return
-        out = replies(query, seen, b, transport, zone=self.zone, max_udp=self.max_udp,
-                      handler=self.handler)  # fmt: skip
+        out = replies(
+            query, seen, b, transport, zone=self.zone, max_udp=self.max_udp, handler=self.handler
+        )
 
         def send_all() -> None:
             for r in out:
