@@ -217,6 +217,16 @@ class Pipeline:
 
     # ------------------------------------------------------------------ asynchronous answers
 
+    async def answer_or_servfail(self, q: wire.Query, proto: str) -> Resolved:
+        """``answer``, with a bug turned into SERVFAIL for the client (logged and counted)
+        instead of a lost query: what the UDP and TCP servers run as a task."""
+        try:
+            return await self.answer(q)
+        except Exception:
+            logger.exception("unhandled error answering a %s query", proto.upper())
+            self.stats.inc("unhandled_exceptions")
+            return Resolved(compose.error_reply(q, wire.SERVFAIL), "server")
+
     async def answer(self, q: wire.Query) -> Resolved:
         """Resolve ``q`` (not answerable synchronously) within the configured deadline."""
         deadline = self.loop.time() + self.config.deadline

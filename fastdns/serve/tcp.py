@@ -324,12 +324,7 @@ class TCPServer(asyncio.Protocol):
         state.spawn(self._answer(q, len(frame), t0))
 
     async def _answer(self, q: wire.Query, size: int, t0: float) -> None:
-        try:
-            res = await self.state.pipeline.answer(q)
-        except Exception:
-            logger.exception("unhandled error answering a TCP query")
-            self.state.stats.inc("unhandled_exceptions")
-            res = Resolved(compose.error_reply(q, wire.SERVFAIL), "server")
+        res = await self.state.pipeline.answer_or_servfail(q, "tcp")
         self.pending -= 1
         self._write(res.reply)
         self.state.accounting.record("tcp", q, res, size, t0)

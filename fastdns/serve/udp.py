@@ -320,12 +320,7 @@ class UDPServer:
         state.spawn(self._answer(q, addr, len(data), t0))
 
     async def _answer(self, q: wire.Query, addr: Any, size: int, t0: float) -> None:
-        try:
-            res = await self.state.pipeline.answer(q)
-        except Exception:
-            logger.exception("unhandled error answering a UDP query")
-            self.state.stats.inc("unhandled_exceptions")
-            res = Resolved(compose.error_reply(q, wire.SERVFAIL), "server")
+        res = await self.state.pipeline.answer_or_servfail(q, "udp")
         self.send_answer(q, res, addr, size, t0)
 
     def send_answer(self, q: wire.Query, res: Resolved, addr: Any, size: int, t0: float) -> None:

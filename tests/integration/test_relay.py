@@ -221,3 +221,26 @@ def test_a_failure_storing_the_reply_still_answers_the_client(
     assert reply.id == 4242 and a_of(reply) == ["192.0.2.1"]  # the upstream's answer, spliced
     assert srv.call(lambda: srv.worker.stats.counters.get(("unhandled_exceptions",), 0)) == 1
     assert srv.call(lambda: len(pipeline.pending)) == 0
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_a_bug_while_resolving_is_servfail_for_the_client(
+    inproc: InProcessFactory,
+    tmp_path: Path,
+    ups: tuple[FakeUpstream, FakeUpstream],
+    tcp: bool,
+) -> None:
+    """A task that raises (a bug below the server) answers SERVFAIL and is counted, over UDP
+    and TCP alike (``Pipeline.answer_or_servfail``): the client never waits out its timeout."""
+    srv = serve(inproc, tmp_path, *ups)
+    pipeline = srv.worker.pipeline
+    assert pipeline is not None
+
+    async def broken(q: Any) -> Any:
+        raise RuntimeError("a bug in resolution")
+
+    srv.call(lambda: setattr(pipeline, "answer", broken))
+    srv.call(lambda: setattr(srv.worker.state.relay, "closed", True))  # type: ignore[union-attr]
+    reply = query(LOCAL, srv.tcp_port if tcp else srv.udp_port, "n40.lane.test", "A", tcp=tcp)
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert srv.call(lambda: srv.worker.stats.counters.get(("unhandled_exceptions",), 0)) == 1
