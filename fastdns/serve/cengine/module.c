@@ -1,0 +1,30 @@
+/* fastdns.serve._cengine: the compiled UDP datapath (docs/datapath.md).
+ *
+ * One extension module, built from the C files in this directory:
+ *   module.c  this file: the module and its functions
+ * Every read of packet bytes is bounds-checked; nothing here grows without a bound.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static PyMethodDef module_methods[] = {
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef cengine_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "fastdns.serve._cengine",
+    .m_doc = "The compiled UDP datapath of a fastdns worker.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__cengine(void) {
+    PyObject *m = PyModule_Create(&cengine_module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "ABI", 1) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
