@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
+from fastdns.config.routes import load_forward
 from fastdns.config.schema import (
     CacheConfig,
     Config,
+    ForwardConfig,
     MetricsConfig,
     NativeConfig,
     RulesConfig,
@@ -84,6 +86,7 @@ _FASTDNS_KEYS = {
     "worker_timeout",
     "user",
     "native",
+    "forward",
     "cache",
     "metrics",
     "rules",
@@ -148,6 +151,8 @@ def build_config(
     deadline = num("deadline", float, 0.05, 60)
     user = get_str(f, "user", fp, "", p)
     workers = num("workers", int, 0, 256)
+    forward = section(f, "forward", fp, p)
+    resolver_dir = _relative_to(path, get_str(forward, "resolver_dir", f"{fp}.forward", "", p))
     cfg = Config(
         path=path,
         enabled=enabled,
@@ -180,6 +185,7 @@ def build_config(
         worker_timeout=num("worker_timeout", float, 1, 3600),
         user=user,
         native=load_native(section(f, "native", fp, p), p),
+        forward=load_forward(forward, p, resolver_dir),
         cache=load_cache(section(f, "cache", fp, p), p),
         metrics=load_metrics(section(f, "metrics", fp, p), p),
         rules=load_rules(section(f, "rules", fp, p), p),
@@ -237,6 +243,7 @@ def known_keys() -> frozenset[str]:
     keys = {f"hostResolver.{key}" for key in HOST_RESOLVER_KEYS} | {"dns"}
     sections: dict[str, type[DataclassInstance]] = {
         "native": NativeConfig,
+        "forward": ForwardConfig,
         "cache": CacheConfig,
         "metrics": MetricsConfig,
         "rules": RulesConfig,

@@ -58,6 +58,43 @@ class CacheConfig:
     prefetch_duration: int = 60  # hits count towards ``prefetch`` while no gap exceeds this
 
 
+Transport = Literal["udp", "tcp", "tls"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteServer:
+    """One server of a forwarding route: ``IP``, ``IP:port``, ``[v6]:port``, ``tcp://...``
+    or ``tls://...`` (fastdns.config.routes.parse_server)."""
+
+    host: str
+    port: int
+    transport: Transport = "udp"
+
+    def label(self) -> str:
+        """``host:port`` as the upstream metrics name it (``tcp://`` prefixed for TCP)."""
+        prefix = "" if self.transport == "udp" else f"{self.transport}://"
+        return f"{prefix}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """Names under any of ``domains`` (lower case, no final dot) go to ``servers`` only."""
+
+    domains: tuple[str, ...]
+    servers: tuple[RouteServer, ...]
+    tls_name: str = ""
+    timeout: float | None = None  # per attempt; None: fastdns.upstream_timeout
+    origin: str = "config"  # "config", or the resolver_dir file it came from
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    """Per-domain forwarding (docs/routing.md)."""
+
+    domains: tuple[RouteConfig, ...] = ()
+    resolver_dir: str = ""  # macOS-style /etc/resolver directory; "" = none
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str = ""  # "host:port"; empty = no metrics endpoint
@@ -117,6 +154,7 @@ class Config:
     worker_timeout: float = 10.0  # a worker whose loop is silent this long is replaced
     user: str = ""  # drop workers to this user after binding (when root)
     native: NativeConfig = field(default_factory=NativeConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)

@@ -62,7 +62,7 @@ UPSTREAM_SOURCES = frozenset(("resolv_conf", "dns", "fallback", "none"))
 RECONCILE_RESULTS = frozenset(("ok", "changed", "error"))
 # Label values chosen by configuration (upstream addresses) or the supervisor (slots, restart
 # reasons): bounded by admitting the first N distinct values and mapping later ones to "other".
-CAPPED_LABELS = {"to": 32, "slot": 128, "reason": 16, "result": 8, "kind": 8}
+CAPPED_LABELS = {"to": 32, "slot": 128, "reason": 16, "result": 8, "kind": 8, "route": 64}
 # Labels every series of a family shares, filled by the metrics process (one value each).
 CONTEXT_LABELS = frozenset(("server", "family"))
 # The rcodes after which a forwarder asks the next upstream (fastdns/dns/wire.py).
@@ -313,6 +313,27 @@ METRICS: tuple[MetricDef, ...] = (
         ("source",),
         values={"source": UPSTREAM_SOURCES},
     ),
+    # --- per-domain routes (docs/routing.md) ---------------------------------------------------
+    MetricDef(
+        "fastdns_forward_route_requests_total",
+        "counter",
+        "Queries forwarded by a per-domain route, by route (its first domain).",
+        ("route",),
+    ),
+    MetricDef(
+        "fastdns_forward_route_failures_total",
+        "counter",
+        "Queries of a route answered SERVFAIL because every server of the route failed or "
+        "the deadline passed, by route.",
+        ("route",),
+    ),
+    MetricDef(
+        "fastdns_forward_route_duration_seconds",
+        "histogram",
+        "Time to forward a routed query through its route (all attempts), by route.",
+        ("route",),
+        TIME_BUCKETS,
+    ),
     # --- the native (c-ares) path ------------------------------------------------------------
     MetricDef(
         "fastdns_native_request_duration_seconds",
@@ -459,6 +480,9 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "upstream_source": (Source("fastdns_forward_upstream_source", ("source",)),),
     "upstream_sockets": (Source("fastdns_forward_upstream_sockets", ("to",)),),
     "upstream_socket": (Source("fastdns_forward_socket_events_total", ("to", "event")),),
+    "route_requests": (Source("fastdns_forward_route_requests_total", ("route",)),),
+    "route_failures": (Source("fastdns_forward_route_failures_total", ("route",)),),
+    "route_duration": (Source("fastdns_forward_route_duration_seconds", ("route",)),),
     "native_duration": (Source("fastdns_native_request_duration_seconds", ("type", "rcode")),),
     "native_fallback": (Source("fastdns_native_fallbacks_total", ("reason",)),),
     "native_forward_first": (Source("fastdns_native_forward_first_total", ("outcome",)),),

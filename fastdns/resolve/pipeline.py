@@ -21,6 +21,7 @@ from fastdns.dns.resolved import PROBE, Resolved
 from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.cache.store import PacketCache
 from fastdns.resolve.forward.attempts import Attempts
+from fastdns.resolve.forward.routes import Route
 from fastdns.resolve.forward.upstream import Forwarder, Mailbox
 from fastdns.resolve.hosts import HostsFile, StaticAnswer, StaticHosts
 
@@ -275,6 +276,11 @@ class Pipeline:
         if self.loop_suffix and loopguard.is_probe(q.qname, self.loop_suffix):
             self._loop_detected(q)
             return Resolved(loopguard.marker_reply(q, self.opt_size), PROBE)
+        routes = self.forwarder.routes
+        if routes:
+            route = routes.match(q.qname)
+            if route is not None:  # its servers only: no c-ares, no default upstream
+                return await self.forward_rest(q, deadline, route=route)
         native = self.native
         if native is not None:
             if native.forward_first(q):
@@ -303,14 +309,21 @@ class Pipeline:
         deadline: float,
         machine: Attempts | None = None,
         box: Mailbox | None = None,
+        route: Route | None = None,
     ) -> Resolved:
         """Forward ``q`` raw (``Forwarder.exchange``; with ``machine`` and ``box``, from where
-        the forward fast lane left off): the reply, or SERVFAIL when every upstream failed."""
-        result = await self.forwarder.exchange(q, deadline, machine, box)
+        the forward fast lane left off; ``route``: a routed name, to its servers only): the
+        reply, or SERVFAIL when every upstream failed."""
+        fwd = self.forwarder
+        result = await fwd.exchange(q, deadline, machine, box, route)
+        if route is not None:  # the query started ``config.deadline`` before its deadline
+            fwd.note_route(route, deadline - self.config.deadline, result.reply is not None)
         if result.reply is None:
             self.stats.inc("servfail_exhausted")
             return Resolved(compose.error_reply(q, wire.SERVFAIL, self.opt_size), "server")
-        source = "fallback" if self.forwarder.plan.source == "fallback" else "forward"
+        if route is not None:
+            return Resolved(result.reply, "forward")
+        source = "fallback" if fwd.plan.source == "fallback" else "forward"
         return Resolved(result.reply, source)
 
     # ------------------------------------------------------------------ the packet cache

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import Resolved
 from fastdns.resolve.forward.attempts import DONE, UDP, Attempts
+from fastdns.resolve.forward.routes import Route
 from fastdns.resolve.forward.upsock import PortSocket, UpstreamDown
 from fastdns.resolve.forward.upstream import Mailbox
 from fastdns.resolve.pipeline import Pipeline, Spawn
@@ -65,6 +66,7 @@ class Relayed:
         "native",
         "q",
         "relay",
+        "route",
         "sent",
         "server",
         "sink",
@@ -87,6 +89,7 @@ class Relayed:
         self.sent = self.expires = self.deadline = 0.0
         self.fut: asyncio.Future[Resolved] | None = None
         self.m: Attempts | None = None  # set by ``Relay.start``
+        self.route: Route | None = None  # a routed name: its route's servers only
 
     # The part of the Future interface PortSocket uses.
     def done(self) -> bool:
@@ -126,10 +129,13 @@ class Relay:
         if pipeline.loop_suffix and loopguard.is_probe(q.qname, pipeline.loop_suffix):
             return False
         fwd = self.forwarder
-        if not fwd.plan.servers:
+        # A routed name is relayed to its route's servers only, never to the default ones
+        # (docs/routing.md); a tcp:// first server leaves it to the general path.
+        route = fwd.routes.match(q.qname) if fwd.routes else None
+        if route is None and not fwd.plan.servers:
             return False
         now = self.loop.time()
-        m = fwd.attempts(now + self.config.deadline)
+        m = fwd.attempts(now + self.config.deadline, route)
         if m.start(now) != UDP:
             return False
         server = m.server
@@ -139,7 +145,7 @@ class Relay:
             return False  # the general path counts the failure
         lookup = pipeline.native
         native = False
-        if lookup is not None:
+        if lookup is not None and route is None:
             reason = lookup.decline_reason(q)
             if reason is None:
                 if not lookup.forward_first(q):
@@ -152,6 +158,7 @@ class Relay:
                 lookup.count_fallback(reason)
         r = Relayed(self, q, sink, addr, size, t0)
         r.m = m
+        r.route = route
         r.native = native
         r.server = server
         r.sent = now
@@ -194,7 +201,11 @@ class Relay:
             self._hand_off(r, "failover", None)
             return
         fwd.stats.counters[_ANSWERED] += 1
-        source = "fallback" if fwd.plan.source == "fallback" else "forward"
+        if r.route is not None:
+            fwd.note_route(r.route, r.sent, True)
+            source = "forward"
+        else:
+            source = "fallback" if fwd.plan.source == "fallback" else "forward"
         res = Resolved(data, source)
         native = self.pipeline.native
         if r.native and native is not None and native.settle(r.q, data):
@@ -269,7 +280,7 @@ class Relay:
 
     async def _forward_rest(self, r: Relayed, box: Mailbox | None) -> Resolved:
         pipeline = self.pipeline
-        res = await pipeline.forward_rest(r.q, r.deadline, r.m, box)
+        res = await pipeline.forward_rest(r.q, r.deadline, r.m, box, r.route)
         return await pipeline.settle(r.q, res, r.deadline) if r.native else res
 
     async def _general(self, r: Relayed, step: Awaitable[Resolved]) -> None:

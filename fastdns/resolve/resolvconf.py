@@ -120,6 +120,16 @@ def plan_upstreams(config: Config, resolv: ResolvConf, own_port: int | None) -> 
     return UpstreamPlan(fallback, "fallback" if fallback else "none", resolv)
 
 
+def loops_back(config: Config, server: tuple[str, int], own_port: int | None) -> bool:
+    """Whether forwarding to ``server`` (a route's) would reach fastdns itself: its own
+    listen address and port, or the rules' virtual address (docs/rules.md)."""
+    host, port = server
+    if own_port is not None and port == own_port and _is_self(host, config.listen):
+        return True
+    redirected = config.rules.enabled and "OUTPUT" in config.rules.hooks
+    return redirected and port == DNS_PORT and _same_ip(host, config.rules.virtual_ip)
+
+
 def _is_self(nameserver: str, listen: str) -> bool:
     """Whether ``nameserver``:53 reaches fastdns listening on ``listen``:53.
 

@@ -23,11 +23,14 @@ from fastdns.errors import BootError, ExitCode
 from fastdns.ipc import ControlWriter, StatusSender
 from fastdns.metrics.stats import WorkerStats, worker_message
 from fastdns.resolve.forward import sockmark
+from fastdns.resolve.forward.resolverdir import ResolverDir
+from fastdns.resolve.forward.routes import merge_routes
 from fastdns.resolve.forward.upstream import Forwarder
 from fastdns.resolve.pipeline import NativeLookup, Pipeline
 from fastdns.resolve.resolvconf import (
     FileWatch,
     UpstreamPlan,
+    loops_back,
     plan_upstreams,
     read_resolv_conf,
     same_plan,
@@ -140,6 +143,13 @@ class Worker:
         self.resolv_watch = FileWatch(config.resolv_conf)
         self.resolv_hold = GraceHold(config.resolv_conf, "nameservers")
         self._plan_told = False  # replan() has logged a plan
+        # fastdns.forward.resolver_dir (docs/routing.md); warnings from one worker only.
+        self.resolver_dir = (
+            ResolverDir(config.forward.resolver_dir, log=slot == 0)
+            if config.forward.resolver_dir
+            else None
+        )
+        self._routes_told = False
         self.reload_hooks: list[Callable[[], None]] = []
         self._recheck: asyncio.TimerHandle | None = None
 
@@ -172,7 +182,7 @@ class Worker:
         if self.forwarder is not None:
             plan, now = self.forwarder.plan, self.forwarder.clock()
             gauges[("upstream_source", plan.source)] = 1
-            for server in plan.servers:
+            for server in {*plan.servers, *self.forwarder.routes.servers()}:
                 health = self.forwarder.health.get(server)
                 up = 0 if health is not None and health.down(now) else 1
                 gauges[("upstream_up", f"{server[0]}:{server[1]}")] = up
@@ -202,6 +212,30 @@ class Worker:
             logger.log(level, "%s", describe_plan(plan, self.config))
         return True
 
+    def reroute(self) -> bool:
+        """Build the routes from fastdns.forward.domains and the resolver directory's files
+        (read already); True when they changed (the cache must then be cleared)."""
+        assert self.forwarder is not None
+        own = self.own_udp_port
+        from_dir = self.resolver_dir.routes if self.resolver_dir is not None else ()
+        table, warnings = merge_routes(
+            self.config.forward.domains,
+            from_dir,
+            lambda server: loops_back(self.config, server, own),
+        )
+        if self._routes_told and table.same(self.forwarder.routes):
+            return False
+        first = not self._routes_told
+        self._routes_told = True
+        self.forwarder.set_routes(table)
+        if self.slot == 0:
+            for w in warnings:
+                logger.warning("%s", w)
+            if table.routes or not first:
+                names = ", ".join(d for r in table.routes for d in r.domains) or "none"
+                logger.info("forwarding routes: %s", names)
+        return True
+
     async def setup(self) -> None:
         raise_nofile_limit()
         loop = asyncio.get_running_loop()
@@ -209,6 +243,9 @@ class Worker:
         self.stop_event = asyncio.Event()
         self.forwarder = Forwarder(loop, self.stats, self.config.upstream_timeout)
         self.replan()
+        if self.resolver_dir is not None:
+            self.resolver_dir.refresh()
+        self.reroute()
         native = self.native_factory(self) if self.native_factory else None
         self.pipeline = Pipeline(self.config, loop, self.stats, self.forwarder, native)
         if self.config.rules.enabled:  # the rules process probes for forwarding loops
@@ -253,10 +290,15 @@ class Worker:
         if self.pipeline.hosts_file.refresh():
             logger.info("reloaded %s", self.config.hosts_file)
             changed = True
+        # A route change clears the whole cache, as a resolv.conf change does: answers of the
+        # names it moved may be anywhere in it (positive, negative, under an alias's key).
+        if self.resolver_dir is not None and self.resolver_dir.refresh():
+            changed = self.reroute() or changed
         if changed:
             for hook in self.reload_hooks:
                 hook()
         holding = self.resolv_hold.holding or self.pipeline.hosts_file.hold_pending
+        holding = holding or (self.resolver_dir is not None and self.resolver_dir.holding)
         if holding and self._recheck is None and self.loop is not None:
             self._recheck = self.loop.call_later(RECHECK, self._check_again)
 

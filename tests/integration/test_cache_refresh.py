@@ -11,6 +11,7 @@ import dns.message
 from fastdns.config.load import build_config
 from fastdns.dns import compose, wire
 from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.routes import RouteTable
 from fastdns.resolve.pipeline import Pipeline
 
 
@@ -28,6 +29,7 @@ class CountingForwarder:
     def __init__(self) -> None:
         self.asked: list[str] = []
         self.plan = type("Plan", (), {"source": "resolv_conf"})()
+        self.routes = RouteTable()  # no per-domain routes
 
     async def exchange(self, q: wire.Query, deadline: float, *handed_over: Any) -> Any:
         self.asked.append(q.name)

@@ -23,6 +23,7 @@ from typing import Any
 import dns.message
 import yaml
 
+from fastdns.config.routes import parse_server
 from support import procfs, require_loopback
 from support.clients import dig, query
 from support.upstream import FakeUpstream
@@ -128,6 +129,22 @@ def _unsafe(doc: Mapping[str, Any], wildcard_listen: bool = False) -> list[str]:
             problems.append(f"{key} must be a list of loopback addresses")
             continue
         addresses += [(f"{key}[{i}]", v) for i, v in enumerate(values)]
+    forward = section.get("forward") or {}
+    if isinstance(forward, dict):
+        # Route servers must be loopback too; a resolver_dir must be the test's own.
+        for i, route in enumerate(forward.get("domains") or []):
+            servers = route.get("servers") if isinstance(route, dict) else None
+            for j, server in enumerate(servers if isinstance(servers, list) else []):
+                parsed = parse_server(server)  # invalid: fastdns refuses it, sends nothing
+                if not isinstance(parsed, str):
+                    addresses.append((f"fastdns.forward.domains[{i}].servers[{j}]", parsed.host))
+        rdir = forward.get("resolver_dir")
+        if rdir:
+            real = os.path.realpath(str(rdir))
+            if not os.path.isabs(str(rdir)) or any(
+                real == d or real.startswith(d + "/") for d in _SYSTEM_DIRS
+            ):
+                problems.append(f"fastdns.forward.resolver_dir must be a test folder, got {rdir}")
     metrics = section.get("metrics") or {}
     if isinstance(metrics, dict) and metrics.get("listen"):
         host = str(metrics["listen"]).rpartition(":")[0].strip("[]")

@@ -16,6 +16,8 @@ Rules (docs/answering.md):
   query;
 - a TC reply: the same server over TCP (RFC 7766 §5); when that fails, go on where the
   attempt that was truncated left off;
+- a server in ``tcp_only`` (a route's ``tcp://`` server) is asked over TCP only, each attempt
+  waiting ``timeout`` like a UDP one (its reply is not awaited after that);
 - every UDP attempt's reply stays acceptable until the deadline: after the last server, wait
   for replies still due; at the deadline (or with under a millisecond left before an attempt),
   give up (the caller answers SERVFAIL).
@@ -54,7 +56,7 @@ DOWN_FOR = 10.0
 
 # What the driver does next (the value every method returns; details in the attributes):
 UDP = 0  # send the query over UDP to ``server``; its attempt is ``seq``; wait until ``until``
-TCP = 1  # ask ``server`` over TCP (attempt ``seq``), at most until the deadline
+TCP = 1  # ask ``server`` over TCP (attempt ``seq``), at most until ``until``
 WAIT = 2  # wait for replies until ``until``, then call ``on_timeout``
 DONE = 3  # attempt ``seq``'s reply (from ``server``, over TCP when ``tcp``) is the answer
 GIVE_UP = 4  # no answer before the deadline: SERVFAIL
@@ -108,6 +110,7 @@ class Attempts:
         "servers",
         "step",
         "tcp",
+        "tcp_only",
         "timeout",
         "until",
     )
@@ -119,8 +122,9 @@ class Attempts:
         rounds: int,
         timeout: float,
         deadline: float,
+        tcp_only: frozenset[Server] = frozenset(),
     ) -> None:
-        self.servers, self.health = servers, health
+        self.servers, self.health, self.tcp_only = servers, health, tcp_only
         self.rounds, self.timeout, self.deadline = rounds, timeout, deadline
         self._order: list[Server] = []  # this round's servers, asked up to ``_idx``
         self._idx = 0
@@ -219,6 +223,10 @@ class Attempts:
             if self.deadline - now <= _MARGIN:
                 self.step = GIVE_UP
                 return GIVE_UP
+            if self.tcp_only and server in self.tcp_only:
+                seq = self.current = self._attempt(server, True)
+                self.until = min(now + self.timeout, self.deadline)
+                return self._go(TCP, server, seq)
             seq = self.current = self._attempt(server, False)
             self._outstanding += 1
             self.until = min(now + self.timeout, self.deadline)

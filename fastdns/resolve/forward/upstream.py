@@ -24,7 +24,9 @@ from fastdns.dns import wire
 from fastdns.metrics.stats import Histogram, WorkerStats
 from fastdns.resolve.forward.attempts import DONE, GIVE_UP, TCP, UDP, Attempts, Health
 from fastdns.resolve.forward.fdpoll import FdPoll
+from fastdns.resolve.forward.routes import Route, RouteTable
 from fastdns.resolve.forward.sockmark import mark_upstream
+from fastdns.resolve.forward.tcppool import ConnectionLost, TcpPool
 from fastdns.resolve.forward.upsock import PortSocket, UdpChannel, UpstreamDown, Waiter
 from fastdns.resolve.resolvconf import UpstreamPlan
 
@@ -143,22 +145,43 @@ class Forwarder:
     clock: Callable[[], float] = time.monotonic
     channels: dict[tuple[str, int], UdpChannel] = field(default_factory=dict)
     health: dict[tuple[str, int], Health] = field(default_factory=dict)
+    # Per-domain routes (docs/routing.md): a routed name goes to its route's servers only.
+    routes: RouteTable = field(default_factory=RouteTable)
+    pools: dict[tuple[str, int], TcpPool] = field(default_factory=dict)  # tcp:// servers
     _proxy_histograms: dict[tuple[tuple[str, int], int], Histogram] = field(default_factory=dict)
+    _route_histograms: dict[str, Histogram] = field(default_factory=dict)
     _poll: FdPoll | None = None  # the upstream sockets' epoll set, made with the first channel
 
     def set_plan(self, plan: UpstreamPlan) -> None:
         """Switch upstreams (resolv.conf changed); sockets of servers still named are kept."""
-        keep = set(plan.servers)
+        self.plan = plan
+        self._forget_unnamed()
+
+    def set_routes(self, routes: RouteTable) -> None:
+        """Switch routes (config or resolver_dir changed); what is still named is kept."""
+        self.routes = routes
+        self._forget_unnamed()
+
+    def _forget_unnamed(self) -> None:
+        keep = set(self.plan.servers) | self.routes.servers()
         for server in list(self.channels):
             if server not in keep:
                 self.channels.pop(server).close()
-                self.health.pop(server, None)
-        self.plan = plan
+        for server in list(self.health):
+            if server not in keep:
+                del self.health[server]
+        tcp = {s for r in self.routes.routes for s in r.tcp}
+        for server in list(self.pools):
+            if server not in tcp:
+                self.pools.pop(server).close()
 
     def close(self) -> None:
         for ch in self.channels.values():
             ch.close()
         self.channels.clear()
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
         if self._poll is not None:
             self._poll.close()
             self._poll = None
@@ -178,13 +201,38 @@ class Forwarder:
         now = self.loop.time()
         for ch in self.channels.values():
             ch.sweep(now)
+        for pool in self.pools.values():
+            pool.sweep(now)
 
-    def attempts(self, deadline: float) -> Attempts:
+    def attempts(self, deadline: float, route: Route | None = None) -> Attempts:
         """The state machine of one query forwarded under the current plan
-        (``fastdns.resolve.forward.attempts``): resolv.conf's ``attempts`` rounds, else 2."""
+        (``fastdns.resolve.forward.attempts``): resolv.conf's ``attempts`` rounds, else 2;
+        with ``route``, to that route's servers only, 2 rounds."""
+        if route is not None:
+            timeout = route.timeout or self.upstream_timeout
+            return Attempts(route.servers, self.health, 2, timeout, deadline, route.tcp)
         plan = self.plan
         rounds = plan.resolv.attempts if plan.source == "resolv_conf" else 2
         return Attempts(plan.servers, self.health, rounds, self.upstream_timeout, deadline)
+
+    def note_route(self, route: Route, t0: float, ok: bool) -> None:
+        """One query of ``route`` is done (an answer, or SERVFAIL when ``ok`` is false)."""
+        h = self._route_histograms.get(route.name)
+        if h is None:
+            h = self._route_histograms[route.name] = self.stats.histogram(
+                ("route_duration", route.name)
+            )
+        h.observe(self.loop.time() - t0)
+        counters = self.stats.counters
+        counters[("route_requests", route.name)] += 1
+        if not ok:
+            counters[("route_failures", route.name)] += 1
+
+    def pool(self, server: tuple[str, int]) -> TcpPool:
+        pool = self.pools.get(server)
+        if pool is None:
+            pool = self.pools[server] = TcpPool(self.loop, self.stats, server, sockaddr)
+        return pool
 
     def _send(
         self, server: tuple[str, int], q: wire.Query, box: Mailbox, t0: float, seq: int
@@ -271,13 +319,15 @@ class Forwarder:
         deadline: float,
         machine: Attempts | None = None,
         box: Mailbox | None = None,
+        route: Route | None = None,
     ) -> ForwardResult:
         """Drive ``machine`` (a fresh one for ``deadline``, or the one the fast lane handed
         over with its next step decided, and ``box``, where its attempt still awaited reports)
         until an acceptable reply or GIVE_UP. Every UDP attempt's ID stays valid until the
-        deadline: a reply later than ``upstream_timeout`` still answers."""
+        deadline: a reply later than ``upstream_timeout`` still answers. A fresh machine for
+        a routed name (``route``) asks that route's servers only."""
         loop = self.loop
-        m = machine if machine is not None else self.attempts(deadline)
+        m = machine if machine is not None else self.attempts(deadline, route)
         box = box if box is not None else Mailbox(loop)
         tcp_t0 = loop.time()  # a TCP step handed over: its duration counts from here
         timed_out = -1  # the attempt whose timeout was noted
@@ -336,8 +386,11 @@ class Forwarder:
         when that step is DONE."""
         server, seq = m.server, m.seq
         try:
-            reply = await self._tcp(server, q, m.deadline - self.loop.time())
-        except (TimeoutError, OSError, UpstreamDown) as e:
+            if server in m.tcp_only:  # a tcp:// route server: pooled connections
+                reply = await self.pool(server).query(q, m.until - self.loop.time())
+            else:  # a truncated UDP reply's retry: one connection (RFC 7766 §5)
+                reply = await self._tcp(server, q, m.until - self.loop.time())
+        except (TimeoutError, OSError, UpstreamDown, ConnectionLost) as e:
             self.note_failure(server, t0, "timeout" if isinstance(e, TimeoutError) else "error")
             return m.on_error(seq, self.loop.time()), None
         rcode = wire.reply_rcode(reply)
