@@ -24,7 +24,7 @@ from fastdns.ipc import ControlWriter, StatusSender
 from fastdns.metrics.stats import WorkerStats, worker_message
 from fastdns.resolve.forward import sockmark
 from fastdns.resolve.forward.upstream import Forwarder
-from fastdns.resolve.pipeline import NativeLookup, Pipeline
+from fastdns.resolve.pipeline import NativeLookup, NssLookup, Pipeline
 from fastdns.resolve.resolvconf import (
     FileWatch,
     UpstreamPlan,
@@ -107,6 +107,14 @@ def default_native_factory(worker: Worker) -> NativeLookup | None:
     return resolver
 
 
+def default_nss_factory(worker: Worker) -> NssLookup | None:
+    """The host's NSS sources for A/AAAA (fastdns.native.nss), or None."""
+    from fastdns.resolve.native.nss import start_nss
+
+    assert worker.loop is not None
+    return start_nss(worker.config, worker.loop, worker.stats)
+
+
 class Worker:
     """Serves on two already-bound sockets until ``stop()``; then drains and returns.
 
@@ -122,6 +130,7 @@ class Worker:
         slot: int = 0,
         stats: WorkerStats | None = None,
         native_factory: Callable[[Worker], NativeLookup | None] | None = default_native_factory,
+        nss_factory: Callable[[Worker], NssLookup | None] | None = default_nss_factory,
         on_tick: Callable[[Worker], None] | None = None,
     ) -> None:
         self.config = config
@@ -130,6 +139,7 @@ class Worker:
         self.slot = slot
         self.stats = stats or WorkerStats()
         self.native_factory = native_factory
+        self.nss_factory = nss_factory
         self.on_tick = on_tick
         self.stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -210,7 +220,8 @@ class Worker:
         self.forwarder = Forwarder(loop, self.stats, self.config.upstream_timeout)
         self.replan()
         native = self.native_factory(self) if self.native_factory else None
-        self.pipeline = Pipeline(self.config, loop, self.stats, self.forwarder, native)
+        nss = self.nss_factory(self) if self.nss_factory else None
+        self.pipeline = Pipeline(self.config, loop, self.stats, self.forwarder, native, nss)
         if self.config.rules.enabled:  # the rules process probes for forwarding loops
             self.pipeline.loop_suffix = loopguard.probe_suffix(
                 loopguard.instance_token(self.config.listen, self.own_udp_port)
@@ -311,6 +322,9 @@ class Worker:
         native = self.pipeline.native if self.pipeline is not None else None
         if native is not None:
             native.close()  # cancels c-ares lookups still pending, on this loop
+        nss = self.pipeline.nss if self.pipeline is not None else None
+        if nss is not None:
+            nss.close()
 
     async def run(self, on_ready: Callable[[Worker], None] | None = None) -> None:
         await self.setup()

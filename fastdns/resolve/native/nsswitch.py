@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from fastdns.errors import FastDNSError
+
 # Sources fastdns never hands to the C library: it answers these itself (files: its configured
 # hosts file; dns: its upstreams), and dns and resolve would send DNS to the host's resolvers
 # (glibc's dns source reads /etc/resolv.conf, which fastdns must never use behind its back).
@@ -23,7 +25,7 @@ _SERVICE = re.compile(r"[A-Za-z0-9_.+-]+")
 _ACTION = re.compile(r"!?[A-Za-z]+=[A-Za-z]+")
 
 
-class NsswitchError(ValueError):
+class NsswitchError(FastDNSError, ValueError):
     """A ``hosts:`` line that cannot be parsed (an unclosed ``[``, a stray character)."""
 
 
