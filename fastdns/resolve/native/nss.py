@@ -68,14 +68,16 @@ def configure_glibc(line: str) -> str | None:
     return None
 
 
-def read_sources(path: str) -> str:
+def read_sources(path: str, *, missing_ok: bool = False) -> str:
     """The sources of ``path``'s ``hosts:`` line that fastdns may ask glibc for ("" for none:
-    no file, no ``hosts:`` line, only files/dns/resolve, or a line that cannot be parsed)."""
+    no file, no ``hosts:`` line, only files/dns/resolve, or a line that cannot be parsed).
+    ``missing_ok``: no warning when there is no such file (``auto`` on a host without one)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read(1 << 20)
     except OSError as e:
-        logger.warning("cannot read %s (%s): no NSS sources", path, e.strerror or e)
+        if not (missing_ok and isinstance(e, FileNotFoundError)):
+            logger.warning("cannot read %s (%s): no NSS sources", path, e.strerror or e)
         return ""
     value = hosts_line(text)
     if value is None:
@@ -220,7 +222,7 @@ def start_nss(
     mode, path = config.native.nss, config.native.nsswitch
     if mode == "off" or not config.enabled:
         return None
-    line = read_sources(path)
+    line = read_sources(path, missing_ok=mode == "auto")
     if not line:
         if mode == "on":
             logger.warning(
