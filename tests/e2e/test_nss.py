@@ -8,8 +8,6 @@ server that fastdns's NSS lookups must never reach, although the nsswitch.conf l
 
 from __future__ import annotations
 
-import glob
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,38 +16,15 @@ from typing import Any
 import dns.rcode
 import pytest
 from support.metrics import scrape, total, wait_until
+from support.nss import glibc_addresses, missing, nss_module, private
 from support.server import FastDNSProcess
 from support.upstream import FakeUpstream
 
 HOST = "127.0.0.1"
 NSSWITCH = "hosts: files dns myhostname\n"
-# The private namespace: the test's files over the system ones, then fastdns (``$@``).
-SETUP = """set -e
-mount --bind "$NSS_NSSWITCH" /etc/nsswitch.conf
-mount --bind "$NSS_HOSTS" /etc/hosts
-mount --bind "$NSS_RESOLV" /etc/resolv.conf
-hostname "$NSS_HOSTNAME"
-exec "$@"
-"""
 
-
-def _missing() -> str:
-    if not glob.glob("/lib/*/libnss_myhostname.so.2") + glob.glob(
-        "/usr/lib/*/libnss_myhostname.so.2"
-    ):
-        return "libnss-myhostname is not installed (scripts/install)"
-    for tool in ("unshare", "nsenter", "mount", "getent", "hostname"):
-        if shutil.which(tool) is None:
-            return f"{tool} is missing"
-    probe = subprocess.run(
-        ["unshare", "-m", "-u", "--propagation", "private", "true"], capture_output=True
-    )
-    if probe.returncode != 0:
-        return "no mount/UTS namespace here: " + probe.stderr.decode(errors="replace").strip()
-    return ""
-
-
-_WHY = _missing()
+_WHY = "" if nss_module("myhostname") else "libnss-myhostname is not installed (scripts/install)"
+_WHY = _WHY or missing()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(_WHY), reason=_WHY or "-")]
 
 
@@ -86,28 +61,14 @@ def serve(
             "native": {"nss": nss, "nsswitch": "/etc/nsswitch.conf", **native},
         },
     }
-    env = {
-        "NSS_NSSWITCH": str(files / "nsswitch.conf"),
-        "NSS_HOSTS": str(files / "hosts"),
-        "NSS_RESOLV": str(files / "resolv.conf"),
-        "NSS_HOSTNAME": hostname,
-    }
-    program = ["unshare", "-m", "-u", "--propagation", "private"]
-    program += ["sh", "-c", SETUP, "nss-namespace", sys.executable, "-m", "fastdns"]
+    binds = [
+        (str(files / "nsswitch.conf"), "/etc/nsswitch.conf"),
+        (str(files / "hosts"), "/etc/hosts"),
+        (str(files / "resolv.conf"), "/etc/resolv.conf"),
+    ]
+    program = private(binds, sys.executable, "-m", "fastdns")
+    env = {"NSS_HOSTNAME": hostname}
     return FastDNSProcess(config, tmp_path, program=program, env=env)
-
-
-def glibc_addresses(fdp: FastDNSProcess, name: str) -> tuple[set[str], set[str]]:
-    """(IPv4, IPv6) addresses glibc gives for ``name`` in fastdns's own namespaces."""
-    out = subprocess.run(
-        ["nsenter", "-t", str(fdp.pid), "-m", "-u", "getent", "ahosts", name],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout
-    found = {line.split()[0] for line in out.splitlines() if line.strip()}
-    return {a for a in found if ":" not in a}, {a for a in found if ":" in a}
 
 
 def answer(fdp: FastDNSProcess, name: str, rdtype: str) -> tuple[str, set[str], set[int]]:
@@ -137,7 +98,7 @@ def test_hostname_answered_from_myhostname_as_glibc_does(
         rcode6, got6, ttl6 = answer(fdp, name.upper(), "AAAA")
         dig = fdp.dig("+short", name, "A").stdout.split()
         assert trap.count() == 0, trap.queries()  # before the control below
-        want4, want6 = glibc_addresses(fdp, name)
+        want4, want6 = glibc_addresses(fdp.pid, name)
     assert upstream.count(name, "A") >= 1  # DNS was asked first, and said NXDOMAIN
     assert want4 and want6
     assert (rcode4, got4, ttl4) == ("NOERROR", want4, {5})  # static_ttl
@@ -171,7 +132,7 @@ def test_local_names_go_to_nss_before_dns(
     name = "nsshost.local"
     with serve(tmp_path, upstream, trap, name) as fdp:
         rcode, got, _ = answer(fdp, name, "A")
-        want4, _ = glibc_addresses(fdp, name)
+        want4, _ = glibc_addresses(fdp.pid, name)
     assert (rcode, got) == ("NOERROR", want4)
     assert upstream.count(name) == 0  # answered by NSS: DNS never asked (RFC 6762 §3)
 
