@@ -97,7 +97,7 @@ def test_hostname_answered_from_myhostname_as_glibc_does(
         rcode4, got4, ttl4 = answer(fdp, name, "A")
         rcode6, got6, ttl6 = answer(fdp, name.upper(), "AAAA")
         dig = fdp.dig("+short", name, "A").stdout.split()
-        assert trap.count() == 0, trap.queries()  # before the control below
+        assert trap.count() == 0, trap.queries  # before the control below
         want4, want6 = glibc_addresses(fdp.pid, name)
     assert upstream.count(name, "A") >= 1  # DNS was asked first, and said NXDOMAIN
     assert want4 and want6
@@ -116,7 +116,7 @@ def test_nss_lookups_are_counted_and_never_send_dns(
         metric(fdp, "fastdns_nss_lookups_total", 1, outcome="answered")
         metric(fdp, "fastdns_nss_lookups_total", 1, outcome="notfound")
         metric(fdp, "fastdns_dns_responses_total", 1, rcode="NOERROR", plugin="nss")
-        assert trap.count() == 0, trap.queries()
+        assert trap.count() == 0, trap.queries
         # The control: glibc itself, in the same namespace, does send DNS for that name.
         subprocess.run(
             ["nsenter", "-t", str(fdp.pid), "-m", "getent", "ahosts", "missing.test"],

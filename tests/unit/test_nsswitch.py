@@ -73,3 +73,9 @@ def test_nss_line_never_names_dns_files_or_resolve(value: str, expected: str) ->
 def test_parse_sources_rejects_malformed_lines(value: str) -> None:
     with pytest.raises(NsswitchError):
         parse_sources(value)
+
+
+def test_nss_line_without_the_sources_that_ask_resolv_conf_themselves() -> None:
+    value = "files mdns4_minimal [NOTFOUND=return] dns myhostname mdns6 libvirt"
+    assert nss_line(value) == "mdns4_minimal [NOTFOUND=return] myhostname mdns6 libvirt"
+    assert nss_line(value, resolver_users=False) == "myhostname libvirt"

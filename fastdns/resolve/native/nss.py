@@ -12,7 +12,9 @@ Never DNS: before its first lookup the worker tells glibc which sources to use f
 ``hosts:`` line without ``files``, ``dns`` and ``resolve`` (fastdns.resolve.native.nsswitch).
 glibc then neither re-reads /etc/nsswitch.conf for ``hosts`` nor asks nscd (whose cache would
 ask DNS): its dns source, which sends to the servers of /etc/resolv.conf, is never loaded.
-Without that entry (not glibc) NSS stays off.
+Without that entry (not glibc) NSS stays off. An NSS module may still use the resolver itself:
+nss-mdns asks /etc/resolv.conf's servers for ``local. SOA``; with ``auto`` its sources are used
+only when fastdns's own upstreams come from that same file.
 
 Runs in: workers only. May import what ``fastdns.resolve.native`` may; not pycares.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import os
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +44,7 @@ logger = logging.getLogger(__name__)
 THREADS = 2
 MAX_PENDING = 16
 LOCAL_SUFFIX = b"\x05local\x00"  # RFC 6762 §3: .local is link-local multicast DNS
+SYSTEM_RESOLV = "/etc/resolv.conf"  # what glibc's resolver (and nss-mdns) always reads
 SOURCE = "nss"  # Resolved.source, the responses series' plugin label
 # fastdns_nss_lookups_total{outcome}; fastdns/metrics/definitions.py NSS_OUTCOMES.
 OUTCOMES = ("answered", "notfound", "error", "timeout", "overload")
@@ -68,10 +72,12 @@ def configure_glibc(line: str) -> str | None:
     return None
 
 
-def read_sources(path: str, *, missing_ok: bool = False) -> str:
+def read_sources(path: str, *, missing_ok: bool = False, resolver_users: bool = True) -> str:
     """The sources of ``path``'s ``hosts:`` line that fastdns may ask glibc for ("" for none:
     no file, no ``hosts:`` line, only files/dns/resolve, or a line that cannot be parsed).
-    ``missing_ok``: no warning when there is no such file (``auto`` on a host without one)."""
+    ``missing_ok``: no warning when there is no such file (``auto`` on a host without one);
+    ``resolver_users``: keep the sources that send DNS to /etc/resolv.conf's servers
+    themselves (nsswitch.RESOLVER_USERS)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read(1 << 20)
@@ -83,7 +89,19 @@ def read_sources(path: str, *, missing_ok: bool = False) -> str:
     if value is None:
         return ""
     try:
-        return nss_line(value)
+        line = nss_line(value)
+        if resolver_users:
+            return line
+        fewer = nss_line(value, resolver_users=False)
+        if fewer != line:
+            logger.warning(
+                "NSS: not using the mdns sources of %s (%s): nss-mdns asks the servers of "
+                "/etc/resolv.conf for local. SOA, and fastdns.resolv_conf is another file; "
+                "fastdns.native.nss: on uses them anyway",
+                path,
+                line,
+            )
+        return fewer
     except NsswitchError as e:
         logger.warning("%s: %s: no NSS sources", path, e)
         return ""
@@ -222,7 +240,11 @@ def start_nss(
     mode, path = config.native.nss, config.native.nsswitch
     if mode == "off" or not config.enabled:
         return None
-    line = read_sources(path, missing_ok=mode == "auto")
+    # auto: no source that would send DNS to servers other than fastdns's own upstreams.
+    system_resolver = os.path.realpath(config.resolv_conf) == os.path.realpath(SYSTEM_RESOLV)
+    line = read_sources(
+        path, missing_ok=mode == "auto", resolver_users=mode == "on" or system_resolver
+    )
     if not line:
         if mode == "on":
             logger.warning(

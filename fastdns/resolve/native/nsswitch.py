@@ -21,6 +21,13 @@ from fastdns.errors import FastDNSError
 # (glibc's dns source reads /etc/resolv.conf, which fastdns must never use behind its back).
 OWN_SOURCES = frozenset(("files", "dns", "resolve"))
 
+# Sources that send unicast DNS themselves, to the servers of /etc/resolv.conf: nss-mdns asks
+# them for ``local. SOA`` before a .local lookup (its "unicast SOA heuristic"; always in the
+# _minimal variants, which ignore /etc/mdns.allow).
+RESOLVER_USERS = frozenset(
+    ("mdns", "mdns4", "mdns6", "mdns_minimal", "mdns4_minimal", "mdns6_minimal")
+)
+
 _SERVICE = re.compile(r"[A-Za-z0-9_.+-]+")
 _ACTION = re.compile(r"!?[A-Za-z]+=[A-Za-z]+")
 
@@ -80,8 +87,10 @@ def parse_sources(value: str) -> tuple[Source, ...]:
     return tuple(sources)
 
 
-def nss_line(value: str) -> str:
+def nss_line(value: str, *, resolver_users: bool = True) -> str:
     """The ``hosts:`` value without the sources fastdns answers itself (``OWN_SOURCES``) and
-    their action groups: what glibc may be told to use. "" when nothing is left."""
-    kept = [s.text() for s in parse_sources(value) if s.name.lower() not in OWN_SOURCES]
+    their action groups: what glibc may be told to use. "" when nothing is left.
+    ``resolver_users`` False: without ``RESOLVER_USERS`` too."""
+    drop = OWN_SOURCES if resolver_users else OWN_SOURCES | RESOLVER_USERS
+    kept = [s.text() for s in parse_sources(value) if s.name.lower() not in drop]
     return " ".join(kept)
