@@ -19,8 +19,8 @@ valid: ``Forwarder.carry`` hands its reply to the general path, which still take
 client's deadline. Static aliases, loop probes, native lookups, ``.local`` names for NSS and
 questions already in flight (coalescing) never enter the lane; a reply without an address
 leaves it for NSS (``Pipeline.after_dns``). A query in the lane is in ``Pipeline.pending``, so
-identical questions coalesce onto
-it, and counts towards the worker's in-flight limit and draining like a task.
+identical questions coalesce onto it, and counts towards the worker's in-flight limit and
+draining like a task.
 """
 
 from __future__ import annotations

@@ -403,6 +403,13 @@ class WorkerReporter:
             )
 
 
+def _import_before_drop(config: Config) -> None:
+    """Import now what the worker loads lazily from the standard library, which the dropped
+    user may be unable to read (an interpreter under a private home directory)."""
+    if config.enabled and config.native.nss != "off":
+        import fastdns.resolve.native.nss  # noqa: F401  (ctypes, concurrent.futures.thread)
+
+
 def worker_process_main(launch: WorkerLaunch) -> NoReturn:
     """The life of one forked worker process; never returns.
 
@@ -427,6 +434,7 @@ def worker_process_main(launch: WorkerLaunch) -> NoReturn:
         if tcp_sock is None:
             tcp_sock = bind_tcp(config.listen, launch.tcp_port, reuse_port=True)
         if user is not None:
+            _import_before_drop(config)
             drop_privileges(user)  # after binding: the port may be < 1024
         if not die_with_parent(parent):  # after the drop: a uid change clears the setting
             raise SystemExit(ExitCode.OK)
