@@ -20,6 +20,8 @@ LIMA_VIRTUAL_DNS = "192.168.5.3"
 DEFAULT_FALLBACK = ("8.8.8.8", "1.1.1.1")
 
 HookName = Literal["PREROUTING", "OUTPUT"]
+NssMode = Literal["auto", "on", "off"]
+NSS_MODES: tuple[NssMode, ...] = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,11 @@ class NativeConfig:
     # answer that reply when it has what c-ares wanted; c-ares only runs when it has not and
     # the search list could still find it. Same answers, a quarter of the CPU.
     forward_first: bool = True
+    # The host's NSS sources for A/AAAA (myhostname, mdns4_minimal, libvirt...) through glibc's
+    # getaddrinfo, never its dns source (fastdns/resolve/native/nss.py). auto: on when the
+    # hosts: line of ``nsswitch`` names a source beyond files, dns and resolve.
+    nss: NssMode = "auto"
+    nsswitch: str = "/etc/nsswitch.conf"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 from fastdns.config.schema import (
+    NSS_MODES,
     CacheConfig,
     HookName,
     MetricsConfig,
@@ -100,6 +101,10 @@ def load_hosts(
 def load_native(m: Mapping[str, Any], p: Problems) -> NativeConfig:
     path, d = "fastdns.native", NativeConfig()
     reject_unknown(m, set(NativeConfig.__dataclass_fields__), path, p)
+    nsswitch = get_str(m, "nsswitch", path, d.nsswitch, p)
+    if not nsswitch.startswith("/"):
+        p.add(f"{path}.nsswitch", f"must be an absolute path, got {nsswitch!r}")
+        nsswitch = d.nsswitch
     return NativeConfig(
         enabled=get_bool(m, "enabled", path, d.enabled, p),
         timeout=get_number(m, "timeout", path, d.timeout, p, kind=float, low=0.05, high=60),
@@ -111,6 +116,8 @@ def load_native(m: Mapping[str, Any], p: Problems) -> NativeConfig:
             m, "max_inflight", path, d.max_inflight, p, kind=int, low=1, high=100000
         ),
         forward_first=get_bool(m, "forward_first", path, d.forward_first, p),
+        nss=get_choice(m, "nss", path, d.nss, NSS_MODES, p),
+        nsswitch=nsswitch,
     )
 
 

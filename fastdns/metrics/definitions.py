@@ -46,7 +46,7 @@ UPSTREAM_RCODES = RCODES | {"timeout", "error"}  # upstream attempts that got no
 PROTOS = frozenset(("udp", "tcp"))
 # Who wrote the reply. CoreDNS leaves ``plugin`` empty when the server itself wrote it
 # (REFUSED for overload, FORMERR, SERVFAIL after exhausted upstreams).
-PLUGINS = frozenset(("static", "hosts", "cache", "native", "forward", "fallback", ""))
+PLUGINS = frozenset(("static", "hosts", "cache", "native", "nss", "forward", "fallback", ""))
 SOURCE_TO_PLUGIN = {"server": ""}
 # fastdns/resolve/native/resolver.py NativeResolver._fallback reasons.
 NATIVE_FALLBACK_REASONS = _words(
@@ -54,6 +54,8 @@ NATIVE_FALLBACK_REASONS = _words(
 )
 # fastdns/resolve/native/resolver.py NativeResolver.settle outcomes (native.forward_first).
 FORWARD_FIRST_OUTCOMES = frozenset(("answered", "negative", "search", "failed"))
+# fastdns/resolve/native/nss.py OUTCOMES.
+NSS_OUTCOMES = frozenset(("answered", "notfound", "error", "timeout", "overload"))
 # fastdns/serve/tcp.py CloseReason (kept here: this module must not import the serving code).
 TCP_CLOSE_REASONS = _words(
     "idle frame_timeout write_stalled write_buffer oversize per_source evicted max_connections"
@@ -117,7 +119,7 @@ METRICS: tuple[MetricDef, ...] = (
         "fastdns_dns_responses_total",
         "counter",
         "Replies sent, by rcode and by who wrote the reply (plugin: static, hosts, cache, "
-        "native, forward, fallback; empty when the server itself answered).",
+        "native, nss, forward, fallback; empty when the server itself answered).",
         ("server", "rcode", "plugin"),
         values={"rcode": RCODES, "plugin": PLUGINS},
     ),
@@ -360,6 +362,15 @@ METRICS: tuple[MetricDef, ...] = (
         ("outcome",),
         values={"outcome": FORWARD_FIRST_OUTCOMES},
     ),
+    MetricDef(
+        "fastdns_nss_lookups_total",
+        "counter",
+        "A/AAAA questions asked of the host's NSS sources (fastdns.native.nss), by outcome: "
+        "answered, notfound (no address: the DNS answer stands), error, timeout (the "
+        "deadline passed first), overload (too many lookups pending: not asked).",
+        ("outcome",),
+        values={"outcome": NSS_OUTCOMES},
+    ),
     # --- the packet cache (CoreDNS plugin/cache) ------------------------------------------
     MetricDef(
         "fastdns_cache_entries",
@@ -486,6 +497,7 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "native_duration": (Source("fastdns_native_request_duration_seconds", ("type", "rcode")),),
     "native_fallback": (Source("fastdns_native_fallbacks_total", ("reason",)),),
     "native_forward_first": (Source("fastdns_native_forward_first_total", ("outcome",)),),
+    "nss_lookups": (Source("fastdns_nss_lookups_total", ("outcome",)),),
     "cache_entries": (Source("fastdns_cache_entries", ("type",)),),
     "cache_requests": (Source("fastdns_cache_requests_total"),),
     "cache_hits": (Source("fastdns_cache_hits_total", ("type",)),),

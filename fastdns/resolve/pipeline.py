@@ -1,4 +1,5 @@
-"""The order of answer sources: static hosts, hosts file, then native lookup or raw forward.
+"""The order of answer sources: static hosts, hosts file, then native lookup or raw forward,
+then the host's NSS sources for A/AAAA that found no address (``.local`` names: NSS first).
 
 ``answer_now`` handles everything that needs no I/O, synchronously, in the datagram callback.
 ``answer`` resolves the rest, coalescing identical questions in flight into one lookup.
@@ -55,6 +56,22 @@ class NativeLookup(Protocol):
         """Cancel what is pending (the worker is stopping)."""
 
 
+class NssLookup(Protocol):
+    """The host's NSS sources for A/AAAA; ``fastdns.resolve.native.nss.NssResolver``."""
+
+    async def __call__(self, q: wire.Query, deadline: float) -> Resolved | None:
+        """An answer with addresses, or None (keep the other sources' answer; counted)."""
+
+    def first(self, q: wire.Query) -> bool:
+        """True when ``q`` goes to NSS before DNS (``.local``)."""
+
+    def wants(self, q: wire.Query, reply: bytes) -> bool:
+        """True when ``reply`` left ``q`` without an address that NSS may still have."""
+
+    def close(self) -> None:
+        """Drop queued lookups (the worker is stopping)."""
+
+
 def _canonical_text(qname: bytes) -> str:
     if b"." in qname:  # rare: a label may hold a dot (or a length byte is 46)
         return _escaped_text(qname.lower())
@@ -83,6 +100,7 @@ class Pipeline:
         stats: WorkerStats,
         forwarder: Forwarder,
         native: NativeLookup | None = None,
+        nss: NssLookup | None = None,
     ) -> None:
         self.config = config
         self.loop = loop
@@ -92,6 +110,7 @@ class Pipeline:
         # (fastdns.resolve.relay); with native.forward_first, native types are forwarded raw
         # first and c-ares runs only when the search list may still find what that reply lacks.
         self.native = native
+        self.nss = nss
         # hostResolver.enabled false: Lima's guest would ask the dns: servers directly, so
         # nothing is answered locally (no static names, hosts file or AAAA rule).
         self.static = StaticHosts.from_pairs(config.hosts if config.enabled else ())
@@ -276,6 +295,23 @@ class Pipeline:
         if self.loop_suffix and loopguard.is_probe(q.qname, self.loop_suffix):
             self._loop_detected(q)
             return Resolved(loopguard.marker_reply(q, self.opt_size), PROBE)
+        nss = self.nss
+        if nss is not None and nss.first(q):
+            found = await nss(q, deadline)
+            return found if found is not None else await self._dns(q, deadline)
+        return await self.after_dns(q, await self._dns(q, deadline), deadline)
+
+    async def after_dns(self, q: wire.Query, res: Resolved, deadline: float) -> Resolved:
+        """``res``, or the NSS answer when ``res`` has no address NSS may have."""
+        nss = self.nss
+        if nss is None or not nss.wants(q, res.reply):
+            return res
+        found = await nss(q, deadline)
+        return res if found is None else found
+
+    async def _dns(self, q: wire.Query, deadline: float) -> Resolved:
+        """A route's servers, else c-ares (hosts file, DNS with the search list) or raw
+        forwarding."""
         routes = self.forwarder.routes
         if routes:
             route = routes.match(q.qname)

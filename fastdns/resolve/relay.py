@@ -16,10 +16,11 @@ drives. Anything but a plain answer leaves the lane with that machine, whose nex
 already decided (the next upstream after a timeout, an ICMP error, SERVFAIL or REFUSED; TCP
 after a TC reply): ``Forwarder.exchange`` drives it on. After a timeout the lane's ID stays
 valid: ``Forwarder.carry`` hands its reply to the general path, which still takes it until the
-client's deadline. Static
-aliases, loop probes, native lookups and questions already in flight (coalescing) never enter
-the lane. A query in the lane is in ``Pipeline.pending``, so identical questions coalesce onto
-it, and counts towards the worker's in-flight limit and draining like a task.
+client's deadline. Static aliases, loop probes, native lookups, ``.local`` names for NSS and
+questions already in flight (coalescing) never enter the lane; a reply without an address
+leaves it for NSS (``Pipeline.after_dns``). A query in the lane is in ``Pipeline.pending``, so
+identical questions coalesce onto it, and counts towards the worker's in-flight limit and
+draining like a task.
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ class Relay:
             return False
         if pipeline.loop_suffix and loopguard.is_probe(q.qname, pipeline.loop_suffix):
             return False
+        if pipeline.nss is not None and pipeline.nss.first(q):
+            return False  # NSS before DNS: the general path
         fwd = self.forwarder
         # A routed name is relayed to its route's servers only, never to the default ones
         # (docs/routing.md); a tcp:// first server leaves it to the general path.
@@ -210,7 +213,14 @@ class Relay:
         native = self.pipeline.native
         if r.native and native is not None and native.settle(r.q, data):
             # The reply lacks what c-ares wanted: its turn, with the search list.
-            self.spawn(self._general(r, self.pipeline.search(r.q, res, r.deadline)))
+            self.spawn(
+                self._general(r, self._then_nss(r, self.pipeline.search(r.q, res, r.deadline)))
+            )
+            return
+        nss = self.pipeline.nss
+        if nss is not None and nss.wants(r.q, data):
+            # No address: the host's NSS sources may have one.
+            self.spawn(self._general(r, self.pipeline.after_dns(r.q, res, r.deadline)))
             return
         self._finish(r, res)
 
@@ -281,7 +291,12 @@ class Relay:
     async def _forward_rest(self, r: Relayed, box: Mailbox | None) -> Resolved:
         pipeline = self.pipeline
         res = await pipeline.forward_rest(r.q, r.deadline, r.m, box, r.route)
-        return await pipeline.settle(r.q, res, r.deadline) if r.native else res
+        if r.native:
+            res = await pipeline.settle(r.q, res, r.deadline)
+        return await pipeline.after_dns(r.q, res, r.deadline)
+
+    async def _then_nss(self, r: Relayed, step: Awaitable[Resolved]) -> Resolved:
+        return await self.pipeline.after_dns(r.q, await step, r.deadline)
 
     async def _general(self, r: Relayed, step: Awaitable[Resolved]) -> None:
         """Finish ``r`` with what ``step`` (the general path's rest of it) resolves to."""

@@ -26,7 +26,7 @@ from fastdns.resolve.forward import sockmark
 from fastdns.resolve.forward.resolverdir import ResolverDir
 from fastdns.resolve.forward.routes import merge_routes
 from fastdns.resolve.forward.upstream import Forwarder
-from fastdns.resolve.pipeline import NativeLookup, Pipeline
+from fastdns.resolve.pipeline import NativeLookup, NssLookup, Pipeline
 from fastdns.resolve.resolvconf import (
     FileWatch,
     UpstreamPlan,
@@ -110,6 +110,14 @@ def default_native_factory(worker: Worker) -> NativeLookup | None:
     return resolver
 
 
+def default_nss_factory(worker: Worker) -> NssLookup | None:
+    """The host's NSS sources for A/AAAA (fastdns.native.nss), or None."""
+    from fastdns.resolve.native.nss import start_nss
+
+    assert worker.loop is not None
+    return start_nss(worker.config, worker.loop, worker.stats)
+
+
 class Worker:
     """Serves on two already-bound sockets until ``stop()``; then drains and returns.
 
@@ -125,6 +133,7 @@ class Worker:
         slot: int = 0,
         stats: WorkerStats | None = None,
         native_factory: Callable[[Worker], NativeLookup | None] | None = default_native_factory,
+        nss_factory: Callable[[Worker], NssLookup | None] | None = default_nss_factory,
         on_tick: Callable[[Worker], None] | None = None,
     ) -> None:
         self.config = config
@@ -133,6 +142,7 @@ class Worker:
         self.slot = slot
         self.stats = stats or WorkerStats()
         self.native_factory = native_factory
+        self.nss_factory = nss_factory
         self.on_tick = on_tick
         self.stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -247,7 +257,8 @@ class Worker:
             self.resolver_dir.refresh()
         self.reroute()
         native = self.native_factory(self) if self.native_factory else None
-        self.pipeline = Pipeline(self.config, loop, self.stats, self.forwarder, native)
+        nss = self.nss_factory(self) if self.nss_factory else None
+        self.pipeline = Pipeline(self.config, loop, self.stats, self.forwarder, native, nss)
         if self.config.rules.enabled:  # the rules process probes for forwarding loops
             self.pipeline.loop_suffix = loopguard.probe_suffix(
                 loopguard.instance_token(self.config.listen, self.own_udp_port)
@@ -353,6 +364,9 @@ class Worker:
         native = self.pipeline.native if self.pipeline is not None else None
         if native is not None:
             native.close()  # cancels c-ares lookups still pending, on this loop
+        nss = self.pipeline.nss if self.pipeline is not None else None
+        if nss is not None:
+            nss.close()
 
     async def run(self, on_ready: Callable[[Worker], None] | None = None) -> None:
         await self.setup()
@@ -431,6 +445,13 @@ class WorkerReporter:
             )
 
 
+def _import_before_drop(config: Config) -> None:
+    """Import now what the worker loads lazily from the standard library, which the dropped
+    user may be unable to read (an interpreter under a private home directory)."""
+    if config.enabled and config.native.nss != "off":
+        import fastdns.resolve.native.nss  # noqa: F401  (ctypes, concurrent.futures.thread)
+
+
 def worker_process_main(launch: WorkerLaunch) -> NoReturn:
     """The life of one forked worker process; never returns.
 
@@ -455,6 +476,7 @@ def worker_process_main(launch: WorkerLaunch) -> NoReturn:
         if tcp_sock is None:
             tcp_sock = bind_tcp(config.listen, launch.tcp_port, reuse_port=True)
         if user is not None:
+            _import_before_drop(config)
             drop_privileges(user)  # after binding: the port may be < 1024
         if not die_with_parent(parent):  # after the drop: a uid change clears the setting
             raise SystemExit(ExitCode.OK)

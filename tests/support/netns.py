@@ -29,6 +29,9 @@ OUTSIDER_HOST_IP, OUTSIDER_IP = "10.202.0.1", "10.202.0.2"
 OUTSIDER_HOST_IF, OUTSIDER_IF = "fdns-oh", "fdns-og"
 SCRIPT_HOST_IP, SCRIPT_GUEST_IP = "10.203.0.1", "10.203.0.2"
 SCRIPT_HOST_IF, SCRIPT_GUEST_IF = "fdns-sh", "fdns-sg"
+# Two avahi daemons, one on each side (tests/privileged/test_nss_mdns.py).
+MDNS_HOST_IP, MDNS_PEER_IP = "10.204.0.1", "10.204.0.2"
+MDNS_HOST_IF, MDNS_PEER_IF = "fdns-mh", "fdns-mp"
 VIRTUAL_IP6, HOST_IP6 = "fd00:201::53", "fd00:200::1"
 TEST_NETS = tuple(
     ipaddress.ip_network(n)
@@ -37,6 +40,7 @@ TEST_NETS = tuple(
         "10.201.0.0/24",
         "10.202.0.0/24",
         "10.203.0.0/24",
+        "10.204.0.0/24",
         "127.0.0.0/8",
         "fd00:200::/64",
         "fd00:201::/64",

@@ -79,9 +79,10 @@ def prepare_config(
 ) -> dict[str, Any]:
     """A copy of ``config`` (lima.yaml keys plus ``fastdns:``) that is safe to serve in a test.
 
-    Missing ``resolv_conf`` / ``hosts_file`` become generated files in ``workdir`` (no
-    nameservers; localhost only), a missing ``fallback`` becomes ``[]``, and ``listen``,
-    ``udp_port``, ``tcp_port`` and ``workers`` default to 127.0.0.1, 0, 0 and 1. Raises
+    Missing ``resolv_conf`` / ``hosts_file`` / ``native.nsswitch`` become generated files in
+    ``workdir`` (no nameservers; localhost only; ``hosts: files dns``), a missing ``fallback``
+    becomes ``[]``, and ``listen``, ``udp_port``, ``tcp_port`` and ``workers`` default to
+    127.0.0.1, 0, 0 and 1. Raises
     ``UnsafeConfigError`` if any file is a system one or any address is not loopback.
     """
     doc = copy.deepcopy(dict(config))
@@ -94,6 +95,13 @@ def prepare_config(
         hosts = workdir / "hosts"
         hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
         section["hosts_file"] = str(hosts)
+    native = section.setdefault("native", {})
+    if isinstance(native, dict) and "nsswitch" not in native:
+        # Never the host's nsswitch.conf: with sources beyond files and dns there, nss: auto
+        # would answer names from the machine (fastdns.native.nss, docs/answering.md).
+        nsswitch = workdir / "nsswitch.conf"
+        nsswitch.write_text("hosts: files dns\n")
+        native["nsswitch"] = str(nsswitch)
     section.setdefault("fallback", [])
     section.setdefault("listen", "127.0.0.1")
     section.setdefault("udp_port", 0)

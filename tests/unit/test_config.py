@@ -468,3 +468,23 @@ def test_config_is_frozen() -> None:
     cfg = build_config({})
     with pytest.raises(AttributeError):
         cfg.listen = "0.0.0.0"  # type: ignore[misc]
+
+
+def test_native_nss_defaults_and_values() -> None:
+    cfg = build_config({}, "")
+    assert (cfg.native.nss, cfg.native.nsswitch) == ("auto", "/etc/nsswitch.conf")
+    cfg = build_config({"fastdns": {"native": {"nss": "off", "nsswitch": "/tmp/ns.conf"}}}, "")
+    assert (cfg.native.nss, cfg.native.nsswitch) == ("off", "/tmp/ns.conf")
+
+
+@pytest.mark.parametrize(
+    ("native", "needle"),
+    [
+        ({"nss": "yes"}, "fastdns.native.nss: must be one of auto, on, off"),
+        ({"nss": True}, "fastdns.native.nss: must be a string"),
+        ({"nsswitch": "nsswitch.conf"}, "fastdns.native.nsswitch: must be an absolute path"),
+        ({"nsswitch": 3}, "fastdns.native.nsswitch: must be a string"),
+    ],
+)
+def test_native_nss_bad_values(native: dict[str, Any], needle: str) -> None:
+    assert needle in one_problem({"fastdns": {"native": native}})

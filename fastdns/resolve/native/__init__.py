@@ -1,5 +1,6 @@
 """The native path: names resolved by c-ares as the host would (``resolver``), on the worker's
-event loop (``cares``).
+event loop (``cares``); the host's other NSS sources for A/AAAA through glibc (``nss``, with the
+pure ``nsswitch`` parser).
 
 Runs in: workers only, after the fork (it loads pycares). May import: ``fastdns.dns``,
 ``fastdns.config``, ``fastdns.resolve`` (hosts, resolvconf), ``fastdns.system.files``,
