@@ -19,12 +19,14 @@ from fastdns.config.schema import (
     MetricsConfig,
     NativeConfig,
     RulesConfig,
+    TlsConfig,
     canonical_name,
     instance_hostname,
 )
 from fastdns.config.sections import (
     load_acl,
     load_cache,
+    load_forward,
     load_hosts,
     load_metrics,
     load_native,
@@ -85,6 +87,7 @@ _FASTDNS_KEYS = {
     "user",
     "native",
     "cache",
+    "forward",
     "metrics",
     "rules",
     "acl",
@@ -181,6 +184,9 @@ def build_config(
         user=user,
         native=load_native(section(f, "native", fp, p), p),
         cache=load_cache(section(f, "cache", fp, p), p),
+        forward=load_forward(
+            section(f, "forward", fp, p), p, lambda value: _relative_to(path, value)
+        ),
         metrics=load_metrics(section(f, "metrics", fp, p), p),
         rules=load_rules(section(f, "rules", fp, p), p),
         acl=load_acl(section(f, "acl", fp, p), p),
@@ -243,7 +249,8 @@ def known_keys() -> frozenset[str]:
         "acl": AclConfig,
         "ratelimit": RateLimitConfig,
     }
-    for key in _FASTDNS_KEYS:
+    keys |= {f"fastdns.forward.tls.{f}" for f in TlsConfig.__dataclass_fields__}
+    for key in _FASTDNS_KEYS - {"forward"}:
         if key in sections:
             keys |= {f"fastdns.{key}.{f}" for f in sections[key].__dataclass_fields__}
         else:

@@ -59,6 +59,29 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """DNS over TLS to the default upstreams (RFC 7858; docs/tls.md)."""
+
+    enabled: bool = False
+    port: int = 853  # RFC 7858 §3.1
+    # The name every default upstream's certificate must carry (RFC 8310 §8, the
+    # authentication domain name), also sent as SNI. Required while ``verify`` is on.
+    tls_name: str = ""
+    ca_file: str = ""  # PEM trust anchors; empty = the system's CA store
+    # false: encrypt without authenticating the server (RFC 8310 §5 opportunistic privacy);
+    # an explicit opt-out, never a silent downgrade.
+    verify: bool = True
+    idle_timeout: float = 10.0  # a pooled connection with nothing in flight closes after this
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    """How queries go to upstreams beyond the resolv.conf defaults."""
+
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str = ""  # "host:port"; empty = no metrics endpoint
 
@@ -118,6 +141,7 @@ class Config:
     user: str = ""  # drop workers to this user after binding (when root)
     native: NativeConfig = field(default_factory=NativeConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     acl: AclConfig = field(default_factory=AclConfig)
