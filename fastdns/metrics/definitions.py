@@ -305,6 +305,23 @@ METRICS: tuple[MetricDef, ...] = (
         ("to", "event"),
         values={"event": frozenset(("opened", "error", "stalled", "fallback", "lingered"))},
     ),
+    # --- DNS over TLS to upstreams (fastdns/resolve/forward/dot.py, docs/tls.md) ------------
+    MetricDef("fastdns_forward_tls_connections", "gauge", "Open TLS connections.", ("to",)),
+    MetricDef("fastdns_forward_tls_handshakes_total", "counter", "TLS handshakes done.", ("to",)),
+    MetricDef(
+        "fastdns_forward_tls_handshake_failures_total",
+        "counter",
+        "TLS connections that failed before carrying a query: verify (certificate or name "
+        "rejected), timeout, refused, error.",
+        ("to", "reason"),
+        values={"reason": frozenset(("verify", "timeout", "refused", "error"))},
+    ),
+    MetricDef(
+        "fastdns_forward_tls_reused_queries_total",
+        "counter",
+        "Queries sent over a TLS connection that had already carried one (no handshake).",
+        ("to",),
+    ),
     MetricDef(
         "fastdns_forward_upstream_source",
         "gauge",
@@ -426,6 +443,7 @@ _PROXY = Source(
     "fastdns_proxy_request_duration_seconds", ("to", "rcode"), (("proxy_name", "forward"),)
 )
 _REJECTED = "fastdns_forward_rejected_replies_total"
+_TLS_FAILURES = "fastdns_forward_tls_handshake_failures_total"
 
 # WorkerStats key name -> where it goes. Keys recorded by the code but absent here are ignored
 # (and listed by tests/unit/test_metrics_names.py so nothing is forgotten silently).
@@ -459,6 +477,10 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "upstream_source": (Source("fastdns_forward_upstream_source", ("source",)),),
     "upstream_sockets": (Source("fastdns_forward_upstream_sockets", ("to",)),),
     "upstream_socket": (Source("fastdns_forward_socket_events_total", ("to", "event")),),
+    "tls_connections": (Source("fastdns_forward_tls_connections", ("to",)),),
+    "tls_handshakes": (Source("fastdns_forward_tls_handshakes_total", ("to",)),),
+    "tls_handshake_failures": (Source(_TLS_FAILURES, ("to", "reason")),),
+    "tls_reused": (Source("fastdns_forward_tls_reused_queries_total", ("to",)),),
     "native_duration": (Source("fastdns_native_request_duration_seconds", ("type", "rcode")),),
     "native_fallback": (Source("fastdns_native_fallbacks_total", ("reason",)),),
     "native_forward_first": (Source("fastdns_native_forward_first_total", ("outcome",)),),

@@ -23,6 +23,8 @@ from fastdns.errors import BootError, ExitCode
 from fastdns.ipc import ControlWriter, StatusSender
 from fastdns.metrics.stats import WorkerStats, worker_message
 from fastdns.resolve.forward import sockmark
+from fastdns.resolve.forward.attempts import TlsTarget
+from fastdns.resolve.forward.dot import TlsPool, client_context
 from fastdns.resolve.forward.upstream import Forwarder
 from fastdns.resolve.pipeline import NativeLookup, Pipeline
 from fastdns.resolve.resolvconf import (
@@ -75,6 +77,15 @@ def raise_nofile_limit() -> None:
 
 
 def describe_plan(plan: UpstreamPlan, config: Config) -> str:
+    text = _describe_plan(plan, config)
+    tls = config.forward.tls
+    if tls.enabled and plan.servers:
+        checked = f"certificate name {tls.tls_name}" if tls.verify else "NOT verified"
+        text += f" (over TLS to port {tls.port}, {checked})"
+    return text
+
+
+def _describe_plan(plan: UpstreamPlan, config: Config) -> str:
     servers = ", ".join(h for h, _ in plan.servers) or "none"
     if plan.source == "dns":
         return f"hostResolver is disabled: forwarding every query to the dns: servers ({servers})"
@@ -97,6 +108,10 @@ def default_native_factory(worker: Worker) -> NativeLookup | None:
     module and must not load pycares (a Channel made before fork hangs in the child).
     """
     if not (worker.config.enabled and worker.config.native.enabled):
+        return None
+    if worker.config.forward.tls.enabled:
+        # c-ares speaks plain DNS only: with DNS over TLS to the upstreams nothing may go to
+        # them in clear text, so every query is forwarded (docs/tls.md).
         return None
     from fastdns.resolve.native.resolver import NativeResolver
 
@@ -161,7 +176,9 @@ class Worker:
         """Point-in-time values for the metrics process, taken per tick (never per query)."""
         gauges = self.stats.gauges
         for key in [
-            k for k in gauges if k[0] in ("upstream_up", "upstream_source", "upstream_sockets")
+            k
+            for k in gauges
+            if k[0] in ("upstream_up", "upstream_source", "upstream_sockets", "tls_connections")
         ]:
             del gauges[key]  # upstreams come and go with resolv.conf
         if self.state is not None:
@@ -178,6 +195,9 @@ class Worker:
                 gauges[("upstream_up", f"{server[0]}:{server[1]}")] = up
             for ch in self.forwarder.channels.values():
                 gauges[("upstream_sockets", ch.to)] = ch.open
+            if self.forwarder.tls is not None:
+                for to, n in self.forwarder.tls.open_connections().items():
+                    gauges[("tls_connections", to)] = n
 
     def replan(self, *, log: bool = True) -> bool:
         """Read resolv.conf and plan the upstreams again; True when the plan changed.
@@ -208,6 +228,10 @@ class Worker:
         self.loop = loop
         self.stop_event = asyncio.Event()
         self.forwarder = Forwarder(loop, self.stats, self.config.upstream_timeout)
+        self.forwarder.tls = self._tls_pool(loop)
+        tls = self.config.forward.tls
+        if tls.enabled:  # the default upstreams over TLS: a target per server, made per plan
+            self.forwarder.default_tls = TlsTarget("", tls.port, tls.tls_name, tls.verify)
         self.replan()
         native = self.native_factory(self) if self.native_factory else None
         self.pipeline = Pipeline(self.config, loop, self.stats, self.forwarder, native)
@@ -226,6 +250,18 @@ class Worker:
         datapath.start(loop, self.udp_sock)
         self.tcp_server = await loop.create_server(lambda: TCPServer(state), sock=self.tcp_sock)
         self.tick_task = loop.create_task(self._tick())
+
+    def _tls_pool(self, loop: asyncio.AbstractEventLoop) -> TlsPool:
+        """The worker's DNS-over-TLS connections (docs/tls.md): idle until a TLS upstream is
+        asked; its TLS contexts are made then, with ``fastdns.forward.tls.ca_file``."""
+        tls = self.config.forward.tls
+        return TlsPool(
+            loop,
+            self.stats,
+            lambda verify: client_context(tls.ca_file, verify),
+            tls.idle_timeout,
+            self.config.deadline,
+        )
 
     async def _tick(self) -> None:
         assert self.stop_event is not None and self.pipeline is not None

@@ -18,7 +18,10 @@ Rules (docs/answering.md):
   attempt that was truncated left off;
 - every UDP attempt's reply stays acceptable until the deadline: after the last server, wait
   for replies still due; at the deadline (or with under a millisecond left before an attempt),
-  give up (the caller answers SERVFAIL).
+  give up (the caller answers SERVFAIL);
+- a server named in ``tls`` is asked over DNS over TLS instead of UDP (step TLS, its
+  ``TlsTarget``; ``fastdns.resolve.forward.dot``): the same rules as a UDP attempt (its
+  timeout, failover, its reply acceptable until the deadline), never a TC retry.
 
 Attempts are numbered in send order (``seq``): events name the attempt they are about, so a
 late reply from an earlier round is told apart from the current attempt to the same server.
@@ -37,15 +40,29 @@ __all__ = [
     "GIVE_UP",
     "MAX_FAILS",
     "TCP",
+    "TLS",
     "UDP",
     "WAIT",
     "Attempts",
     "Health",
     "Server",
+    "TlsTarget",
     "order_servers",
 ]
 
 Server = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsTarget:
+    """How a server is reached over DNS over TLS (RFC 7858): its address and port, the name
+    its certificate must carry (RFC 8310 §8; also sent as SNI), and whether that is checked."""
+
+    host: str
+    port: int
+    name: str
+    verify: bool = True
+
 
 # An upstream that timed out this many times in a row is tried after the healthy ones
 # (CoreDNS forward max_fails), until it answers again or DOWN_FOR seconds pass.
@@ -58,6 +75,7 @@ TCP = 1  # ask ``server`` over TCP (attempt ``seq``), at most until the deadline
 WAIT = 2  # wait for replies until ``until``, then call ``on_timeout``
 DONE = 3  # attempt ``seq``'s reply (from ``server``, over TCP when ``tcp``) is the answer
 GIVE_UP = 4  # no answer before the deadline: SERVFAIL
+TLS = 5  # send the query over TLS to ``server`` (``tls[server]``), attempt ``seq``; as UDP
 
 # Less than this left before the deadline: not worth another attempt.
 _MARGIN = 0.001
@@ -109,6 +127,7 @@ class Attempts:
         "step",
         "tcp",
         "timeout",
+        "tls",
         "until",
     )
 
@@ -119,8 +138,10 @@ class Attempts:
         rounds: int,
         timeout: float,
         deadline: float,
+        tls: Mapping[Server, TlsTarget] | None = None,
     ) -> None:
         self.servers, self.health = servers, health
+        self.tls = tls  # the servers asked over TLS, and how
         self.rounds, self.timeout, self.deadline = rounds, timeout, deadline
         self._order: list[Server] = []  # this round's servers, asked up to ``_idx``
         self._idx = 0
@@ -145,7 +166,8 @@ class Attempts:
         return self._next(now)
 
     def on_reply(self, seq: int, rcode: int, tc: bool, now: float) -> int:
-        """Attempt ``seq`` got a reply (ID, source and question already checked)."""
+        """Attempt ``seq`` got a reply (ID, source and question already checked); ``tc``
+        only for a UDP one (a reply over a stream is whole)."""
         tcp = self._tcp >> seq & 1 == 1
         if not tcp:
             self._outstanding -= 1
@@ -222,7 +244,8 @@ class Attempts:
             seq = self.current = self._attempt(server, False)
             self._outstanding += 1
             self.until = min(now + self.timeout, self.deadline)
-            return self._go(UDP, server, seq)
+            tls = self.tls
+            return self._go(TLS if tls is not None and server in tls else UDP, server, seq)
 
     def _attempt(self, server: Server, tcp: bool) -> int:
         seq = len(self._servers)
