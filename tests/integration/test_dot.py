@@ -4,6 +4,7 @@ TLS server that answers pipelined queries out of order (tests/support/dot.py).""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -20,6 +21,9 @@ from support.dot import Certs, ReorderingTlsServer, UnboundDoT, make_certs
 from support.inproc import InProcessFactory, InProcessServer
 from support.server import write_resolv_conf
 from support.upstream import dead_address, next_address
+
+from fastdns.dns import wire
+from fastdns.resolve.forward.attempts import TlsTarget
 
 pytestmark = pytest.mark.integration
 
@@ -213,6 +217,71 @@ def test_pipelined_replies_out_of_order_are_matched_by_id_and_question(
         assert counters.get(("upstream_mismatch", to)) == 1  # a known ID, another question
     finally:
         server.close()
+
+
+def test_a_silent_connection_takes_no_new_queries(
+    inproc: InProcessFactory, tmp_path: Path, certs: Certs, dot_address: str
+) -> None:
+    """The server takes queries on its connection and never answers: the timeout retires that
+    connection, so round two goes out on a fresh one (and, after the client's deadline,
+    SERVFAIL)."""
+    server = ReorderingTlsServer(dot_address, certs, batch=1000)  # never reached: silent
+    try:
+        srv = serve(inproc, tmp_path, [dot_address], ca_file=str(certs.ca))
+        t0 = time.monotonic()
+        assert ask(srv, "s0.dot.test").rcode() == dns.rcode.SERVFAIL
+        assert time.monotonic() - t0 < DEADLINE + 0.5
+        to = f"{dot_address}:853"
+        assert srv.counter("tls_handshakes", to) == 2
+        assert server.accepted == 2 and len(server.order) == 2
+    finally:
+        server.close()
+
+
+def test_idle_connections_close(
+    inproc: InProcessFactory, tmp_path: Path, unbound: UnboundDoT, certs: Certs
+) -> None:
+    srv = serve(inproc, tmp_path, [unbound.address], ca_file=str(certs.ca), idle_timeout=0.2)
+    pool = srv.worker.forwarder.tls  # type: ignore[union-attr]
+    assert pool is not None
+    assert addresses(ask(srv, "i0.bulk.dot.test")) == ["192.0.2.7"]
+    deadline = time.monotonic() + 5.0  # the worker's tick (1 s) sweeps them
+    while srv.call(pool.open_connections) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.call(pool.open_connections) == {}
+    assert addresses(ask(srv, "i1.bulk.dot.test")) == ["192.0.2.7"]  # a new one
+    assert srv.counter("tls_handshakes", f"{unbound.address}:853") == 2
+
+
+def test_any_caller_with_a_query_and_a_deadline_can_use_a_tls_server(
+    inproc: InProcessFactory, tmp_path: Path, unbound: UnboundDoT, certs: Certs
+) -> None:
+    """With forward.tls off, a caller that names its own servers (a route's) reaches a TLS one
+    through the same state machine and driver: ``Forwarder.attempts(deadline, servers, tls)``
+    then ``Forwarder.exchange``. The pool's contexts use forward.tls.ca_file."""
+    resolv = write_resolv_conf(tmp_path / "plain.conf", dead_address())
+    srv = inproc(
+        {
+            "fastdns": {
+                "resolv_conf": str(resolv),
+                "cache": {"enabled": False},
+                "forward": {"tls": {"ca_file": str(certs.ca)}},
+            }
+        }
+    )
+    fwd = srv.worker.forwarder
+    assert fwd is not None
+    server = (unbound.address, 853)
+    q = wire.parse_query(make_query("h.bulk.dot.test", "A").to_wire())
+
+    async def exchange() -> bytes | None:
+        deadline = fwd.loop.time() + DEADLINE
+        m = fwd.attempts(deadline, (server,), {server: TlsTarget(*server, NAME)})
+        return (await fwd.exchange(q, deadline, m)).reply
+
+    reply = asyncio.run_coroutine_threadsafe(exchange(), srv.loop).result(DEADLINE + 1)
+    assert reply is not None and addresses(dns.message.from_wire(reply)) == ["192.0.2.7"]
+    assert srv.counter("tls_handshakes", f"{unbound.address}:853") == 1
 
 
 def test_failover_to_the_next_server_when_one_is_dead(

@@ -171,11 +171,12 @@ remote-control:
 
 
 class ReorderingTlsServer:
-    """A TLS DNS server on ``address:853`` (one thread, one connection at a time) that reads
-    ``batch`` pipelined queries, then writes a reply with an unknown ID and one with a known ID
-    but another question (both must be dropped by the client), then the real replies in
-    reverse order: ``<qname> A 192.0.2.<i>`` where ``i`` is the query's position (1-based) in
-    the batch, so a mismatch shows as a wrong address."""
+    """A TLS DNS server on ``address:853`` (a thread per connection) that reads ``batch``
+    pipelined queries, then writes a reply with an unknown ID and one with a known ID but
+    another question (both must be dropped by the client), then the real replies in reverse
+    order: ``<qname> A 192.0.2.<i>`` where ``i`` is the query's position (1-based) in the
+    batch, so a mismatch shows as a wrong address. A ``batch`` never reached is a server
+    that accepts queries and stays silent."""
 
     def __init__(self, address: str, certs: Certs, batch: int) -> None:
         self.address = require_loopback(address)
@@ -186,11 +187,12 @@ class ReorderingTlsServer:
         self.listener.settimeout(0.2)
         self.errors: list[BaseException] = []
         self.answered = 0
+        self.accepted = 0
         self.order: list[str] = []  # question names in the order they arrived
         self._stop = threading.Event()
-        self._conn: ssl.SSLSocket | None = None
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self._conns: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._serve, daemon=True)]
+        self._threads[0].start()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -200,21 +202,29 @@ class ReorderingTlsServer:
                 continue
             except OSError:
                 return
-            try:
-                with self.ctx.wrap_socket(raw, server_side=True) as conn:
-                    conn.settimeout(10.0)
-                    self._conn = conn
-                    self._connection(conn)
-            except (OSError, EOFError) as e:  # the client went away: fine between batches
-                if not isinstance(e, (ConnectionError, EOFError, ssl.SSLEOFError, TimeoutError)):
-                    self.errors.append(e)
-            except BaseException as e:
+            self.accepted += 1
+            t = threading.Thread(target=self._handle, args=(raw,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _handle(self, raw: socket.socket) -> None:
+        try:
+            with self.ctx.wrap_socket(raw, server_side=True) as conn:
+                self._conns.append(conn)  # (``raw`` is detached: its descriptor is conn's)
+                conn.settimeout(10.0)
+                self._connection(conn)
+        except (ConnectionError, EOFError, TimeoutError, ssl.SSLError):
+            pass  # the client went away (or the test closed the server): fine
+        except BaseException as e:
+            if not self._stop.is_set():
                 self.errors.append(e)
 
     def _connection(self, conn: ssl.SSLSocket) -> None:
         while not self._stop.is_set():
-            queries = [dns.message.from_wire(self._frame(conn)) for _ in range(self.batch)]
-            self.order += [q.question[0].name.to_text() for q in queries]
+            queries = []
+            for _ in range(self.batch):
+                queries.append(dns.message.from_wire(self._frame(conn)))
+                self.order.append(queries[-1].question[0].name.to_text())
             stray = dns.message.make_response(queries[0])
             stray.id = (max(q.id for q in queries) + 1) & 0xFFFF
             while any(stray.id == q.id for q in queries):
@@ -232,8 +242,8 @@ class ReorderingTlsServer:
                     dns.rrset.from_text(q.question[0].name, 60, "IN", "A", f"192.0.2.{i}")
                 )
                 out.append(r)
+            self.answered += len(queries)  # before the client can see them
             conn.sendall(b"".join(_framed(m.to_wire()) for m in out))
-            self.answered += len(queries)
 
     @staticmethod
     def _frame(conn: ssl.SSLSocket) -> bytes:
@@ -244,11 +254,11 @@ class ReorderingTlsServer:
         self._stop.set()
         with contextlib.suppress(OSError):
             self.listener.close()
-        conn = self._conn
-        if conn is not None:  # wakes the thread blocked reading the next batch
+        for conn in self._conns:  # wakes the threads blocked reading
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        self._thread.join(5)
+        for t in self._threads:
+            t.join(5)
 
 
 def _framed(wire: bytes) -> bytes:

@@ -161,6 +161,11 @@ class Attempts:
 
     # ------------------------------------------------------------------ events
 
+    @property
+    def started(self) -> bool:
+        """``start`` was called: the next step is decided (``step``)."""
+        return self._round >= 0
+
     def start(self, now: float) -> int:
         """The first step: UDP to the first server (or GIVE_UP: no server, no time)."""
         return self._next(now)

@@ -312,8 +312,9 @@ class Forwarder:
         machine: Attempts | None = None,
         box: Mailbox | None = None,
     ) -> ForwardResult:
-        """Drive ``machine`` (a fresh one for ``deadline``, or the one the fast lane handed
-        over with its next step decided, and ``box``, where its attempt still awaited reports)
+        """Drive ``machine`` (a fresh one for ``deadline`` when None; one not started yet, e.g.
+        from ``attempts`` with a caller's own servers; or the one the fast lane handed over
+        with its next step decided, and ``box``, where its attempt still awaited reports)
         until an acceptable reply or GIVE_UP. Every UDP attempt's ID stays valid until the
         deadline: a reply later than ``upstream_timeout`` still answers."""
         loop = self.loop
@@ -322,7 +323,7 @@ class Forwarder:
         tcp_t0 = loop.time()  # a TCP step handed over: its duration counts from here
         timed_out = -1  # the attempt whose timeout was noted
         try:
-            step = m.start(tcp_t0) if machine is None else m.step
+            step = m.step if m.started else m.start(tcp_t0)
             while True:
                 if step in (UDP, TLS):
                     server, seq, t0 = m.server, m.seq, loop.time()
