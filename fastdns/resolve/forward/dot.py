@@ -77,7 +77,8 @@ class TlsConnection(asyncio.Protocol):
         self.link = link
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, tuple[Waiter, wire.Query]] = {}
-        self.queued: list[bytes] = []  # frames sent before the handshake completed
+        # frames not written yet: asked during the handshake, or this loop iteration
+        self.queued: list[bytes] = []
         self.buf = bytearray()
         self.open = False  # handshake done
         self.closed = False
@@ -103,11 +104,17 @@ class TlsConnection(asyncio.Protocol):
             self.link.pool.stats.inc("tls_reused", self.link.to)
         self.used += 1
         self.last_active = self.link.pool.loop.time()
-        if self.open and self.transport is not None:
-            self.transport.write(frame)
-        else:
-            self.queued.append(frame)
+        queued = self.queued
+        queued.append(frame)
+        if self.open and len(queued) == 1:  # one write (one TLS record) per loop iteration
+            self.link.pool.loop.call_soon(self._flush)
         return uid
+
+    def _flush(self) -> None:
+        queued = self.queued
+        if queued and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(queued))
+        queued.clear()
 
     def forget(self, uid: int, waiter: Waiter) -> None:
         """The exchange that sent ``uid`` is over: its reply is no longer awaited."""
@@ -256,10 +263,7 @@ class TlsLink:
             logger.info("upstream %s: TLS connection works again", self.to)
         self.fails, self.retry_at, self.logged = 0, 0.0, ""
         conn.open = True
-        transport = conn.transport
-        if transport is not None and conn.queued:
-            transport.writelines(conn.queued)
-        conn.queued.clear()
+        conn._flush()  # what was asked during the handshake
 
     def _failed(self, conn: TlsConnection, exc: BaseException) -> None:
         reason = failure_reason(exc)
