@@ -196,6 +196,8 @@ class Worker:
             for ch in self.forwarder.channels.values():
                 gauges[("upstream_sockets", ch.to)] = ch.open
             if self.forwarder.tls is not None:
+                for server in self.forwarder.tls_servers():  # 0 while none is open
+                    gauges[("tls_connections", f"{server[0]}:{server[1]}")] = 0
                 for to, n in self.forwarder.tls.open_connections().items():
                     gauges[("tls_connections", to)] = n
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from support.clients import make_query
 from support.dot import UnboundDoT, make_certs
-from support.metrics import scrape, total, value, wait_until
+from support.metrics import scrape, series, total, value, wait_until
 from support.server import FastDNSProcess, write_resolv_conf
 from support.upstream import next_address
 
@@ -61,6 +61,14 @@ def test_one_handshake_for_1000_queries_in_the_metrics(tmp_path: Path) -> None:
             assert value(samples, "fastdns_forward_tls_handshakes_total", to=to) == 1
             assert value(samples, "fastdns_forward_tls_reused_queries_total", to=to) == 999
             assert total(samples, "fastdns_forward_tls_handshake_failures_total") == 0
+            failures = series(samples, "fastdns_forward_tls_handshake_failures_total")
+            assert {dict(ls)["to"] for ls in failures} == {to}  # exported at 0, TLS ones only
+            assert {dict(ls)["reason"] for ls in failures} == {
+                "verify",
+                "timeout",
+                "refused",
+                "error",
+            }
             assert total(samples, "fastdns_forward_tls_connections") == 1
             assert total(samples, "fastdns_forward_fast_lane_total") == 0
     finally:

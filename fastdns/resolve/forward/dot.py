@@ -142,6 +142,8 @@ class TlsConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         self.last_read = self.last_active = self.link.pool.loop.time()
         buf = self.buf
         buf += data

@@ -171,6 +171,10 @@ class Forwarder:
             {s: TlsTarget(s[0], s[1], d.name, d.verify) for s in plan.servers} if d else {}
         )
 
+    def tls_servers(self) -> tuple[Server, ...]:
+        """The default upstreams asked over TLS (fastdns.forward.tls), for the gauges."""
+        return tuple(self._tls_targets)
+
     def close(self) -> None:
         for ch in self.channels.values():
             ch.close()
