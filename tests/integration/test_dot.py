@@ -284,6 +284,22 @@ def test_any_caller_with_a_query_and_a_deadline_can_use_a_tls_server(
     assert srv.counter("tls_handshakes", f"{unbound.address}:853") == 1
 
 
+def test_a_handshake_that_never_completes_times_out(
+    inproc: InProcessFactory, tmp_path: Path, dot_address: str
+) -> None:
+    """A listener that takes the TCP connection and never speaks TLS: SERVFAIL within the
+    deadline, and the handshake counted as timed out (bounded by fastdns.deadline)."""
+    with socket.create_server((dot_address, 853)):  # never accepts: the kernel queues it
+        srv = serve(inproc, tmp_path, [dot_address])
+        t0 = time.monotonic()
+        assert ask(srv, "t0.dot.test").rcode() == dns.rcode.SERVFAIL
+        assert time.monotonic() - t0 < DEADLINE + 0.5
+        to, deadline = f"{dot_address}:853", time.monotonic() + 5.0
+        while not srv.counter("tls_handshake_failures", to, "timeout"):
+            assert time.monotonic() < deadline, srv.counters()
+            time.sleep(0.05)
+
+
 def test_failover_to_the_next_server_when_one_is_dead(
     inproc: InProcessFactory, tmp_path: Path, unbound: UnboundDoT, certs: Certs
 ) -> None:
