@@ -64,11 +64,11 @@ class TlsConfig:
 
     enabled: bool = False
     port: int = 853  # RFC 7858 §3.1
-    # The name every default upstream's certificate must carry (RFC 8310 §8, the
+    # The name every default upstream's certificate must carry (RFC 8310: the
     # authentication domain name), also sent as SNI. Required while ``verify`` is on.
     tls_name: str = ""
     ca_file: str = ""  # PEM trust anchors; empty = the system's CA store
-    # false: encrypt without authenticating the server (RFC 8310 §5 opportunistic privacy);
+    # false: encrypt without authenticating the server (the opportunistic profile of RFC 8310);
     # an explicit opt-out, never a silent downgrade.
     verify: bool = True
     idle_timeout: float = 10.0  # a pooled connection with nothing in flight closes after this

@@ -254,7 +254,7 @@ _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 
 def _tls_name_ok(name: str) -> bool:
-    """A name a certificate can carry (RFC 6125 §6.4.2: DNS-ID) or an IP address (iPAddress)."""
+    """A name a certificate can carry (RFC 6125: a DNS-ID) or an IP address (iPAddress)."""
     try:
         ipaddress.ip_address(name)
         return True
@@ -287,7 +287,7 @@ def _load_tls(m: Mapping[str, Any], p: Problems, relative: Callable[[str], str])
         p.add(
             f"{path}.tls_name",
             "required when forward.tls is enabled: the name each upstream's certificate must "
-            "carry (RFC 8310 §8); set verify: false to encrypt without authenticating",
+            "carry (RFC 8310); set verify: false to encrypt without authenticating",
         )
     ca_file = relative(get_str(m, "ca_file", path, d.ca_file, p))
     if ca_file and enabled:

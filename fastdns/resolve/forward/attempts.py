@@ -56,7 +56,7 @@ Server = tuple[str, int]
 @dataclass(frozen=True, slots=True)
 class TlsTarget:
     """How a server is reached over DNS over TLS (RFC 7858): its address and port, the name
-    its certificate must carry (RFC 8310 §8; also sent as SNI), and whether that is checked."""
+    its certificate must carry (RFC 8310; also sent as SNI), and whether that is checked."""
 
     host: str
     port: int

@@ -49,8 +49,8 @@ LINGER = 60.0  # a retired connection closes after this even with queries left (
 
 def client_context(ca_file: str = "", verify: bool = True) -> ssl.SSLContext:
     """The client TLS context: the system CA store or ``ca_file``, certificate and name
-    checked (RFC 8310 §8), TLS 1.2 at least (RFC 8310 §9, RFC 7525). ``verify`` False: no
-    authentication at all (RFC 8310 §5, opportunistic)."""
+    checked (RFC 8310), TLS 1.2 at least (RFC 8310, RFC 7525). ``verify`` False: no
+    authentication at all (the opportunistic profile of RFC 8310)."""
     ctx = ssl.create_default_context(cafile=ca_file or None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if not verify:
