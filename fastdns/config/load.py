@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
-from fastdns.config.routes import load_forward
 from fastdns.config.schema import (
     CacheConfig,
     Config,
@@ -21,12 +20,14 @@ from fastdns.config.schema import (
     MetricsConfig,
     NativeConfig,
     RulesConfig,
+    TlsConfig,
     canonical_name,
     instance_hostname,
 )
 from fastdns.config.sections import (
     load_acl,
     load_cache,
+    load_forward,
     load_hosts,
     load_metrics,
     load_native,
@@ -151,8 +152,6 @@ def build_config(
     deadline = num("deadline", float, 0.05, 60)
     user = get_str(f, "user", fp, "", p)
     workers = num("workers", int, 0, 256)
-    forward = section(f, "forward", fp, p)
-    resolver_dir = _relative_to(path, get_str(forward, "resolver_dir", f"{fp}.forward", "", p))
     cfg = Config(
         path=path,
         enabled=enabled,
@@ -185,8 +184,10 @@ def build_config(
         worker_timeout=num("worker_timeout", float, 1, 3600),
         user=user,
         native=load_native(section(f, "native", fp, p), p),
-        forward=load_forward(forward, p, resolver_dir),
         cache=load_cache(section(f, "cache", fp, p), p),
+        forward=load_forward(
+            section(f, "forward", fp, p), p, lambda value: _relative_to(path, value)
+        ),
         metrics=load_metrics(section(f, "metrics", fp, p), p),
         rules=load_rules(section(f, "rules", fp, p), p),
         acl=load_acl(section(f, "acl", fp, p), p),
@@ -250,7 +251,9 @@ def known_keys() -> frozenset[str]:
         "acl": AclConfig,
         "ratelimit": RateLimitConfig,
     }
-    for key in _FASTDNS_KEYS:
+    keys |= {f"fastdns.forward.{f}" for f in ForwardConfig.__dataclass_fields__ if f != "tls"}
+    keys |= {f"fastdns.forward.tls.{f}" for f in TlsConfig.__dataclass_fields__}
+    for key in _FASTDNS_KEYS - {"forward"}:
         if key in sections:
             keys |= {f"fastdns.{key}.{f}" for f in sections[key].__dataclass_fields__}
         else:

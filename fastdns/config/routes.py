@@ -10,15 +10,15 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from fastdns.config.schema import ForwardConfig, RouteConfig, RouteServer, Transport
+from fastdns.config.schema import RouteConfig, RouteServer, Transport
 from fastdns.config.values import Problems, get_str, reject_unknown, type_name
 from fastdns.dns.wire import name_to_wire
 
 __all__ = [
     "MAX_ROUTES",
     "MAX_SERVERS",
-    "TLS_UNAVAILABLE",
-    "load_forward",
+    "TLS_NEEDS_NAME",
+    "load_routes",
     "parse_server",
     "parse_suffix",
 ]
@@ -26,7 +26,7 @@ __all__ = [
 MAX_ROUTES = 256  # routes (explicit plus resolver_dir files): bounds the metrics' route label
 MAX_SERVERS = 16  # servers per route
 DEFAULT_PORTS: dict[Transport, int] = {"udp": 53, "tcp": 53, "tls": 853}  # RFC 7858 §3.1
-TLS_UNAVAILABLE = "DNS over TLS is not available yet (tls:// servers); use IP or tcp://IP"
+TLS_NEEDS_NAME = "tls:// servers need tls_name: the name their certificate must carry (RFC 8310)"
 _SCHEMES: dict[str, Transport] = {"udp": "udp", "dns": "udp", "tcp": "tcp", "tls": "tls"}
 
 
@@ -85,10 +85,9 @@ def parse_suffix(text: object) -> tuple[str, str]:
     return name, ""
 
 
-def load_forward(m: Mapping[str, Any], p: Problems, resolver_dir: str) -> ForwardConfig:
-    """``fastdns.forward``; ``resolver_dir`` is the already resolved (absolute) directory."""
+def load_routes(m: Mapping[str, Any], p: Problems) -> tuple[RouteConfig, ...]:
+    """``fastdns.forward.domains``: the explicit routes, in order."""
     path = "fastdns.forward"
-    reject_unknown(m, set(ForwardConfig.__dataclass_fields__), path, p)
     raw = m.get("domains")
     routes: list[RouteConfig] = []
     seen: dict[str, int] = {}
@@ -106,7 +105,7 @@ def load_forward(m: Mapping[str, Any], p: Problems, resolver_dir: str) -> Forwar
                     p.add(f"{path}.domains[{i}]", f"{d!r} is already routed by domains[{seen[d]}]")
                 seen[d] = i
             routes.append(route)
-    return ForwardConfig(domains=tuple(routes), resolver_dir=resolver_dir)
+    return tuple(routes)
 
 
 def _load_route(item: object, path: str, p: Problems) -> RouteConfig | None:
@@ -131,11 +130,11 @@ def _load_route(item: object, path: str, p: Problems) -> RouteConfig | None:
         server = parse_server(t)
         if isinstance(server, str):
             p.add(f"{path}.servers[{j}]", server)
-        elif server.transport == "tls":
-            p.add(f"{path}.servers[{j}]", TLS_UNAVAILABLE)
         else:
             servers.append(server)
     tls_name = get_str(item, "tls_name", path, "", p)
+    if not tls_name and any(s.transport == "tls" for s in servers):
+        p.add(f"{path}.tls_name", TLS_NEEDS_NAME)
     if tls_name:
         try:
             name_to_wire(tls_name)

@@ -95,11 +95,29 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """DNS over TLS to the default upstreams (RFC 7858; docs/tls.md)."""
+
+    enabled: bool = False
+    port: int = 853  # RFC 7858 §3.1
+    # The name every default upstream's certificate must carry (RFC 8310: the
+    # authentication domain name), also sent as SNI. Required while ``verify`` is on.
+    tls_name: str = ""
+    ca_file: str = ""  # PEM trust anchors; empty = the system's CA store
+    # false: encrypt without authenticating the server (the opportunistic profile of RFC 8310);
+    # an explicit opt-out, never a silent downgrade.
+    verify: bool = True
+    idle_timeout: float = 10.0  # a pooled connection with nothing in flight closes after this
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardConfig:
-    """Per-domain forwarding (docs/routing.md)."""
+    """How queries go to upstreams beyond the plain resolv.conf defaults: per-domain routes
+    (docs/routing.md) and DNS over TLS to the defaults (docs/tls.md)."""
 
     domains: tuple[RouteConfig, ...] = ()
     resolver_dir: str = ""  # macOS-style /etc/resolver directory; "" = none
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
+from fastdns.config.routes import load_routes
 from fastdns.config.schema import (
     NSS_MODES,
     CacheConfig,
+    ForwardConfig,
     HookName,
     MetricsConfig,
     NativeConfig,
     RulesConfig,
+    TlsConfig,
     canonical_name,
 )
 from fastdns.config.values import (
@@ -25,6 +30,7 @@ from fastdns.config.values import (
     get_number,
     get_str,
     reject_unknown,
+    section,
     type_name,
 )
 from fastdns.dns.wire import name_to_wire
@@ -249,4 +255,65 @@ def load_ratelimit(m: Mapping[str, Any], p: Problems) -> RateLimitConfig:
         max_clients=num("max_clients", int, 1, 10_000_000),
         slip=num("slip", int, 0, 100),
         exempt=get_cidrs(m, "exempt", path, d.exempt, p),
+    )
+
+
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def _tls_name_ok(name: str) -> bool:
+    """A name a certificate can carry (RFC 6125: a DNS-ID) or an IP address (iPAddress)."""
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+
+
+def load_forward(
+    m: Mapping[str, Any], p: Problems, relative: Callable[[str], str]
+) -> ForwardConfig:
+    """``fastdns.forward``; ``relative`` resolves a file path against the config's folder."""
+    path = "fastdns.forward"
+    reject_unknown(m, set(ForwardConfig.__dataclass_fields__), path, p)
+    return ForwardConfig(
+        domains=load_routes(m, p),
+        resolver_dir=relative(get_str(m, "resolver_dir", path, "", p)),
+        tls=_load_tls(section(m, "tls", path, p), p, relative),
+    )
+
+
+def _load_tls(m: Mapping[str, Any], p: Problems, relative: Callable[[str], str]) -> TlsConfig:
+    path, d = "fastdns.forward.tls", TlsConfig()
+    reject_unknown(m, set(TlsConfig.__dataclass_fields__), path, p)
+    enabled = get_bool(m, "enabled", path, d.enabled, p)
+    verify = get_bool(m, "verify", path, d.verify, p)
+    tls_name = get_str(m, "tls_name", path, d.tls_name, p).strip().rstrip(".")
+    if tls_name and not _tls_name_ok(tls_name):
+        p.add(
+            f"{path}.tls_name",
+            f"not a host name (A-labels, xn-- for IDN) or IP address: {tls_name!r}",
+        )
+    elif not tls_name and enabled and verify:
+        p.add(
+            f"{path}.tls_name",
+            "required when forward.tls is enabled: the name each upstream's certificate must "
+            "carry (RFC 8310); set verify: false to encrypt without authenticating",
+        )
+    ca_file = relative(get_str(m, "ca_file", path, d.ca_file, p))
+    if ca_file and enabled:
+        try:  # a bad bundle is a config error now, not a handshake failure per query later
+            ssl.create_default_context().load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as e:
+            p.add(f"{path}.ca_file", f"cannot load CA certificates from {ca_file!r}: {e}")
+    return TlsConfig(
+        enabled=enabled,
+        port=get_number(m, "port", path, d.port, p, kind=int, low=1, high=65535),
+        tls_name=tls_name,
+        ca_file=ca_file,
+        verify=verify,
+        idle_timeout=get_number(
+            m, "idle_timeout", path, d.idle_timeout, p, kind=float, low=0.1, high=3600
+        ),
     )

@@ -22,9 +22,9 @@ from fastdns.metrics.definitions import (
     CAPPED_LABELS,
     METRICS,
     SOURCE_TO_PLUGIN,
-    SOURCES,
     MetricDef,
 )
+from fastdns.metrics.sources import SOURCES
 from fastdns.metrics.stats import REPORT_INTERVAL, Key, decode
 from fastdns.metrics.zeros import initial_label_sets
 
@@ -369,6 +369,8 @@ class StatsAggregator:
         if not self.worker_seen:
             return  # the server label is the configured port until a worker reports its own
         upstreams = sorted({k[1] for k in totals.gauges if k[0] == "upstream_up" and len(k) > 1})
+        # TLS families only for the upstreams reached over TLS (docs/tls.md), not every one
+        tls = sorted({k[1] for k in totals.gauges if k[0] == "tls_connections" and len(k) > 1})
         for metric, sets in self._initial:
             zero: Any = (
                 [metric.buckets, [0] * (len(metric.buckets) + 1), 0.0, 0]
@@ -376,7 +378,8 @@ class StatsAggregator:
                 else 0
             )
             for given in sets:
-                for to in upstreams if "to" in metric.labels else ("",):
+                targets = tls if metric.name.startswith("fastdns_forward_tls_") else upstreams
+                for to in targets if "to" in metric.labels else ("",):
                     labels = {**given, "to": to} if to else given
                     put(metric, self._labels(metric, labels), zero)
 

@@ -4,7 +4,8 @@ May import: ``fastdns.metrics.definitions``."""
 
 from __future__ import annotations
 
-from fastdns.metrics.definitions import CONTEXT_LABELS, SOURCES, MetricDef
+from fastdns.metrics.definitions import CONTEXT_LABELS, MetricDef
+from fastdns.metrics.sources import SOURCES
 
 # Counters and histograms whose labels all come from fixed sets are exported at 0 from the
 # start (a rate shows 0, not "no data"), up to this many label sets per family (per upstream

@@ -100,6 +100,9 @@ def plan_upstreams(config: Config, resolv: ResolvConf, own_port: int | None) -> 
     """Pick the upstream servers for ``config``; skip fastdns's own listen address."""
 
     redirected = config.rules.enabled and "OUTPUT" in config.rules.hooks
+    # DNS over TLS (docs/tls.md): every default upstream on its TLS port instead. Our own
+    # address and the virtual one are still skipped: neither serves DNS over TLS.
+    port = config.forward.tls.port if config.forward.tls.enabled else DNS_PORT
 
     def usable(addrs: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
         out = []
@@ -108,7 +111,7 @@ def plan_upstreams(config: Config, resolv: ResolvConf, own_port: int | None) -> 
                 continue  # a nameserver that is fastdns itself would loop
             if redirected and _same_ip(a, config.rules.virtual_ip):
                 continue  # the virtual address is fastdns itself (loop guard, docs/rules.md)
-            out.append((a, DNS_PORT))
+            out.append((a, port))
         return tuple(out)
 
     if not config.enabled:

@@ -21,15 +21,16 @@ from fastdns.config.schema import Config
 from fastdns.dns import loopguard, wire
 from fastdns.errors import BootError, ExitCode
 from fastdns.ipc import ControlWriter, StatusSender
-from fastdns.metrics.stats import WorkerStats, worker_message
+from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.forward import sockmark
+from fastdns.resolve.forward.attempts import TlsTarget
+from fastdns.resolve.forward.dot import TlsPool, client_context
 from fastdns.resolve.forward.resolverdir import ResolverDir
 from fastdns.resolve.forward.routes import merge_routes
 from fastdns.resolve.forward.upstream import Forwarder
 from fastdns.resolve.pipeline import NativeLookup, NssLookup, Pipeline
 from fastdns.resolve.resolvconf import (
     FileWatch,
-    UpstreamPlan,
     loops_back,
     plan_upstreams,
     read_resolv_conf,
@@ -37,6 +38,8 @@ from fastdns.resolve.resolvconf import (
 )
 from fastdns.serve.datapath import Datapath, PyDatapath
 from fastdns.serve.launch import WorkerLaunch
+from fastdns.serve.lookups import default_native_factory, default_nss_factory, describe_plan
+from fastdns.serve.reporter import WorkerReporter
 from fastdns.serve.udp import ServerState, TCPServer
 from fastdns.system.files import GraceHold
 from fastdns.system.process import die_with_parent, drop_privileges
@@ -50,7 +53,6 @@ TICK = 1.0  # seconds between checks of resolv.conf and the hosts file (issue: ~
 # every time (a file rewritten every 0.5 s, bench/file_rewrites.py) and wrongly give up after
 # the grace.
 RECHECK = 0.1
-HEARTBEAT_MAX = 1.0  # seconds between a worker's heartbeats to the supervisor, at most
 DRAIN_WAIT = 0.05  # seconds between looks at in-flight queries while draining
 DRAIN_POLL = 0.005  # seconds between looks at a detached UDP socket's queue while draining
 
@@ -75,47 +77,6 @@ def raise_nofile_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     except (OSError, ValueError) as e:  # then fewer sockets: upsock counts "fallback"
         logger.warning("could not raise the open-file limit: %s", e)
-
-
-def describe_plan(plan: UpstreamPlan, config: Config) -> str:
-    servers = ", ".join(h for h, _ in plan.servers) or "none"
-    if plan.source == "dns":
-        return f"hostResolver is disabled: forwarding every query to the dns: servers ({servers})"
-    if plan.source == "fallback":
-        return (
-            f"{config.resolv_conf} has no usable nameserver: using the fallback servers ({servers})"
-        )
-    if plan.source == "none":
-        return (
-            f"{config.resolv_conf} has no usable nameserver and no fallback is configured: "
-            "forwarded queries will get SERVFAIL"
-        )
-    return f"upstream nameservers from {config.resolv_conf}: {servers}"
-
-
-def default_native_factory(worker: Worker) -> NativeLookup | None:
-    """The c-ares native path (fastdns.native) when hostResolver and fastdns.native are on.
-
-    Imported here, in the serving process, never at module level: the supervisor imports this
-    module and must not load pycares (a Channel made before fork hangs in the child).
-    """
-    if not (worker.config.enabled and worker.config.native.enabled):
-        return None
-    from fastdns.resolve.native.resolver import NativeResolver
-
-    forwarder, loop = worker.forwarder, worker.loop
-    assert forwarder is not None and loop is not None  # built in Worker.setup, before this
-    resolver = NativeResolver(worker.config, loop, worker.stats, lambda: forwarder.plan)
-    worker.reload_hooks.append(resolver.reload)  # new resolv.conf or hosts: a new channel
-    return resolver
-
-
-def default_nss_factory(worker: Worker) -> NssLookup | None:
-    """The host's NSS sources for A/AAAA (fastdns.native.nss), or None."""
-    from fastdns.resolve.native.nss import start_nss
-
-    assert worker.loop is not None
-    return start_nss(worker.config, worker.loop, worker.stats)
 
 
 class Worker:
@@ -181,7 +142,9 @@ class Worker:
         """Point-in-time values for the metrics process, taken per tick (never per query)."""
         gauges = self.stats.gauges
         for key in [
-            k for k in gauges if k[0] in ("upstream_up", "upstream_source", "upstream_sockets")
+            k
+            for k in gauges
+            if k[0] in ("upstream_up", "upstream_source", "upstream_sockets", "tls_connections")
         ]:
             del gauges[key]  # upstreams come and go with resolv.conf
         if self.state is not None:
@@ -198,6 +161,11 @@ class Worker:
                 gauges[("upstream_up", f"{server[0]}:{server[1]}")] = up
             for ch in self.forwarder.channels.values():
                 gauges[("upstream_sockets", ch.to)] = ch.open
+            if self.forwarder.tls is not None:
+                for server in self.forwarder.tls_servers():  # 0 while none is open
+                    gauges[("tls_connections", f"{server[0]}:{server[1]}")] = 0
+                for to, n in self.forwarder.tls.open_connections().items():
+                    gauges[("tls_connections", to)] = n
 
     def replan(self, *, log: bool = True) -> bool:
         """Read resolv.conf and plan the upstreams again; True when the plan changed.
@@ -252,6 +220,10 @@ class Worker:
         self.loop = loop
         self.stop_event = asyncio.Event()
         self.forwarder = Forwarder(loop, self.stats, self.config.upstream_timeout)
+        self.forwarder.tls = self._tls_pool(loop)
+        tls = self.config.forward.tls
+        if tls.enabled:  # the default upstreams over TLS: a target per server, made per plan
+            self.forwarder.default_tls = TlsTarget("", tls.port, tls.tls_name, tls.verify)
         self.replan()
         if self.resolver_dir is not None:
             self.resolver_dir.refresh()
@@ -274,6 +246,18 @@ class Worker:
         datapath.start(loop, self.udp_sock)
         self.tcp_server = await loop.create_server(lambda: TCPServer(state), sock=self.tcp_sock)
         self.tick_task = loop.create_task(self._tick())
+
+    def _tls_pool(self, loop: asyncio.AbstractEventLoop) -> TlsPool:
+        """The worker's DNS-over-TLS connections (docs/tls.md): idle until a TLS upstream is
+        asked; its TLS contexts are made then, with ``fastdns.forward.tls.ca_file``."""
+        tls = self.config.forward.tls
+        return TlsPool(
+            loop,
+            self.stats,
+            lambda verify: client_context(tls.ca_file, verify),
+            tls.idle_timeout,
+            self.config.deadline,
+        )
 
     async def _tick(self) -> None:
         assert self.stop_event is not None and self.pipeline is not None
@@ -381,68 +365,6 @@ class Worker:
             "stopping: draining in-flight queries (up to %.1fs)", self.config.graceful_timeout
         )
         await self.drain()
-
-
-class WorkerReporter:
-    """Heartbeats to the supervisor and stats to the metrics process, sent from inside the
-    worker's event loop, so a stalled loop falls silent and gets replaced."""
-
-    def __init__(
-        self,
-        control: ControlWriter,
-        status: StatusSender,
-        slot: int,
-        generation: int,
-        supervisor_pid: int,
-    ) -> None:
-        self.control = control
-        self.status = status
-        self.slot = slot
-        self.generation = generation
-        self.supervisor_pid = supervisor_pid
-        self.serving = False
-        self.server = ""
-
-    def ready(self, worker: Worker) -> None:
-        # Worker.run traps SIGINT; in a supervised worker it belongs to the supervisor, which
-        # stops the children in order (a terminal's Ctrl+C reaches the whole group).
-        if worker.loop is not None:
-            worker.loop.remove_signal_handler(signal.SIGINT)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self.serving = True
-        self.server = worker.server_label  # kept: the socket is closed at the last report
-        self.beat(worker)
-
-    def tick(self, worker: Worker) -> None:
-        if os.getppid() != self.supervisor_pid or self.control.broken:
-            logger.warning("the supervisor is gone: stopping")
-            worker.stop()
-        self.send_stats(worker)
-
-    def beat(self, worker: Worker) -> None:
-        """Tell the supervisor this loop runs, and how much it served; then again in a while.
-
-        Several beats per ``worker_timeout`` (at most a second apart), so that a loop that is
-        merely busy for a moment is never mistaken for a stalled one.
-        """
-        inflight = worker.state.inflight if worker.state is not None else 0
-        # (the fast lane's hits are in ``served`` from the last tick's fold: send_stats)
-        served = sum(n for key, n in worker.stats.counters.items() if key[0] == "requests")
-        self.control.send(ready=True, served=served, inflight=inflight)
-        if worker.loop is not None and not self.control.broken:
-            interval = min(HEARTBEAT_MAX, worker.config.worker_timeout / 4)
-            worker.loop.call_later(interval, self.beat, worker)
-
-    def send_stats(self, worker: Worker) -> None:
-        if worker.datapath is not None:
-            # Fast-lane hits are counted per form; fold them into the per-query stats (and
-            # the served count) once a tick, here, and at the last report.
-            worker.datapath.fold()
-        if self.status.path:
-            worker.sample_gauges()
-            self.status.send(
-                worker_message(self.slot, os.getpid(), self.generation, worker.stats, self.server)
-            )
 
 
 def _import_before_drop(config: Config) -> None:

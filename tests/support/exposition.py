@@ -8,8 +8,9 @@ from prometheus_client.exposition import generate_latest
 
 from fastdns.config.load import build_config
 from fastdns.metrics.aggregator import StatsAggregator
-from fastdns.metrics.definitions import BY_NAME, SOURCES
+from fastdns.metrics.definitions import BY_NAME
 from fastdns.metrics.http import make_registry
+from fastdns.metrics.sources import SOURCES
 from fastdns.metrics.stats import WorkerStats, rules_message, supervisor_message, worker_message
 
 

@@ -20,9 +20,9 @@ from fastdns.metrics.definitions import (
     CAPPED_LABELS,
     METRICS,
     SIZE_BUCKETS,
-    SOURCES,
     TIME_BUCKETS,
 )
+from fastdns.metrics.sources import SOURCES
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fastdns"
 NAME = re.compile(r"^fastdns_[a-z][a-z0-9]*(_[a-z0-9]+)*$")

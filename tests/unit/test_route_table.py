@@ -74,7 +74,7 @@ def _load(forward: object) -> str:
         ({"domains": [{"servers": ["10.0.0.1"]}]}, "domains: required"),
         ({"domains": [{"domains": ["*.x"], "servers": ["10.0.0.1"]}]}, "without '*.'"),
         ({"domains": [{"domains": ["x"], "servers": ["ns.x"]}]}, "not an IP address"),
-        ({"domains": [{"domains": ["x"], "servers": ["tls://10.0.0.1"]}]}, "not available yet"),
+        ({"domains": [{"domains": ["x"], "servers": ["tls://10.0.0.1"]}]}, "need tls_name"),
         ({"domains": [{"domains": ["x"], "servers": ["1.1.1.1"], "weight": 1}]}, "unknown key"),
         ({"domains": "corp.example"}, "must be a list of routes"),
         (

@@ -20,7 +20,10 @@ Rules (docs/answering.md):
   waiting ``timeout`` like a UDP one (its reply is not awaited after that);
 - every UDP attempt's reply stays acceptable until the deadline: after the last server, wait
   for replies still due; at the deadline (or with under a millisecond left before an attempt),
-  give up (the caller answers SERVFAIL).
+  give up (the caller answers SERVFAIL);
+- a server named in ``tls`` is asked over DNS over TLS instead of UDP (step TLS, its
+  ``TlsTarget``; ``fastdns.resolve.forward.dot``): the same rules as a UDP attempt (its
+  timeout, failover, its reply acceptable until the deadline), never a TC retry.
 
 Attempts are numbered in send order (``seq``): events name the attempt they are about, so a
 late reply from an earlier round is told apart from the current attempt to the same server.
@@ -39,15 +42,29 @@ __all__ = [
     "GIVE_UP",
     "MAX_FAILS",
     "TCP",
+    "TLS",
     "UDP",
     "WAIT",
     "Attempts",
     "Health",
     "Server",
+    "TlsTarget",
     "order_servers",
 ]
 
 Server = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsTarget:
+    """How a server is reached over DNS over TLS (RFC 7858): its address and port, the name
+    its certificate must carry (RFC 8310; also sent as SNI), and whether that is checked."""
+
+    host: str
+    port: int
+    name: str
+    verify: bool = True
+
 
 # An upstream that timed out this many times in a row is tried after the healthy ones
 # (CoreDNS forward max_fails), until it answers again or DOWN_FOR seconds pass.
@@ -60,6 +77,7 @@ TCP = 1  # ask ``server`` over TCP (attempt ``seq``), at most until ``until``
 WAIT = 2  # wait for replies until ``until``, then call ``on_timeout``
 DONE = 3  # attempt ``seq``'s reply (from ``server``, over TCP when ``tcp``) is the answer
 GIVE_UP = 4  # no answer before the deadline: SERVFAIL
+TLS = 5  # send the query over TLS to ``server`` (``tls[server]``), attempt ``seq``; as UDP
 
 # Less than this left before the deadline: not worth another attempt.
 _MARGIN = 0.001
@@ -112,6 +130,7 @@ class Attempts:
         "tcp",
         "tcp_only",
         "timeout",
+        "tls",
         "until",
     )
 
@@ -123,8 +142,10 @@ class Attempts:
         timeout: float,
         deadline: float,
         tcp_only: frozenset[Server] = frozenset(),
+        tls: Mapping[Server, TlsTarget] | None = None,
     ) -> None:
         self.servers, self.health, self.tcp_only = servers, health, tcp_only
+        self.tls = tls  # the servers asked over TLS, and how
         self.rounds, self.timeout, self.deadline = rounds, timeout, deadline
         self._order: list[Server] = []  # this round's servers, asked up to ``_idx``
         self._idx = 0
@@ -144,12 +165,18 @@ class Attempts:
 
     # ------------------------------------------------------------------ events
 
+    @property
+    def started(self) -> bool:
+        """``start`` was called: the next step is decided (``step``)."""
+        return self._round >= 0
+
     def start(self, now: float) -> int:
         """The first step: UDP to the first server (or GIVE_UP: no server, no time)."""
         return self._next(now)
 
     def on_reply(self, seq: int, rcode: int, tc: bool, now: float) -> int:
-        """Attempt ``seq`` got a reply (ID, source and question already checked)."""
+        """Attempt ``seq`` got a reply (ID, source and question already checked); ``tc``
+        only for a UDP one (a reply over a stream is whole)."""
         tcp = self._tcp >> seq & 1 == 1
         if not tcp:
             self._outstanding -= 1
@@ -230,7 +257,8 @@ class Attempts:
             seq = self.current = self._attempt(server, False)
             self._outstanding += 1
             self.until = min(now + self.timeout, self.deadline)
-            return self._go(UDP, server, seq)
+            tls = self.tls
+            return self._go(TLS if tls is not None and server in tls else UDP, server, seq)
 
     def _attempt(self, server: Server, tcp: bool) -> int:
         seq = len(self._servers)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastdns.config.schema import RouteConfig, RouteServer
 from fastdns.dns import wire
+from fastdns.resolve.forward.attempts import TlsTarget
 
 __all__ = ["Route", "RouteTable", "merge_routes"]
 
@@ -31,10 +32,12 @@ class Route:
     tcp: frozenset[Server]  # servers asked over pooled TCP connections only (tcp://)
     timeout: float | None  # per attempt; None: fastdns.upstream_timeout
     origin: str
+    # servers asked over DNS over TLS (tls://), with the name their certificate must carry
+    tls: dict[Server, TlsTarget] = field(default_factory=dict)
 
     def key(self) -> tuple[object, ...]:
         """What makes two routes forward alike (``RouteTable.same``)."""
-        return (self.domains, self.servers, self.tcp, self.timeout)
+        return (self.domains, self.servers, self.tcp, self.timeout, tuple(self.tls.values()))
 
 
 class RouteTable:
@@ -100,6 +103,7 @@ def merge_routes(
         taken.update(domains)
         servers: list[Server] = []
         tcp: set[Server] = set()
+        tls: dict[Server, TlsTarget] = {}
         for s in cfg.servers:
             key = (s.host, s.port)
             if is_self is not None and is_self(key):
@@ -113,8 +117,18 @@ def merge_routes(
             servers.append(key)
             if s.transport == "tcp":
                 tcp.add(key)
+            elif s.transport == "tls":
+                tls[key] = TlsTarget(s.host, s.port, cfg.tls_name)
         out.append(
-            Route(domains[0], domains, tuple(servers), frozenset(tcp), cfg.timeout, cfg.origin)
+            Route(
+                domains[0],
+                domains,
+                tuple(servers),
+                frozenset(tcp),
+                cfg.timeout,
+                cfg.origin,
+                tls,
+            )
         )
     return RouteTable(out), warnings
 

@@ -52,6 +52,17 @@ _DGRAM_NONBLOCK = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
 _EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
+def sockaddr(host: str, port: int) -> tuple[int, tuple[object, ...]]:
+    """(family, sockaddr) for a numeric address, with IPv6 ``%scope`` support; no DNS."""
+    addr, _, scope = host.partition("%")
+    if ":" in addr:
+        scope_id = 0
+        if scope:
+            scope_id = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
+        return socket.AF_INET6, (addr, port, 0, scope_id)
+    return socket.AF_INET, (addr, port)
+
+
 class Waiter(Protocol):
     """Who gets an upstream reply: an attempt of ``Forwarder.exchange`` or a fast-lane query."""
 

@@ -17,17 +17,34 @@ import random
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fastdns.dns import wire
 from fastdns.metrics.stats import Histogram, WorkerStats
-from fastdns.resolve.forward.attempts import DONE, GIVE_UP, TCP, UDP, Attempts, Health
+from fastdns.resolve.forward.attempts import (
+    DONE,
+    GIVE_UP,
+    TCP,
+    TLS,
+    UDP,
+    Attempts,
+    Health,
+    Server,
+    TlsTarget,
+)
+from fastdns.resolve.forward.dot import TlsConnection, TlsPool
 from fastdns.resolve.forward.fdpoll import FdPoll
 from fastdns.resolve.forward.routes import Route, RouteTable
 from fastdns.resolve.forward.sockmark import mark_upstream
 from fastdns.resolve.forward.tcppool import ConnectionLost, TcpPool
-from fastdns.resolve.forward.upsock import PortSocket, UdpChannel, UpstreamDown, Waiter
+from fastdns.resolve.forward.upsock import (
+    PortSocket,
+    UdpChannel,
+    UpstreamDown,
+    Waiter,
+    sockaddr,
+)
 from fastdns.resolve.resolvconf import UpstreamPlan
 
 __all__ = [
@@ -45,26 +62,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def sockaddr(host: str, port: int) -> tuple[int, tuple[object, ...]]:
-    """(family, sockaddr) for a numeric address, with IPv6 ``%scope`` support; no DNS."""
-    addr, _, scope = host.partition("%")
-    if ":" in addr:
-        scope_id = 0
-        if scope:
-            scope_id = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
-        return socket.AF_INET6, (addr, port, 0, scope_id)
-    return socket.AF_INET, (addr, port)
-
-
 class Attempt:
-    """One UDP attempt of an exchange; it stands in for a Future in ``PortSocket.pending``
-    until the client's deadline, so a late reply still answers (docs/answering.md)."""
+    """One UDP or TLS attempt of an exchange; it stands in for a Future in
+    ``PortSocket.pending`` (``TlsConnection.pending``) until the client's deadline, so a late
+    reply still answers (docs/answering.md)."""
 
     __slots__ = ("box", "finished", "seq", "server", "sock", "t0", "uid")
 
     def __init__(self, box: Mailbox, server: tuple[str, int], t0: float, seq: int) -> None:
         self.box, self.server, self.t0, self.seq = box, server, t0, seq
-        self.sock: PortSocket | None = None
+        self.sock: PortSocket | TlsConnection | None = None
         self.uid = 0
         self.finished = False
 
@@ -151,11 +158,24 @@ class Forwarder:
     _proxy_histograms: dict[tuple[tuple[str, int], int], Histogram] = field(default_factory=dict)
     _route_histograms: dict[str, Histogram] = field(default_factory=dict)
     _poll: FdPoll | None = None  # the upstream sockets' epoll set, made with the first channel
+    # DNS over TLS (fastdns.resolve.forward.dot): the worker's connection pool, and how the
+    # default upstreams use it (fastdns.forward.tls; None: they are asked over UDP).
+    tls: TlsPool | None = None
+    default_tls: TlsTarget | None = None  # its name and verify; host and port per server
+    _tls_targets: dict[Server, TlsTarget] = field(default_factory=dict)
 
     def set_plan(self, plan: UpstreamPlan) -> None:
         """Switch upstreams (resolv.conf changed); sockets of servers still named are kept."""
         self.plan = plan
+        d = self.default_tls
+        self._tls_targets = (
+            {s: TlsTarget(s[0], s[1], d.name, d.verify) for s in plan.servers} if d else {}
+        )
         self._forget_unnamed()
+
+    def tls_servers(self) -> tuple[Server, ...]:
+        """The default upstreams asked over TLS (fastdns.forward.tls), for the gauges."""
+        return tuple(self._tls_targets)
 
     def set_routes(self, routes: RouteTable) -> None:
         """Switch routes (config or resolver_dir changed); what is still named is kept."""
@@ -182,6 +202,8 @@ class Forwarder:
         for pool in self.pools.values():
             pool.close()
         self.pools.clear()
+        if self.tls is not None:
+            self.tls.close()
         if self._poll is not None:
             self._poll.close()
             self._poll = None
@@ -203,17 +225,32 @@ class Forwarder:
             ch.sweep(now)
         for pool in self.pools.values():
             pool.sweep(now)
+        if self.tls is not None:
+            self.tls.sweep()
 
-    def attempts(self, deadline: float, route: Route | None = None) -> Attempts:
-        """The state machine of one query forwarded under the current plan
-        (``fastdns.resolve.forward.attempts``): resolv.conf's ``attempts`` rounds, else 2;
-        with ``route``, to that route's servers only, 2 rounds."""
+    def attempts(
+        self,
+        deadline: float,
+        route: Route | None = None,
+        servers: tuple[Server, ...] | None = None,
+        tls: Mapping[Server, TlsTarget] | None = None,
+    ) -> Attempts:
+        """The state machine of one query (``fastdns.resolve.forward.attempts``) forwarded
+        under the current plan (resolv.conf's ``attempts`` rounds, else 2); with ``route``,
+        to that route's servers only, 2 rounds; or to ``servers`` when given, with those in
+        ``tls`` asked over TLS. ``exchange`` drives any of them."""
         if route is not None:
             timeout = route.timeout or self.upstream_timeout
-            return Attempts(route.servers, self.health, 2, timeout, deadline, route.tcp)
+            return Attempts(
+                route.servers, self.health, 2, timeout, deadline, route.tcp, route.tls or None
+            )
         plan = self.plan
         rounds = plan.resolv.attempts if plan.source == "resolv_conf" else 2
-        return Attempts(plan.servers, self.health, rounds, self.upstream_timeout, deadline)
+        if servers is None:
+            servers, tls = plan.servers, self._tls_targets or None
+        return Attempts(
+            servers, self.health, rounds, self.upstream_timeout, deadline, frozenset(), tls
+        )
 
     def note_route(self, route: Route, t0: float, ok: bool) -> None:
         """One query of ``route`` is done (an answer, or SERVFAIL when ``ok`` is false)."""
@@ -247,6 +284,18 @@ class Forwarder:
             s.write(wire.set_id(q.wire, a.uid))
         except OSError as e:  # an earlier ICMP error, or a full buffer: this one is lost too
             s.channel.broken(s, e)  # fails ``a`` (and any other query on ``s``) into ``box``
+        return a
+
+    def _send_tls(
+        self, target: TlsTarget, q: wire.Query, box: Mailbox, t0: float, seq: int
+    ) -> Attempt:
+        """Send ``q`` over a pooled TLS connection to ``target``; its outcome goes to ``box``.
+        UpstreamDown at once when the target cannot take it (backing off, full)."""
+        if self.tls is None:
+            raise UpstreamDown("no TLS pool")
+        a = Attempt(box, (target.host, target.port), t0, seq)
+        a.sock, a.uid = self.tls.send(target, q, a)
+        box.attempts.append(a)
         return a
 
     def carry(
@@ -321,8 +370,9 @@ class Forwarder:
         box: Mailbox | None = None,
         route: Route | None = None,
     ) -> ForwardResult:
-        """Drive ``machine`` (a fresh one for ``deadline``, or the one the fast lane handed
-        over with its next step decided, and ``box``, where its attempt still awaited reports)
+        """Drive ``machine`` (a fresh one for ``deadline`` when None; one not started yet, e.g.
+        from ``attempts`` with a caller's own servers; or the one the fast lane handed over
+        with its next step decided, and ``box``, where its attempt still awaited reports)
         until an acceptable reply or GIVE_UP. Every UDP attempt's ID stays valid until the
         deadline: a reply later than ``upstream_timeout`` still answers. A fresh machine for
         a routed name (``route``) asks that route's servers only."""
@@ -332,12 +382,15 @@ class Forwarder:
         tcp_t0 = loop.time()  # a TCP step handed over: its duration counts from here
         timed_out = -1  # the attempt whose timeout was noted
         try:
-            step = m.start(tcp_t0) if machine is None else m.step
+            step = m.step if m.started else m.start(tcp_t0)
             while True:
-                if step == UDP:
+                if step in (UDP, TLS):
                     server, seq, t0 = m.server, m.seq, loop.time()
                     try:
-                        self._send(server, q, box, t0, seq)
+                        if step == UDP:
+                            self._send(server, q, box, t0, seq)
+                        else:
+                            self._send_tls(m.tls[server], q, box, t0, seq)  # type: ignore[index]
                     except (OSError, UpstreamDown):
                         self.note_failure(server, t0, "error")
                         step = m.on_error(seq, t0)
@@ -357,7 +410,9 @@ class Forwarder:
                         a = _attempt_of(box, cur)
                         if a is not None and not a.finished:
                             self.note_failure(a.server, a.t0, "timeout")
-                            if a.sock is not None:
+                            if isinstance(a.sock, TlsConnection):
+                                a.sock.stalled(a.t0)
+                            elif a.sock is not None:
                                 a.sock.channel.stalled(a.sock)
                                 if box.events:  # the hand read found a reply: take it
                                     continue
@@ -368,7 +423,8 @@ class Forwarder:
                     self.note_failure(a.server, a.t0, "error")
                     step = m.on_error(a.seq, loop.time())
                     continue
-                if wire.truncated(outcome):  # the same upstream over TCP
+                if wire.truncated(outcome) and not isinstance(a.sock, TlsConnection):
+                    # the same upstream over TCP
                     self.stats.inc("forward_tcp_retries", f"{a.server[0]}:{a.server[1]}")
                     tcp_t0 = a.t0
                     step = m.on_reply(a.seq, 0, True, loop.time())
