@@ -65,6 +65,7 @@ RECONCILE_RESULTS = frozenset(("ok", "changed", "error"))
 CAPPED_LABELS = {"to": 32, "slot": 128, "reason": 16, "result": 8, "kind": 8}
 # Labels every series of a family shares, filled by the metrics process (one value each).
 CONTEXT_LABELS = frozenset(("server", "family"))
+DATAPATHS = frozenset(("compiled", "python"))  # fastdns/serve/choice.py
 # The rcodes after which a forwarder asks the next upstream (fastdns/dns/wire.py).
 FAILOVER_RCODES = frozenset(wire.RCODE_NAMES[r] for r in wire.FAILOVER_RCODES)
 
@@ -208,6 +209,23 @@ METRICS: tuple[MetricDef, ...] = (
         ("server", "reason"),
         values={"reason": TCP_CLOSE_REASONS},
     ),
+    # --- the UDP datapath (docs/datapath.md) ----------------------------------------------
+    MetricDef(
+        "fastdns_datapath_workers",
+        "gauge",
+        "Workers running each UDP datapath: compiled (C) or python.",
+        ("datapath",),
+        values={"datapath": DATAPATHS},
+    ),
+    MetricDef("fastdns_datapath_batches_total", "counter", "Reads (recvmmsg) in C."),
+    MetricDef(
+        "fastdns_datapath_datagrams_total",
+        "counter",
+        "UDP datagrams the compiled datapath read, by who handled them: compiled or python.",
+        ("handled_by",),
+        values={"handled_by": DATAPATHS},
+    ),
+    MetricDef("fastdns_datapath_send_batches_total", "counter", "Sends (sendmmsg) in C."),
     # --- exposure: the client ACL and response rate limiting (docs/exposure.md) -------------
     MetricDef(
         "fastdns_acl_blocked_total",
@@ -457,6 +475,10 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "upstream_mismatch": (Source(_REJECTED, ("to",), (("reason", "question_mismatch"),)),),
     "upstream_up": (Source("fastdns_forward_upstream_up", ("to",)),),
     "upstream_source": (Source("fastdns_forward_upstream_source", ("source",)),),
+    "datapath_workers": (Source("fastdns_datapath_workers", ("datapath",)),),
+    "datapath_batches": (Source("fastdns_datapath_batches_total"),),
+    "datapath_datagrams": (Source("fastdns_datapath_datagrams_total", ("handled_by",)),),
+    "datapath_send_batches": (Source("fastdns_datapath_send_batches_total"),),
     "upstream_sockets": (Source("fastdns_forward_upstream_sockets", ("to",)),),
     "upstream_socket": (Source("fastdns_forward_socket_events_total", ("to", "event")),),
     "native_duration": (Source("fastdns_native_request_duration_seconds", ("type", "rcode")),),
