@@ -431,3 +431,49 @@ def test_memory_stays_flat_over_many_table_operations(rig: Rig) -> None:
     cycles(200_000)
     assert rss_kib() - before < 2048, "memory grew"
     assert rig.engine.counters()["forms"] <= 9216
+
+
+def test_memory_stays_flat_over_many_upcalls_sends_and_errors(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upcalls (their bytes and address tuples), Python's sends in and out of a batch, the
+    backlog, and upcall exceptions release what they hold."""
+    monkeypatch.setattr("sys.unraisablehook", lambda *args: None)  # the second error of a batch
+    c = rig.client()
+    c.setblocking(False)
+    for s in (c, rig.server):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    rig.engine.allow("127.0.0.1")
+
+    def answer(data: bytes, addr: Any) -> None:
+        rig.engine.sendto(b"r" + data[:20], addr)
+        if len(data) % 7 == 0:
+            raise ValueError("a bug in the upcall")
+
+    rig.on_upcall = answer
+
+    def batches(n: int) -> None:
+        for k in range(n):
+            for i in range(64):
+                rig.send(c, b"\x00\x01" + (FORM if i % 2 else bytes(200 + i)))
+            rig.engine.install(FORM, BODY + bytes(100), time.monotonic() + 10, object())
+            if k % 10 == 0:
+                rig.engine._fail_sends(errno.EAGAIN, 1)  # this batch's replies: the backlog
+            try:
+                rig.read()
+            except ValueError:
+                pass
+            assert rig.engine.on_writable()
+            rig.engine.sendto(b"later", c.getsockname())
+            while select.select([c], [], [], 0)[0]:
+                c.recv(2000)
+            rig.engine.fold()
+            rig.upcalls.clear()
+            rig.late.clear()
+
+    batches(100)
+    before = rss_kib()
+    batches(600)  # about 19,000 upcalls of 200+ bytes and as many hits
+    assert rss_kib() - before < 1024, "memory grew"
+    counters = rig.engine.counters()
+    assert counters["answered"] >= 19_000 and counters["upcalls"] >= 19_000
