@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.runner import Measurement, as_dict
 
-FASTDNS = ("fastdns-1w", "fastdns-fwd", "fastdns-cares", "fastdns-2w")
+FASTDNS = ("fastdns-1w", "fastdns-fwd", "fastdns-cares", "fastdns-py", "fastdns-2w")
 PEERS = ("dnsmasq", "dnsmasq-nocache", "unbound", "dnsdist", "dnsdist-nocache", "lima", "upstream")
 
 

@@ -27,6 +27,7 @@ TARGETS = (
     "fastdns-1w",
     "fastdns-fwd",
     "fastdns-cares",
+    "fastdns-py",
     "fastdns-2w",
     "dnsmasq",
     "dnsmasq-nocache",
@@ -193,6 +194,8 @@ class Bench:
             return Fastdns(d, cpus, 1, native=False)
         if target == "fastdns-cares":
             return Fastdns(d, cpus, 1, forward_first=False)
+        if target == "fastdns-py":
+            return Fastdns(d, cpus, 1, datapath="python")
         if target == "fastdns-2w":
             return Fastdns(d, cpus, self.s.fastdns_workers)
         if target == "dnsmasq":

@@ -341,6 +341,8 @@ class Fastdns(Server):
     that misses the cache is forwarded raw over UDP, the "fastdns-fwd" row.
     ``forward_first=False`` sends every A/AAAA miss through c-ares (``native.forward_first:
     false``), the "fastdns-cares" row: the native path as c-ares alone runs it.
+    ``datapath="python"`` runs the Python UDP datapath (docs/datapath.md), the "fastdns-py"
+    row; the others run ``auto`` (the compiled one when it is built).
     """
 
     def __init__(
@@ -350,13 +352,17 @@ class Fastdns(Server):
         workers: int,
         native: bool = True,
         forward_first: bool = True,
+        datapath: str = "auto",
     ) -> None:
         super().__init__(workdir, cpus)
         self.workers = workers
         self.native = native
         self.forward_first = forward_first
+        self.datapath = datapath
         self.name = (
-            f"fastdns-{workers}w"
+            "fastdns-py"
+            if datapath == "python"
+            else f"fastdns-{workers}w"
             if native and forward_first
             else "fastdns-fwd"
             if not native
@@ -385,6 +391,7 @@ fastdns:
   hosts_file: {d / "hosts"}
   fallback: []
   workers: {self.workers}
+  datapath: {self.datapath}
   cache: {{enabled: true}}
   native: {{enabled: {str(self.native).lower()}, forward_first: {str(self.forward_first).lower()}}}
 """

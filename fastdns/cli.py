@@ -14,6 +14,7 @@ from fastdns import __version__
 from fastdns.config.load import load_config
 from fastdns.config.schema import Config
 from fastdns.errors import BootError, ConfigError, ExitCode, HaltServer, report_config_error
+from fastdns.serve.choice import check_datapath
 
 logger = logging.getLogger("fastdns")
 
@@ -99,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config)
         for warning in cfg.warnings:
             logger.warning("%s", warning)
+        logger.info("UDP datapath: %s (fastdns.datapath: %s)", check_datapath(cfg), cfg.datapath)
         return cmd_serve(cfg, args.state_file, args.workers)
     except ConfigError as e:
         return report_config_error(e)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import yaml
 
 from fastdns.config.schema import (
+    DATAPATHS,
     CacheConfig,
     Config,
     ForwardConfig,
@@ -37,6 +38,7 @@ from fastdns.config.sections import (
 from fastdns.config.values import (
     Problems,
     get_bool,
+    get_choice,
     get_ip,
     get_ip_list,
     get_number,
@@ -86,6 +88,8 @@ _FASTDNS_KEYS = {
     "graceful_timeout",
     "worker_timeout",
     "user",
+    "datapath",
+    "datapath_batch",
     "native",
     "forward",
     "cache",
@@ -183,6 +187,8 @@ def build_config(
         graceful_timeout=num("graceful_timeout", float, 0, 600),
         worker_timeout=num("worker_timeout", float, 1, 3600),
         user=user,
+        datapath=get_choice(f, "datapath", fp, d.datapath, DATAPATHS, p),
+        datapath_batch=num("datapath_batch", int, 1, 1024),
         native=load_native(section(f, "native", fp, p), p),
         cache=load_cache(section(f, "cache", fp, p), p),
         forward=load_forward(

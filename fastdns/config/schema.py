@@ -22,6 +22,9 @@ DEFAULT_FALLBACK = ("8.8.8.8", "1.1.1.1")
 HookName = Literal["PREROUTING", "OUTPUT"]
 NssMode = Literal["auto", "on", "off"]
 NSS_MODES: tuple[NssMode, ...] = ("auto", "on", "off")
+# The UDP datapath (docs/datapath.md): auto = compiled when its extension imports.
+DatapathName = Literal["auto", "python", "compiled"]
+DATAPATHS: tuple[DatapathName, ...] = ("auto", "python", "compiled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +181,8 @@ class Config:
     graceful_timeout: float = 5.0
     worker_timeout: float = 10.0  # a worker whose loop is silent this long is replaced
     user: str = ""  # drop workers to this user after binding (when root)
+    datapath: DatapathName = "auto"
+    datapath_batch: int = 64  # UDP datagrams read per wakeup by the compiled datapath
     native: NativeConfig = field(default_factory=NativeConfig)
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)

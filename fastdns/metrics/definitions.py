@@ -67,6 +67,7 @@ RECONCILE_RESULTS = frozenset(("ok", "changed", "error"))
 CAPPED_LABELS = {"to": 32, "slot": 128, "reason": 16, "result": 8, "kind": 8, "route": 64}
 # Labels every series of a family shares, filled by the metrics process (one value each).
 CONTEXT_LABELS = frozenset(("server", "family"))
+DATAPATHS = frozenset(("compiled", "python"))  # fastdns/serve/choice.py
 # The rcodes after which a forwarder asks the next upstream (fastdns/dns/wire.py).
 FAILOVER_RCODES = frozenset(wire.RCODE_NAMES[r] for r in wire.FAILOVER_RCODES)
 
@@ -210,6 +211,23 @@ METRICS: tuple[MetricDef, ...] = (
         ("server", "reason"),
         values={"reason": TCP_CLOSE_REASONS},
     ),
+    # --- the UDP datapath (docs/datapath.md) ----------------------------------------------
+    MetricDef(
+        "fastdns_datapath_workers",
+        "gauge",
+        "Workers running each UDP datapath: compiled (C) or python.",
+        ("datapath",),
+        values={"datapath": DATAPATHS},
+    ),
+    MetricDef("fastdns_datapath_batches_total", "counter", "Reads (recvmmsg) in C."),
+    MetricDef(
+        "fastdns_datapath_datagrams_total",
+        "counter",
+        "UDP datagrams the compiled datapath read, by who handled them: compiled or python.",
+        ("handled_by",),
+        values={"handled_by": DATAPATHS},
+    ),
+    MetricDef("fastdns_datapath_send_batches_total", "counter", "Sends (sendmmsg) in C."),
     # --- exposure: the client ACL and response rate limiting (docs/exposure.md) -------------
     MetricDef(
         "fastdns_acl_blocked_total",

@@ -10,6 +10,8 @@ source-spraying flood then pays those microseconds per datagram, as without the 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from fastdns.policy.acl import AclConfig, NetworkSet
 from fastdns.policy.ratelimit import RateLimitConfig, RateLimiter, prefix_key
 
@@ -18,10 +20,18 @@ MISS = -2  # ``verdicts.get(host, MISS)``: not judged yet
 CAPACITY = 4096  # addresses whose verdict is kept per worker (about 70 bytes each)
 
 
+class PassMirror(Protocol):
+    """Told the PASS verdicts (the compiled datapath answers those sources itself)."""
+
+    def allow(self, host: str, /) -> object: ...
+
+    def forget(self) -> object: ...
+
+
 class Gate:
     """The ACL and the rate limiter of one worker, and their verdicts by source address."""
 
-    __slots__ = ("acl", "action", "exempt", "limiter", "rrl", "verdicts")
+    __slots__ = ("acl", "action", "exempt", "limiter", "mirror", "rrl", "verdicts")
 
     def __init__(self, acl: AclConfig, rrl: RateLimitConfig, workers: int = 1) -> None:
         self.acl = NetworkSet(acl.allow)
@@ -30,6 +40,7 @@ class Gate:
         self.exempt = NetworkSet(rrl.exempt)
         self.limiter = RateLimiter.for_worker(rrl, workers) if rrl.enabled else None
         self.verdicts: dict[str, int] = {}
+        self.mirror: PassMirror | None = None  # told every PASS and every emptying
 
     def judge(self, host: str) -> int:
         """The verdict for ``host`` (kept for the next datagram from it)."""
@@ -39,10 +50,14 @@ class Gate:
             v = PASS
         else:
             v = prefix_key(host, self.rrl.ipv4_prefix, self.rrl.ipv6_prefix) or DENY
-        verdicts = self.verdicts
+        verdicts, mirror = self.verdicts, self.mirror
         if len(verdicts) >= CAPACITY:
             verdicts.clear()
+            if mirror is not None:
+                mirror.forget()
         verdicts[host] = v
+        if v == PASS and mirror is not None:
+            mirror.allow(host)
         return v
 
     def allows(self, host: str) -> bool:

@@ -204,6 +204,29 @@ class UDPServer:
             self._full(data, addr, f)
             t = clock()
 
+    def on_datagram(self, data: bytes, addr: Any) -> None:
+        """One datagram handed up by the compiled datapath (fastdns/serve/cdatapath.py): what
+        ``_on_readable`` does for each (kept apart: that loop stays as it is), with its own
+        clock read. The sources it answers itself pass the gate; these may not."""
+        t = time.monotonic()
+        v = self.verdicts.get(addr[0], MISS)
+        if v and (v := self._screen(v, data, addr, t)) < 0:
+            return
+        f = self.front.get(data[2:])
+        if f is not None and t < f.until:  # a rate-limited source, or one not told yet
+            reply = data[:2] + f.body
+            self._send(reply, addr)
+            if v and len(reply) > UNIT:
+                self.gate.limiter.charge(v, len(reply))  # type: ignore[union-attr]
+            t0, t = t, time.monotonic()
+            if t - t0 <= FIRST_BUCKET:
+                f.n += 1
+                f.dur += t - t0
+            else:
+                self.state.accounting.late_front_hit(f, t - t0)
+            return
+        self._full(data, addr, f)
+
     def _screen(self, v: int, data: bytes, addr: Any, now: float) -> int:
         """Act on a source's verdict (``fastdns.serve.gate``): DENY (-1) when the datagram was
         blocked or rate limited here, else PASS or the bucket key its reply is charged to."""

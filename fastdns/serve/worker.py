@@ -36,6 +36,7 @@ from fastdns.resolve.resolvconf import (
     read_resolv_conf,
     same_plan,
 )
+from fastdns.serve.choice import datapath_of
 from fastdns.serve.datapath import Datapath, PyDatapath
 from fastdns.serve.launch import WorkerLaunch
 from fastdns.serve.lookups import default_native_factory, default_nss_factory, describe_plan
@@ -241,7 +242,7 @@ class Worker:
             # ones above all, may be wrong now.
             self.reload_hooks.append(self.pipeline.cache.clear)
         state = self.state
-        self.datapath = datapath = PyDatapath(state)
+        self.datapath = datapath = self.make_datapath(state)
         self.reload_hooks.append(datapath.clear)
         datapath.start(loop, self.udp_sock)
         self.tcp_server = await loop.create_server(lambda: TCPServer(state), sock=self.tcp_sock)
@@ -258,6 +259,16 @@ class Worker:
             tls.idle_timeout,
             self.config.deadline,
         )
+
+    def make_datapath(self, state: ServerState) -> Datapath:
+        """The UDP datapath ``fastdns.datapath`` names (docs/datapath.md), said in the stats."""
+        kind = datapath_of(self.config)
+        self.stats.gauges[("datapath_workers", kind)] = 1
+        if kind == "compiled":
+            from fastdns.serve.cdatapath import CDatapath  # only where the extension imports
+
+            return CDatapath(state, self.config.datapath_batch)
+        return PyDatapath(state)
 
     async def _tick(self) -> None:
         assert self.stop_event is not None and self.pipeline is not None

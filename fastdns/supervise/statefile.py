@@ -15,6 +15,7 @@ from typing import Any
 
 from fastdns.ipc import StatusSender
 from fastdns.metrics.stats import supervisor_message
+from fastdns.serve.choice import datapath_of
 from fastdns.supervise.children import Child
 from fastdns.supervise.generations import Generation
 from fastdns.system.statefile import write_state
@@ -59,6 +60,7 @@ class StatePublisher:
             "workers": [c.pid for c in workers],
             "served": [c.served for c in workers],
             "generation": gen.number,
+            "datapath": datapath_of(gen.config),
         }
         if self.metrics_port is not None:
             state["metrics_port"] = self.metrics_port

@@ -82,7 +82,8 @@ def prepare_config(
     Missing ``resolv_conf`` / ``hosts_file`` / ``native.nsswitch`` become generated files in
     ``workdir`` (no nameservers; localhost only; ``hosts: files dns``), a missing ``fallback``
     becomes ``[]``, and ``listen``, ``udp_port``, ``tcp_port`` and ``workers`` default to
-    127.0.0.1, 0, 0 and 1. Raises
+    127.0.0.1, 0, 0 and 1, and ``datapath`` to ``$FASTDNS_TEST_DATAPATH`` when that is set.
+    Raises
     ``UnsafeConfigError`` if any file is a system one or any address is not loopback.
     """
     doc = copy.deepcopy(dict(config))
@@ -107,6 +108,9 @@ def prepare_config(
     section.setdefault("udp_port", 0)
     section.setdefault("tcp_port", 0)
     section.setdefault("workers", 1)
+    # CI runs the e2e tier against each UDP datapath (docs/datapath.md, "Tests").
+    if os.environ.get("FASTDNS_TEST_DATAPATH"):
+        section.setdefault("datapath", os.environ["FASTDNS_TEST_DATAPATH"])
     problems = _unsafe(doc, wildcard_listen)
     if problems:
         raise UnsafeConfigError("refusing to run fastdns with: " + "; ".join(problems))

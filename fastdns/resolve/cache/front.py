@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from fastdns.dns import wire
 
@@ -44,6 +44,17 @@ class Front:
         self.late = 0  # hits answered slower (their durations were observed one by one)
 
 
+class FormMirror(Protocol):
+    """A copy of the table kept elsewhere (the compiled datapath's, fastdns/serve/cdatapath.py):
+    told every install, drop, eviction and clear; this table stays the one that decides."""
+
+    def install(self, form: bytes, body: bytes, until: float, token: Front, /) -> object: ...
+
+    def drop(self, form: bytes, /) -> object: ...
+
+    def clear(self) -> object: ...
+
+
 class FrontTable:
     """Forms in insertion order, bounded; the oldest goes first."""
 
@@ -51,6 +62,7 @@ class FrontTable:
         self.capacity = capacity
         self.forms: OrderedDict[bytes, Front] = OrderedDict()
         self.retired: list[Front] = []
+        self.mirror: FormMirror | None = None
 
     def __len__(self) -> int:
         return len(self.forms)
@@ -61,13 +73,20 @@ class FrontTable:
         if old is not None and (old.n or old.late):
             self.retired.append(old)
         forms[form] = front
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.install(form, front.body, front.until, front)
         if len(forms) > self.capacity:
-            gone = forms.popitem(last=False)[1]
+            gone_form, gone = forms.popitem(last=False)
+            if mirror is not None:
+                mirror.drop(gone_form)
             if gone.n or gone.late:
                 self.retired.append(gone)
 
     def drop(self, form: bytes) -> None:
         old = self.forms.pop(form, None)
+        if self.mirror is not None:
+            self.mirror.drop(form)
         if old is not None and (old.n or old.late):
             self.retired.append(old)
 
@@ -75,6 +94,14 @@ class FrontTable:
         """Forget every form (in place: the UDP server holds ``forms``)."""
         self.retired.extend(f for f in self.forms.values() if f.n or f.late)
         self.forms.clear()
+        if self.mirror is not None:
+            self.mirror.clear()
+
+    def retire(self, front: Front) -> None:
+        """``front`` gets hits counted elsewhere (the compiled datapath's fold): keep it for the
+        next fold when it is no longer in the table and not kept already (no counts yet)."""
+        if not (front.n or front.late) and self.forms.get(front.q.wire[2:]) is not front:
+            self.retired.append(front)
 
     def counted(self) -> Iterator[Front]:
         """Every form with hits not yet folded into the stats, retired ones first; the caller

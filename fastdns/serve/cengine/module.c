@@ -2,10 +2,16 @@
  *
  * One extension module, built from the C files in this directory:
  *   module.c  this file: the module and its functions
+ *   engine.c  the Engine type: recvmmsg/sendmmsg, ready replies, upcalls (engine.h)
+ *   forms.c   the ready-reply table (forms.h)
+ *   sources.c the sources that pass the gate (sources.h)
+ *   addr.c    socket addresses as Python tuples (addr.h)
  * Every read of packet bytes is bounds-checked; nothing here grows without a bound.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#include "engine.h"
 
 static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
@@ -23,6 +29,10 @@ PyMODINIT_FUNC PyInit__cengine(void) {
     PyObject *m = PyModule_Create(&cengine_module);
     if (m == NULL) return NULL;
     if (PyModule_AddIntConstant(m, "ABI", 1) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (fd_engine_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,0 +1,145 @@
+"""The compiled UDP datapath: the worker's socket read and written by C (docs/datapath.md).
+
+``fastdns.serve._cengine.Engine`` (fastdns/serve/cengine/engine.c) reads up to ``batch``
+datagrams per wakeup with one recvmmsg; a query from a source that passes the gate whose bytes
+after the ID are a ready form (``fastdns.resolve.cache.front``) is answered in C, and every
+other datagram comes up here through one call, ``UDPServer.on_datagram``: the gate, the fast
+lane, ``_full`` (parse, cache, answer_now, relay, task), exactly as on the Python datapath.
+Replies sent from Python go through ``Engine.sendto`` and join the batch's one sendmmsg.
+
+Decisions stay in Python: ``FrontTable`` decides which forms are ready and until when and tells
+the engine (its ``mirror``); ``Gate`` tells it which sources pass. The engine's hit counts
+come back per form at each ``fold`` and are counted by the same ``Accounting.flush_fronts`` as
+the Python fast lane's, so every metric counts the same on both datapaths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from fastdns.resolve.cache.front import Front
+from fastdns.serve._cengine import Engine
+from fastdns.serve.gate import PASS
+from fastdns.serve.udp import ServerState, UDPServer
+
+__all__ = ["CDatapath"]
+
+# The engine's counters folded into the worker's stats as deltas (fastdns/metrics/definitions.py).
+COUNTERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("recv_calls", ("datapath_batches",)),
+    ("answered", ("datapath_datagrams", "compiled")),
+    ("upcalls", ("datapath_datagrams", "python")),
+    ("send_calls", ("datapath_send_batches",)),
+    ("send_errors", ("send_errors", "udp")),
+)
+
+
+def _no_send(data: bytes, addr: Any) -> None:
+    pass
+
+
+class CDatapath:
+    """The compiled datapath: an ``Engine`` over one ``UDPServer`` and its ``ServerState``."""
+
+    def __init__(self, state: ServerState, batch: int = 64) -> None:
+        self.state = state
+        self.udp = UDPServer(state)
+        self.batch = batch
+        self.engine: Engine | None = None
+        self.sock: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.writing = False  # the loop watches the socket for writability (a backlog)
+        self._seen = dict.fromkeys((name for name, _ in COUNTERS), 0)
+
+    def start(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self.loop, self.sock = loop, sock
+        engine = Engine(
+            sock.fileno(), self.batch, self.udp.on_datagram, self._want_write, self._late
+        )
+        self.engine = engine
+        self.udp.sendto = engine.sendto
+        gate = self.state.gate
+        gate.mirror = engine
+        for host, v in gate.verdicts.items():
+            if v == PASS:
+                engine.allow(host)
+        cache = self.state.cache
+        if cache is not None:
+            cache.front.mirror = engine
+            for form, f in cache.front.forms.items():
+                engine.install(form, f.body, f.until, f)
+        loop.add_reader(sock.fileno(), engine.on_readable)
+
+    def drain(self, stop_reading: bool) -> None:
+        self.state.draining = stop_reading  # True clears the forms, the engine's too
+
+    def close(self) -> None:
+        self.state.draining = True
+        self.state.relay.close()
+        engine, sock, loop = self.engine, self.sock, self.loop
+        if engine is None or sock is None or loop is None:
+            return
+        self._collect()  # the last report still counts the engine's hits (``fold``)
+        loop.remove_reader(sock.fileno())
+        if self.writing:
+            loop.remove_writer(sock.fileno())
+            self.writing = False
+        self.state.gate.mirror = None
+        if self.state.cache is not None:
+            self.state.cache.front.mirror = None
+        self.udp.sendto = _no_send
+        engine.close()
+        sock.close()
+        self.sock = None
+
+    def fold(self) -> None:
+        self._collect()
+        self.state.accounting.flush_fronts()
+
+    def clear(self) -> None:
+        if self.state.cache is not None:
+            self.state.cache.front.clear()  # the mirror clears the engine's
+
+    @property
+    def inflight(self) -> int:
+        return self.state.inflight
+
+    def _collect(self) -> None:
+        """The engine's per-form hits onto their ``Front`` (then ``flush_fronts`` counts them
+        as the Python fast lane's), and its counters' deltas into the worker's stats."""
+        engine = self.engine
+        if engine is None:
+            return
+        cache = self.state.cache
+        for front, n, seconds in engine.fold():
+            if cache is not None:
+                cache.front.retire(front)
+            front.n += n
+            front.dur += seconds
+        counters, seen, stats = engine.counters(), self._seen, self.state.stats.counters
+        for name, key in COUNTERS:
+            delta = counters[name] - seen[name]
+            if delta:
+                stats[key] += delta
+                seen[name] = counters[name]
+
+    def _late(self, front: Front, seconds: float) -> None:
+        """A hit answered in C that took longer than the first duration bucket."""
+        cache = self.state.cache
+        if cache is not None:
+            cache.front.retire(front)
+        self.state.accounting.late_front_hit(front, seconds)
+
+    def _want_write(self) -> None:
+        if self.loop is not None and self.sock is not None and not self.writing:
+            self.writing = True
+            self.loop.add_writer(self.sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        engine = self.engine
+        if engine is None or engine.on_writable():
+            if self.loop is not None and self.sock is not None:
+                self.loop.remove_writer(self.sock.fileno())
+            self.writing = False
