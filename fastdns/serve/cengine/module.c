@@ -2,12 +2,17 @@
  *
  * One extension module, built from the C files in this directory:
  *   module.c  this file: the module and its functions
+ *   wire.c    the query parser and reply checks, pure C (wire.h)
+ *   wirebind.c  their Python functions: parse_query, question_matches, reply_header
  * Every read of packet bytes is bounds-checked; nothing here grows without a bound.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "wirebind.h"
+
 static PyMethodDef module_methods[] = {
+    FD_WIRE_METHODS
     {NULL, NULL, 0, NULL},
 };
 
