@@ -7,8 +7,9 @@ rcode, or the same fields and cache key. For each packet that parses, a reply ma
 packet through both reply-header readers. Packets are seeded: valid queries built here (any
 name, case, type, class, OPT with options and flags, records in the answer and authority
 sections with compressed owners) and mutations of them (bit flips, interesting bytes, cuts,
-inserts, splices of two packets, counts, compression pointers, label length bytes, long names,
-OPT records of odd sizes, raw bytes). Standard library and the extension only: no dnspython.
+inserts, splices of two packets, counts, compression pointers, label length bytes, labels at
+the length boundaries, long names, OPT records of odd sizes, raw bytes). Standard library and
+the extension only: no dnspython.
 
 Prints packets/s and the verdict mix; exits 1 on any mismatch (the first ones printed as hex),
 2 when the extension is not built. tests/fuzz/test_fuzz_cwire.py runs a slice of it in CI.
@@ -127,7 +128,7 @@ def mutate(rng: random.Random, message: bytes, other: bytes) -> bytes:
     for _ in range(rng.randint(1, 4)):
         n = len(data)
         i = rng.randrange(n) if n else 0
-        kind = rng.randrange(13)
+        kind = rng.randrange(14)
         if kind == 0 and n:
             data[i] ^= 1 << rng.randrange(8)
         elif kind == 1 and n:
@@ -164,6 +165,11 @@ def mutate(rng: random.Random, message: bytes, other: bytes) -> bytes:
             _u16(data, 2, rng.randrange(1 << 16))
         elif kind == 12:
             data[i : i + rng.randint(0, 8)] = b""
+        elif kind == 13 and n > 12 and 0 < data[12] < 64:
+            # the first label at a length boundary, its bytes to match: 63 is the longest
+            # label, 64-191 reserved label types (RFC 1035 §4.1.4, RFC 6891 §5), 192 a pointer
+            size = rng.choice((62, 63, 64, 65, 127, 128, 191, 192))
+            data[12 : 13 + data[12]] = bytes((size,)) + b"b" * size
     return bytes(data)
 
 

@@ -83,7 +83,9 @@ def test_corner_cases_named() -> None:
         "compressed question": msg(body=b"\xc0\x0c\x00\x01\x00\x01"),
         "254-byte name": msg(body=label63 * 3 + b"\x3d" + b"a" * 61 + b"\x00" + question[-4:]),
         "256-byte name": msg(body=label63 * 4 + b"\x00" + question[-4:]),
-        "label type 0x40": msg(body=b"\x41" + b"a" * 65 + b"\x00" + question[-4:]),
+        "label of 63": msg(body=b"\x3f" + b"a" * 63 + b"\x00" + question[-4:]),
+        "label type 0x40": msg(body=b"\x40" + b"a" * 64 + b"\x00" + question[-4:]),
+        "label type 0x41": msg(body=b"\x41" + b"a" * 65 + b"\x00" + question[-4:]),
     }
     verdicts = {}
     for name, data in cases.items():
@@ -95,6 +97,7 @@ def test_corner_cases_named() -> None:
     assert verdicts["trailing"] == verdicts["two OPT"] == ("rcode", wire.FORMERR)
     assert verdicts["pointer to itself"] == verdicts["compressed question"] == ("rcode", 1)
     assert verdicts["256-byte name"] == verdicts["label type 0x40"] == ("rcode", 1)
+    assert verdicts["label type 0x41"] == ("rcode", 1) and verdicts["label of 63"] == "query"
     assert verdicts["OPT in the answer section is skipped"] == verdicts["254-byte name"] == "query"
     assert verdicts["pointer to the qname"] == "query"
     with_opt = cengine.parse_query(cases["opt small size, version 1, DO"])
