@@ -1,11 +1,12 @@
-# The compiled datapath's extension (fastdns/serve/cengine/, docs/datapath.md).
+# Types of the compiled datapath, fastdns/serve/cengine/ (docs/datapath.md).
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final, Literal
 
-ABI: int
+ABI: Final[int]
 MAX_BATCH: int
 MAX_BACKLOG: int
 
+# ---- the Engine (cengine/engine.c) ------------------------------------------------------------
 class Engine:
     """A worker's UDP socket read and written in C (fastdns/serve/cengine/engine.c)."""
 
@@ -32,3 +33,27 @@ class Engine:
     def counters(self) -> dict[str, int]: ...
     def close(self) -> None: ...
     def _fail_sends(self, errno: int, count: int, /) -> None: ...
+
+# ---- the query parser and reply checks (cengine/wire.c, cengine/wirebind.c) ----------------
+# parse_query's answer for a query: the fields of fastdns.dns.wire.Query in this order.
+QueryFields = tuple[
+    int,  # id
+    int,  # flags
+    bytes,  # qname: wire format, case kept
+    int,  # qtype
+    int,  # qclass
+    int,  # qend: offset just past the question
+    bool,  # has_opt
+    int,  # udp_size
+    bool,  # do
+    int,  # edns_version
+    bytes,  # key: lower-cased qname + type + class + DO byte + CD byte
+]
+
+def parse_query(
+    data: bytes, /
+) -> tuple[Literal["drop"]] | tuple[Literal["rcode"], int] | QueryFields: ...
+def question_matches(reply: bytes, query: bytes, /) -> bool: ...
+def reply_header(reply: bytes, /) -> tuple[int, int, bool] | None: ...
+
+# ---- end of the wire block ------------------------------------------------------------------

@@ -6,14 +6,18 @@
  *   forms.c   the ready-reply table (forms.h)
  *   sources.c the sources that pass the gate (sources.h)
  *   addr.c    socket addresses as Python tuples (addr.h)
+ *   wire.c    the query parser and reply checks, pure C (wire.h)
+ *   wirebind.c  their Python functions: parse_query, question_matches, reply_header
  * Every read of packet bytes is bounds-checked; nothing here grows without a bound.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include "engine.h"
+#include "wirebind.h"
 
 static PyMethodDef module_methods[] = {
+    FD_WIRE_METHODS
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,25 @@
+/* wirebind.h: the Python functions over wire.c (for the tests, the fuzz and diagnostics;
+ * the datapath itself calls wire.h directly). Their method-table entries are
+ * FD_WIRE_METHODS, spliced into module.c's table. */
+#ifndef FASTDNS_CENGINE_WIREBIND_H
+#define FASTDNS_CENGINE_WIREBIND_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+PyObject *fd_py_parse_query(PyObject *self, PyObject *arg);
+PyObject *fd_py_question_matches(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *fd_py_reply_header(PyObject *self, PyObject *arg);
+
+#define FD_WIRE_METHODS                                                                    \
+    {"parse_query", (PyCFunction)fd_py_parse_query, METH_O,                                \
+     "parse_query(data) -> ('drop',) | ('rcode', n) | (id, flags, qname, qtype, qclass, "  \
+     "qend, has_opt, udp_size, do, edns_version, key): fastdns.dns.wire.parse_query in C"}, \
+        {"question_matches", (PyCFunction)(void (*)(void))fd_py_question_matches,          \
+         METH_FASTCALL,                                                                    \
+         "question_matches(reply, query) -> bool: wire.question_matches for the query "    \
+         "bytes (ValueError when they do not parse)"},                                     \
+        {"reply_header", (PyCFunction)fd_py_reply_header, METH_O,                          \
+         "reply_header(reply) -> (id, rcode, truncated) | None when shorter than 12 bytes"},
+
+#endif
