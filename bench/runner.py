@@ -325,9 +325,9 @@ class Bench:
         m.qps, m.sent, m.answered, m.lost = res.qps, res.sent, res.completed, res.lost
         m.rcodes = res.rcodes
         m.error_rcodes = sum(res.rcodes.get(c, 0) for c in ERROR_RCODES)
-        m.p50_ms = dnsperf.percentile(res.latencies_ms, 50)
-        m.p99_ms = dnsperf.percentile(res.latencies_ms, 99)
-        m.p999_ms = dnsperf.percentile(res.latencies_ms, 99.9)
+        m.p50_ms = res.latency.percentile_ms(50)
+        m.p99_ms = res.latency.percentile_ms(99)
+        m.p999_ms = res.latency.percentile_ms(99.9)
         m.server_cpu_s, m.upstream_cpu_s = tk(u.server), tk(u.upstream)
         m.client_cpu_s = res.client_user_s + res.client_system_s
         per_q = 1e6 / m.answered if m.answered else None
