@@ -197,7 +197,7 @@ def query_file(v: Variant, data: Data, workdir: Path) -> Path:
     n = v.queries or data.default_queries
     path = workdir / f"{v.zone}-{n}.queries"
     if not path.exists():
-        lines = query_file(v, data, workdir).read_text().splitlines(keepends=True)
+        lines = data.query_files[v.zone].read_text().splitlines(keepends=True)
         path.write_text("".join(lines[:n]))
     return path
 
