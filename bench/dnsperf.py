@@ -2,20 +2,22 @@
 
 dnsperf 2.10 has no ``-O latency-histogram`` (that long option came later; ``dnsperf -H`` lists
 only num-queries-per-conn, suppress and doh-*), so latency percentiles come from ``-v``: one line
-per completed query, ``> RCODE qname qtype latency_seconds``. Its stdout goes to a file, not a
-pipe, so the bench never stalls dnsperf. The totals (sent, completed, lost, qps) come from its
+per completed query, ``> RCODE qname qtype latency_seconds``, folded into a fixed-size
+histogram by bench/dnsperf_parse.py. Its stdout goes to a file, not a pipe, so the bench never
+stalls dnsperf. The totals (sent, completed, lost, qps) come from its
 "Statistics" block. dnsperf's own CPU is read with wait4(2).
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench import dnsperf_parse
+from bench.dnsperf_parse import LatencyHistogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,21 +46,11 @@ class Result:
     qps: float = 0.0
     run_time: float = 0.0
     rcodes: dict[str, int] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     client_user_s: float = 0.0
     client_system_s: float = 0.0
     exit_code: int = 0
     stderr: str = ""
-
-
-_STAT = {
-    "sent": re.compile(r"Queries sent:\s+(\d+)"),
-    "completed": re.compile(r"Queries completed:\s+(\d+)"),
-    "lost": re.compile(r"Queries lost:\s+(\d+)"),
-    "qps": re.compile(r"Queries per second:\s+([\d.]+)"),
-    "run_time": re.compile(r"Run time \(s\):\s+([\d.]+)"),
-}
-_RCODES = re.compile(r"Response codes:\s+(.*)")
 
 
 def command(ep_ip: str, ep_port: int, wl: Workload, load: Load, cpus: str) -> list[str]:
@@ -94,29 +86,11 @@ def command(ep_ip: str, ep_port: int, wl: Workload, load: Load, cpus: str) -> li
 
 def parse(stdout_path: Path, into: Result) -> None:
     """Fill ``into`` from dnsperf's stdout (per-query ``-v`` lines plus the statistics)."""
-    lat: list[float] = []
-    stats: list[str] = []
     with open(stdout_path, encoding="ascii", errors="replace") as fh:
-        for line in fh:
-            if line.startswith("> "):
-                parts = line.split()
-                # "> T name type" (timed out) carries no latency.
-                if len(parts) >= 5 and parts[1] != "T":
-                    lat.append(float(parts[-1]) * 1000.0)
-            else:
-                stats.append(line)
-    text = "".join(stats)
-    for key, rx in _STAT.items():
-        m = rx.search(text)
-        if m:
-            setattr(into, key, type(getattr(into, key))(float(m.group(1))))
-    m = _RCODES.search(text)
-    if m:
-        for item in m.group(1).split(", "):
-            code, _, rest = item.partition(" ")
-            into.rcodes[code] = int(rest.split()[0])
-    lat.sort()
-    into.latencies_ms = lat
+        out = dnsperf_parse.parse(fh)
+    into.sent, into.completed, into.lost = out.sent, out.completed, out.lost
+    into.qps, into.run_time, into.rcodes = out.qps, out.run_time, out.rcodes
+    into.latency = out.latency
 
 
 def run(cmd: list[str], workdir: Path, tag: str, wall_limit: float) -> Result:
@@ -143,11 +117,3 @@ def run(cmd: list[str], workdir: Path, tag: str, wall_limit: float) -> Result:
     parse(out_path, res)
     out_path.unlink()  # per-query lines: up to ~100 MB for a long run
     return res
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of an ascending list; None when empty."""
-    if not sorted_values:
-        return None
-    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100.0 * len(sorted_values)) - 1))
-    return sorted_values[k]

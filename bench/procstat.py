@@ -147,3 +147,25 @@ def udp_counters() -> dict[str, int]:
 
 def ticks_to_s(ticks: float) -> float:
     return ticks / CLK_TCK
+
+
+def parse_vmrss_kb(status_text: str) -> int | None:
+    """``VmRSS`` of a ``/proc/<pid>/status`` text, in kB; None when absent (a kernel thread,
+    a zombie) or malformed."""
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                return int(parts[1])
+            return None
+    return None
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of one process in MB (2**20 bytes); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            kb = parse_vmrss_kb(fh.read())
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None if kb is None else kb / 1024.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,31 @@ from bench.servers import (
 )
 from bench.zone import Dataset
 
-TARGETS = (
-    "fastdns-1w",
-    "fastdns-fwd",
-    "fastdns-cares",
-    "fastdns-py",
-    "fastdns-2w",
+
+@dataclass(frozen=True, slots=True)
+class FastdnsTarget:
+    """One fastdns row: its config, as fields (bench/servers.py Fastdns writes the YAML)."""
+
+    name: str
+    workers: int  # 0: the --fastdns-workers variant
+    native: bool = True
+    forward_first: bool = True
+    datapath: str = "python"  # fastdns.datapath: python | compiled
+
+
+FASTDNS_TARGETS: dict[str, FastdnsTarget] = {
+    t.name: t
+    for t in (
+        FastdnsTarget("fastdns-1w", 1),
+        FastdnsTarget("fastdns-fwd", 1, native=False),
+        FastdnsTarget("fastdns-cares", 1, forward_first=False),
+        FastdnsTarget("fastdns-2w", 0),
+        FastdnsTarget("fastdns-1w-compiled", 1, datapath="compiled"),
+        FastdnsTarget("fastdns-fwd-compiled", 1, native=False, datapath="compiled"),
+        FastdnsTarget("fastdns-2w-compiled", 0, datapath="compiled"),
+    )
+}
+PEER_TARGETS = (
     "dnsmasq",
     "dnsmasq-nocache",
     "unbound",
@@ -37,7 +56,9 @@ TARGETS = (
     "lima",
     "upstream",
 )
-WORKLOADS = ("hot", "cold", "mix")
+TARGETS = (*FASTDNS_TARGETS, *PEER_TARGETS)
+WORKLOADS = ("hot", "cold", "mix", "paced")
+PACED_QPS = 60_000  # dnsperf -Q of the paced workload: p99 at one offered load for all
 QUIET_WAIT = 60.0  # at most this long waiting for the machine to calm down before a run
 QUIET_SAMPLE = 1.0
 ERROR_RCODES = ("SERVFAIL", "REFUSED", "FORMERR", "NOTIMP")
@@ -55,6 +76,8 @@ class Settings:
     retries: int  # extra attempts after a noisy one
     noise_limit: float  # other processes' CPU, in cores, above which a run is rejected
     fastdns_workers: int  # the "N workers" variant
+    fastdns_cache_capacity: int | None = None  # cache.capacity of the fastdns rows
+    paced_qps: int = PACED_QPS  # -Q of the paced workload
 
 
 @dataclass(slots=True)
@@ -80,6 +103,8 @@ class Measurement:
     server_sys_us_per_q: float | None = None  # of server_cpu_us_per_q: in the kernel
     server_core_us_per_q: float | None = None  # all busy time of the server's CPUs
     server_pids: int = 0
+    rss_mb: list[float] = field(default_factory=list)  # per worker (fastdns) or process, after
+    rss_worker_mb: float | None = None  # the largest of rss_mb
     upstream_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
     other_cpu_cores: float = 0.0
@@ -188,16 +213,18 @@ class Bench:
 
     def _make(self, target: str) -> Server:
         cpus, d = self.s.server_cpus, self.workdir
-        if target == "fastdns-1w":
-            return Fastdns(d, cpus, 1)
-        if target == "fastdns-fwd":
-            return Fastdns(d, cpus, 1, native=False)
-        if target == "fastdns-cares":
-            return Fastdns(d, cpus, 1, forward_first=False)
-        if target == "fastdns-py":
-            return Fastdns(d, cpus, 1, datapath="python")
-        if target == "fastdns-2w":
-            return Fastdns(d, cpus, self.s.fastdns_workers)
+        ft = FASTDNS_TARGETS.get(target)
+        if ft is not None:
+            return Fastdns(
+                d,
+                cpus,
+                ft.workers or self.s.fastdns_workers,
+                native=ft.native,
+                forward_first=ft.forward_first,
+                datapath=ft.datapath,
+                cache_capacity=self.s.fastdns_cache_capacity,
+                name=ft.name,
+            )
         if target == "dnsmasq":
             return Dnsmasq(d, cpus, cache_size=10000)
         if target == "dnsmasq-nocache":
@@ -289,12 +316,14 @@ class Bench:
         return m  # still noisy after all retries: reported, but flagged
 
     def _measure_once(self, m: Measurement) -> None:
+        paced = m.workload == "paced"  # the hot names at a fixed offered load, cache primed
         wl = dnsperf.Workload(
             m.workload,
-            self.data.query_files[m.workload],
+            self.data.query_files["hot" if paced else m.workload],
             self.s.durations[m.workload],
-            once=m.workload != "hot",
+            once=m.workload in ("cold", "mix"),
         )
+        load = replace(self.s.load, max_qps=self.s.paced_qps) if paced else self.s.load
         is_upstream = m.target == "upstream"
         server = self.upstream if is_upstream else self._make(m.target)
         if is_upstream:
@@ -305,9 +334,16 @@ class Bench:
             window = Window(
                 server.roots(), [] if is_upstream else self.upstream.roots(), self.server_cpus
             )
-            cmd = dnsperf.command(
-                server.endpoint.ip, server.endpoint.port, wl, self.s.load, self.s.client_cpus
-            )
+            ep = server.endpoint
+            if paced:  # one pass over the names first, unmeasured: the run sees hits only
+                prime = dnsperf.Workload("prime", wl.query_file, 10, once=True)
+                dnsperf.run(
+                    dnsperf.command(ep.ip, ep.port, prime, dnsperf.Load(), self.s.client_cpus),
+                    self.workdir,
+                    f"prime-{m.target}",
+                    40,
+                )
+            cmd = dnsperf.command(ep.ip, ep.port, wl, load, self.s.client_cpus)
             window.start()
             t0 = time.monotonic()
             res = dnsperf.run(cmd, self.workdir, f"{m.workload}-{m.target}", wl.seconds + 30)
@@ -316,6 +352,8 @@ class Bench:
             if server.proc is not None and server.proc.poll() is not None:
                 raise ServerFailed(f"{server.name} died during the run: {server.log_tail()}")
             m.server_pids = len(procstat.descendants(server.roots(), procstat.snapshot()))
+            m.rss_mb = [round(r, 1) for r in server.rss_mb()]
+            m.rss_worker_mb = max(m.rss_mb) if m.rss_mb else None
         finally:
             if is_upstream:
                 self._pin(server, self.s.upstream_cpus)
@@ -328,9 +366,9 @@ class Bench:
         m.qps, m.sent, m.answered, m.lost = res.qps, res.sent, res.completed, res.lost
         m.rcodes = res.rcodes
         m.error_rcodes = sum(res.rcodes.get(c, 0) for c in ERROR_RCODES)
-        m.p50_ms = dnsperf.percentile(res.latencies_ms, 50)
-        m.p99_ms = dnsperf.percentile(res.latencies_ms, 99)
-        m.p999_ms = dnsperf.percentile(res.latencies_ms, 99.9)
+        m.p50_ms = res.latency.percentile_ms(50)
+        m.p99_ms = res.latency.percentile_ms(99)
+        m.p999_ms = res.latency.percentile_ms(99.9)
         m.server_cpu_s, m.upstream_cpu_s = tk(u.server), tk(u.upstream)
         m.client_cpu_s = res.client_user_s + res.client_system_s
         per_q = 1e6 / m.answered if m.answered else None

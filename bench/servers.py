@@ -7,6 +7,7 @@ loopback upstream, probed with a real query until it answers, and stopped with S
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -15,10 +16,12 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import procstat
 from bench.zone import UPSTREAM_IP, ZONE, host
 
 PROBE_NAME = host(0)
@@ -41,19 +44,19 @@ class Endpoint:
     port: int
 
 
-def _probe_packet(qid: int) -> bytes:
-    qname = b"".join(bytes([len(p)]) + p.encode() for p in PROBE_NAME.rstrip(".").split("."))
+def _probe_packet(qid: int, name: str = PROBE_NAME) -> bytes:
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split("."))
     header = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)  # RD, one question
     return header + qname + b"\0" + struct.pack("!HH", 1, 1)  # A, IN
 
 
-def answers(ep: Endpoint, timeout: float = 0.5) -> bool:
-    """True when ``ep`` answers an A query for the probe name with NOERROR and an answer."""
+def answers(ep: Endpoint, timeout: float = 0.5, name: str = PROBE_NAME) -> bool:
+    """True when ``ep`` answers an A query for ``name`` with NOERROR and an answer."""
     qid = int.from_bytes(os.urandom(2), "big")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         try:
-            s.sendto(_probe_packet(qid), (ep.ip, ep.port))
+            s.sendto(_probe_packet(qid, name), (ep.ip, ep.port))
             data = s.recv(4096)
         except OSError:
             return False
@@ -75,6 +78,7 @@ class Server:
     """A server process started by the bench."""
 
     name = "server"
+    probe = PROBE_NAME  # a name in the upstream's zone: "ready" means it answers this
 
     def __init__(self, workdir: Path, cpus: str) -> None:
         self.workdir = workdir
@@ -94,7 +98,7 @@ class Server:
 
     def _wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if answers(self.endpoint):
+            if answers(self.endpoint, name=self.probe):
                 return
             self._check_alive()
             time.sleep(0.05)
@@ -137,6 +141,11 @@ class Server:
         """Processes whose whole trees are this server (for CPU accounting)."""
         return [self.proc.pid] if self.proc else []
 
+    def rss_mb(self) -> list[float]:
+        """Resident memory of each process of the server (MB): its "workers"."""
+        pids = procstat.descendants(self.roots(), procstat.snapshot())
+        return [r for r in (procstat.rss_mb(p) for p in sorted(pids)) if r is not None]
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
@@ -155,9 +164,13 @@ class Nsd(Server):
 
     name = "nsd"
 
-    def __init__(self, workdir: Path, cpus: str, zone_file: Path) -> None:
+    def __init__(
+        self, workdir: Path, cpus: str, zone_file: Path, zone: str = ZONE, probe: str = PROBE_NAME
+    ) -> None:
         super().__init__(workdir, cpus)
         self.zone_file = zone_file
+        self.zone = zone
+        self.probe = probe
         self.endpoint = Endpoint(UPSTREAM_IP, 53)
 
     def check(self) -> None:
@@ -192,7 +205,7 @@ class Nsd(Server):
 remote-control:
   control-enable: no
 zone:
-  name: "{ZONE}"
+  name: "{self.zone}"
   zonefile: "{self.zone_file}"
 """
         )
@@ -334,6 +347,39 @@ def fastdns_importable(python: str = sys.executable) -> str | None:
     return lines[-1] if lines else f"exit {r.returncode}"
 
 
+DATAPATHS = ("python", "compiled")
+
+
+def _check_config(python: str, yaml_text: str) -> tuple[int, str]:
+    """``fastdns check-config`` on ``yaml_text``: (exit status, last line of its output)."""
+    with tempfile.TemporaryDirectory(prefix="fastdns-bench-check-") as d:
+        cfg = Path(d) / "check.yaml"
+        cfg.write_text(yaml_text)
+        r = subprocess.run(
+            [python, "-m", "fastdns", "check-config", str(cfg)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    lines = (r.stderr + r.stdout).strip().splitlines()
+    return r.returncode, lines[0] if lines else ""
+
+
+@functools.cache
+def datapath_support(datapath: str, python: str = sys.executable) -> str | None:
+    """None when this fastdns accepts ``fastdns.datapath: DATAPATH``, else why not.
+
+    The key comes with the compiled datapath (docs/configuration.md once it is there); a
+    fastdns without it knows only the Python datapath, so the python rows then write no key."""
+    code, line = _check_config(
+        python,
+        f"fastdns: {{datapath: {datapath}, resolv_conf: /dev/null, hosts_file: /dev/null, "
+        "fallback: []}\n",
+    )
+    return None if code == 0 else f"fastdns.datapath: {datapath} not accepted ({line[:160]})"
+
+
 class Fastdns(Server):
     """``python -m fastdns serve`` with its state file; ``workers`` processes.
 
@@ -341,8 +387,9 @@ class Fastdns(Server):
     that misses the cache is forwarded raw over UDP, the "fastdns-fwd" row.
     ``forward_first=False`` sends every A/AAAA miss through c-ares (``native.forward_first:
     false``), the "fastdns-cares" row: the native path as c-ares alone runs it.
-    ``datapath="python"`` runs the Python UDP datapath (docs/datapath.md), the "fastdns-py"
-    row; the others run ``auto`` (the compiled one when it is built).
+    ``datapath`` is ``fastdns.datapath`` (python or compiled); a fastdns that has no such
+    key runs only the Python datapath: the python rows then leave the key out, the compiled
+    ones are skipped. ``cache_capacity`` is ``cache.capacity`` (None: fastdns's default).
     """
 
     def __init__(
@@ -352,17 +399,21 @@ class Fastdns(Server):
         workers: int,
         native: bool = True,
         forward_first: bool = True,
-        datapath: str = "auto",
+        *,
+        datapath: str = "python",
+        cache_capacity: int | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(workdir, cpus)
+        if datapath not in DATAPATHS:
+            raise ValueError(f"datapath {datapath!r}: not one of {DATAPATHS}")
         self.workers = workers
         self.native = native
         self.forward_first = forward_first
         self.datapath = datapath
-        self.name = (
-            "fastdns-py"
-            if datapath == "python"
-            else f"fastdns-{workers}w"
+        self.cache_capacity = cache_capacity
+        self.name = name or (
+            f"fastdns-{workers}w"
             if native and forward_first
             else "fastdns-fwd"
             if not native
@@ -370,19 +421,34 @@ class Fastdns(Server):
         )
         self.state_file = workdir / f"{self.name}.state.json"
         self.state: dict[str, object] = {}
+        self.datapath_key = False  # set by check(): write fastdns.datapath
 
     def check(self) -> None:
         reason = fastdns_importable()
         if reason is not None:
             raise ServerUnavailable(f"fastdns not available ({reason})")
+        why = datapath_support(self.datapath)
+        if why is None:
+            self.datapath_key = True
+        elif self.datapath != "python":
+            raise ServerUnavailable(why)
 
-    def command(self) -> list[str]:
+    def rss_mb(self) -> list[float]:
+        """Resident memory of each worker (the state file's pids), in MB; [] when unknown."""
+        workers = self.state.get("workers")
+        pids = [int(w) for w in workers] if isinstance(workers, list) else []
+        return [r for r in (procstat.rss_mb(p) for p in pids) if r is not None]
+
+    def config_yaml(self) -> str:
+        """The whole config file; writes the resolv.conf and hosts file it names."""
         d = self.workdir
         (d / "resolv.conf").write_text(f"nameserver {UPSTREAM_IP}\n")  # port 53: no port field
         (d / "hosts").write_text("")
-        cfg = d / f"{self.name}.yaml"
-        cfg.write_text(
-            f"""hostResolver: {{enabled: true, ipv6: true}}
+        cache = "enabled: true" + (
+            f", capacity: {self.cache_capacity}" if self.cache_capacity is not None else ""
+        )
+        datapath = f"  datapath: {self.datapath}\n" if self.datapath_key else ""
+        return f"""hostResolver: {{enabled: true, ipv6: true}}
 fastdns:
   listen: 127.0.0.1
   udp_port: 0
@@ -391,11 +457,13 @@ fastdns:
   hosts_file: {d / "hosts"}
   fallback: []
   workers: {self.workers}
-  datapath: {self.datapath}
-  cache: {{enabled: true}}
+  cache: {{{cache}}}
   native: {{enabled: {str(self.native).lower()}, forward_first: {str(self.forward_first).lower()}}}
-"""
-        )
+{datapath}"""
+
+    def command(self) -> list[str]:
+        cfg = self.workdir / f"{self.name}.yaml"
+        cfg.write_text(self.config_yaml())
         self.state_file.unlink(missing_ok=True)
         return [
             sys.executable,
