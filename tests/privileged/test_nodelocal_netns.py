@@ -14,6 +14,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ IFACE = "fdns-nl0"
 CHAIN = f"FASTDNS-NL-{IFACE}"
 NAME = "svc.nodelocal.test"
 ADDR = "10.9.8.7"
+NEW_ADDR = "10.9.8.8"  # what the upgraded version answers
 
 
 @pytest.fixture(name="pod", scope="module")
@@ -272,3 +275,58 @@ def test_state_file_names_what_was_made(pod: GuestLink, tmp_path: Path) -> None:
     kind = run("ip", "-j", "-d", "link", "show", "dev", IFACE).stdout
     assert f'"info_kind":"{state["kind"]}"' in kind
     assert fdp.stop() == 0
+
+
+LOAD = Path(__file__).resolve().parents[1] / "support" / "steadyload.py"
+RATE, SECONDS = 5000, 12  # queries per second, seconds of load
+
+
+@pytest.mark.slow
+def test_upgrade_on_the_same_address_loses_no_query(pod: GuestLink, tmp_path: Path) -> None:
+    """docs/nodelocal.md, "Upgrades": the new fastdns (here: a new config, another answer)
+    joins the old one's SO_REUSEPORT group on the node-local address and adopts its rules;
+    the old one, with ``teardown: false``, leaves the group and drains. Under a steady load
+    from the pod every query is answered, by one version or the other."""
+    old = start(tmp_path, teardown=False)
+    synced(old)
+    load = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net={pod.ns}",
+            sys.executable,
+            str(LOAD),
+            NODELOCAL_IP,
+            "53",
+            NAME,
+            str(RATE),
+            str(SECONDS),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert load.stderr is not None
+        assert load.stderr.readline().strip() == "started"
+        time.sleep(2)  # under load before the new version starts (a load test: time is the point)
+        new_config = config(NODELOCAL_IP)
+        new_config["hostResolver"]["hosts"][NAME] = NEW_ADDR
+        new = FastDNSProcess(new_config, tmp_path)
+        RUNNING.append(new)
+        assert synced(new)["rules"] is True
+        assert old.stop() == 0  # SIGTERM: leaves the group, drains, keeps rules and interface
+        out, err = load.communicate(timeout=SECONDS + 15)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait(5)
+    result = json.loads(out)
+    answers = result["answers"]
+    print(f"upgrade under {RATE} q/s for {SECONDS} s: {result}")
+    assert result["lost"] == 0 and result["other"] == 0, (result, err)
+    assert answers.get(ADDR, 0) > 0 and answers.get(NEW_ADDR, 0) > 0, result
+    assert answers[ADDR] + answers[NEW_ADDR] == result["sent"] == RATE * SECONDS
+    assert link_exists() and chain("raw")
+    assert pod_dig(pod, NODELOCAL_IP) == NEW_ADDR
+    assert new.stop() == 0
+    assert chain("raw") == [] and not link_exists()
