@@ -88,7 +88,7 @@ class NodeLocalConfig:
 
     enabled: bool = False
     interface: str = "fastdns0"
-    addresses: tuple[str, ...] = ("169.254.20.10",)
+    addresses: tuple[str, ...] = ("169.254.20.10",)  # one, for now: the one fastdns listens on
     notrack: bool = True  # raw-table NOTRACK: no conntrack entry, no insert race
     teardown: bool = True  # remove rules and interface on SIGTERM (false: for upgrades)
     health_port: int = 8080  # GET /health on the listen address; 0 = none

@@ -28,6 +28,7 @@ from support.netns import (
     NODE_IP6,
     NODELOCAL_IP,
     NODELOCAL_IP6,
+    OTHER_NODELOCAL_IP,
     POD_IF,
     POD_IP,
     POD_IP6,
@@ -205,20 +206,20 @@ def test_rules_wait_until_the_workers_answer(pod: GuestLink, tmp_path: Path) -> 
 
 
 def test_killed_instance_left_overs_are_cleaned_by_the_next(pod: GuestLink, tmp_path: Path) -> None:
-    first = start(tmp_path, NODELOCAL_IP, "169.254.20.11")
+    first = start(tmp_path, OTHER_NODELOCAL_IP)
     synced(first)
     os.killpg(first.pgid, signal.SIGKILL)
     first.close()
-    assert link_exists() and any("169.254.20.11" in r for r in chain("raw"))
+    assert link_exists() and any(OTHER_NODELOCAL_IP in r for r in chain("raw"))
     second = start(tmp_path, NODELOCAL_IP)
     wait_for(
-        lambda: chain("raw") and not any("169.254.20.11" in r for r in chain("raw")),
+        lambda: chain("raw") and not any(OTHER_NODELOCAL_IP in r for r in chain("raw")),
         10,
         what="the leftover address's rules replaced",
     )
     synced(second)
     addrs = run("ip", "-j", "addr", "show", "dev", IFACE).stdout
-    assert "169.254.20.11" not in addrs and NODELOCAL_IP in addrs
+    assert OTHER_NODELOCAL_IP not in addrs and NODELOCAL_IP in addrs
     assert pod_dig(pod, NODELOCAL_IP) == ADDR
     assert second.stop() == 0
     assert chain("raw") == [] and not link_exists()

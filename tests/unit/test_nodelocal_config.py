@@ -3,6 +3,7 @@ it plans (docs/nodelocal.md)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -36,16 +37,17 @@ def test_off_by_default_and_nothing_changes() -> None:
     assert (cfg.listen, cfg.udp_port, cfg.tcp_port) == ("127.0.0.1", 0, 0)
 
 
-def test_node_local_mode_listens_on_the_first_address_port_53() -> None:
-    cfg = build_config(nodelocal(addresses=["169.254.20.10", "FD00:0::10"]))
-    assert cfg.nodelocal.addresses == ("169.254.20.10", "fd00::10")
+def test_node_local_mode_listens_on_its_address_port_53() -> None:
+    cfg = build_config(nodelocal())
+    assert cfg.nodelocal.addresses == ("169.254.20.10",)
     assert (cfg.listen, cfg.udp_port, cfg.tcp_port) == ("169.254.20.10", 53, 53)
     assert cfg.rules_process and cfg.nodelocal.interface == "fastdns0"
+    assert build_config(nodelocal(addresses=["FD00:0::10"])).listen == "fd00::10"
 
 
 def test_set_listen_and_ports_are_kept() -> None:
     doc = nodelocal(
-        addresses=["169.254.20.10", "fd00::10"],
+        addresses=["fd00::10"],
         fastdns={"listen": "fd00::10", "udp_port": 5353, "tcp_port": 0},
     )
     cfg = build_config(doc)
@@ -57,6 +59,7 @@ def test_set_listen_and_ports_are_kept() -> None:
     [
         (nodelocal(fastdns={"listen": "127.0.0.1"}), "fastdns.listen: in node-local mode"),
         (nodelocal(addresses=[]), "fastdns.nodelocal.addresses: must name at least one"),
+        (nodelocal(addresses=["169.254.20.10", "fd00::10"]), "name exactly one node-local"),
         (nodelocal(addresses=["::1"]), "addresses[0]: not an address an interface can hold"),
         (nodelocal(addresses=["0.0.0.0"]), "addresses[0]: not an address"),
         (nodelocal(addresses=["fe80::1%eth0"]), "addresses[0]: not an address"),
@@ -74,13 +77,15 @@ def test_bad_values_are_config_errors(doc: dict[str, Any], message: str) -> None
     assert message in problems(doc)
 
 
-def plans(**keys: Any) -> Any:
+def plans(addresses: tuple[str, ...] = ("169.254.20.10",), **keys: Any) -> Any:
+    """Plans for several addresses too (the planner takes any number; config allows one)."""
     cfg = build_config(nodelocal(interface="nl0", **keys))
+    cfg = replace(cfg, nodelocal=replace(cfg.nodelocal, addresses=addresses))
     return plan_nodelocal(cfg, cfg.udp_port, cfg.tcp_port)
 
 
 def test_rules_cover_dns_and_health_both_ways_per_family() -> None:
-    by_family = plans(addresses=["169.254.20.10", "10.96.0.10", "fd00::10"])
+    by_family = plans(("169.254.20.10", "10.96.0.10", "fd00::10"))
     v4, v6 = by_family[4], by_family[6]
     assert v4.chain == "FASTDNS-NL-nl0" and v4.addresses == ("169.254.20.10", "10.96.0.10")
     assert v6.addresses == ("fd00::10",)
