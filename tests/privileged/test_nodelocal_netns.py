@@ -145,7 +145,9 @@ def test_pod_resolves_through_notracked_node_local_address(pod: GuestLink, tmp_p
     fdp = start(tmp_path)
     state = synced(fdp)
     assert state["kind"] in ("dummy", "bridge") and state["addresses"] == [NODELOCAL_IP]
-    assert f"{state['kind']} interface {IFACE}" in fdp.stderr
+    assert f"{state['kind']} interface {IFACE}" in fdp.stderr  # what was made: log, state file
+    kind = run("ip", "-j", "-d", "link", "show", "dev", IFACE).stdout
+    assert f'"info_kind":"{state["kind"]}"' in kind
     raw, filt = chain("raw"), chain("filter")
     assert "-A PREROUTING -j " + CHAIN in raw[1] and "-A OUTPUT -j " + CHAIN in raw[2]
     assert any("-d 169.254.20.10/32 -p udp -m udp --dport 53 -j NOTRACK" in r for r in raw)
@@ -198,6 +200,11 @@ def test_rules_wait_until_the_workers_answer(pod: GuestLink, tmp_path: Path) -> 
     fdp = start(tmp_path)
     wait_for(lambda: "waiting for the workers to answer" in fdp.stderr, 10, what=fdp.stderr)
     assert link_exists()
+    health = run(
+        "curl", "-sS", "-m", "3", "-w", "%{http_code}", f"http://{NODELOCAL_IP}:8080/health"
+    )
+    assert health.stdout.endswith("503"), health.stdout  # a 503 naming why
+    assert "fastdns does not answer on 169.254.20.10" in health.stdout, health.stdout
     assert chain("raw") == [] and all("-A " + CHAIN not in r for r in chain("filter"))
     run("iptables", "-D", *block[1:])
     synced(fdp)
@@ -266,16 +273,6 @@ def test_ipv6_node_local_address(pod: GuestLink, tmp_path: Path) -> None:
     assert "dport=53" in flows(NODE_IP6, "ipv6")
     assert fdp.stop() == 0
     assert chain("raw", 6) == [] and not link_exists()
-
-
-def test_state_file_names_what_was_made(pod: GuestLink, tmp_path: Path) -> None:
-    fdp = start(tmp_path)
-    state = synced(fdp)
-    on_disk = json.loads(fdp.state_path.read_text())["nodelocal"]
-    assert on_disk["interface"] == IFACE and on_disk["kind"] == state["kind"]
-    kind = run("ip", "-j", "-d", "link", "show", "dev", IFACE).stdout
-    assert f'"info_kind":"{state["kind"]}"' in kind
-    assert fdp.stop() == 0
 
 
 LOAD = Path(__file__).resolve().parents[1] / "support" / "steadyload.py"
