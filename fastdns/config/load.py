@@ -20,6 +20,7 @@ from fastdns.config.schema import (
     ForwardConfig,
     MetricsConfig,
     NativeConfig,
+    NodeLocalConfig,
     RulesConfig,
     TlsConfig,
     canonical_name,
@@ -32,6 +33,7 @@ from fastdns.config.sections import (
     load_hosts,
     load_metrics,
     load_native,
+    load_nodelocal,
     load_ratelimit,
     load_rules,
 )
@@ -95,6 +97,7 @@ _FASTDNS_KEYS = {
     "cache",
     "metrics",
     "rules",
+    "nodelocal",
     "acl",
     "ratelimit",
 }
@@ -156,6 +159,14 @@ def build_config(
     deadline = num("deadline", float, 0.05, 60)
     user = get_str(f, "user", fp, "", p)
     workers = num("workers", int, 0, 256)
+    nodelocal = load_nodelocal(section(f, "nodelocal", fp, p), p)
+    listen = get_ip(f, "listen", fp, d.listen, p)
+    udp_port = num("udp_port", int, 0, 65535)
+    tcp_port = num("tcp_port", int, 0, 65535)
+    if nodelocal.enabled:
+        listen = _nodelocal_listen(f, nodelocal, listen, p)
+        udp_port = udp_port if "udp_port" in f else 53
+        tcp_port = tcp_port if "tcp_port" in f else 53
     cfg = Config(
         path=path,
         enabled=enabled,
@@ -163,9 +174,9 @@ def build_config(
         hosts=tuple(hosts),
         dns=dns,
         instance=instance,
-        listen=get_ip(f, "listen", fp, d.listen, p),
-        udp_port=num("udp_port", int, 0, 65535),
-        tcp_port=num("tcp_port", int, 0, 65535),
+        listen=listen,
+        udp_port=udp_port,
+        tcp_port=tcp_port,
         resolv_conf=_relative_to(path, get_str(f, "resolv_conf", fp, d.resolv_conf, p)),
         hosts_file=_relative_to(path, get_str(f, "hosts_file", fp, d.hosts_file, p)),
         fallback=get_ip_list(f, "fallback", fp, d.fallback, p),
@@ -196,6 +207,7 @@ def build_config(
         ),
         metrics=load_metrics(section(f, "metrics", fp, p), p),
         rules=load_rules(section(f, "rules", fp, p), p),
+        nodelocal=nodelocal,
         acl=load_acl(section(f, "acl", fp, p), p),
         ratelimit=load_ratelimit(section(f, "ratelimit", fp, p), p),
         warnings=tuple(_located(warnings, source)),
@@ -211,6 +223,36 @@ def build_config(
     if p.items:
         raise ConfigError(_located(p.items, source))
     return cfg
+
+
+def _nodelocal_listen(
+    f: Mapping[str, Any], nodelocal: NodeLocalConfig, listen: str, p: Problems
+) -> str:
+    """The listen address in node-local mode: the first node-local address unless set, and
+    then one of them (docs/nodelocal.md)."""
+    if len(nodelocal.addresses) > 1:
+        # The workers bind one address: another one on the interface, NOTRACKed, would
+        # receive DNS that nobody answers.
+        p.add(
+            "fastdns.nodelocal.addresses",
+            "fastdns listens on one address (fastdns.listen): name exactly one node-local "
+            f"address, got {len(nodelocal.addresses)}",
+        )
+    if "listen" not in f and nodelocal.addresses:
+        listen = nodelocal.addresses[0]
+    elif listen not in nodelocal.addresses:
+        p.add(
+            "fastdns.listen",
+            f"in node-local mode must be one of fastdns.nodelocal.addresses "
+            f"({', '.join(nodelocal.addresses)}) or be left out, got {listen}",
+        )
+    rules = f.get("rules")
+    if isinstance(rules, Mapping) and rules.get("enabled") is True:
+        p.add(
+            "fastdns.rules.enabled",
+            "node-local mode (fastdns.nodelocal.enabled) has no DNAT: turn one of them off",
+        )
+    return listen
 
 
 def _located(items: Sequence[tuple[str, str]], source: Source | None) -> list[str]:
@@ -254,6 +296,7 @@ def known_keys() -> frozenset[str]:
         "cache": CacheConfig,
         "metrics": MetricsConfig,
         "rules": RulesConfig,
+        "nodelocal": NodeLocalConfig,
         "acl": AclConfig,
         "ratelimit": RateLimitConfig,
     }

@@ -147,6 +147,20 @@ class RulesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeLocalConfig:
+    """Node-local cache mode (docs/nodelocal.md): an interface holding link-local addresses,
+    NOTRACK and ACCEPT rules for them, owned by the rules process."""
+
+    enabled: bool = False
+    interface: str = "fastdns0"
+    addresses: tuple[str, ...] = ("169.254.20.10",)  # one, for now: the one fastdns listens on
+    notrack: bool = True  # raw-table NOTRACK: no conntrack entry, no insert race
+    teardown: bool = True  # remove rules and interface on SIGTERM (false: for upgrades)
+    health_port: int = 8080  # GET /health on the listen address; 0 = none
+    sync_interval: float = 60.0  # seconds between checks of interface and rules
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything fastdns needs, immutable; built only by ``load_config``."""
 
@@ -188,6 +202,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
+    nodelocal: NodeLocalConfig = field(default_factory=NodeLocalConfig)
     acl: AclConfig = field(default_factory=AclConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     warnings: tuple[str, ...] = ()
@@ -196,6 +211,11 @@ class Config:
     def udp_payload_cap(self) -> int:
         """Largest UDP reply a client may get (lima#380: Lima always uses 512)."""
         return 512 if self.lima_compat else self.edns_max_udp
+
+    @property
+    def rules_process(self) -> bool:
+        """Whether a rules process runs: DNAT rules, or node-local mode (docs/nodelocal.md)."""
+        return self.rules.enabled or self.nodelocal.enabled
 
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1

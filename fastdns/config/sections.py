@@ -16,6 +16,7 @@ from fastdns.config.schema import (
     HookName,
     MetricsConfig,
     NativeConfig,
+    NodeLocalConfig,
     RulesConfig,
     TlsConfig,
     canonical_name,
@@ -27,6 +28,7 @@ from fastdns.config.values import (
     get_choice,
     get_cidrs,
     get_ip,
+    get_ip_list,
     get_number,
     get_str,
     reject_unknown,
@@ -213,6 +215,49 @@ def load_rules(m: Mapping[str, Any], p: Problems) -> RulesConfig:
             m, "reconcile_interval", path, d.reconcile_interval, p, kind=float, low=0.1, high=86400
         ),
         iptables=iptables,
+    )
+
+
+def interface_name_problem(name: object) -> str:
+    """Why ``name`` cannot be a Linux interface name (IFNAMSIZ: 15 bytes), or ""."""
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name.encode()) <= 15
+        or name in (".", "..")
+        or any(c in name for c in "/: \t\n%")
+    ):
+        return f"not an interface name (1-15 characters, no '/', ':', '%' or space): {name!r}"
+    return ""
+
+
+def load_nodelocal(m: Mapping[str, Any], p: Problems) -> NodeLocalConfig:
+    path, d = "fastdns.nodelocal", NodeLocalConfig()
+    reject_unknown(m, set(NodeLocalConfig.__dataclass_fields__), path, p)
+    interface = get_str(m, "interface", path, d.interface, p)
+    problem = interface_name_problem(interface)
+    if problem:
+        p.add(f"{path}.interface", problem)
+    addresses = get_ip_list(m, "addresses", path, d.addresses, p)
+    if not addresses:
+        p.add(f"{path}.addresses", "must name at least one address")
+    for i, addr in enumerate(addresses):
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+        if "%" in addr or ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+            p.add(f"{path}.addresses[{i}]", f"not an address an interface can hold: {addr}")
+    return NodeLocalConfig(
+        enabled=get_bool(m, "enabled", path, d.enabled, p),
+        interface=interface,
+        addresses=tuple(
+            dict.fromkeys(ipaddress.ip_address(a.split("%", 1)[0]).compressed for a in addresses)
+        ),
+        notrack=get_bool(m, "notrack", path, d.notrack, p),
+        teardown=get_bool(m, "teardown", path, d.teardown, p),
+        health_port=get_number(
+            m, "health_port", path, d.health_port, p, kind=int, low=0, high=65535
+        ),
+        sync_interval=get_number(
+            m, "sync_interval", path, d.sync_interval, p, kind=float, low=0.1, high=86400
+        ),
     )
 
 

@@ -153,7 +153,7 @@ class StatsAggregator:
             (m, sets)
             for m in METRICS
             if (sets := initial_label_sets(m)) is not None
-            and (config.rules.enabled or not m.name.startswith("fastdns_rules_"))
+            and (config.rules_process or not m.name.startswith("fastdns_rules_"))
         ]
 
     # --------------------------------------------------------------------------- input
@@ -274,7 +274,7 @@ class StatsAggregator:
         ready = sup.get("workers_ready", 0)
         if not expected or ready < expected:
             return False, f"{ready} of {expected} workers ready"
-        if self.config.rules.enabled and not (self.rules and self.rules.get("installed")):
+        if self.config.rules_process and not (self.rules and self.rules.get("installed")):
             error = (self.rules or {}).get("error") or "not installed yet"
             return False, f"rules: {error}"
         if not sup.get("ready", False):
@@ -412,7 +412,7 @@ class StatsAggregator:
                     given = {"slot": str(item[0]), "reason": str(item[1])}
                     put(metric, self._labels(metric, given), item[2])
         rules = self.rules
-        if rules is not None and self.config.rules.enabled:
+        if rules is not None and self.config.rules_process:
             put(BY_NAME["fastdns_rules_installed"], (), 1 if rules.get("installed") else 0)
             metric = BY_NAME["fastdns_rules_reconcile_total"]
             for result, (base, seen) in self.reconciles.items():

@@ -8,11 +8,14 @@ tables, invisible to the ``iptables-nft`` that most distributions ship.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from fastdns.errors import FastDNSError
@@ -40,6 +43,50 @@ SYSCTL_ROOT = "/proc/sys/net/ipv4/conf"
 
 class IptablesError(FastDNSError):
     """An iptables command failed or its result did not stick."""
+
+
+class XtablesLocked(IptablesError):
+    """Another program held the xtables lock for longer than we wait (retried later)."""
+
+
+XTABLES_LOCK = "/run/xtables.lock"  # iptables' default; XTABLES_LOCKFILE overrides it there too
+LOCK_POLL = 0.05  # seconds between attempts to take the xtables lock
+
+
+def xtables_lock_path() -> str:
+    return os.environ.get("XTABLES_LOCKFILE") or XTABLES_LOCK
+
+
+@contextlib.contextmanager
+def xtables_lock(wait: float, hold: bool = True) -> Iterator[None]:
+    """Wait up to ``wait`` seconds for the xtables lock (the ``flock`` every legacy iptables
+    takes, kube-proxy's included); ``XtablesLocked`` when it stays held. With ``hold`` it is
+    kept for the ``with`` body (for an nf_tables backend, which takes no lock itself), else
+    released at once (a legacy backend takes it itself; holding it would block it).
+    No lock file (no /run, or not writable) means nobody can hold it: go ahead."""
+    path = xtables_lock_path()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise XtablesLocked(
+                        f"another program holds the xtables lock {path} (waited {wait:g}s)"
+                    ) from None
+                time.sleep(LOCK_POLL)
+        if not hold:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(fd)
 
 
 class IptablesMissing(IptablesError):
@@ -131,7 +178,17 @@ class Netfilter:
     def save(self, table: str) -> Table:
         return parse_save(self.save_text(table)).get(table, Table())
 
-    def restore(self, text: str) -> None:
+    def restore(self, text: str, lock_wait: float = 0.0) -> None:
+        """One ``iptables-restore --noflush`` transaction; with ``lock_wait``, first wait
+        that long for the xtables lock (``XtablesLocked``), held throughout unless the
+        backend is legacy (it takes the lock itself, with ``-w``)."""
+        if lock_wait > 0:
+            with xtables_lock(lock_wait, hold="legacy" not in self.version):
+                self._restore(text)
+        else:
+            self._restore(text)
+
+    def _restore(self, text: str) -> None:
         proc = self.runner([self.tools.restore, "-w", LOCK_WAIT, "--noflush"], text)
         if proc.returncode != 0:
             raise IptablesError(f"{self.tools.restore} failed: {_why(proc)}")

@@ -405,9 +405,13 @@ def worker_process_main(launch: WorkerLaunch) -> NoReturn:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         faulthandler.enable()  # the watchdog's SIGABRT prints where the loop was stuck
         if udp_sock is None:
-            udp_sock = bind_udp(config.listen, launch.udp_port, reuse_port=True)
+            udp_sock = bind_udp(
+                config.listen, launch.udp_port, reuse_port=True, freebind=config.nodelocal.enabled
+            )
         if tcp_sock is None:
-            tcp_sock = bind_tcp(config.listen, launch.tcp_port, reuse_port=True)
+            tcp_sock = bind_tcp(
+                config.listen, launch.tcp_port, reuse_port=True, freebind=config.nodelocal.enabled
+            )
         if user is not None:
             _import_before_drop(config)
             drop_privileges(user)  # after binding: the port may be < 1024

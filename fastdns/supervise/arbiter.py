@@ -337,11 +337,11 @@ class Supervisor(Generations, ChildExits, StatePublisher):
             return
         rules = self._live("rules")
         if rules is not None:
-            if not gen.config.rules.enabled:
+            if not gen.config.rules_process:
                 logger.info("rules disabled by the reload: stopping the rules process")
                 self._retire(rules, RULES_STOP_TIMEOUT)
             return
-        if not gen.config.rules.enabled or self._slot(("rules", 0)).next_start > self.clock():
+        if not gen.config.rules_process or self._slot(("rules", 0)).next_start > self.clock():
             return
         if any(c.kind == "rules" for c in self.children.values()):
             return  # the old one is still removing its rules
@@ -360,7 +360,7 @@ class Supervisor(Generations, ChildExits, StatePublisher):
     def _prepare_run_dir(self, config: Config, user: Credentials | None = None) -> None:
         """The private folder for the metrics process's stats socket and the rules process's
         ports file, made once either is configured."""
-        if not config.metrics.listen and not config.rules.enabled:
+        if not config.metrics.listen and not config.rules_process:
             return
         if self.rundir is None:
             try:

@@ -26,13 +26,19 @@ def bind_first(
         (udp, config.udp_port, bind_udp),
         (tcp, config.tcp_port, bind_tcp),
     )
+    # Node-local mode binds before its interface exists (freebind), and shares its port with
+    # the next fastdns of an upgrade on purpose (docs/nodelocal.md, "Upgrades"): the kernel
+    # lets only SO_REUSEPORT sockets of the same uid join, and never a socket bound without it.
+    nodelocal = config.nodelocal.enabled
     for wanted, port, bind in jobs:
-        if wanted and port:
+        if wanted and port and not nodelocal:
             bind(config.listen, port).close()
     socks: list[socket.socket | None] = []
     try:
         for wanted, port, bind in jobs:
-            socks.append(bind(config.listen, port, reuse_port=True) if wanted else None)
+            socks.append(
+                bind(config.listen, port, reuse_port=True, freebind=nodelocal) if wanted else None
+            )
     except BaseException:
         for sock in socks:
             if sock is not None:

@@ -146,5 +146,14 @@ def child_rules(
     if not process.die_with_parent(supervisor_pid):
         return
     # Up: from here on it reports iptables failures itself and retries; an exit is a crash.
-    ControlWriter(control_fd).send(ready=True)
+    control = ControlWriter(control_fd)
+    control.send(ready=True)
+    if config.nodelocal.enabled:
+        from fastdns.rules.nodelocal import run as run_nodelocal
+
+        raise SystemExit(
+            run_nodelocal(
+                config, udp_port, tcp_port, stats_path, ports_path=ports_path, control=control
+            )
+        )
     raise SystemExit(run(config, udp_port, tcp_port, stats_path, ports_path=ports_path))

@@ -223,7 +223,7 @@ class Generations:
             if child.kind == "worker" and child.generation != gen.number:
                 self._retire(child)
         rules = self._live("rules")
-        if rules is not None and gen.config.rules.enabled and self.ports_path is not None:
+        if rules is not None and gen.config.rules_process and self.ports_path is not None:
             # New ports (if any) through the ports file, then SIGHUP: it re-reads the config
             # and reconciles, moving the DNAT without removing it.
             write_state(

@@ -64,6 +64,9 @@ class StatePublisher:
         }
         if self.metrics_port is not None:
             state["metrics_port"] = self.metrics_port
+        for child in self.children.values():  # what node-local mode made (docs/nodelocal.md)
+            if child.kind == "rules" and not child.stopping and "nodelocal" in child.info:
+                state["nodelocal"] = child.info["nodelocal"]
         return state
 
     def _publish(self) -> None:

@@ -17,10 +17,27 @@ def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # ip(7)
+IPV6_FREEBIND = 78  # ipv6(7), Linux >= 4.15
+
+
+def set_freebind(sock: socket.socket) -> None:
+    """Allow binding an address no interface holds yet (ip(7) IP_FREEBIND): node-local mode
+    binds its address before the interface that holds it exists (docs/nodelocal.md)."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+
+
+def bind_udp(
+    host: str, port: int, *, reuse_port: bool = False, freebind: bool = False
+) -> socket.socket:
     """A bound, non-blocking UDP socket; ``BootError`` with a clear reason on failure."""
     sock = socket.socket(_family(host), socket.SOCK_DGRAM)
     try:
+        if freebind:
+            set_freebind(sock)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
@@ -36,11 +53,13 @@ def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket
 
 
 def bind_tcp(
-    host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024
+    host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024, freebind: bool = False
 ) -> socket.socket:
     """A bound, listening, non-blocking TCP socket; ``BootError`` on failure."""
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
+        if freebind:
+            set_freebind(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -33,6 +33,12 @@ SCRIPT_HOST_IF, SCRIPT_GUEST_IF = "fdns-sh", "fdns-sg"
 MDNS_HOST_IP, MDNS_PEER_IP = "10.204.0.1", "10.204.0.2"
 MDNS_HOST_IF, MDNS_PEER_IF = "fdns-mh", "fdns-mp"
 VIRTUAL_IP6, HOST_IP6 = "fd00:201::53", "fd00:200::1"
+# Node-local mode (tests/privileged/test_nodelocal_netns.py): the node-local addresses, held by
+# fastdns's interface in the test's namespace (the "node"), and the node-pod link.
+NODELOCAL_IP, NODELOCAL_IP6 = "169.254.20.10", "fd00::10"
+OTHER_NODELOCAL_IP = "169.254.20.11"  # a previous config's address
+NODE_IP, POD_IP, NODE_IP6, POD_IP6 = "10.204.0.1", "10.204.0.2", "fd00:204::1", "fd00:204::2"
+NODE_IF, POD_IF = "fdns-node", "fdns-pod"
 TEST_NETS = tuple(
     ipaddress.ip_network(n)
     for n in (
@@ -41,9 +47,12 @@ TEST_NETS = tuple(
         "10.202.0.0/24",
         "10.203.0.0/24",
         "10.204.0.0/24",
+        "169.254.20.10/31",
         "127.0.0.0/8",
         "fd00:200::/64",
         "fd00:201::/64",
+        "fd00:204::/64",
+        "fd00::10/128",
         "::1/128",
     )
 )

@@ -173,9 +173,9 @@ def _unsafe(doc: Mapping[str, Any], wildcard_listen: bool = False) -> list[str]:
 
 def _netns_link_address(value: str) -> bool:
     """Whether ``value`` is a veth address that exists only inside the test namespaces."""
-    from support.netns import SCRIPT_HOST_IP
+    from support.netns import NODELOCAL_IP, NODELOCAL_IP6, OTHER_NODELOCAL_IP, SCRIPT_HOST_IP
 
-    return value == SCRIPT_HOST_IP
+    return value in (SCRIPT_HOST_IP, NODELOCAL_IP, NODELOCAL_IP6, OTHER_NODELOCAL_IP)
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
