@@ -5,16 +5,32 @@ log.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
 
 from fastdns.config.schema import Config
+from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.upstream import Forwarder
 from fastdns.resolve.pipeline import NativeLookup, NssLookup
 from fastdns.resolve.resolvconf import UpstreamPlan
 
-if TYPE_CHECKING:
-    from fastdns.serve.worker import Worker
+__all__ = ["WorkerParts", "default_native_factory", "default_nss_factory", "describe_plan"]
 
-__all__ = ["default_native_factory", "default_nss_factory", "describe_plan"]
+
+class WorkerParts(Protocol):
+    """What the factories use of a worker (fastdns/serve/worker.py ``Worker``)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def stats(self) -> WorkerStats: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+    @property
+    def forwarder(self) -> Forwarder | None: ...
+    @property
+    def reload_hooks(self) -> list[Callable[[], None]]: ...
 
 
 def describe_plan(plan: UpstreamPlan, config: Config) -> str:
@@ -42,7 +58,7 @@ def _describe_plan(plan: UpstreamPlan, config: Config) -> str:
     return f"upstream nameservers from {config.resolv_conf}: {servers}"
 
 
-def default_native_factory(worker: Worker) -> NativeLookup | None:
+def default_native_factory(worker: WorkerParts) -> NativeLookup | None:
     """The c-ares native path (fastdns.native) when hostResolver and fastdns.native are on.
 
     Imported here, in the serving process, never at module level: the supervisor imports this
@@ -63,7 +79,7 @@ def default_native_factory(worker: Worker) -> NativeLookup | None:
     return resolver
 
 
-def default_nss_factory(worker: Worker) -> NssLookup | None:
+def default_nss_factory(worker: WorkerParts) -> NssLookup | None:
     """The host's NSS sources for A/AAAA (fastdns.native.nss), or None."""
     from fastdns.resolve.native.nss import start_nss
 

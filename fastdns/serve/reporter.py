@@ -4,22 +4,42 @@ process, sent from inside the worker's event loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from fastdns.config.schema import Config
 from fastdns.ipc import ControlWriter, StatusSender
-from fastdns.metrics.stats import worker_message
+from fastdns.metrics.stats import WorkerStats, worker_message
+from fastdns.serve.datapath import Datapath
+from fastdns.serve.udp import ServerState
 
-if TYPE_CHECKING:
-    from fastdns.serve.worker import Worker
-
-__all__ = ["HEARTBEAT_MAX", "WorkerReporter"]
+__all__ = ["HEARTBEAT_MAX", "Reported", "WorkerReporter"]
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_MAX = 1.0  # seconds between a worker's heartbeats to the supervisor, at most
+
+
+class Reported(Protocol):
+    """What the reporter reads of a worker (fastdns/serve/worker.py ``Worker``)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def stats(self) -> WorkerStats: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+    @property
+    def state(self) -> ServerState | None: ...
+    @property
+    def datapath(self) -> Datapath | None: ...
+    @property
+    def server_label(self) -> str: ...
+    def stop(self) -> None: ...
+    def sample_gauges(self) -> None: ...
 
 
 class WorkerReporter:
@@ -42,7 +62,7 @@ class WorkerReporter:
         self.serving = False
         self.server = ""
 
-    def ready(self, worker: Worker) -> None:
+    def ready(self, worker: Reported) -> None:
         # Worker.run traps SIGINT; in a supervised worker it belongs to the supervisor, which
         # stops the children in order (a terminal's Ctrl+C reaches the whole group).
         if worker.loop is not None:
@@ -52,13 +72,13 @@ class WorkerReporter:
         self.server = worker.server_label  # kept: the socket is closed at the last report
         self.beat(worker)
 
-    def tick(self, worker: Worker) -> None:
+    def tick(self, worker: Reported) -> None:
         if os.getppid() != self.supervisor_pid or self.control.broken:
             logger.warning("the supervisor is gone: stopping")
             worker.stop()
         self.send_stats(worker)
 
-    def beat(self, worker: Worker) -> None:
+    def beat(self, worker: Reported) -> None:
         """Tell the supervisor this loop runs, and how much it served; then again in a while.
 
         Several beats per ``worker_timeout`` (at most a second apart), so that a loop that is
@@ -72,7 +92,7 @@ class WorkerReporter:
             interval = min(HEARTBEAT_MAX, worker.config.worker_timeout / 4)
             worker.loop.call_later(interval, self.beat, worker)
 
-    def send_stats(self, worker: Worker) -> None:
+    def send_stats(self, worker: Reported) -> None:
         if worker.datapath is not None:
             # Fast-lane hits are counted per form; fold them into the per-query stats (and
             # the served count) once a tick, here, and at the last report.

@@ -141,6 +141,7 @@ class Attempts:
         rounds: int,
         timeout: float,
         deadline: float,
+        *,
         tcp_only: frozenset[Server] = frozenset(),
         tls: Mapping[Server, TlsTarget] | None = None,
     ) -> None:

@@ -242,15 +242,19 @@ class Forwarder:
         if route is not None:
             timeout = route.timeout or self.upstream_timeout
             return Attempts(
-                route.servers, self.health, 2, timeout, deadline, route.tcp, route.tls or None
+                route.servers,
+                self.health,
+                2,
+                timeout,
+                deadline,
+                tcp_only=route.tcp,
+                tls=route.tls or None,
             )
         plan = self.plan
         rounds = plan.resolv.attempts if plan.source == "resolv_conf" else 2
         if servers is None:
             servers, tls = plan.servers, self._tls_targets or None
-        return Attempts(
-            servers, self.health, rounds, self.upstream_timeout, deadline, frozenset(), tls
-        )
+        return Attempts(servers, self.health, rounds, self.upstream_timeout, deadline, tls=tls)
 
     def note_route(self, route: Route, t0: float, ok: bool) -> None:
         """One query of ``route`` is done (an answer, or SERVFAIL when ``ok`` is false)."""
