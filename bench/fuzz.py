@@ -103,13 +103,48 @@ def random_record(rng: random.Random) -> bytes:
     return owner + _FIXED.pack(rng.choice(QTYPES), 1, rng.randrange(1 << 32), len(rdata)) + rdata
 
 
+def chained_records(rng: random.Random, question: bytes) -> list[bytes]:
+    """Records whose owners are labels then a pointer to a name or label of an earlier owner
+    (or of the question): names that share their ends, as the parser's table of checked names
+    (``wire._check_pointer_target``) meets them, some over 255 bytes in all."""
+    starts = [12 + j for j in _label_offsets(question)]  # where a name can be pointed at
+    at = 12 + len(question)
+    records = []
+    for _ in range(rng.randint(2, 12)):
+        owner = bytearray()
+        for _ in range(rng.choice((0, 0, 1, 1, 2))):
+            size = rng.choice((1, 1, 5, 20, 63))
+            starts.append(at + len(owner))
+            owner += bytes((size,)) + b"c" * size
+        target = rng.choice(starts[-6:] if rng.random() < 0.5 else starts)
+        owner += bytes((0xC0 | (target >> 8), target & 0xFF))
+        if not owner.startswith(b"\xc0"):
+            starts.append(at)
+        record = bytes(owner) + _FIXED.pack(rng.choice(QTYPES), 1, 0, 0)
+        records.append(record)
+        at += len(record)
+    return records
+
+
+def _label_offsets(name: bytes) -> list[int]:
+    """The offsets of the labels of an uncompressed name (its root byte included)."""
+    out, j = [], 0
+    while j < len(name) and name[j] and name[j] < 64:
+        out.append(j)
+        j += name[j] + 1
+    return [*out, j]
+
+
 def random_query(rng: random.Random) -> bytes:
     """A query fastdns.dns.wire accepts (most of the time: a few ask for the odd corner)."""
     flags = rng.choice((0x0100, 0x0100, 0x0000, 0x0110, 0x0120, 0x0130, 0x0101))
-    records = [random_record(rng) for _ in range(rng.choice((0, 0, 0, 0, 1, 2)))]
+    question = random_name(rng) + struct.pack("!HH", rng.choice(QTYPES), rng.choice(QCLASSES))
+    if rng.random() < 0.1:
+        records = chained_records(rng, question)
+    else:
+        records = [random_record(rng) for _ in range(rng.choice((0, 0, 0, 0, 1, 2)))]
     an = rng.randint(0, len(records))
     opts = [random_opt(rng) for _ in range(rng.choice((0, 1, 1, 1, 2)))]
-    question = random_name(rng) + struct.pack("!HH", rng.choice(QTYPES), rng.choice(QCLASSES))
     header = _HEADER.pack(rng.randrange(1 << 16), flags, 1, an, len(records) - an, len(opts))
     return header + question + b"".join(records) + b"".join(opts)
 

@@ -145,8 +145,9 @@ def truncate(reply: bytes, limit: int) -> bytes:
         return reply
     _, flags, qd, an, ns, ar = HEADER.unpack_from(reply)
     i = 12
+    checked: dict[int, int] = {}  # skip_name: the names of this reply already walked
     for _ in range(qd):
-        i = skip_name(reply, i, n) + 4
+        i = skip_name(reply, i, n, checked) + 4
     qend = i
     # (start, owner end, end, section, rtype) of every record but OPT
     body: list[tuple[int, int, int, int, int]] = []

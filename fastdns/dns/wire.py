@@ -140,8 +140,13 @@ class Query:
         return bool(self.flags & CD)
 
 
-def skip_name(buf: bytes, i: int, n: int) -> int:
-    """Return the offset after a (possibly compressed) name at ``i``; raise on any damage."""
+def skip_name(buf: bytes, i: int, n: int, checked: dict[int, int] | None = None) -> int:
+    """Return the offset after a (possibly compressed) name at ``i``; raise on any damage.
+
+    ``checked``: the names already checked in this packet (``_check_pointer_target``), shared
+    by every call on the same ``buf`` so that a chain of pointers many names point into is
+    walked once, not once per name.
+    """
     total = 0
     while True:
         if i >= n:
@@ -158,7 +163,7 @@ def skip_name(buf: bytes, i: int, n: int) -> int:
                 # Pointers must point backwards (RFC 1035 §4.1.4 "prior occurrence"); this
                 # rules out loops and pointers past the end in one check.
                 raise Malformed(FORMERR, "forward or looping compression pointer")
-            _check_pointer_target(buf, target, n)
+            _check_pointer_target(buf, target, n, {} if checked is None else checked)
             return i + 2
         if kind:
             raise Malformed(FORMERR, "bad label type")
@@ -168,15 +173,31 @@ def skip_name(buf: bytes, i: int, n: int) -> int:
         i += length + 1
 
 
-def _check_pointer_target(buf: bytes, i: int, n: int) -> None:
-    """Follow a compressed name from ``i`` to its end, checking every hop moves backwards."""
+def _check_pointer_target(buf: bytes, i: int, n: int, checked: dict[int, int]) -> None:
+    """Follow a compressed name from ``i`` to its end, checking every hop moves backwards.
+
+    ``checked`` maps offsets whose name was found sound to the label bytes from there to the
+    name's end. The walk stops at the first such offset and adds its bytes: the verdict is the
+    one a walk to the end would give (nothing after a checked offset can fail but the length,
+    which only grows), and every offset of a packet is walked once, so the work of all the
+    names of a packet is bounded by its length, not by names x hops. On success the offsets of
+    this walk join ``checked`` (a sound walk visits each offset once: any repeat is a loop).
+    """
     total = 0
+    path: list[tuple[int, int]] = []  # (offset, label bytes before it in this walk)
     while True:
+        known = checked.get(i)
+        if known is not None:
+            total += known
+            if total > MAX_NAME:
+                raise Malformed(FORMERR, "name longer than 255 bytes")
+            break
         if i >= n:
             raise Malformed(FORMERR, "pointer past the end")
         length = buf[i]
+        path.append((i, total))
         if length == 0:
-            return
+            break
         if length & 0xC0 == 0xC0:
             if i + 2 > n:
                 raise Malformed(FORMERR, "cut compression pointer")
@@ -191,6 +212,8 @@ def _check_pointer_target(buf: bytes, i: int, n: int) -> None:
         if total > MAX_NAME:
             raise Malformed(FORMERR, "name longer than 255 bytes")
         i += length + 1
+    for offset, before in path:
+        checked[offset] = total - before
 
 
 def parse_query(buf: bytes) -> Query:
@@ -256,8 +279,9 @@ def parse_query(buf: bytes) -> Query:
 
 def _read_records(buf: bytes, i: int, n: int, skip: int, ar: int, q: Query) -> None:
     """Skip answer/authority records and read the additional section, looking for OPT."""
+    checked: dict[int, int] = {}  # skip_name: the names of this packet already walked
     for idx in range(skip + ar):
-        i = skip_name(buf, i, n)
+        i = skip_name(buf, i, n, checked)
         if i + 10 > n:
             raise Malformed(FORMERR, "record cut short")
         rtype, rclass, ttl, rdlen = RR_FIXED.unpack_from(buf, i)
@@ -446,8 +470,9 @@ def iter_records(buf: bytes) -> Iterator[Record]:
     _, _, qd, an, ns, ar = HEADER.unpack_from(buf)
     n = len(buf)
     i = 12
+    checked: dict[int, int] = {}  # skip_name: the names of this packet already walked
     for _ in range(qd):
-        i = skip_name(buf, i, n) + 4
+        i = skip_name(buf, i, n, checked) + 4
         if i > n:
             raise Malformed(FORMERR, "question cut short")
     counts = (an, ns, ar)

@@ -14,6 +14,7 @@ import random
 
 import pytest
 from hypothesis import given
+from support.crafted import pointer_chain
 from support.fuzzing import FUZZ, exchanges, queries
 
 from bench import fuzz
@@ -86,6 +87,13 @@ def test_corner_cases_named() -> None:
         "label of 63": msg(body=b"\x3f" + b"a" * 63 + b"\x00" + question[-4:]),
         "label type 0x40": msg(body=b"\x40" + b"a" * 64 + b"\x00" + question[-4:]),
         "label type 0x41": msg(body=b"\x41" + b"a" * 65 + b"\x00" + question[-4:]),
+        # owners that all point at the top of one chain of pointers (support.crafted): walked
+        # once, then found checked; the same FORMERR when the end is wrong
+        "pointer chain": pointer_chain(question, 8000, 4000),
+        "pointer chain, trailing byte": pointer_chain(question, 8000, 3999, trailing=b"\x00"),
+        # labels reached past a checked offset still count: 2 + 126 * 2 fits, one more not
+        "names sharing their end, 254 bytes": chained_names(126),
+        "names sharing their end, 256 bytes": chained_names(127),
     }
     verdicts = {}
     for name, data in cases.items():
@@ -100,9 +108,24 @@ def test_corner_cases_named() -> None:
     assert verdicts["label type 0x41"] == ("rcode", 1) and verdicts["label of 63"] == "query"
     assert verdicts["OPT in the answer section is skipped"] == verdicts["254-byte name"] == "query"
     assert verdicts["pointer to the qname"] == "query"
+    assert verdicts["pointer chain"] == verdicts["names sharing their end, 254 bytes"] == "query"
+    assert verdicts["pointer chain, trailing byte"] == ("rcode", wire.FORMERR)
+    assert verdicts["names sharing their end, 256 bytes"] == ("rcode", wire.FORMERR)
     with_opt = cengine.parse_query(cases["opt small size, version 1, DO"])
     assert with_opt[6:10] == (True, 512, True, 1)
     assert with_opt[10] == b"\x03www\x07example\x00\x00\x01\x00\x01\x01\x00"
+
+
+def chained_names(count: int) -> bytes:
+    """A query for ``a.`` and ``count`` answer records, each owner a label and a pointer to the
+    owner before: the labels reached through the last pointer are ``count`` "b" and the "a"."""
+    body = bytearray(b"\x01a\x00\x00\x01\x00\x01")
+    prev = 12
+    for _ in range(count + 1):
+        here = 12 + len(body)
+        body += b"\x01b" + bytes((0xC0 | (prev >> 8), prev & 0xFF)) + wire.RR_FIXED.pack(1, 1, 0, 0)
+        prev = here
+    return wire.HEADER.pack(7, 0x0100, 1, count + 1, 0, 0) + bytes(body)
 
 
 def test_question_matches_wants_a_query_that_parses() -> None:

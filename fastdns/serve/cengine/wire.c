@@ -4,7 +4,8 @@
  *
  * Every read is preceded by a check against n. Loops are bounded: the question name by 255
  * bytes, the record walk by n (each record takes at least 11 bytes), a compression chain by
- * its rules (a pointer always points backwards; labels add up to at most 255 bytes).
+ * its rules (a pointer always points backwards; labels add up to at most 255 bytes), and
+ * all the chains of a packet by its length (check_pointer_target walks an offset once).
  */
 #include "wire.h"
 
@@ -27,14 +28,44 @@ static inline uint8_t ascii_lower(uint8_t c) {
     return (c >= 'A' && c <= 'Z') ? (uint8_t)(c + ('a' - 'A')) : c;
 }
 
+/* The names of the packet being parsed already found sound (wire._check_pointer_target's
+ * ``checked``): checked_len[i] is the label bytes from offset i to the name's end, valid when
+ * checked_gen[i] is this packet's generation, so nothing is cleared between packets. A walk
+ * only visits offsets below 0x4000 + 255 (a pointer reaches 14 bits, then at most 255 bytes
+ * of labels follow); any other offset is simply never remembered. Static state: the parser is
+ * not reentrant (wire.h), its bindings run with the GIL held. */
+#define CHECKED_SLOTS (0x4000 + FD_MAX_NAME + 1)
+static uint32_t checked_gen[CHECKED_SLOTS];
+static uint8_t checked_len[CHECKED_SLOTS];
+static uint32_t generation;
+
+/* Forget the checked names of the previous packet. */
+static void new_packet(void) {
+    if (++generation == 0) { /* after 2^32 packets: the stamps of old ones could match */
+        memset(checked_gen, 0, sizeof checked_gen);
+        generation = 1;
+    }
+}
+
+static inline int checked(size_t i) { return i < CHECKED_SLOTS && checked_gen[i] == generation; }
+
 /* Follow a compressed name from i to its end, every hop moving backwards
- * (wire._check_pointer_target). 0 when sound, -1 on any damage. */
-static int check_pointer_target(const uint8_t *buf, size_t i, size_t n) {
-    size_t total = 0;
+ * (wire._check_pointer_target). 0 when sound, -1 on any damage. The walk stops at an offset
+ * already checked in this packet and adds its length: the verdict is the one a walk to the
+ * end gives (past a checked offset only the length can fail, and it only grows), and every
+ * offset is walked once a packet. A sound walk is walked again to remember its offsets (it
+ * visits each once: a repeat would be a loop), which needs no list of them. */
+static int check_pointer_target(const uint8_t *buf, size_t start, size_t n) {
+    size_t total = 0, i = start;
     for (;;) {
+        if (checked(i)) {
+            total += checked_len[i];
+            if (total > FD_MAX_NAME) return -1;
+            break;
+        }
         if (i >= n) return -1;
         uint8_t len = buf[i];
-        if (len == 0) return 0;
+        if (len == 0) break;
         if ((len & 0xC0) == 0xC0) {
             if (i + 2 > n) return -1;
             size_t target = ((size_t)(len & 0x3F) << 8) | buf[i + 1];
@@ -47,6 +78,24 @@ static int check_pointer_target(const uint8_t *buf, size_t i, size_t n) {
         if (total > FD_MAX_NAME) return -1;
         i += (size_t)len + 1;
     }
+    /* sound: the same steps again (every read below was bounds-checked by the walk above),
+     * remembering each offset's length to the end */
+    size_t before = 0;
+    for (i = start; !checked(i);) {
+        if (i < CHECKED_SLOTS) {
+            checked_gen[i] = generation;
+            checked_len[i] = (uint8_t)(total - before);
+        }
+        uint8_t len = buf[i];
+        if (len == 0) break;
+        if ((len & 0xC0) == 0xC0) {
+            i = ((size_t)(len & 0x3F) << 8) | buf[i + 1];
+            continue;
+        }
+        before += (size_t)len + 1;
+        i += (size_t)len + 1;
+    }
+    return 0;
 }
 
 /* The offset after a (possibly compressed) name at i, or BAD (wire.skip_name). */
@@ -76,6 +125,7 @@ static size_t skip_name(const uint8_t *buf, size_t i, size_t n) {
 static int read_records(const uint8_t *buf, size_t i, size_t n, uint32_t skip, uint32_t ar,
                         struct fd_query *q) {
     uint32_t count = skip + ar;
+    new_packet();
     for (uint32_t idx = 0; idx < count; idx++) {
         i = skip_name(buf, i, n);
         if (i == BAD) return FD_FORMERR;

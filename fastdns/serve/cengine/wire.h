@@ -3,7 +3,9 @@
  * The same verdicts as fastdns/dns/wire.py (parse_query, question_matches, reply_id,
  * reply_rcode, truncated): the differential fuzz (tests/fuzz/test_fuzz_cwire.py,
  * bench/fuzz.py) holds them equal. No Python API, no allocation, no recursion; every read of
- * packet bytes is bounds-checked against the length the caller gives.
+ * packet bytes is bounds-checked against the length the caller gives. Not reentrant:
+ * fd_parse_query keeps the names it has checked in a static table (wire.c), so one thread at a
+ * time (the bindings hold the GIL).
  */
 #ifndef FASTDNS_CENGINE_WIRE_H
 #define FASTDNS_CENGINE_WIRE_H
