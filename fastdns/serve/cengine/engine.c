@@ -287,7 +287,8 @@ static fd_form *ready_form(Engine *self, const unsigned char *buf, size_t len,
     if (f == NULL || !(self->t0 < f->until)) return NULL;
     if (!fd_forms_countable(&self->forms, f, self->nhits)) return NULL;
     /* The entry's age, as PacketCache reads it (int(now - stored)); every hit of a batch
-     * has the batch's, so the replies queued with this body all show the same TTLs. */
+     * has the batch's (a reply still waiting in the backlog goes out with the TTLs of the
+     * batch that sends it: the body is shared, never rewritten during a sendmmsg). */
     long long age = self->t0 > f->stored ? (long long)(self->t0 - f->stored) : 0;
     if (age != f->stamp) fd_form_retime(f, age);
     return f;
