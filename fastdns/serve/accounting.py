@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections.abc import Sequence
 
 from fastdns.dns import wire
 from fastdns.dns.resolved import PROBE, Resolved
@@ -106,6 +107,18 @@ class Accounting:
         """A fast-lane hit that took longer than the first duration bucket (a GC pause)."""
         f.late += 1
         self._duration(wire.TYPE_NAMES.get(f.q.qtype, "other")).observe(seconds)
+
+    def late_front_hits(self, f: Front, hits: int, seconds: float, slots: Sequence[int]) -> None:
+        """Fast-lane hits counted elsewhere (the compiled datapath) that took longer than the
+        first duration bucket: ``slots`` are their counts by histogram slot."""
+        f.late += hits
+        h = self._duration(wire.TYPE_NAMES.get(f.q.qtype, "other"))
+        counts = h.counts
+        for i, c in enumerate(slots):
+            if c:
+                counts[i] += c
+        h.total += seconds
+        h.n += hits
 
     def flush_fronts(self) -> None:
         """Fold the fast lane's per-form hit counts into the stats, as ``record`` would have

@@ -19,7 +19,6 @@ import asyncio
 import socket
 from typing import Any
 
-from fastdns.resolve.cache.front import Front
 from fastdns.serve._cengine import Engine
 from fastdns.serve.gate import PASS
 from fastdns.serve.udp import ServerState, UDPServer
@@ -55,9 +54,7 @@ class CDatapath:
 
     def start(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
         self.loop, self.sock = loop, sock
-        engine = Engine(
-            sock.fileno(), self.batch, self.udp.on_datagram, self._want_write, self._late
-        )
+        engine = Engine(sock.fileno(), self.batch, self.udp.on_datagram, self._want_write)
         self.engine = engine
         self.udp.sendto = engine.sendto
         gate = self.state.gate
@@ -69,7 +66,7 @@ class CDatapath:
         if cache is not None:
             cache.front.mirror = engine
             for form, f in cache.front.forms.items():
-                engine.install(form, f.body, f.until, f)
+                cache.front.mirror_install(form, f)
         loop.add_reader(sock.fileno(), engine.on_readable)
 
     def drain(self, stop_reading: bool) -> None:
@@ -113,24 +110,23 @@ class CDatapath:
         if engine is None:
             return
         cache = self.state.cache
-        for front, n, seconds in engine.fold():
+        accounting = self.state.accounting
+        for front, n, seconds, late, late_seconds, slots, first, last in engine.fold():
             if cache is not None:
                 cache.front.retire(front)
             front.n += n
             front.dur += seconds
+            if slots is not None:
+                accounting.late_front_hits(front, late, late_seconds, slots)
+            if not front.first:
+                front.first = first
+            front.last = last
         counters, seen, stats = engine.counters(), self._seen, self.state.stats.counters
         for name, key in COUNTERS:
             delta = counters[name] - seen[name]
             if delta:
                 stats[key] += delta
                 seen[name] = counters[name]
-
-    def _late(self, front: Front, seconds: float) -> None:
-        """A hit answered in C that took longer than the first duration bucket."""
-        cache = self.state.cache
-        if cache is not None:
-            cache.front.retire(front)
-        self.state.accounting.late_front_hit(front, seconds)
 
     def _want_write(self) -> None:
         if self.loop is not None and self.sock is not None and not self.writing:

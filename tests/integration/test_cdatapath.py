@@ -100,13 +100,26 @@ def query(name: str = "www.example.com", qid: int = 1, edns: bool = False) -> by
     return dns.message.make_query(name, "A", id=qid, use_edns=0 if edns else False).to_wire()
 
 
-def store(side: Side, name: str = "www.example.com", ttl: int = 300) -> None:
+def store(
+    side: Side, name: str = "www.example.com", ttl: int = 300, at: float | None = None
+) -> None:
     msg = dns.message.from_wire(query(name))
     r = dns.message.make_response(msg)
     r.answer.append(dns.rrset.from_text(name + ".", ttl, "IN", "A", "192.0.2.7"))
     cache = side.state.cache
     assert cache is not None
-    cache.admit(wire.parse_query(query(name)), r.to_wire(), "forward", None, time.monotonic())
+    now = time.monotonic() if at is None else at
+    cache.admit(wire.parse_query(query(name)), r.to_wire(), "forward", None, now)
+
+
+def answer_ttl(reply: bytes | None) -> int:
+    assert reply is not None
+    return int(dns.message.from_wire(reply).answer[0].ttl)
+
+
+def wait_until(t: float) -> None:
+    while time.monotonic() < t:  # bounded by t itself
+        time.sleep(min(0.05, max(0.0, t - time.monotonic())))
 
 
 def counted(side: Side) -> tuple[dict[Any, int], dict[Any, tuple[int, float]]]:
@@ -219,3 +232,63 @@ def test_close_counts_what_was_not_folded_and_is_idempotent(sides: list[Side]) -
     assert counters[("requests", "udp", "A")] == 4
     side.client.close()
     side.loop.close()
+
+
+# ------------------------------------------------------------------------------ TTL countdown
+
+
+def test_a_hit_seconds_after_install_counts_its_ttls_down_in_c(sides: list[Side]) -> None:
+    """The engine writes TTL - age into the form's reply: no trip to Python each second, and
+    the same bytes and counts as the Python datapath."""
+    python, compiled = Side(False), Side(True)
+    sides += [python, compiled]
+    stored = time.monotonic() - 0.8  # age 0 now; age 2 from stored + 2
+    for side in sides:
+        store(side, at=stored)
+        assert answer_ttl(side.ask(query(qid=1))) == 300  # the form, installed at age 0
+    engine = compiled.path.engine
+    before = engine.counters()
+    wait_until(stored + 2.02)
+    replies = [side.ask(query(qid=2)) for side in sides]
+    assert replies[0] == replies[1] and answer_ttl(replies[1]) == 298
+    after = engine.counters()
+    assert after["answered"] == before["answered"] + 1, "not answered in C"
+    assert after["upcalls"] == before["upcalls"]
+    assert counted(compiled) == counted(python)
+
+
+def test_a_form_past_expiry_goes_up(sides: list[Side]) -> None:
+    side = Side(True, cache={"prefetch": 0})
+    sides.append(side)
+    stored = time.monotonic() - 0.9
+    store(side, ttl=2, at=stored)
+    cache = side.state.cache
+    assert cache is not None
+    cache.refresh = [].append  # serve-stale's refresh: Python's, not looked at here
+    assert answer_ttl(side.ask(query(qid=1))) == 2
+    engine = side.path.engine
+    wait_until(stored + 1.02)
+    assert answer_ttl(side.ask(query(qid=2))) == 1  # counted down in C
+    before = engine.counters()
+    wait_until(stored + 2.02)
+    side.ask(query(qid=3))  # expired: Python decides (serve-stale)
+    after = engine.counters()
+    assert after["answered"] == before["answered"] and after["upcalls"] == before["upcalls"] + 1
+
+
+def test_a_form_goes_up_when_prefetch_is_due(sides: list[Side]) -> None:
+    side = Side(True, cache={"prefetch": 1, "prefetch_percent": 50})
+    sides.append(side)
+    stored = time.monotonic() - 0.5
+    store(side, ttl=4, at=stored)  # prefetch from stored + 2
+    refreshed: list[Any] = []
+    cache = side.state.cache
+    assert cache is not None
+    cache.refresh = refreshed.append
+    assert answer_ttl(side.ask(query(qid=1))) == 4
+    wait_until(stored + 1.02)
+    assert answer_ttl(side.ask(query(qid=2))) == 3
+    assert side.path.engine.counters()["upcalls"] == 1
+    wait_until(stored + 2.02)
+    assert answer_ttl(side.ask(query(qid=3))) == 2  # answered by Python, which prefetches
+    assert side.path.engine.counters()["upcalls"] == 2 and len(refreshed) == 1

@@ -2,7 +2,7 @@
 
 Each test makes a non-blocking server socket and an Engine over it, sends from a client
 socket, runs the engine's read callback itself (what the loop would call), and reads what the
-client got. Python's side is recorded: upcalls, want_write and late calls."""
+client got. Python's side is recorded: upcalls and want_write calls."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ import resource
 import select
 import socket
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from fastdns.metrics.stats import TIME_BUCKETS
 
 cengine = pytest.importorskip("fastdns.serve._cengine")
 Engine = cengine.Engine
@@ -34,9 +37,8 @@ class Rig:
         self.server.setblocking(False)
         self.upcalls: list[tuple[bytes, Any]] = []
         self.wants = 0
-        self.late: list[tuple[Any, float]] = []
         self.on_upcall: Any = None
-        self.engine = Engine(self.server.fileno(), batch, self._up, self._want, self._late)
+        self.engine = Engine(self.server.fileno(), batch, self._up, self._want)
         self.clients: list[socket.socket] = []
 
     def _up(self, data: bytes, addr: Any) -> None:
@@ -46,9 +48,6 @@ class Rig:
 
     def _want(self) -> None:
         self.wants += 1
-
-    def _late(self, token: Any, seconds: float) -> None:
-        self.late.append((token, seconds))
 
     def client(self, family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.socket:
         c = socket.socket(family, socket.SOCK_DGRAM)
@@ -341,13 +340,13 @@ def test_fold_counts_hits_per_token_including_dropped_forms(rig: Rig) -> None:
     rig.send(c, b"\x00\x09" + FORM)
     rig.read()
     rig.engine.drop(FORM)
-    folded = {token: (n, seconds) for token, n, seconds in rig.engine.fold()}
+    folded = {token: (n, seconds) for token, n, seconds, *_ in rig.engine.fold()}
     assert {token: n for token, (n, _) in folded.items()} == {"first": 3, "second": 1}
     assert all(0 <= s <= 3 * 0.00025 for _, s in folded.values())
     assert rig.engine.fold() == []  # zeroed
 
 
-def test_a_slow_hit_is_reported_one_by_one(rig: Rig) -> None:
+def test_a_slow_hit_is_counted_in_its_duration_slot(rig: Rig) -> None:
     ready(rig)
     c = rig.client()
 
@@ -359,8 +358,34 @@ def test_a_slow_hit_is_reported_one_by_one(rig: Rig) -> None:
     rig.send(c, b"\x00\x02" + FORM)
     time.sleep(0.01)
     rig.read()
-    assert [t for t, _ in rig.late] == ["tok"] and rig.late[0][1] >= 0.002
+    [(token, n, _, late, seconds, slots, first, last)] = rig.engine.fold()
+    assert (token, n, late) == ("tok", 0, 1) and seconds >= 0.002 and slots is not None
+    assert list(slots) == [int(i == bisect_left(TIME_BUCKETS, seconds)) for i in range(17)]
+    assert 0 < first == last <= time.monotonic()
     assert rig.engine.fold() == []
+
+
+def test_ttls_are_counted_down_from_the_stored_time(rig: Rig) -> None:
+    """The body's TTL fields show TTL - age, age = whole seconds since stored (entry.retime)."""
+    body = BODY + (300).to_bytes(4, "big") + (7).to_bytes(4, "big")
+    at = len(BODY)
+    stored = time.monotonic() - 2.5  # age 2
+    assert rig.engine.install(FORM, body, stored + 30, "tok", stored, 0, (at, 300, at + 4, 1))
+    assert rig.engine.allow("127.0.0.1")
+    c = rig.client()
+    rig.send(c, b"\x00\x05" + FORM)
+    rig.read()
+    assert c.recv(100) == b"\x00\x05" + BODY + (298).to_bytes(4, "big") + bytes(4)
+    assert rig.upcalls == [] and rig.engine.counters()["answered"] == 1
+
+
+@pytest.mark.parametrize(
+    "ttls", [(len(BODY) - 3, 300), (-1, 300), (0, 2**32), (0,), [0, 300], (0, "x")]
+)
+def test_ttl_fields_are_checked_against_the_body(rig: Rig, ttls: Any) -> None:
+    with pytest.raises((ValueError, TypeError, OverflowError)):
+        rig.engine.install(FORM, BODY, time.monotonic() + 30, "tok", 0.0, 0, ttls)
+    assert rig.engine.counters()["forms"] == 0
 
 
 # ------------------------------------------------------------------------------ lifetime
@@ -390,9 +415,9 @@ def test_close_inside_an_upcall_ends_the_batch_safely(rig: Rig) -> None:
 
 def test_bad_arguments_are_errors(rig: Rig) -> None:
     with pytest.raises(ValueError):
-        Engine(rig.server.fileno(), 0, print, print, print)
+        Engine(rig.server.fileno(), 0, print, print)
     with pytest.raises(ValueError):
-        Engine(rig.server.fileno(), 1025, print, print, print)
+        Engine(rig.server.fileno(), 1025, print, print)
     with pytest.raises(TypeError):
         rig.engine.install("form", BODY, 1.0, "t")
     with pytest.raises(ValueError):
@@ -481,7 +506,6 @@ def test_memory_stays_flat_over_many_upcalls_sends_and_errors(
                 c.recv(2000)
             rig.engine.fold()
             rig.upcalls.clear()
-            rig.late.clear()
 
     batches(100)
     before = rss_kib()

@@ -32,7 +32,7 @@ from fastdns.config.schema import CacheConfig
 from fastdns.dns import compose, wire
 from fastdns.resolve.cache.admission import KIND_NAMES, SERVFAIL, SUCCESS, classify
 from fastdns.resolve.cache.entry import STALE, Entry, Form, Raw, retime
-from fastdns.resolve.cache.front import Front, FrontTable
+from fastdns.resolve.cache.front import Front, FrontTable, counted_down
 
 _HEAD = struct.Struct("!HHHHH")  # flags, qd, an, ns, ar: the header after the ID
 
@@ -140,14 +140,20 @@ class PacketCache:
         return reply
 
     def _install(self, form: bytes, q: wire.Query, e: Entry, reply: bytes, now: float) -> None:
-        """Keep ``reply`` for ``form`` until its TTLs change or prefetch or expiry is due."""
+        """Keep ``reply`` for ``form`` until its TTLs change or prefetch or expiry is due; for
+        a mirror that counts TTLs down (the compiled datapath), until prefetch or expiry is
+        due (or FORM_LIFE), with where its TTLs sit."""
         age = int(now - e.stored)
         if age < e.ttl:  # not a stale answer: those go through _serve every time
             until = e.stored + age + 1
             if until > e.prefetch_at:
                 until = e.prefetch_at
             if until > now:
-                self.front.install(form, Front(q, e, reply[2:], until))
+                if self.front.mirror is None:
+                    self.front.install(form, Front(q, e, reply[2:], until))
+                else:
+                    rendered = self._form_for(e, q, self._udp_limit(q))
+                    self.front.install(form, counted_down(q, e, reply, until, now, rendered.ttls))
                 return
         self.front.drop(form)
 
@@ -180,17 +186,32 @@ class PacketCache:
         duration bucket, their summed duration]. One dict update per form: a hot worker holds
         thousands of forms, and this runs once a tick.
 
-        A form lives at most a second and each one starts with a hit through ``_serve``, which
-        applied the gap rule; its fast hits all came after that one."""
+        Each form starts with a hit through ``_serve``, which applied CoreDNS's gap rule; a
+        form that lives a second has its fast hits after that one. One counted down elsewhere
+        (the compiled datapath) lives longer: its first and last hit times since the last fold
+        (``Front.first``, ``last``) apply the rule at its first hit (hits between two folds are
+        a tick apart at most). Such a form whose entry is no longer the cache's (evicted,
+        replaced, removed) is dropped here: its next hit goes through ``renew``."""
         counters = self.counters
+        window = self._prefetch_window
         tallies: dict[Tally, list[float]] = {}
+        orphans: list[Front] = []
         for f in self.front.counted():
             n = f.n + f.late
             e = f.entry
             counters[_HITS[e.kind]] += n
-            e.hits += n
-            if e.last_hit < now:
-                e.last_hit = now
+            first = f.first
+            if first:
+                e.hits = n if first - e.last_hit > window else e.hits + n
+                last = f.last
+                f.first = f.last = 0.0
+                if f.end > f.until and not self._holds(f.q.key, e):
+                    orphans.append(f)
+            else:
+                e.hits += n
+                last = now
+            if e.last_hit < last:
+                e.last_hit = last
             q = f.q
             sig = (q.qtype, q.do, f.body[1] & 0xF, len(f.body) + 2, len(q.wire))
             t = tallies.get(sig)
@@ -203,7 +224,16 @@ class PacketCache:
             f.n = f.late = 0
             f.dur = 0.0
         counters[_REQUESTS] += sum(int(t[0]) for t in tallies.values())
+        for f in orphans:
+            self.front.discard(f)
         return tallies
+
+    def _holds(self, key: bytes, e: Entry) -> bool:
+        """Whether ``e`` is still the cache's entry for ``key``."""
+        held = self.success.get(key)
+        if held is None:
+            held = self.denial.get(key)
+        return held is e
 
     def _udp_limit(self, q: wire.Query) -> int:
         """Largest UDP reply for this client: its EDNS size capped by ours; 512 without OPT."""
@@ -249,9 +279,7 @@ class PacketCache:
         if data is None:
             data = q.wire
         opt = e.opt if q.has_opt else b""
-        form: Form = e
-        if e.size + len(opt) > limit:
-            form = self._truncated(e, q, limit - len(opt))
+        form = self._form_for(e, q, limit)
         if form.stamp != stamp:
             retime(form, stamp, self._stale_ttl)
         return b"".join(
@@ -263,6 +291,14 @@ class PacketCache:
                 opt,
             )
         )
+
+    def _form_for(self, e: Entry, q: wire.Query, limit: int) -> Form:
+        """The Form that renders ``e`` for ``q`` within ``limit`` bytes: the entry itself, or
+        one of its truncated renderings."""
+        opt = len(e.opt) if q.has_opt else 0
+        if e.size + opt > limit:
+            return self._truncated(e, q, limit - opt)
+        return e
 
     def _truncated(self, e: Entry, q: wire.Query, budget: int) -> Form:
         """The entry cut to ``budget`` bytes (OPT aside) at an RRset boundary, TC set when

@@ -33,7 +33,6 @@
 #define MAX_BATCH 1024              /* fastdns.datapath_batch's upper bound */
 #define BACKLOG_CHUNK 64            /* backlog replies per sendmmsg in on_writable */
 #define DEFAULT_FORMS (8192 + 1024) /* FrontTable CAPACITY + slack for install-then-evict */
-#define FIRST_BUCKET 0.00025        /* fastdns/resolve/cache/front.py FIRST_BUCKET */
 
 /* One reply to send: a hit (the query's ID + form->body) or Python's bytes. */
 typedef struct {
@@ -53,7 +52,7 @@ typedef struct {
     PyObject_HEAD int fd;
     int family;
     int batch;
-    PyObject *upcall, *want_write, *late;
+    PyObject *upcall, *want_write;
     /* the address tuple of the last upcall and its sockaddr: sendto to it needs no parse */
     PyObject *last_addr;
     struct sockaddr_storage last_sa;
@@ -69,8 +68,6 @@ typedef struct {
     size_t npending, nhits, pcap;
     struct mmsghdr *smsgs;
     struct iovec *siov;
-    fd_form **late_forms;
-    double *late_secs;
     /* replies waiting for a full socket buffer: a ring */
     fd_out *backlog;
     size_t bhead, bcount;
@@ -142,8 +139,6 @@ static void release(Engine *self) {
     PyMem_Free(self->pending);
     PyMem_Free(self->smsgs);
     PyMem_Free(self->siov);
-    PyMem_Free(self->late_forms);
-    PyMem_Free(self->late_secs);
     PyMem_Free(self->backlog);
     self->rmsgs = NULL;
     self->riov = NULL;
@@ -151,12 +146,9 @@ static void release(Engine *self) {
     self->pending = NULL;
     self->smsgs = NULL;
     self->siov = NULL;
-    self->late_forms = NULL;
-    self->late_secs = NULL;
     self->backlog = NULL;
     Py_CLEAR(self->upcall);
     Py_CLEAR(self->want_write);
-    Py_CLEAR(self->late);
     Py_CLEAR(self->last_addr);
     self->closed = 1;
 }
@@ -183,8 +175,8 @@ static void fill_msg(struct mmsghdr *m, struct iovec *iov, fd_out *o) {
     if (o->form != NULL) {
         iov[0].iov_base = o->id;
         iov[0].iov_len = 2;
-        iov[1].iov_base = PyBytes_AS_STRING(o->form->body);
-        iov[1].iov_len = (size_t)PyBytes_GET_SIZE(o->form->body);
+        iov[1].iov_base = o->form->body;
+        iov[1].iov_len = o->form->blen;
         m->msg_hdr.msg_iovlen = 2;
     } else {
         iov[0].iov_base = PyBytes_AS_STRING(o->data);
@@ -205,8 +197,8 @@ static void call_want_write(Engine *self) {
         Py_DECREF(r);
 }
 
-/* Send this batch's replies with sendmmsg, account its hits, run Python's late(). Only
- * while busy (inside on_readable). */
+/* Send this batch's replies with sendmmsg and account its hits. Only while busy (inside
+ * on_readable). */
 static void flush(Engine *self) {
     size_t k = self->npending, i = 0;
     if (k == 0) return;
@@ -232,19 +224,12 @@ static void flush(Engine *self) {
             }
         }
     }
-    /* The hits of this batch: each took from just before the recvmmsg to now. */
+    /* The hits of this batch: each took from just before the recvmmsg to now; one slower
+     * than the first duration bucket is counted in its slot, folded as Python observes. */
     double secs = now() - self->t0;
-    size_t nlate = 0;
     for (size_t j = 0; j < k; j++) {
         fd_form *f = self->pending[j].form;
-        if (f == NULL) continue;
-        if (secs <= FIRST_BUCKET) {
-            fd_forms_count(&self->forms, f, secs);
-        } else { /* observed one by one in Python (Accounting.late_front_hit) */
-            fd_form_incref(f);
-            self->late_forms[nlate] = f;
-            self->late_secs[nlate++] = secs;
-        }
+        if (f != NULL) fd_forms_count(&self->forms, f, self->t0, secs);
     }
     int wake = 0;
     for (size_t j = 0; j < k; j++) {
@@ -255,17 +240,6 @@ static void flush(Engine *self) {
     }
     self->npending = self->nhits = 0;
     if (wake) call_want_write(self);
-    for (size_t j = 0; j < nlate; j++) {
-        fd_form *f = self->late_forms[j];
-        if (self->late != NULL) {
-            PyObject *r = PyObject_CallFunction(self->late, "Od", f->token, self->late_secs[j]);
-            if (r == NULL)
-                keep_error(self, self->late);
-            else
-                Py_DECREF(r);
-        }
-        fd_form_decref(f);
-    }
     self->flushing = 0;
 }
 
@@ -312,6 +286,11 @@ static fd_form *ready_form(Engine *self, const unsigned char *buf, size_t len,
     fd_form *f = fd_forms_get(&self->forms, buf + 2, len - 2);
     if (f == NULL || !(self->t0 < f->until)) return NULL;
     if (!fd_forms_countable(&self->forms, f, self->nhits)) return NULL;
+    /* The entry's age, as PacketCache reads it (int(now - stored)); every hit of a batch
+     * has the batch's (a reply still waiting in the backlog goes out with the TTLs of the
+     * batch that sends it: the body is shared, never rewritten during a sendmmsg). */
+    long long age = self->t0 > f->stored ? (long long)(self->t0 - f->stored) : 0;
+    if (age != f->stamp) fd_form_retime(f, age);
     return f;
 }
 
@@ -451,24 +430,65 @@ static PyObject *Engine_on_writable(Engine *self, PyObject *Py_UNUSED(ignored)) 
 
 /* ------------------------------------------------------------------------- tables */
 
+/* install(form, body, until, token[, stored, stamp, ttls]): answer `form` with ID + body
+ * while now < until; with `ttls`, flattened (offset in body, TTL at age 0) pairs, the body's
+ * TTLs are written for the age `stamp` and rewritten for each hit's age since `stored`. */
 static PyObject *Engine_install(Engine *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "install(form, body, until, token)");
+    if (nargs != 4 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "install(form, body, until, token[, stored, stamp, ttls])");
         return NULL;
     }
     if (!PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "form and body must be bytes");
         return NULL;
     }
-    double until = PyFloat_AsDouble(args[2]);
-    if (until == -1.0 && PyErr_Occurred()) return NULL;
+    fd_install in = {0};
+    in.until = PyFloat_AsDouble(args[2]);
+    if (in.until == -1.0 && PyErr_Occurred()) return NULL;
     Py_ssize_t flen = PyBytes_GET_SIZE(args[0]), blen = PyBytes_GET_SIZE(args[1]);
     if (flen < 1 || flen > MAX_DATAGRAM - 2 || blen > MAX_DATAGRAM - 2) {
         PyErr_SetString(PyExc_ValueError, "form must be 1..65533 bytes, body at most 65533");
         return NULL;
     }
-    if (self->closed) Py_RETURN_FALSE;
-    int r = fd_forms_put(&self->forms, args[0], args[1], until, args[3]);
+    in.body = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    in.blen = (size_t)blen;
+    uint32_t *ttls = NULL;
+    if (nargs == 7) {
+        in.stored = PyFloat_AsDouble(args[4]);
+        if (in.stored == -1.0 && PyErr_Occurred()) return NULL;
+        in.stamp = PyLong_AsLongLong(args[5]);
+        if (in.stamp == -1 && PyErr_Occurred()) return NULL;
+        if (!PyTuple_Check(args[6])) {
+            PyErr_SetString(PyExc_TypeError, "ttls must be a tuple");
+            return NULL;
+        }
+        Py_ssize_t n = PyTuple_GET_SIZE(args[6]);
+        /* each pair is a 4-byte field inside the body: at most blen / 4 of them */
+        if (in.stamp < 0 || n % 2 || n / 2 > blen / 4) {
+            PyErr_SetString(PyExc_ValueError, "stamp must be >= 0, ttls pairs of 4-byte fields");
+            return NULL;
+        }
+        ttls = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(uint32_t));
+        if (ttls == NULL) return PyErr_NoMemory();
+        for (Py_ssize_t i = 0; i < n; i++) {
+            unsigned long long v = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(args[6], i));
+            if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+                PyMem_Free(ttls);
+                return NULL;
+            }
+            /* an offset leaves 4 bytes in the body; a TTL is 32 bits (RFC 1035 §3.2.1) */
+            if (i % 2 == 0 ? v + 4 > (unsigned long long)blen : v > 0xFFFFFFFFULL) {
+                PyMem_Free(ttls);
+                PyErr_SetString(PyExc_ValueError, "a TTL field outside the body, or too large");
+                return NULL;
+            }
+            ttls[i] = (uint32_t)v;
+        }
+        in.ttls = ttls;
+        in.nttls = (size_t)n / 2;
+    }
+    int r = self->closed ? 0 : fd_forms_put(&self->forms, args[0], &in, args[3]);
+    PyMem_Free(ttls);
     if (r < 0) return NULL;
     return PyBool_FromLong(r);
 }
@@ -541,12 +561,12 @@ static PyObject *Engine_close(Engine *self, PyObject *Py_UNUSED(ignored)) {
 /* ------------------------------------------------------------------------- the type */
 
 static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"fd", "batch", "upcall", "want_write", "late", "capacity", NULL};
+    static char *kwlist[] = {"fd", "batch", "upcall", "want_write", "capacity", NULL};
     int fd, batch;
     Py_ssize_t capacity = DEFAULT_FORMS;
-    PyObject *up, *ww, *late;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOO|n", kwlist, &fd, &batch, &up, &ww,
-                                     &late, &capacity))
+    PyObject *up, *ww;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOO|n", kwlist, &fd, &batch, &up, &ww,
+                                     &capacity))
         return -1;
     if (self->rbuf != NULL || self->closed) {
         PyErr_SetString(PyExc_RuntimeError, "an Engine is initialised once");
@@ -560,8 +580,8 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "capacity must be 1..4194304");
         return -1;
     }
-    if (!PyCallable_Check(up) || !PyCallable_Check(ww) || !PyCallable_Check(late)) {
-        PyErr_SetString(PyExc_TypeError, "upcall, want_write and late must be callable");
+    if (!PyCallable_Check(up) || !PyCallable_Check(ww)) {
+        PyErr_SetString(PyExc_TypeError, "upcall and want_write must be callable");
         return -1;
     }
     int family = 0;
@@ -583,7 +603,6 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
     self->pcap = 2 * (size_t)batch;
     self->upcall = Py_NewRef(up);
     self->want_write = Py_NewRef(ww);
-    self->late = Py_NewRef(late);
     /* Receive slots of 64 KiB each, mapped lazily: only the pages a datagram reaches are
      * ever resident (a typical query touches one page per slot). */
     self->rbuf_len = (size_t)batch * SLOT_STRIDE;
@@ -596,11 +615,9 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
     self->pending = PyMem_Calloc(self->pcap, sizeof(fd_out));
     self->smsgs = PyMem_Calloc(self->pcap, sizeof(struct mmsghdr));
     self->siov = PyMem_Calloc(2 * self->pcap, sizeof(struct iovec));
-    self->late_forms = PyMem_Calloc(self->pcap, sizeof(fd_form *));
-    self->late_secs = PyMem_Calloc(self->pcap, sizeof(double));
     self->backlog = PyMem_Calloc(MAX_BACKLOG, sizeof(fd_out));
     if (self->rbuf == NULL || !self->rmsgs || !self->riov || !self->raddr || !self->pending ||
-        !self->smsgs || !self->siov || !self->late_forms || !self->late_secs || !self->backlog) {
+        !self->smsgs || !self->siov || !self->backlog) {
         release(self);
         PyErr_NoMemory();
         return -1;
@@ -626,7 +643,6 @@ static int Engine_traverse(Engine *self, visitproc visit, void *arg) {
     /* Tokens and bodies (Front objects, bytes) never refer back to the engine. */
     Py_VISIT(self->upcall);
     Py_VISIT(self->want_write);
-    Py_VISIT(self->late);
     Py_VISIT(self->last_addr);
     return 0;
 }
@@ -634,7 +650,6 @@ static int Engine_traverse(Engine *self, visitproc visit, void *arg) {
 static int Engine_clear_refs(Engine *self) {
     Py_CLEAR(self->upcall);
     Py_CLEAR(self->want_write);
-    Py_CLEAR(self->late);
     Py_CLEAR(self->last_addr);
     return 0;
 }
@@ -660,7 +675,8 @@ static PyMethodDef Engine_methods[] = {
     {"sendto", (PyCFunction)(void (*)(void))Engine_sendto, METH_FASTCALL,
      "Send a reply (joins the batch inside on_readable; else at once or into the backlog)."},
     {"install", (PyCFunction)(void (*)(void))Engine_install, METH_FASTCALL,
-     "install(form, body, until, token) -> bool: answer form with ID + body while now < until."},
+     "install(form, body, until, token[, stored, stamp, ttls]) -> bool: answer form with ID + "
+     "body, its TTLs counted down from stored, while now < until."},
     {"drop", (PyCFunction)Engine_drop, METH_O, "Forget one form."},
     {"clear", (PyCFunction)Engine_clear, METH_NOARGS, "Forget every form."},
     {"allow", (PyCFunction)Engine_allow, METH_O, "A source address that passes the gate."},

@@ -48,7 +48,6 @@ int fd_forms_init(fd_forms *t, size_t max, size_t dirty_cap, uint64_t seed) {
 void fd_form_decref(fd_form *f) {
     if (--f->refs) return;
     Py_XDECREF(f->form);
-    Py_XDECREF(f->body);
     Py_XDECREF(f->token);
     PyMem_Free(f);
 }
@@ -92,7 +91,7 @@ static void remove_at(fd_forms *t, size_t i) {
     fd_form_decref(gone); /* last: the table is consistent when Python code runs */
 }
 
-int fd_forms_put(fd_forms *t, PyObject *form, PyObject *body, double until, PyObject *token) {
+int fd_forms_put(fd_forms *t, PyObject *form, const fd_install *in, PyObject *token) {
     if (t->slots == NULL) return 0;
     const unsigned char *key = (const unsigned char *)PyBytes_AS_STRING(form);
     size_t len = (size_t)PyBytes_GET_SIZE(form);
@@ -103,16 +102,23 @@ int fd_forms_put(fd_forms *t, PyObject *form, PyObject *body, double until, PyOb
         i = find(t, key, len, h);
     }
     if (t->count >= t->max) return 0;
-    fd_form *f = PyMem_Calloc(1, sizeof(fd_form));
+    size_t tbytes = in->nttls * 2 * sizeof(uint32_t);
+    fd_form *f = PyMem_Calloc(1, sizeof(fd_form) + tbytes + in->blen + 1);
     if (f == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     f->hash = h;
     f->form = Py_NewRef(form);
-    f->body = Py_NewRef(body);
     f->token = Py_NewRef(token);
-    f->until = until;
+    if (tbytes) memcpy(f->data, in->ttls, tbytes);
+    f->nttls = in->nttls;
+    f->body = (unsigned char *)f->data + tbytes;
+    if (in->blen) memcpy(f->body, in->body, in->blen);
+    f->blen = in->blen;
+    f->stored = in->stored;
+    f->stamp = in->stamp;
+    f->until = in->until;
     f->refs = 1;
     t->slots[i] = f;
     t->count++;
@@ -137,15 +143,62 @@ void fd_forms_clear(fd_forms *t) {
     }
 }
 
-void fd_forms_count(fd_forms *t, fd_form *f, double secs) {
+void fd_form_retime(fd_form *f, long long age) {
+    /* fastdns/resolve/cache/entry.py retime: each TTL field shows its TTL at age 0 - age. */
+    for (size_t i = 0; i < f->nttls; i++) {
+        uint32_t off = f->data[2 * i], ttl = f->data[2 * i + 1];
+        uint32_t v = (long long)ttl > age ? (uint32_t)((long long)ttl - age) : 0;
+        unsigned char *p = f->body + off; /* off + 4 <= blen: checked at install */
+        p[0] = (unsigned char)(v >> 24);
+        p[1] = (unsigned char)(v >> 16);
+        p[2] = (unsigned char)(v >> 8);
+        p[3] = (unsigned char)v;
+    }
+    f->stamp = age;
+}
+
+/* The duration slot of `secs`: bisect_left(TIME_BUCKETS, secs), as Histogram.observe. The
+ * bounds are 0.00025 * 2**i, computed by exact doubling as Python computes them. */
+static int time_slot(double secs) {
+    double bound = 0.00025;
+    for (int i = 0; i < FD_TIME_BUCKETS - 1; i++, bound *= 2)
+        if (secs <= bound) return i;
+    return FD_TIME_BUCKETS - 1;
+}
+
+void fd_forms_count(fd_forms *t, fd_form *f, double at, double secs) {
     if (!f->dirty) {
         if (t->ndirty >= t->dirty_cap) return; /* not reached: checked when queued */
         f->dirty = 1;
         fd_form_incref(f);
         t->dirty[t->ndirty++] = f;
+        f->first = at;
     }
-    f->n++;
-    f->secs += secs;
+    f->last = at;
+    int slot = time_slot(secs);
+    if (slot == 0) {
+        f->n++;
+        f->secs += secs;
+    } else {
+        f->late++;
+        f->late_secs += secs;
+        f->late_b[slot]++;
+    }
+}
+
+static PyObject *slots_tuple(const fd_form *f) {
+    if (f->late == 0) Py_RETURN_NONE;
+    PyObject *out = PyTuple_New(FD_TIME_BUCKETS);
+    if (out == NULL) return NULL;
+    for (int i = 0; i < FD_TIME_BUCKETS; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(f->late_b[i]);
+        if (v == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, i, v);
+    }
+    return out;
 }
 
 PyObject *fd_forms_fold(fd_forms *t) {
@@ -153,7 +206,12 @@ PyObject *fd_forms_fold(fd_forms *t) {
     if (out == NULL) return NULL;
     for (size_t i = 0; i < t->ndirty; i++) {
         fd_form *f = t->dirty[i];
-        PyObject *item = Py_BuildValue("(OKd)", f->token, (unsigned long long)f->n, f->secs);
+        PyObject *slots = slots_tuple(f);
+        PyObject *item = slots == NULL ? NULL
+                                       : Py_BuildValue("(OKdKdNdd)", f->token,
+                                                       (unsigned long long)f->n, f->secs,
+                                                       (unsigned long long)f->late, f->late_secs,
+                                                       slots, f->first, f->last);
         if (item == NULL || PyList_Append(out, item) < 0) {
             Py_XDECREF(item);
             Py_DECREF(out);
@@ -166,8 +224,9 @@ PyObject *fd_forms_fold(fd_forms *t) {
     for (size_t i = 0; i < n; i++) {
         fd_form *f = t->dirty[i];
         f->dirty = 0;
-        f->n = 0;
-        f->secs = 0.0;
+        f->n = f->late = 0;
+        f->secs = f->late_secs = 0.0;
+        memset(f->late_b, 0, sizeof(f->late_b));
         fd_form_decref(f);
     }
     return out;
