@@ -419,9 +419,16 @@ def test_ndots_decides_whether_the_routed_candidate_comes_first(
     # as is first (ndots 1) found it: the route is not asked; search first (ndots 2): it is.
     assert corp.count("host.lab.corp.example") == (0 if ndots == 1 else 1)
     home.remove("host.lab")  # now only the routed candidate exists
-    reply = ask(srv, "host.lab", "A", tcp=True)
-    assert answer_of(reply) == ["10.0.0.22"] and owners(reply) == ["host.lab."]
+    before = corp.count("host.lab.corp.example")
+    # UDP: with ndots:1 the fast lane forwards ``host.lab`` first, then the search list;
+    # TCP: the general path. No cache: each is looked up afresh.
+    for tcp in (False, True):
+        reply = ask(srv, "host.lab", "A", tcp=tcp)
+        assert answer_of(reply) == ["10.0.0.22"] and owners(reply) == ["host.lab."]
+    assert corp.count("host.lab.corp.example") == before + 2
     assert home.count("host.lab.corp.example") == 0
+    if ndots == 1:
+        assert srv.counter("native_forward_first", "search") == 2
 
 
 def test_a_routed_candidate_whose_servers_are_dead_never_falls_back_to_the_default(
