@@ -74,7 +74,7 @@ def default_native_factory(worker: WorkerParts) -> NativeLookup | None:
 
     forwarder, loop = worker.forwarder, worker.loop
     assert forwarder is not None and loop is not None  # built in Worker.setup, before this
-    resolver = NativeResolver(worker.config, loop, worker.stats, lambda: forwarder.plan)
+    resolver = NativeResolver(worker.config, loop, worker.stats, lambda: forwarder.plan, forwarder)
     worker.reload_hooks.append(resolver.reload)  # new resolv.conf or hosts: a new channel
     return resolver
 

@@ -58,9 +58,12 @@ def serve(
     routes: list[dict[str, Any]],
     search: tuple[str, ...] = (),
     resolver_dir: str = "",
+    options: tuple[str, ...] = (),
     **fastdns: Any,
 ) -> InProcessServer:
-    resolv = write_resolv_conf(tmp_path / f"resolv-{len(inproc.made)}.conf", default, search=search)
+    resolv = write_resolv_conf(
+        tmp_path / f"resolv-{len(inproc.made)}.conf", default, search=search, options=options
+    )
     section = {
         "resolv_conf": str(resolv),
         "native": {"enabled": False},
@@ -300,3 +303,151 @@ def test_resolver_dir_explicit_config_wins(
     assert answer_of(ask(srv, "x.corp.example")) == ["10.0.0.21"]
     assert answer_of(ask(srv, "x.dev.example")) == ["10.0.0.24"]
     assert other.count("x.corp.example") == 0
+
+
+# ------------------------------------------------------------------ search-list expansion
+
+
+@pytest.fixture(name="split")
+def _split(upstream_factory: UpstreamFactory) -> tuple[FakeUpstream, FakeUpstream]:
+    """(corp: the route's server, authoritative for corp.example; home: resolv.conf's server,
+    which knows a few names and says NXDOMAIN to the rest, and would answer a leaked
+    ``*.corp.example`` with 192.0.2.99)."""
+    corp = upstream_factory()
+    corp.add_zone("corp.example")
+    corp.add("wiki.corp.example", "A", "10.0.0.21")
+    corp.add("docs.corp.example", "TXT", ["v=1", "routed"])
+    corp.add("host.lab.corp.example", "A", "10.0.0.22")
+    home = upstream_factory(outside_rcode="NXDOMAIN")
+    home.add_zone("home.test")
+    home.add("printer.home.test", "A", "192.0.2.7")
+    home.add("gone.home.test", "A", "192.0.2.8")
+    home.add("host.lab", "A", "192.0.2.9")
+    for leak in ("wiki", "docs", "gone", "nothing", "host.lab"):
+        home.add(f"{leak}.corp.example", "A", DEFAULT)
+    return corp, home
+
+
+def search_server(
+    inproc: InProcessFactory,
+    tmp_path: Path,
+    split: Any,
+    search: tuple[str, ...],
+    **kw: Any,
+) -> InProcessServer:
+    corp, home = split
+    return serve(
+        inproc,
+        tmp_path,
+        home,
+        [{"domains": ["corp.example"], "servers": [corp.address]}],
+        search=search,
+        native={"enabled": True},
+        cache={"enabled": False},
+        **kw,
+    )
+
+
+def owners(reply: dns.message.Message) -> list[str]:
+    return [rrset.name.to_text() for rrset in reply.answer]
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_a_search_candidate_under_a_route_goes_to_the_route_only(
+    inproc: InProcessFactory, tmp_path: Path, split: Any, tcp: bool
+) -> None:
+    """``search corp.example`` (a VPN's domain) and a route for corp.example: ``wiki`` is
+    looked up as ``wiki.corp.example`` at the route's server, never at resolv.conf's, and
+    answered as any search expansion is: the records under the name asked."""
+    corp, home = split
+    srv = search_server(inproc, tmp_path, split, ("corp.example",))
+    reply = ask(srv, "wiki", tcp=tcp)
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert answer_of(reply) == ["10.0.0.21"]
+    assert owners(reply) == ["wiki."]
+    assert reply.answer[0].ttl == 300
+    txt = ask(srv, "docs", "TXT", tcp=tcp)
+    assert answer_of(txt) == ['"v=1" "routed"'] and owners(txt) == ["docs."]
+    assert home.count("wiki.corp.example") == 0
+    assert home.count("docs.corp.example") == 0
+    assert corp.count("wiki.corp.example") == 1
+    assert corp.count("docs.corp.example") == 1
+    # The same shape as an unrouted expansion (c-ares, the default upstream).
+    srv2 = search_server(inproc, tmp_path, split, ("home.test",))
+    unrouted = ask(srv2, "printer", tcp=tcp)
+    assert owners(unrouted) == ["printer."] and answer_of(unrouted) == ["192.0.2.7"]
+    assert unrouted.flags == reply.flags and not unrouted.authority and not reply.authority
+
+
+def test_search_goes_on_past_a_routed_candidate_that_does_not_exist(
+    inproc: InProcessFactory, tmp_path: Path, split: Any
+) -> None:
+    """resolv(5) order: each search domain in turn, then the name as is; NXDOMAIN from the
+    route's server moves on to the next candidate, as the host's resolver does."""
+    corp, home = split
+    srv = search_server(inproc, tmp_path, split, ("corp.example", "home.test"))
+    reply = ask(srv, "gone")
+    assert answer_of(reply) == ["192.0.2.8"] and owners(reply) == ["gone."]
+    assert corp.count("gone.corp.example") == 1
+    assert home.count("gone.corp.example") == 0
+    assert home.count("gone.home.test") == 1
+    # Nothing anywhere: every candidate in order, then NXDOMAIN (no SOA, as c-ares answers).
+    reply = ask(srv, "nothing")
+    assert reply.rcode() == dns.rcode.NXDOMAIN and not reply.answer
+    assert [s.qname.lower() for s in corp.queries if "nothing" in s.qname] == [
+        "nothing.corp.example"
+    ]
+    assert [s.qname.lower() for s in home.queries if "nothing" in s.qname] == [
+        "nothing.home.test",
+        "nothing",
+    ]
+
+
+@pytest.mark.parametrize("ndots", [1, 2])
+def test_ndots_decides_whether_the_routed_candidate_comes_first(
+    inproc: InProcessFactory, tmp_path: Path, split: Any, ndots: int
+) -> None:
+    """``host.lab`` has one dot: with ndots:1 it is asked as is first (forwarded first, at
+    resolv.conf's server, which knows it); with ndots:2 the search list comes first, and its
+    candidate under the route is asked there only."""
+    corp, home = split
+    srv = search_server(inproc, tmp_path, split, ("corp.example",), options=(f"ndots:{ndots}",))
+    reply = ask(srv, "host.lab")
+    assert answer_of(reply) == (["192.0.2.9"] if ndots == 1 else ["10.0.0.22"])
+    assert owners(reply) == ["host.lab."]
+    assert home.count("host.lab.corp.example") == 0
+    # as is first (ndots 1) found it: the route is not asked; search first (ndots 2): it is.
+    assert corp.count("host.lab.corp.example") == (0 if ndots == 1 else 1)
+    home.remove("host.lab")  # now only the routed candidate exists
+    before = corp.count("host.lab.corp.example")
+    # UDP: with ndots:1 the fast lane forwards ``host.lab`` first, then the search list;
+    # TCP: the general path. No cache: each is looked up afresh.
+    for tcp in (False, True):
+        reply = ask(srv, "host.lab", "A", tcp=tcp)
+        assert answer_of(reply) == ["10.0.0.22"] and owners(reply) == ["host.lab."]
+    assert corp.count("host.lab.corp.example") == before + 2
+    assert home.count("host.lab.corp.example") == 0
+    if ndots == 1:
+        assert srv.counter("native_forward_first", "search") == 2
+
+
+def test_a_routed_candidate_whose_servers_are_dead_never_falls_back_to_the_default(
+    inproc: InProcessFactory, tmp_path: Path, split: Any
+) -> None:
+    """The route's only server refuses (ICMP): the lookup ends as a c-ares failure would,
+    and the name asked (``wiki``, not routed) is forwarded raw; ``wiki.corp.example`` never
+    reaches resolv.conf's server."""
+    _corp, home = split
+    srv = serve(
+        inproc,
+        tmp_path,
+        home,
+        [{"domains": ["corp.example"], "servers": [dead_address()]}],
+        search=("corp.example",),
+        native={"enabled": True},
+    )
+    reply = ask(srv, "wiki", timeout=3.0)
+    assert reply.rcode() == dns.rcode.NXDOMAIN  # resolv.conf's server on ``wiki`` as is
+    assert home.count("wiki.corp.example") == 0
+    assert home.count("wiki") == 1
+    assert srv.counter("route_failures", "corp.example") == 1

@@ -28,7 +28,10 @@ from fastdns.dns import answers, compose, wire
 from fastdns.dns.answers import AnswerStyle, Unusable
 from fastdns.dns.resolved import Resolved
 from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.forward.routes import Route
+from fastdns.resolve.forward.upstream import Forwarder
 from fastdns.resolve.hosts import HostsFile
+from fastdns.resolve.native import routedsearch
 from fastdns.resolve.native.cares import (
     TIMER_MAX,
     AresDriver,
@@ -156,8 +159,12 @@ class NativeResolver:
         loop: asyncio.AbstractEventLoop,
         stats: WorkerStats,
         plan: Callable[[], UpstreamPlan],
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.config = config
+        # Its routes and upstreams: a search-list candidate under a route is asked of that
+        # route's servers, never through c-ares (``routedsearch``).
+        self.forwarder = forwarder
         self.loop = loop
         self.stats = stats
         self.plan = plan
@@ -182,6 +189,7 @@ class NativeResolver:
         self.first = config.native.forward_first and not config.lima_compat
         self.ndots = 1
         self.searching = False  # the resolv.conf has search domains
+        self.domains: tuple[bytes, ...] = ()  # those domains, wire names
         self._qcache_warned = False
         # pycares has no hosts_path: c-ares reads $CARES_HOSTS when a lookup passes
         # ARES_AI_ENVHOSTS (c-ares' ares.h; pycares has no hosts_path). One worker process serves
@@ -196,6 +204,7 @@ class NativeResolver:
     def _new_driver(self) -> AresDriver | None:
         plan = self.plan()
         self.ndots, self.searching = plan.resolv.ndots, bool(plan.resolv.search)
+        self.domains = routedsearch.search_domains(plan.resolv.search)
         if not plan.servers:
             # No nameserver and no fallback: c-ares would query 127.0.0.1:53 (maybe fastdns
             # itself). The hosts file is answered by the pipeline; the rest gets SERVFAIL.
@@ -340,24 +349,51 @@ class NativeResolver:
         if budget <= 0:
             return self._fallback("timeout")
         address = qtype in (wire.A, wire.AAAA)
-        if address or (qtype == wire.CNAME and self.lima_compat):
-            family = socket.AF_INET6 if qtype == wire.AAAA else socket.AF_INET
-            fut = driver.getaddrinfo(name, family)
+        gai = address or (qtype == wire.CNAME and self.lima_compat)
+        fwd = self.forwarder
+        routed = (
+            routedsearch.routed_candidates(q.qname, self.domains, self.ndots, fwd.routes)
+            if fwd is not None and fwd.routes and self.domains
+            else None
+        )
+        if routed is not None:
+            # A candidate is routed: c-ares would send it to the default upstreams.
+            ask_type = qtype if address or not gai else wire.A
+            result, status = await routedsearch.walk(routed, ask_type, gai, self._ask, t0 + budget)
         else:
-            fut = driver.search(name, qtype)
-        if fut.done():  # c-ares cache, hosts file: answered inside the call
-            result, status = fut.result()
-        else:
-            timer = loop.call_at(t0 + budget, _expire, fut)
-            try:
-                result, status = await fut
-            finally:
-                timer.cancel()
+            if gai:
+                family = socket.AF_INET6 if qtype == wire.AAAA else socket.AF_INET
+                fut = driver.getaddrinfo(name, family)
+            else:
+                fut = driver.search(name, qtype)
+            if fut.done():  # c-ares cache, hosts file: answered inside the call
+                result, status = fut.result()
+            else:
+                timer = loop.call_at(t0 + budget, _expire, fut)
+                try:
+                    result, status = await fut
+                finally:
+                    timer.cancel()
         res, label, reason = self._build(q, name, address, result, status)
         self.stats.observe(("native_duration", wire.TYPE_NAMES[qtype], label), loop.time() - t0)
         if res is None:
             return self._fallback(reason)
         return res
+
+    async def _ask(
+        self, name: bytes, qtype: int, route: Route | None, deadline: float
+    ) -> bytes | None:
+        """One candidate of a routed search, forwarded raw: to ``route``'s servers only, or
+        to the default upstreams (``None``: every server failed)."""
+        fwd = self.forwarder
+        assert fwd is not None  # routedsearch runs only with a forwarder
+        t0 = self.loop.time()
+        result = await fwd.exchange(
+            wire.parse_query(routedsearch.question(name, qtype)), deadline, route=route
+        )
+        if route is not None:
+            fwd.note_route(route, t0, result.reply is not None)
+        return result.reply
 
     def _build(
         self, q: wire.Query, name: str, address: bool, result: Any, status: int | None
