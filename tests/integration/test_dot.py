@@ -29,6 +29,9 @@ pytestmark = pytest.mark.integration
 
 NAME = "dns.test"  # the name in the server certificates
 DEADLINE = 2.0
+# How late after DEADLINE a SERVFAIL may arrive: the loop's timer plus a loaded 2-core machine
+# (0.5 s was overshot by 12 ms once); a wait for upstream_timeout x rounds would still fail.
+SLACK = 1.0
 DOT_LOGGER = "fastdns.resolve.forward.dot"
 
 
@@ -139,7 +142,7 @@ def test_a_certificate_that_does_not_check_out_fails_closed_and_is_logged_once(
         t0 = time.monotonic()
         r = ask(srv, f"v{i}.bulk.dot.test")
         assert r.rcode() == dns.rcode.SERVFAIL and not r.answer
-        assert time.monotonic() - t0 < DEADLINE + 0.5
+        assert time.monotonic() - t0 < DEADLINE + SLACK
         if i == 2:
             time.sleep(0.6)  # past the first backoff: a second handshake is tried, and fails
     counters = srv.counters()
@@ -230,7 +233,7 @@ def test_a_silent_connection_takes_no_new_queries(
         srv = serve(inproc, tmp_path, [dot_address], ca_file=str(certs.ca))
         t0 = time.monotonic()
         assert ask(srv, "s0.dot.test").rcode() == dns.rcode.SERVFAIL
-        assert time.monotonic() - t0 < DEADLINE + 0.5
+        assert time.monotonic() - t0 < DEADLINE + SLACK
         to = f"{dot_address}:853"
         assert srv.counter("tls_handshakes", to) == 2
         assert server.accepted == 2 and len(server.order) == 2
@@ -293,7 +296,7 @@ def test_a_handshake_that_never_completes_times_out(
         srv = serve(inproc, tmp_path, [dot_address])
         t0 = time.monotonic()
         assert ask(srv, "t0.dot.test").rcode() == dns.rcode.SERVFAIL
-        assert time.monotonic() - t0 < DEADLINE + 0.5
+        assert time.monotonic() - t0 < DEADLINE + SLACK
         to, deadline = f"{dot_address}:853", time.monotonic() + 5.0
         while not srv.counter("tls_handshake_failures", to, "timeout"):
             assert time.monotonic() < deadline, srv.counters()
@@ -319,7 +322,7 @@ def test_servfail_within_the_deadline_when_every_server_is_dead(
         t0 = time.monotonic()
         r = ask(srv, f"d{i}.dot.test")
         assert r.rcode() == dns.rcode.SERVFAIL
-        assert time.monotonic() - t0 < DEADLINE + 0.5
+        assert time.monotonic() - t0 < DEADLINE + SLACK
     assert srv.counter("servfail_exhausted") == 3
 
 
@@ -371,4 +374,4 @@ def test_a_route_with_a_tls_server_and_the_wrong_name_fails_closed(
     )
     t0 = time.monotonic()
     assert ask(srv, "w1.bulk.dot.test").rcode() == dns.rcode.SERVFAIL
-    assert time.monotonic() - t0 < DEADLINE + 0.5
+    assert time.monotonic() - t0 < DEADLINE + SLACK
