@@ -310,6 +310,24 @@ def test_one_instance_serves_several_addresses(pod: GuestLink, tmp_path: Path) -
     assert not link_exists()
 
 
+def test_rules_wait_until_every_address_answers(pod: GuestLink, tmp_path: Path) -> None:
+    """One address that does not answer (here: its DNS port blocked) holds back the rules of
+    all, and /health names it."""
+    block = ["-I", "INPUT", "-d", CLUSTER_IP, "-p", "udp", "--dport", "53", "-j", "DROP"]
+    run("iptables", *block)
+    fdp = start(tmp_path, NODELOCAL_IP, CLUSTER_IP)
+    wait_for(lambda: "waiting for the workers to answer" in fdp.stderr, 10, what=fdp.stderr)
+    health = run(
+        "curl", "-sS", "-m", "3", "-w", "%{http_code}", f"http://{NODELOCAL_IP}:8080/health"
+    )
+    assert health.stdout.endswith("503") and CLUSTER_IP in health.stdout, health.stdout
+    assert chain("raw") == [] and all("-A " + CHAIN not in r for r in chain("filter"))
+    run("iptables", "-D", *block[1:])
+    synced(fdp)
+    assert pod_dig(pod, CLUSTER_IP) == ADDR and pod_dig(pod, NODELOCAL_IP) == ADDR
+    assert fdp.stop() == 0
+
+
 LOAD = Path(__file__).resolve().parents[1] / "support" / "steadyload.py"
 RATE, SECONDS = 5000, 12  # queries per second, seconds of load
 
