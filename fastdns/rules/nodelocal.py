@@ -276,6 +276,8 @@ class NodeLocalProcess:
                 if new.nodelocal.interface != self.config.nodelocal.interface:
                     logger.warning("fastdns.nodelocal.interface changes only at a restart")
                 elif new.nodelocal.enabled:
+                    if new.listen_addresses != self.config.listen_addresses:
+                        self.answered = False  # no rule for an address before it answers
                     self.config = new
         self.retry = FIRST_RETRY
 
