@@ -229,15 +229,8 @@ def _nodelocal_listen(
     f: Mapping[str, Any], nodelocal: NodeLocalConfig, listen: str, p: Problems
 ) -> str:
     """The listen address in node-local mode: the first node-local address unless set, and
-    then one of them (docs/nodelocal.md)."""
-    if len(nodelocal.addresses) > 1:
-        # The workers bind one address: another one on the interface, NOTRACKed, would
-        # receive DNS that nobody answers.
-        p.add(
-            "fastdns.nodelocal.addresses",
-            "fastdns listens on one address (fastdns.listen): name exactly one node-local "
-            f"address, got {len(nodelocal.addresses)}",
-        )
+    then one of them (docs/nodelocal.md). The workers serve every node-local address
+    (``Config.listen_addresses``); this one comes first."""
     if "listen" not in f and nodelocal.addresses:
         listen = nodelocal.addresses[0]
     elif listen not in nodelocal.addresses:

@@ -153,7 +153,7 @@ class NodeLocalConfig:
 
     enabled: bool = False
     interface: str = "fastdns0"
-    addresses: tuple[str, ...] = ("169.254.20.10",)  # one, for now: the one fastdns listens on
+    addresses: tuple[str, ...] = ("169.254.20.10",)  # 1-8, all served (listen among them)
     notrack: bool = True  # raw-table NOTRACK: no conntrack entry, no insert race
     teardown: bool = True  # remove rules and interface on SIGTERM (false: for upgrades)
     health_port: int = 8080  # GET /health on the listen address; 0 = none
@@ -216,6 +216,14 @@ class Config:
     def rules_process(self) -> bool:
         """Whether a rules process runs: DNAT rules, or node-local mode (docs/nodelocal.md)."""
         return self.rules.enabled or self.nodelocal.enabled
+
+    @property
+    def listen_addresses(self) -> tuple[str, ...]:
+        """Every address the workers serve: ``listen``, then in node-local mode the other
+        node-local addresses (docs/nodelocal.md)."""
+        if not self.nodelocal.enabled:
+            return (self.listen,)
+        return (self.listen, *(a for a in self.nodelocal.addresses if a != self.listen))
 
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1

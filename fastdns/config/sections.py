@@ -230,6 +230,20 @@ def interface_name_problem(name: object) -> str:
     return ""
 
 
+MAX_NODELOCAL_ADDRESSES = 8
+
+
+def _unicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A unicast address a node-local interface can hold and workers can bind without a
+    scope: not unspecified, loopback, multicast, reserved (240/4, the broadcast address),
+    link-local IPv6 (it needs a scope) or IPv4-mapped IPv6."""
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+        return False
+    if isinstance(ip, ipaddress.IPv4Address):
+        return not ip.is_reserved
+    return not ip.is_link_local and ip.ipv4_mapped is None
+
+
 def load_nodelocal(m: Mapping[str, Any], p: Problems) -> NodeLocalConfig:
     path, d = "fastdns.nodelocal", NodeLocalConfig()
     reject_unknown(m, set(NodeLocalConfig.__dataclass_fields__), path, p)
@@ -240,10 +254,20 @@ def load_nodelocal(m: Mapping[str, Any], p: Problems) -> NodeLocalConfig:
     addresses = get_ip_list(m, "addresses", path, d.addresses, p)
     if not addresses:
         p.add(f"{path}.addresses", "must name at least one address")
+    elif len(addresses) > MAX_NODELOCAL_ADDRESSES:
+        p.add(
+            f"{path}.addresses",
+            f"at most {MAX_NODELOCAL_ADDRESSES} addresses (each costs every worker a UDP and "
+            f"a TCP socket), got {len(addresses)}",
+        )
+    seen: set[str] = set()
     for i, addr in enumerate(addresses):
         ip = ipaddress.ip_address(addr.split("%", 1)[0])
-        if "%" in addr or ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+        if "%" in addr or not _unicast(ip):
             p.add(f"{path}.addresses[{i}]", f"not an address an interface can hold: {addr}")
+        elif ip.compressed in seen:
+            p.add(f"{path}.addresses[{i}]", f"{ip.compressed} twice")
+        seen.add(ip.compressed)
     return NodeLocalConfig(
         enabled=get_bool(m, "enabled", path, d.enabled, p),
         interface=interface,

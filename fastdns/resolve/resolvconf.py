@@ -107,7 +107,7 @@ def plan_upstreams(config: Config, resolv: ResolvConf, own_port: int | None) -> 
     def usable(addrs: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
         out = []
         for a in addrs:
-            if own_port == DNS_PORT and _is_self(a, config.listen):
+            if own_port == DNS_PORT and _is_own(a, config):
                 continue  # a nameserver that is fastdns itself would loop
             if redirected and _same_ip(a, config.rules.virtual_ip):
                 continue  # the virtual address is fastdns itself (loop guard, docs/rules.md)
@@ -127,10 +127,16 @@ def loops_back(config: Config, server: tuple[str, int], own_port: int | None) ->
     """Whether forwarding to ``server`` (a route's) would reach fastdns itself: its own
     listen address and port, or the rules' virtual address (docs/rules.md)."""
     host, port = server
-    if own_port is not None and port == own_port and _is_self(host, config.listen):
+    if own_port is not None and port == own_port and _is_own(host, config):
         return True
     redirected = config.rules.enabled and "OUTPUT" in config.rules.hooks
     return redirected and port == DNS_PORT and _same_ip(host, config.rules.virtual_ip)
+
+
+def _is_own(nameserver: str, config: Config) -> bool:
+    """Whether ``nameserver`` is one of the addresses fastdns serves (``listen``, and in
+    node-local mode every node-local address, docs/nodelocal.md)."""
+    return any(_is_self(nameserver, listen) for listen in config.listen_addresses)
 
 
 def _is_self(nameserver: str, listen: str) -> bool:

@@ -123,10 +123,16 @@ class NodeLocalProcess:
     # ------------------------------------------------------------------------ one sync
 
     def why_not_answering(self, timeout: float = 1.0) -> str:
+        """Why the workers do not answer on every node-local address, or "": the rules wait
+        for all of them, and /health says which one does not."""
         token = loopguard.instance_token(self.config.listen, self.udp_port)
-        return listener_answers(
-            self.config.listen, self.udp_port, self.tcp_port, timeout=timeout, token=token
-        )
+        for address in self.config.listen_addresses:
+            why = listener_answers(
+                address, self.udp_port, self.tcp_port, timeout=timeout, token=token
+            )
+            if why:
+                return why
+        return ""
 
     def step(self) -> float:
         """One sync; returns the seconds until the next one."""
@@ -270,6 +276,8 @@ class NodeLocalProcess:
                 if new.nodelocal.interface != self.config.nodelocal.interface:
                     logger.warning("fastdns.nodelocal.interface changes only at a restart")
                 elif new.nodelocal.enabled:
+                    if new.listen_addresses != self.config.listen_addresses:
+                        self.answered = False  # no rule for an address before it answers
                     self.config = new
         self.retry = FIRST_RETRY
 

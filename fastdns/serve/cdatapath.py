@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, TypeVar
 
+from fastdns.resolve.cache.front import FormMirror, Front
 from fastdns.serve._cengine import Engine
-from fastdns.serve.gate import PASS
+from fastdns.serve.gate import PASS, PassMirror
 from fastdns.serve.udp import ServerState, UDPServer
 
 __all__ = ["CDatapath"]
@@ -37,6 +38,71 @@ COUNTERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def _no_send(data: bytes, addr: Any) -> None:
     pass
+
+
+class Engines:
+    """Several engines told the same verdicts and forms: a worker that serves several
+    addresses (node-local mode, docs/nodelocal.md) runs an engine per UDP socket over one
+    ``Gate`` and one ``FrontTable``. With one engine the engine itself is the mirror."""
+
+    __slots__ = ("engines",)
+
+    def __init__(self, *engines: Engine) -> None:
+        self.engines = list(engines)
+
+    def allow(self, host: str, /) -> None:
+        for engine in self.engines:
+            engine.allow(host)
+
+    def forget(self) -> None:
+        for engine in self.engines:
+            engine.forget()
+
+    def install(
+        self,
+        form: bytes,
+        body: bytes,
+        until: float,
+        token: Front,
+        stored: float,
+        stamp: int,
+        ttls: tuple[int, ...],
+        /,
+    ) -> None:
+        for engine in self.engines:
+            engine.install(form, body, until, token, stored, stamp, ttls)
+
+    def drop(self, form: bytes, /) -> None:
+        for engine in self.engines:
+            engine.drop(form)
+
+    def clear(self) -> None:
+        for engine in self.engines:
+            engine.clear()
+
+
+M = TypeVar("M", PassMirror, FormMirror)
+
+
+def joined(mirror: M | None, engine: Engine) -> M | Engine | Engines:
+    """``mirror`` that tells ``engine`` as well."""
+    if mirror is None:
+        return engine
+    if isinstance(mirror, Engines):
+        mirror.engines.append(engine)
+        return mirror
+    assert isinstance(mirror, Engine)
+    return Engines(mirror, engine)
+
+
+def left(mirror: M | None, engine: Engine) -> M | Engine | Engines | None:
+    """``mirror`` without ``engine``."""
+    if mirror is engine:
+        return None
+    if isinstance(mirror, Engines):
+        mirror.engines = [e for e in mirror.engines if e is not engine]
+        return mirror.engines[0] if len(mirror.engines) == 1 else mirror
+    return mirror
 
 
 class CDatapath:
@@ -58,13 +124,13 @@ class CDatapath:
         self.engine = engine
         self.udp.sendto = engine.sendto
         gate = self.state.gate
-        gate.mirror = engine
+        gate.mirror = joined(gate.mirror, engine)
         for host, v in gate.verdicts.items():
             if v == PASS:
                 engine.allow(host)
         cache = self.state.cache
         if cache is not None:
-            cache.front.mirror = engine
+            cache.front.mirror = joined(cache.front.mirror, engine)
             for form, f in cache.front.forms.items():
                 cache.front.mirror_install(form, f)
         loop.add_reader(sock.fileno(), engine.on_readable)
@@ -83,9 +149,11 @@ class CDatapath:
         if self.writing:
             loop.remove_writer(sock.fileno())
             self.writing = False
-        self.state.gate.mirror = None
+        gate = self.state.gate
+        gate.mirror = left(gate.mirror, engine)
         if self.state.cache is not None:
-            self.state.cache.front.mirror = None
+            front = self.state.cache.front
+            front.mirror = left(front.mirror, engine)
         self.udp.sendto = _no_send
         engine.close()
         sock.close()

@@ -21,10 +21,12 @@ class WorkerLaunch:
     slot: int
     generation: int
     udp_port: int  # the supervisor's bound ports: the worker binds its own SO_REUSEPORT
-    tcp_port: int  # sockets on them, unless ``udp_sock``/``tcp_sock`` are given
+    tcp_port: int  # sockets on them, unless ``udp_socks``/``tcp_socks`` are given
     control_fd: int  # write end of the control pipe to the supervisor
     stats_path: str | None = None  # the metrics process's datagram socket; None: no metrics
-    udp_sock: socket.socket | None = None  # already bound (the first generation's)
-    tcp_sock: socket.socket | None = None
+    # Already bound (the first worker's of a generation), one per ``config.listen_addresses``
+    # in that order; () = bind them.
+    udp_socks: tuple[socket.socket, ...] = ()
+    tcp_socks: tuple[socket.socket, ...] = ()
     user: Credentials | None = None  # drop to it after binding
     supervisor_pid: int | None = None  # None: the parent

@@ -35,7 +35,7 @@ class Reported(Protocol):
     @property
     def state(self) -> ServerState | None: ...
     @property
-    def datapath(self) -> Datapath | None: ...
+    def datapaths(self) -> list[Datapath]: ...
     @property
     def server_label(self) -> str: ...
     def stop(self) -> None: ...
@@ -93,10 +93,10 @@ class WorkerReporter:
             worker.loop.call_later(interval, self.beat, worker)
 
     def send_stats(self, worker: Reported) -> None:
-        if worker.datapath is not None:
+        for datapath in worker.datapaths:
             # Fast-lane hits are counted per form; fold them into the per-query stats (and
             # the served count) once a tick, here, and at the last report.
-            worker.datapath.fold()
+            datapath.fold()
         if self.status.path:
             worker.sample_gauges()
             self.status.send(

@@ -14,7 +14,7 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from fastdns.config.schema import Config
@@ -81,8 +81,12 @@ def raise_nofile_limit() -> None:
 
 
 class Worker:
-    """Serves on two already-bound sockets until ``stop()``; then drains and returns.
+    """Serves on already-bound sockets until ``stop()``; then drains and returns.
 
+    ``udp_sock`` and ``tcp_sock`` are on ``config.listen``; ``more_socks`` are the (UDP, TCP)
+    pairs of the other addresses (node-local mode, ``Config.listen_addresses``). Every UDP
+    socket gets its own datapath, every TCP socket its own server, all over the one
+    ``ServerState`` (pipeline, cache, gate, in-flight queries) of this worker.
     ``native_factory`` builds the pipeline's native hook (None: forward everything raw).
     """
 
@@ -92,6 +96,7 @@ class Worker:
         udp_sock: socket.socket,
         tcp_sock: socket.socket,
         *,
+        more_socks: Sequence[tuple[socket.socket, socket.socket]] = (),
         slot: int = 0,
         stats: WorkerStats | None = None,
         native_factory: Callable[[Worker], NativeLookup | None] | None = default_native_factory,
@@ -101,6 +106,7 @@ class Worker:
         self.config = config
         self.udp_sock = udp_sock
         self.tcp_sock = tcp_sock
+        self.listeners = [(udp_sock, tcp_sock), *more_socks]
         self.slot = slot
         self.stats = stats or WorkerStats()
         self.native_factory = native_factory
@@ -112,6 +118,8 @@ class Worker:
         self.pipeline: Pipeline | None = None
         self.state: ServerState | None = None
         self.datapath: Datapath | None = None  # the UDP per-packet path (serve/datapath.py)
+        self.datapaths: list[Datapath] = []  # one per UDP socket; ``datapath`` is the first
+        self.tcp_servers: list[asyncio.Server] = []
         self.resolv_watch = FileWatch(config.resolv_conf)
         self.resolv_hold = GraceHold(config.resolv_conf, "nameservers")
         self._plan_told = False  # replan() has logged a plan
@@ -242,10 +250,14 @@ class Worker:
             # ones above all, may be wrong now.
             self.reload_hooks.append(self.pipeline.cache.clear)
         state = self.state
-        self.datapath = datapath = self.make_datapath(state)
-        self.reload_hooks.append(datapath.clear)
-        datapath.start(loop, self.udp_sock)
-        self.tcp_server = await loop.create_server(lambda: TCPServer(state), sock=self.tcp_sock)
+        for udp_sock, tcp_sock in self.listeners:
+            datapath = self.make_datapath(state)
+            self.datapaths.append(datapath)
+            self.reload_hooks.append(datapath.clear)
+            datapath.start(loop, udp_sock)
+            server = await loop.create_server(lambda: TCPServer(state), sock=tcp_sock)
+            self.tcp_servers.append(server)
+        self.datapath, self.tcp_server = self.datapaths[0], self.tcp_servers[0]
         self.tick_task = loop.create_task(self._tick())
 
     def _tls_pool(self, loop: asyncio.AbstractEventLoop) -> TlsPool:
@@ -334,19 +346,25 @@ class Worker:
         state, datapath = self.state, self.datapath
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.graceful_timeout
-        detached = leave_reuseport_group(self.udp_sock)
-        datapath.drain(stop_reading=not detached)
-        self.tcp_server.close()
+        udp_socks = [udp for udp, _ in self.listeners]
+        # (every socket must leave, or none reads on: the datapaths share one ServerState)
+        detached = all([leave_reuseport_group(sock) for sock in udp_socks])
+        for each in self.datapaths:
+            each.drain(stop_reading=not detached)
+        for server in self.tcp_servers:
+            server.close()
         for conn in list(state.tcp_connections):
             conn.close_when_idle()
-        while detached and queued_bytes(self.udp_sock) and loop.time() < deadline:
-            await asyncio.sleep(DRAIN_POLL)  # the loop reads what is left in the queue
+        while detached and any(map(queued_bytes, udp_socks)) and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)  # the loop reads what is left in the queues
+        # (one count for all datapaths: their queries are the shared state's)
         while datapath.inflight and (left := deadline - loop.time()) > 0:
             if state.tasks:
                 await asyncio.wait(set(state.tasks), timeout=min(left, DRAIN_WAIT))
             else:  # only the forward fast lane's queries: callbacks, no task to wait on
                 await asyncio.sleep(min(left, DRAIN_POLL))
-        datapath.close()
+        for each in self.datapaths:
+            each.close()
         for task in list(state.tasks):
             task.cancel()
         self.tick_task.cancel()
@@ -395,7 +413,7 @@ def worker_process_main(launch: WorkerLaunch) -> NoReturn:
     looping), anything else is a crash (respawned).
     """
     config, slot, user = launch.config, launch.slot, launch.user
-    udp_sock, tcp_sock = launch.udp_sock, launch.tcp_sock
+    udp_socks, tcp_socks = launch.udp_socks, launch.tcp_socks
     parent = launch.supervisor_pid if launch.supervisor_pid is not None else os.getppid()
     control_fd, generation = launch.control_fd, launch.generation
     control = ControlWriter(control_fd)
@@ -404,13 +422,14 @@ def worker_process_main(launch: WorkerLaunch) -> NoReturn:
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         faulthandler.enable()  # the watchdog's SIGABRT prints where the loop was stuck
-        if udp_sock is None:
-            udp_sock = bind_udp(
-                config.listen, launch.udp_port, reuse_port=True, freebind=config.nodelocal.enabled
+        freebind, addresses = config.nodelocal.enabled, config.listen_addresses
+        if not udp_socks:
+            udp_socks = tuple(
+                bind_udp(a, launch.udp_port, reuse_port=True, freebind=freebind) for a in addresses
             )
-        if tcp_sock is None:
-            tcp_sock = bind_tcp(
-                config.listen, launch.tcp_port, reuse_port=True, freebind=config.nodelocal.enabled
+        if not tcp_socks:
+            tcp_socks = tuple(
+                bind_tcp(a, launch.tcp_port, reuse_port=True, freebind=freebind) for a in addresses
             )
         if user is not None:
             _import_before_drop(config)
@@ -420,7 +439,8 @@ def worker_process_main(launch: WorkerLaunch) -> NoReturn:
         sockmark.configure(config.rules.mark)  # after the drop: it decides if SO_MARK works
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
-        worker = Worker(config, udp_sock, tcp_sock, slot=slot, on_tick=reporter.tick)
+        pairs = list(zip(udp_socks, tcp_socks, strict=True))
+        worker = Worker(config, *pairs[0], more_socks=pairs[1:], slot=slot, on_tick=reporter.tick)
         try:
             loop.run_until_complete(worker.run(reporter.ready))
         finally:

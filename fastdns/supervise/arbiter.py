@@ -33,7 +33,7 @@ from fastdns.config.schema import Config
 from fastdns.errors import BootError, ExitCode, FastDNSError, HaltServer
 from fastdns.ipc import StatusSender, split_messages
 from fastdns.supervise import children, rundir
-from fastdns.supervise.binding import bind_first, bound_port
+from fastdns.supervise.binding import bind_first, bound_port, prebound_socks
 from fastdns.supervise.children import (
     Child,
     Kind,
@@ -268,8 +268,8 @@ class Supervisor(Generations, ChildExits, StatePublisher):
                 with contextlib.suppress(OSError):
                     os.close(fd)
         for gen in (self.current, self.serving):
-            for sock in (gen.prebound or ()) if gen is not None else ():
-                if sock is not None and sock.fileno() not in keep:
+            for sock in prebound_socks(gen.prebound if gen is not None else None):
+                if sock.fileno() not in keep:
                     sock.close()
         rundir.close_in_child(self.rundir)
         self.children.clear()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from fastdns.errors import BootError, ConfigError
 from fastdns.policy import acl, ratelimit
 from fastdns.serve.launch import WorkerLaunch
 from fastdns.supervise import children
-from fastdns.supervise.binding import bind_first, bound_port
+from fastdns.supervise.binding import Prebound, bind_first, bound_port, prebound_socks
 from fastdns.supervise.children import Child, Kind, SlotState, child_worker
 from fastdns.system import process
 from fastdns.system.process import Credentials
@@ -40,19 +39,18 @@ class Generation:
     tcp_port: int
     size: int
     user: Credentials | None = None
-    # The first worker's sockets (UDP, TCP; None where the port is already bound by a running
-    # generation), bound by the supervisor, until that worker is forked.
-    prebound: tuple[socket.socket | None, socket.socket | None] | None = None
+    # The first worker's sockets (UDP, TCP, one per listen address; none where the port is
+    # already bound by a running generation), bound by the supervisor, until that worker is
+    # forked.
+    prebound: Prebound | None = None
 
     def close_prebound(self) -> None:
-        if self.prebound is not None:
-            for sock in self.prebound:
-                if sock is not None:
-                    sock.close()
-            self.prebound = None
+        for sock in prebound_socks(self.prebound):
+            sock.close()
+        self.prebound = None
 
     def prebound_fds(self) -> list[int]:
-        return [s.fileno() for s in self.prebound or () if s is not None]
+        return [s.fileno() for s in prebound_socks(self.prebound)]
 
 
 class Generations:
@@ -99,7 +97,7 @@ class Generations:
         base = self.serving or self.current
         # A port whose address and configured number did not change stays bound by the
         # running workers: the new ones join it. Others are bound here first.
-        same = config.listen == base.config.listen
+        same = config.listen_addresses == base.config.listen_addresses
         keep_udp = same and config.udp_port == base.config.udp_port
         keep_tcp = same and config.tcp_port == base.config.tcp_port
         try:
@@ -143,7 +141,7 @@ class Generations:
         stats_path, parent = self.stats_path, os.getpid()
 
         def run(control_fd: int) -> None:
-            udp_sock, tcp_sock = socks if socks else (None, None)
+            udp_socks, tcp_socks = socks if socks else ((), ())
             child_worker(
                 WorkerLaunch(
                     gen.config,
@@ -153,8 +151,8 @@ class Generations:
                     gen.tcp_port,
                     control_fd,
                     stats_path,
-                    udp_sock,
-                    tcp_sock,
+                    udp_socks,
+                    tcp_socks,
                     gen.user,
                     parent,
                 )
@@ -209,7 +207,7 @@ class Generations:
         if old is None:
             logger.info(
                 "serving DNS on %s udp/%d tcp/%d with %d workers; acl: %s; %s",
-                gen.config.listen,
+                ", ".join(gen.config.listen_addresses),
                 gen.udp_port,
                 gen.tcp_port,
                 gen.size,

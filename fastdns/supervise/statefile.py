@@ -55,6 +55,7 @@ class StatePublisher:
             "udp_port": gen.udp_port,
             "tcp_port": gen.tcp_port,
             "listen": gen.config.listen,
+            "addresses": list(gen.config.listen_addresses),
             "pid": os.getpid(),
             "ready": bool(workers),
             "workers": [c.pid for c in workers],

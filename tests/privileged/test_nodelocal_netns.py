@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from support import netns
 from support.netns import (
+    CLUSTER_IP,
     NODE_IF,
     NODE_IP,
     NODE_IP6,
@@ -273,6 +274,58 @@ def test_ipv6_node_local_address(pod: GuestLink, tmp_path: Path) -> None:
     assert "dport=53" in flows(NODE_IP6, "ipv6")
     assert fdp.stop() == 0
     assert chain("raw", 6) == [] and not link_exists()
+
+
+def test_one_instance_serves_several_addresses(pod: GuestLink, tmp_path: Path) -> None:
+    """node-local-dns's setup: the link-local address and the kube-dns ClusterIP on the
+    interface (kubelet's ``--cluster-dns`` unchanged), here with an IPv6 address too; one
+    fastdns, two workers, serves them all over UDP and TCP, every one NOTRACKed."""
+    addresses = (NODELOCAL_IP, NODELOCAL_IP6, CLUSTER_IP)
+    doc = config(*addresses)
+    doc["fastdns"]["workers"] = 2
+    fdp = FastDNSProcess(doc, tmp_path)
+    RUNNING.append(fdp)
+    assert synced(fdp)["addresses"] == list(addresses)
+    assert (fdp.read_state() or {})["addresses"] == list(addresses)
+    held = run("ip", "-j", "addr", "show", "dev", IFACE).stdout
+    for address in addresses:
+        family, bits, proto = (6, 128, "ipv6") if ":" in address else (4, 32, "ipv4")
+        assert f'"local":"{address}"' in held
+        notrack = f"-d {address}/{bits} -p udp -m udp --dport 53 -j NOTRACK"
+        assert any(notrack in r for r in chain("raw", family)), address
+        accept = f"-d {address}/{bits} -p tcp -m tcp --dport 53 -j ACCEPT"
+        assert any(accept in r for r in chain("filter", family)), address
+        for _ in range(4):  # new flows: over both workers' sockets on that address
+            assert pod_dig(pod, address) == ADDR, address
+            assert pod_dig(pod, address, "+tcp") == ADDR, address
+        assert flows(address, proto) == "", address
+    pod_dig(pod, NODE_IP)
+    assert "dport=53" in flows(NODE_IP)  # conntrack is on: only NOTRACK kept those out
+    health = run("curl", "-sS", "-m", "3", f"http://{NODELOCAL_IP}:8080/health")
+    assert health.stdout.strip() == "OK"
+
+    assert fdp.stop() == 0
+    for family in (4, 6):
+        assert chain("raw", family) == [] and chain("filter", family) == []
+    assert not link_exists()
+
+
+def test_rules_wait_until_every_address_answers(pod: GuestLink, tmp_path: Path) -> None:
+    """One address that does not answer (here: its DNS port blocked) holds back the rules of
+    all, and /health names it."""
+    block = ["-I", "INPUT", "-d", CLUSTER_IP, "-p", "udp", "--dport", "53", "-j", "DROP"]
+    run("iptables", *block)
+    fdp = start(tmp_path, NODELOCAL_IP, CLUSTER_IP)
+    wait_for(lambda: "waiting for the workers to answer" in fdp.stderr, 10, what=fdp.stderr)
+    health = run(
+        "curl", "-sS", "-m", "3", "-w", "%{http_code}", f"http://{NODELOCAL_IP}:8080/health"
+    )
+    assert health.stdout.endswith("503") and CLUSTER_IP in health.stdout, health.stdout
+    assert chain("raw") == [] and all("-A " + CHAIN not in r for r in chain("filter"))
+    run("iptables", "-D", *block[1:])
+    synced(fdp)
+    assert pod_dig(pod, CLUSTER_IP) == ADDR and pod_dig(pod, NODELOCAL_IP) == ADDR
+    assert fdp.stop() == 0
 
 
 LOAD = Path(__file__).resolve().parents[1] / "support" / "steadyload.py"

@@ -37,6 +37,7 @@ VIRTUAL_IP6, HOST_IP6 = "fd00:201::53", "fd00:200::1"
 # fastdns's interface in the test's namespace (the "node"), and the node-pod link.
 NODELOCAL_IP, NODELOCAL_IP6 = "169.254.20.10", "fd00::10"
 OTHER_NODELOCAL_IP = "169.254.20.11"  # a previous config's address
+CLUSTER_IP = "10.96.0.10"  # a kube-dns ClusterIP, held by the node-local interface as well
 NODE_IP, POD_IP, NODE_IP6, POD_IP6 = "10.204.0.1", "10.204.0.2", "fd00:204::1", "fd00:204::2"
 NODE_IF, POD_IF = "fdns-node", "fdns-pod"
 TEST_NETS = tuple(
@@ -48,6 +49,7 @@ TEST_NETS = tuple(
         "10.203.0.0/24",
         "10.204.0.0/24",
         "169.254.20.10/31",
+        "10.96.0.10/32",
         "127.0.0.0/8",
         "fd00:200::/64",
         "fd00:201::/64",

@@ -45,6 +45,23 @@ def test_node_local_mode_listens_on_its_address_port_53() -> None:
     assert build_config(nodelocal(addresses=["FD00:0::10"])).listen == "fd00::10"
 
 
+def test_several_addresses_are_served_listen_first() -> None:
+    """node-local-dns's setup: the link-local address and the kube-dns ClusterIP, and IPv6."""
+    addresses = ["169.254.20.10", "fd00::10", "10.96.0.10"]
+    cfg = build_config(nodelocal(addresses=addresses))
+    assert cfg.nodelocal.addresses == ("169.254.20.10", "fd00::10", "10.96.0.10")
+    assert cfg.listen == "169.254.20.10" and cfg.listen_addresses == cfg.nodelocal.addresses
+    cfg = build_config(nodelocal(addresses=addresses, fastdns={"listen": "10.96.0.10"}))
+    assert cfg.listen == "10.96.0.10"
+    assert cfg.listen_addresses == ("10.96.0.10", "169.254.20.10", "fd00::10")
+    eight = [f"169.254.20.{i}" for i in range(1, 9)]
+    assert build_config(nodelocal(addresses=eight)).listen_addresses == tuple(eight)
+    # Outside node-local mode the workers listen on ``listen`` alone, as always.
+    assert build_config({"fastdns": {"listen": "127.0.0.2"}}).listen_addresses == ("127.0.0.2",)
+    off = build_config({"fastdns": {"nodelocal": {"addresses": addresses}}})
+    assert off.listen_addresses == ("127.0.0.1",)
+
+
 def test_set_listen_and_ports_are_kept() -> None:
     doc = nodelocal(
         addresses=["fd00::10"],
@@ -59,7 +76,18 @@ def test_set_listen_and_ports_are_kept() -> None:
     [
         (nodelocal(fastdns={"listen": "127.0.0.1"}), "fastdns.listen: in node-local mode"),
         (nodelocal(addresses=[]), "fastdns.nodelocal.addresses: must name at least one"),
-        (nodelocal(addresses=["169.254.20.10", "fd00::10"]), "name exactly one node-local"),
+        (nodelocal(addresses=["169.254.20.10", "10.9.0.1", "169.254.20.10"]), "addresses[2]: 169"),
+        (nodelocal(addresses=["fd00::10", "FD00:0::10"]), "addresses[1]: fd00::10 twice"),
+        (nodelocal(addresses=[f"169.254.20.{i}" for i in range(9)]), "at most 8 addresses"),
+        (nodelocal(addresses=["169.254.20.10", "224.0.0.1"]), "addresses[1]: not an address"),
+        (nodelocal(addresses=["255.255.255.255"]), "addresses[0]: not an address"),
+        (nodelocal(addresses=["240.0.0.1"]), "addresses[0]: not an address"),
+        (nodelocal(addresses=["::ffff:10.0.0.1"]), "addresses[0]: not an address"),
+        (nodelocal(addresses=["fe80::1"]), "addresses[0]: not an address"),
+        (
+            nodelocal(addresses=["169.254.20.10", "fd00::10"], fastdns={"listen": "10.0.0.1"}),
+            "must be one of fastdns.nodelocal.addresses (169.254.20.10, fd00::10)",
+        ),
         (nodelocal(addresses=["::1"]), "addresses[0]: not an address an interface can hold"),
         (nodelocal(addresses=["0.0.0.0"]), "addresses[0]: not an address"),
         (nodelocal(addresses=["fe80::1%eth0"]), "addresses[0]: not an address"),
@@ -78,7 +106,7 @@ def test_bad_values_are_config_errors(doc: dict[str, Any], message: str) -> None
 
 
 def plans(addresses: tuple[str, ...] = ("169.254.20.10",), **keys: Any) -> Any:
-    """Plans for several addresses too (the planner takes any number; config allows one)."""
+    """Plans for the given addresses, in that order."""
     cfg = build_config(nodelocal(interface="nl0", **keys))
     cfg = replace(cfg, nodelocal=replace(cfg.nodelocal, addresses=addresses))
     return plan_nodelocal(cfg, cfg.udp_port, cfg.tcp_port)

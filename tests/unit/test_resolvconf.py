@@ -13,6 +13,7 @@ from fastdns.config.load import build_config
 from fastdns.resolve.resolvconf import (
     FileWatch,
     ResolvConf,
+    loops_back,
     parse_resolv_conf,
     plan_upstreams,
     read_resolv_conf,
@@ -119,6 +120,16 @@ def test_plan_skips_fastdns_itself() -> None:
 def test_plan_skips_itself_in_ipv6_spelling() -> None:
     rc = parse_resolv_conf("nameserver 0:0:0:0:0:0:0:1\nnameserver 10.0.0.1\n")
     assert plan_upstreams(cfg(listen="::1"), rc, 53).servers == (("10.0.0.1", 53),)
+
+
+def test_plan_and_routes_skip_every_node_local_address() -> None:
+    """A node-local fastdns holding the kube-dns ClusterIP (docs/nodelocal.md) is that
+    address: a nameserver or a route naming it would loop."""
+    config = cfg(nodelocal={"enabled": True, "addresses": ["169.254.20.10", "10.96.0.10"]})
+    rc = parse_resolv_conf("nameserver 10.96.0.10\nnameserver 169.254.20.10\nnameserver 10.0.0.1\n")
+    assert plan_upstreams(config, rc, 53).servers == (("10.0.0.1", 53),)
+    assert loops_back(config, ("10.96.0.10", 53), 53)
+    assert not loops_back(config, ("10.96.0.11", 53), 53)
 
 
 def test_plan_only_itself_falls_back() -> None:
