@@ -370,8 +370,10 @@ def _check_config(python: str, yaml_text: str) -> tuple[int, str]:
 def datapath_support(datapath: str, python: str = sys.executable) -> str | None:
     """None when this fastdns accepts ``fastdns.datapath: DATAPATH``, else why not.
 
-    The key comes with the compiled datapath (docs/configuration.md once it is there); a
-    fastdns without it knows only the Python datapath, so the python rows then write no key."""
+    A fastdns from before the compiled datapath (an older tree measured with this bench, for
+    an A/B) has no such key and only the Python datapath: its python rows then write no key
+    and its compiled rows are skipped. ``check-config`` does not import the extension, so a
+    tree whose extension is not built fails its compiled rows at start instead."""
     code, line = _check_config(
         python,
         f"fastdns: {{datapath: {datapath}, resolv_conf: /dev/null, hosts_file: /dev/null, "
