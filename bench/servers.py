@@ -372,8 +372,8 @@ def datapath_support(datapath: str, python: str = sys.executable) -> str | None:
 
     A fastdns from before the compiled datapath (an older tree measured with this bench, for
     an A/B) has no such key and only the Python datapath: its python rows then write no key
-    and its compiled rows are skipped. ``check-config`` does not import the extension, so a
-    tree whose extension is not built fails its compiled rows at start instead."""
+    and its compiled rows are skipped, as they are when the extension is not built
+    (``check-config`` refuses ``compiled`` then, as ``serve`` would)."""
     code, line = _check_config(
         python,
         f"fastdns: {{datapath: {datapath}, resolv_conf: /dev/null, hosts_file: /dev/null, "

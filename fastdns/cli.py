@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_check_config(path: str) -> int:
     try:
         cfg = load_config(path)
+        check_datapath(cfg)  # ``compiled`` on an install without the extension: as serve says
     except ConfigError as e:
         for problem in e.problems:
             print(f"error: {problem}", file=sys.stderr)

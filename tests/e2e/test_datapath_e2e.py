@@ -90,11 +90,13 @@ def test_datapath_compiled_runs_compiled(fastdns_factory: Any) -> None:
     assert fdp.query("localhost").answer
 
 
-def test_compiled_without_the_extension_is_a_config_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+def test_compiled_without_the_extension_is_a_config_error(tmp_path: Path, command: str) -> None:
+    """``check-config`` says what ``serve`` would: the config cannot run on this install."""
     doc = prepare_config({"fastdns": {"datapath": "compiled"}}, tmp_path)
     path = tmp_path / "fastdns.yaml"
     path.write_text(yaml.safe_dump(doc))
-    out = run_cli("serve", str(path), cwd=tmp_path, env=hidden_env(tmp_path))
+    out = run_cli(command, str(path), cwd=tmp_path, env=hidden_env(tmp_path))
     assert out.returncode == 2, out.stderr
     assert "fastdns.datapath" in out.stderr and "hidden by the test" in out.stderr
     assert "pip install" in out.stderr  # how to build it
