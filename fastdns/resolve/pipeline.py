@@ -180,10 +180,8 @@ class Pipeline:
                     compose.error_reply(q, wire.NOERROR, self.opt_size), "static", cfg.static_ttl
                 ),
             )
-        if self._endings_of is not self.hosts_file.names:
-            self._endings = self._local_endings()
-            self._endings_of = self.hosts_file.names
-        if self._endings is not None and not q.qname.lower().endswith(self._endings):
+        endings = self.local_endings()
+        if endings is not None and not q.qname.lower().endswith(endings):
             return None  # no static or hosts-file name ends this way: skip the text lookups
         name = _canonical_text(q.qname)
         verdict = self.static.lookup(name, q.qtype, cfg.ipv6)
@@ -207,6 +205,14 @@ class Pipeline:
                 ),
             )
         return None
+
+    def local_endings(self) -> tuple[bytes, ...] | None:
+        """The wire endings a static or hosts-file name may have (``_local_endings``), for
+        the hosts file read last; None: any name may be one."""
+        if self._endings_of is not self.hosts_file.names:
+            self._endings = self._local_endings()
+            self._endings_of = self.hosts_file.names
+        return self._endings
 
     def _local_endings(self) -> tuple[bytes, ...] | None:
         """The last label plus root (``\\x03com\\x00``) of every name, wildcard suffix and

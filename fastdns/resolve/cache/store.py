@@ -26,7 +26,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from fastdns.config.schema import CacheConfig
 from fastdns.dns import compose, wire
@@ -52,6 +52,18 @@ _PREFETCH = ("cache_prefetch",)
 _DROPS = ("cache_drops",)
 _HITS = tuple(("cache_hits", name) for name in KIND_NAMES)
 _EVICTIONS = tuple(("cache_evictions", name) for name in KIND_NAMES)
+
+
+class KeyMirror(Protocol):
+    """Who keeps the set of keys the cache holds (the compiled relay, which relays only the
+    queries whose key is not here: fastdns/serve/crelay.py); told every key that comes and
+    goes. The cache stays the one that decides."""
+
+    def key_add(self, key: bytes, /) -> object: ...
+
+    def key_discard(self, key: bytes, /) -> object: ...
+
+    def key_clear(self) -> object: ...
 
 
 class PacketCache:
@@ -84,6 +96,7 @@ class PacketCache:
         # Query forms (bytes after the ID) that hit before -> their ready reply: the UDP
         # server answers them itself while fresh, and ``renew`` renders them again.
         self.front = FrontTable()
+        self.keys: KeyMirror | None = None  # told every key that comes and goes
         self._opts = (compose.opt_record(opt_size, False), compose.opt_record(opt_size, True))
         self._heads: dict[bytes, tuple[bytes, ...]] = {}
         self._stale_window = config.serve_stale
@@ -105,6 +118,8 @@ class PacketCache:
         self.success.clear()
         self.denial.clear()
         self.front.clear()
+        if self.keys is not None:
+            self.keys.key_clear()
 
     def sample(self, gauges: MutableMapping[Any, float]) -> None:
         """Entry counts for the metrics process (per tick, not per query)."""
@@ -363,6 +378,8 @@ class PacketCache:
         table = self.success if e.kind == SUCCESS else self.denial
         if table.get(key) is e:
             del table[key]
+            if self.keys is not None:
+                self.keys.key_discard(key)
 
     # ------------------------------------------------------------------------------ the store
 
@@ -476,9 +493,14 @@ class PacketCache:
         if key in table:
             table.move_to_end(key)  # a refreshed entry is young again
         table[key] = e
+        keys = self.keys
+        if keys is not None:
+            keys.key_add(key)
         while len(table) > capacity:
-            table.popitem(last=False)
+            gone = table.popitem(last=False)[0]
             self.counters[_EVICTIONS[kind]] += 1
+            if keys is not None:
+                keys.key_discard(gone)
         return e
 
     def _first_reply(self, raw: Raw, q: wire.Query) -> bytes:

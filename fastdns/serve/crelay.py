@@ -1,0 +1,133 @@
+"""Misses relayed in C (fastdns/serve/cengine/relay.c, docs/datapath.md "Misses"): the policy
+Python pushes to the engine, and what becomes of the outcomes it hands up.
+
+The engine relays a query itself only where Python's lane (``fastdns.resolve.relay``) would
+relay it raw to the first upstream with nothing else to decide: no static alias, no route, no
+native or NSS lookup, the first server plain UDP, a name that cannot be static or a loop probe,
+a key the cache does not hold (the cache's ``keys`` mirror). ``policy`` says so in one call,
+made again whenever any of that may have changed (each tick, a reload, a failover). Every
+outcome comes back here in one list per wakeup: an answer is stored, answered and counted by
+``Relay.answered``; a failover reply, a socket error or a timeout enters the lane's state
+machine where the engine left it (``Relay.adopt``), so every decision stays in Python.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastdns.dns import wire
+from fastdns.resolve.forward import sockmark
+from fastdns.resolve.forward.attempts import UDP, Server
+from fastdns.resolve.forward.upsock import UpstreamDown
+from fastdns.resolve.forward.upstream import Attempt
+from fastdns.serve.udp import ServerState, UDPServer
+
+__all__ = ["CRelay", "Policy", "policy"]
+
+logger = logging.getLogger(__name__)
+
+REPLY, ERROR, TIMEOUT, LATE, LATE_ERROR = 0, 1, 2, 3, 4  # an item's kind (relay.h FD_RELAY_*)
+
+# Engine.relay_policy's arguments: (server, timeout, deadline, mark, endings, suffix,
+# ipv6_local)
+Policy = tuple[Server | None, float, float, int, tuple[bytes, ...] | None, bytes, bool]
+Item = tuple[int, int, bytes, bytes | None, Any, float, float]
+
+
+def policy(state: ServerState) -> Policy:
+    """What the engine may relay now; server None: nothing (everything goes up)."""
+    pipeline, relay = state.pipeline, state.relay
+    fwd, cfg = pipeline.forwarder, pipeline.config
+    off: Policy = (None, cfg.upstream_timeout, cfg.deadline, 0, None, b"", False)
+    static = pipeline.static
+    if (
+        state.draining
+        or relay.closed
+        or pipeline.native is not None
+        or pipeline.nss is not None
+        or static.aliases
+        or static.wild_aliases
+        or fwd.routes
+        or not fwd.plan.servers
+    ):
+        return off
+    endings = pipeline.local_endings() if cfg.enabled else ()
+    if endings is None:
+        return off  # any name may be static: each must be looked up
+    now = pipeline.loop.time()
+    m = fwd.attempts(now + cfg.deadline, None)
+    if m.start(now) != UDP or "%" in m.server[0]:
+        return off  # a TLS or TCP server first, a scoped address: Python's lane
+    return (
+        m.server,
+        m.until - now,
+        cfg.deadline,
+        sockmark.current(),
+        endings,
+        pipeline.loop_suffix,
+        bool(cfg.enabled and not cfg.ipv6),
+    )
+
+
+class CRelay:
+    """The Python side of one engine's relay: its policy and the outcomes it hands up."""
+
+    def __init__(self, state: ServerState, udp: UDPServer) -> None:
+        self.state = state
+        self.udp = udp
+        self.server: Server | None = None  # whom the engine relays to (the policy's)
+        self.told: Policy | None = None
+        self.engine: Any = None
+        # Queries that timed out in C, handed to the general path: seq -> the attempt their
+        # late reply answers, and until when it may come (the engine forgets them then).
+        self.late: dict[int, tuple[Attempt, float]] = {}
+
+    def tell(self) -> None:
+        """Push the policy to the engine when it changed; forget late attempts past due."""
+        if self.late:
+            now = self.state.pipeline.loop.time()
+            for seq in [seq for seq, (a, until) in self.late.items() if until < now or a.done()]:
+                del self.late[seq]
+        engine = self.engine
+        if engine is None:
+            return
+        p = policy(self.state)
+        if p != self.told:
+            engine.relay_policy(*p)
+            self.told = p
+            if p[0] is not None:
+                self.server = p[0]
+
+    def relayed(self, items: list[Item]) -> None:
+        """The engine's outcomes of one wakeup (relay.h): answers, failures, timeouts."""
+        relay, udp, server = self.state.relay, self.udp, self.server
+        failed = False
+        for kind, seq, query, reply, addr, t0, sent in items:
+            if kind in (LATE, LATE_ERROR):
+                entry = self.late.pop(seq, None)
+                if entry is not None and not entry[0].done():
+                    if reply is not None:
+                        entry[0].set_result(reply)
+                    else:
+                        entry[0].set_exception(UpstreamDown("the upstream socket failed"))
+                continue
+            try:
+                q = wire.parse_query(query)
+            except wire.Malformed:  # cannot be: the engine relays only what parses alike
+                logger.error("the compiled relay handed up a query that does not parse")
+                continue
+            if server is None:
+                continue
+            if kind == REPLY and reply is not None:
+                failed |= not relay.answered(q, reply, udp, addr, len(query), t0, server, sent)
+                continue
+            failed = True
+            r = relay.adopt(q, udp, addr, len(query), t0, server, sent)
+            box = None
+            if kind == TIMEOUT:
+                box, attempt = relay.forwarder.late_box(server, sent)
+                self.late[seq] = (attempt, sent + self.state.config.deadline)
+            relay.resume(r, None, kind == ERROR, box)
+        if failed:
+            self.tell()  # a server that keeps failing is asked last: maybe another first
