@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,16 @@ def every_name(up: FakeUpstream, address: str = GOOD) -> FakeUpstream:
     return up
 
 
+@pytest.fixture(autouse=True)
+def _stop_servers() -> Iterator[None]:
+    yield
+    while SERVED:
+        SERVED.pop().stop()
+
+
+SERVED: list[FastDNSProcess] = []
+
+
 def serve(tmp_path: Path, *ups: FakeUpstream | str, **doc: Any) -> FastDNSProcess:
     resolv = write_resolv_conf(tmp_path / "resolv.conf", *ups)
     section = {
@@ -55,6 +66,7 @@ def serve(tmp_path: Path, *ups: FakeUpstream | str, **doc: Any) -> FastDNSProces
         **doc.pop("fastdns", {}),
     }
     fdp = FastDNSProcess({"fastdns": section, **doc}, tmp_path)
+    SERVED.append(fdp)
     # The first query from a source goes up to Python, which judges the source (the ACL,
     # the rate limiter) and tells the engine it passes: a static name, answered here.
     assert query(HOST, fdp.udp_port, "localhost").answer
