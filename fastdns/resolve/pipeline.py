@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 
 
+# (the types the native path answers, forward_first on, ndots, a channel exists, the
+# top-level labels c-ares answers itself)
+ForwardRule = tuple[tuple[int, ...], bool, int, bool, tuple[bytes, ...]]
+
+
 class NativeLookup(Protocol):
     """The native (c-ares) source, as the pipeline and the forward fast lane use it;
     ``fastdns.resolve.native.resolver.NativeResolver`` implements it."""
@@ -48,6 +53,11 @@ class NativeLookup(Protocol):
 
     def forward_first(self, q: wire.Query) -> bool:
         """True when ``q`` (not declined) is forwarded raw before c-ares is asked."""
+
+    def forward_rule(self) -> ForwardRule:
+        """``decline_reason`` and ``forward_first`` as data, for a relay that runs them
+        elsewhere (the compiled datapath's: fastdns/serve/crelay.py)."""
+        ...
 
     def settle(self, q: wire.Query, reply: bytes) -> bool:
         """After ``forward_first``: True when c-ares must still run (counted either way)."""

@@ -195,25 +195,43 @@ class Relay:
         t0: float,
         server: tuple[str, int],
         sent: float,
+        fut: asyncio.Future[Resolved] | None = None,
     ) -> bool:
         """The reply to a query the compiled relay sent to ``server`` (the first attempt of
         its state machine) at ``sent`` and matched (ID, source, question): answered,
         stored and counted as ``on_reply`` would; anything but a final answer (TC, SERVFAIL,
-        REFUSED) enters the lane's state machine there (``adopt``): False."""
+        REFUSED) enters the lane's state machine there (``adopt``): False. ``fut``: where
+        the same question asked meanwhile waits (``Pipeline.pending``), resolved here."""
         rcode = data[3] & 0xF
         if data[2] & 2 or rcode in wire.FAILOVER_RCODES:  # TC (RFC 1035 §4.1.1), failover
-            self.resume(self.adopt(q, sink, addr, size, t0, server, sent), data, False)
+            self.resume(self.adopt(q, sink, addr, size, t0, server, sent, fut), data, False)
             return False
-        fwd = self.forwarder
+        fwd, pipeline = self.forwarder, self.pipeline
         fwd.note_reply(server, sent, rcode)
         fwd.stats.counters[_ANSWERED] += 1
         res = Resolved(data, "fallback" if fwd.plan.source == "fallback" else "forward")
+        native, nss = pipeline.native, pipeline.nss
+        if native is not None and native.decline_reason(q) is None and native.settle(q, data):
+            # Forwarded first for c-ares (the engine relays only those it does not decline):
+            # the reply lacks what c-ares wanted, its turn now, with the search list.
+            r = self._general_now(q, sink, addr, size, t0, server, sent, fut)
+            self.spawn(self._general(r, self._then_nss(r, pipeline.search(q, res, r.deadline))))
+            return True
+        if nss is not None and nss.wants(q, data):  # no address: the host's NSS sources
+            r = self._general_now(q, sink, addr, size, t0, server, sent, fut)
+            self.spawn(self._general(r, pipeline.after_dns(q, res, r.deadline)))
+            return True
         try:
-            out = self.pipeline.remember(q, res)
+            out = pipeline.remember(q, res)
         except Exception:  # a bug: the client still gets an answer
             logger.exception("unhandled error storing a forwarded reply")
             fwd.stats.inc("unhandled_exceptions")
             out = res
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(out)
+            if pipeline.pending.get(q.key) is fut:
+                del pipeline.pending[q.key]
         if out.reply is res.reply:  # not from the cache: the upstream's ID and question case
             out = Resolved(compose.splice(res.reply, q.id, q.question, q.rd), res.source)
         sink.send_answer(q, out, addr, size, t0)
@@ -228,6 +246,7 @@ class Relay:
         t0: float,
         server: tuple[str, int],
         sent: float,
+        fut: asyncio.Future[Resolved] | None = None,
     ) -> Relayed:
         """A query the compiled relay sent to ``server`` at ``sent`` and cannot finish (a
         failover reply, an error, a timeout): in the lane now, its state machine started
@@ -242,9 +261,29 @@ class Relay:
         r.deadline = m.deadline
         r.expires = m.until
         pending = self.pipeline.pending
-        if q.key not in pending:  # identical questions asked from now on wait for this one
+        if fut is not None:  # questions that came while the engine had it wait for this one
+            r.fut = fut
+            pending.setdefault(q.key, fut)
+        elif q.key not in pending:  # identical questions asked from now on wait for this one
             r.fut = pending[q.key] = self.loop.create_future()
         self.inflight += 1
+        return r
+
+    def _general_now(
+        self,
+        q: wire.Query,
+        sink: Delivery,
+        addr: Any,
+        size: int,
+        t0: float,
+        server: tuple[str, int],
+        sent: float,
+        fut: asyncio.Future[Resolved] | None,
+    ) -> Relayed:
+        """``adopt`` for a query whose forwarding is over: the general path finishes it."""
+        r = self.adopt(q, sink, addr, size, t0, server, sent, fut)
+        r.finished = True
+        self.inflight -= 1
         return r
 
     def resume(

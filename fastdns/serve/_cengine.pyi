@@ -44,6 +44,8 @@ class Engine:
         endings: tuple[bytes, ...] | None,
         suffix: bytes,
         ipv6_local: bool,
+        native: tuple[tuple[int, ...], bool, int, bool, tuple[bytes, ...]] | None,
+        nss: bool,
         /,
     ) -> None: ...
     def key_add(self, key: bytes, /) -> None: ...

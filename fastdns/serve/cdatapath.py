@@ -44,6 +44,10 @@ COUNTERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("relay_answered", ("datapath_relayed", "answered")),
     ("relay_failed", ("datapath_relayed", "error")),
     ("relay_timeouts", ("datapath_relayed", "timeout")),
+    # queries the native path declines, relayed raw (as the Python lane counts them)
+    ("relay_declined_unsupported_type", ("native_fallback", "unsupported_type")),
+    ("relay_declined_dnssec", ("native_fallback", "dnssec")),
+    ("relay_declined_disabled", ("native_fallback", "disabled")),
 )
 # The relay's counters per upstream (the one it relays to), as the Python lane's sockets count.
 UPSTREAM_COUNTERS: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -21,7 +21,7 @@ import pytest
 cengine = pytest.importorskip("fastdns.serve._cengine")
 Engine = cengine.Engine
 
-REPLY, ERROR, TIMEOUT, LATE = 0, 1, 2, 3
+REPLY, ERROR, TIMEOUT, LATE, FOLLOW = 0, 1, 2, 3, 5
 
 
 def make_query(name: str = "www.example.test", rdtype: str = "A", **kw: Any) -> bytes:
@@ -93,8 +93,12 @@ class Rig:
         endings: tuple[bytes, ...] | None = (),
         suffix: bytes = b"",
         ipv6_local: bool = False,
+        native: tuple[Any, ...] | None = None,
+        nss: bool = False,
     ) -> None:
-        self.engine.relay_policy(server, timeout, deadline, 0, endings, suffix, ipv6_local)
+        self.engine.relay_policy(
+            server, timeout, deadline, 0, endings, suffix, ipv6_local, native, nss
+        )
 
     def ask(self, data: bytes) -> None:
         self.client.sendto(data, self.server.getsockname())
@@ -201,7 +205,9 @@ def test_cached_keys_go_up_until_the_cache_lets_them_go(rig: Rig) -> None:
     rig.engine.key_discard(key)
     rig.ask(query)
     assert rig.up.pending(1)
-    rig.up.recv()
+    sent, src = rig.up.recv()
+    rig.up.sock.sendto(answer(sent), src)  # answered: no longer in flight
+    rig.upstream_reads()
     rig.engine.key_add(key)
     rig.engine.key_clear()
     rig.ask(query)
@@ -318,11 +324,16 @@ def test_closing_with_queries_in_flight_closes_every_socket() -> None:
 @pytest.mark.parametrize(
     "args, error",
     [
-        ((("127.0.0.1", 0), 1.0, 4.0, 0, (), b"", False), ValueError),  # port 0
-        ((("127.0.0.1", 53), 0.0, 4.0, 0, (), b"", False), ValueError),  # timeout
-        ((("127.0.0.1", 53), 2.0, 1.0, 0, (), b"", False), ValueError),  # deadline < timeout
-        ((("127.0.0.1", 53), 1.0, 4.0, 0, ["x"], b"", False), TypeError),  # endings
-        ((("127.0.0.1", 53), 1.0, 4.0, 0, (), "s", False), TypeError),  # suffix
+        ((("127.0.0.1", 0), 1.0, 4.0, 0, (), b"", False, None, False), ValueError),  # port 0
+        ((("127.0.0.1", 53), 0.0, 4.0, 0, (), b"", False, None, False), ValueError),  # timeout
+        ((("127.0.0.1", 53), 2.0, 1.0, 0, (), b"", False, None, False), ValueError),  # deadline
+        ((("127.0.0.1", 53), 1.0, 4.0, 0, ["x"], b"", False, None, False), TypeError),  # endings
+        ((("127.0.0.1", 53), 1.0, 4.0, 0, (), "s", False, None, False), TypeError),  # suffix
+        ((("127.0.0.1", 53), 1.0, 4.0, 0, (), b"", False, (1,), False), TypeError),  # native
+        (
+            (("127.0.0.1", 53), 1.0, 4.0, 0, (), b"", False, ((70000,), True, 1, True, ()), 0),
+            ValueError,
+        ),  # a type out of range
         ((("127.0.0.1", 53), 1.0, 4.0, 0, ()), TypeError),  # too few
     ],
 )
@@ -337,6 +348,88 @@ def test_an_engine_without_a_relay_has_none() -> None:
         e = Engine(s.fileno(), 4, lambda d, a: None, lambda: None)
         assert e.upstream_fd == -1 and e.inflight == 0
         with pytest.raises(RuntimeError):
-            e.relay_policy(None, 1.0, 4.0, 0, (), b"", False)
+            e.relay_policy(None, 1.0, 4.0, 0, (), b"", False, None, False)
         e.key_add(b"k")  # no relay: nothing to tell
         e.close()
+
+
+# The native path's rule as resolver.py gives it: its types, forward_first, ndots, a channel,
+# the top-level labels c-ares answers itself.
+NATIVE = ((1, 2, 5, 15, 16, 28, 33), True, 1, True, (b"localhost", b"onion"))
+
+
+@pytest.mark.parametrize(
+    "label, query, relayed, declined",
+    [
+        ("a type it declines", make_query("x.example.test", "PTR"), True, "unsupported_type"),
+        ("DNSSEC", make_query("x.example.test", want_dnssec=True), True, "dnssec"),
+        ("forward first", make_query("x.example.test"), True, None),
+        ("short name: the search list first", make_query("intranet"), False, None),
+        ("localhost: c-ares answers", make_query("db.localhost"), False, None),
+        (".onion", make_query("abc.onion"), False, None),
+        (".local: NSS first", make_query("printer.local"), False, None),
+        (".local other types are DNS's", make_query("printer.local", "TXT"), True, None),
+    ],
+)
+def test_the_native_paths_rule(
+    rig: Rig, label: str, query: bytes, relayed: bool, declined: str | None
+) -> None:
+    rig.policy(rig.up.addr, native=NATIVE, nss=True)
+    rig.ask(query)
+    assert rig.up.pending() == relayed, label
+    assert (rig.upcalls == []) == relayed
+    counters = rig.engine.counters()
+    for reason in ("unsupported_type", "dnssec", "disabled"):
+        assert counters[f"relay_declined_{reason}"] == (reason == declined)
+
+
+@pytest.mark.parametrize(
+    "native, relayed",
+    [
+        (((1, 28), False, 1, True, ()), False),  # forward_first off: c-ares asks it
+        (((1, 28), True, 2, True, ()), False),  # ndots 2: x.example is searched first
+        (((1, 28), True, 1, False, ()), True),  # no channel: declined ("disabled")
+    ],
+)
+def test_the_native_paths_settings(rig: Rig, native: tuple[Any, ...], relayed: bool) -> None:
+    rig.policy(rig.up.addr, native=native)
+    rig.ask(make_query("x.example"))
+    assert rig.up.pending() == relayed
+    assert rig.engine.counters()["relay_declined_disabled"] == (not native[3])
+
+
+def test_the_same_question_in_flight_waits_for_the_first(rig: Rig) -> None:
+    """Asked again (another ID, another case) while the first is in flight: one upstream
+    query; the second goes up as a follower of the first (its seq), before the answer."""
+    first, again = make_query("same.example.test"), make_query("SAME.example.test")
+    rig.ask(first)
+    rig.ask(again)
+    assert [item[0] for item in rig.items] == [FOLLOW]
+    sent, src = rig.up.recv()
+    assert not rig.up.pending()
+    rig.up.sock.sendto(answer(sent), src)
+    rig.upstream_reads()
+    (follow, seq, q, *_), (reply, seq2, q2, *_) = rig.items
+    assert (follow, q, reply, q2, seq) == (FOLLOW, again, REPLY, first, seq2)
+    assert rig.engine.counters()["relay_followed"] == 1
+    rig.ask(again)  # the first is answered: a new query is relayed
+    assert rig.up.pending(1)
+
+
+def test_many_leaders_come_and_go(rig: Rig) -> None:
+    """The leaders' table under churn: every question in flight is found, none after."""
+    for round_ in range(3):
+        names = [f"l{round_}-{i}.example.test" for i in range(12)]
+        for name in names:
+            rig.ask(make_query(name))
+        sent = [rig.up.recv() for _ in names]
+        for name in names[::3]:  # followers of some, found among the others
+            rig.ask(make_query(name.upper()))
+        assert len([i for i in rig.items if i[0] == FOLLOW]) == 4 * (round_ + 1)
+        for data, src in reversed(sent):
+            rig.up.sock.sendto(answer(data), src)
+        for _ in range(12):  # bounded: a wakeup reads every ready socket
+            if rig.engine.inflight == 0:
+                break
+            rig.upstream_reads()
+        assert rig.engine.inflight == 0

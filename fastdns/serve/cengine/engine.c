@@ -672,7 +672,7 @@ static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
     if (self->relay != NULL) {
         const fd_relay_counters *rc = &self->relay->c;
         return Py_BuildValue(
-            "{sKsKsKsKsKsKsKsKsnsnsnsKsKsKsKsKsKsKsKsKsnsnsn}", "datagrams", c->datagrams,
+            "{sKsKsKsKsKsKsKsKsnsnsnsKsKsKsKsKsKsKsKsKsKsKsKsKsnsnsn}", "datagrams", c->datagrams,
             "recv_calls", c->recv_calls, "answered", c->answered, "upcalls", c->upcalls,
             "send_calls", c->send_calls, "sent", c->sent, "send_errors", c->send_errors,
             "backlog_drops", c->backlog_drops, "forms", (Py_ssize_t)self->forms.count,
@@ -680,7 +680,11 @@ static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
             "relayed", rc->relayed, "relay_answered", rc->answered, "relay_failed", rc->failed,
             "relay_timeouts", rc->timeouts, "relay_unmatched", rc->unmatched,
             "relay_mismatched", rc->mismatched, "relay_opened", rc->opened,
-            "relay_send_errors", rc->send_errors, "relay_full", rc->full, "relay_inflight",
+            "relay_send_errors", rc->send_errors, "relay_full", rc->full, "relay_followed",
+            rc->followed,
+            "relay_declined_unsupported_type", rc->declined[FD_RELAY_UNSUPPORTED],
+            "relay_declined_dnssec", rc->declined[FD_RELAY_DNSSEC], "relay_declined_disabled",
+            rc->declined[FD_RELAY_DISABLED], "relay_inflight",
             (Py_ssize_t)self->relay->inflight, "relay_sockets", (Py_ssize_t)self->relay->open,
             "relay_keys", (Py_ssize_t)self->relay->keys.count);
     }
@@ -884,8 +888,8 @@ static PyMethodDef Engine_methods[] = {
     {"expire", (PyCFunction)Engine_expire, METH_NOARGS,
      "Time out the relayed queries due; when the next one is due, or None."},
     {"relay_policy", (PyCFunction)(void (*)(void))Engine_relay_policy, METH_FASTCALL,
-     "relay_policy(server, timeout, mark, endings, suffix, ipv6_local): what the relay may "
-     "take (server None or endings None: nothing)."},
+     "relay_policy(server, timeout, deadline, mark, endings, suffix, ipv6_local, native, "
+     "nss): what the relay may take (server None or endings None: nothing)."},
     {"key_add", (PyCFunction)Engine_key_add, METH_O, "A key the cache now holds."},
     {"key_discard", (PyCFunction)Engine_key_discard, METH_O, "A key the cache let go."},
     {"key_clear", (PyCFunction)Engine_key_clear, METH_NOARGS, "The cache was emptied."},

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "forms.h" /* fd_hash */
 
 #define READ_BATCH 64 /* replies read per wakeup of one socket (upsock.py READ_BATCH) */
 #define EVENTS 64
@@ -138,9 +139,46 @@ static fd_usock *pick(fd_relay *r, double now) {
 
 /* ------------------------------------------------------------------------- slots */
 
+/* ------------------------------------------------------------------------- leaders */
+
+/* The place of slot `i` (or of key hash h's run end) in the leaders' table. */
+static size_t lead_find(const fd_relay *r, const struct fd_query *q, uint64_t h) {
+    size_t mask = r->lcap - 1, j = (size_t)h & mask;
+    while (r->leaders[j] != 0) {
+        const fd_rslot *x = &r->slots[r->leaders[j] - 1];
+        if (x->khash == h && x->q.key_len == q->key_len &&
+            memcmp(x->q.key, q->key, q->key_len) == 0)
+            return j;
+        j = (j + 1) & mask;
+    }
+    return j;
+}
+
+static void lead_del(fd_relay *r, uint32_t i) {
+    fd_rslot *x = &r->slots[i];
+    size_t mask = r->lcap - 1, j = lead_find(r, &x->q, x->khash);
+    if (r->leaders[j] != i + 1) return; /* not the leader (a follower never is in) */
+    /* backward-shift deletion: later members of the run move into the hole */
+    size_t k = j;
+    r->leaders[j] = 0;
+    for (;;) {
+        k = (k + 1) & mask;
+        uint32_t v = r->leaders[k];
+        if (v == 0) return;
+        size_t home = (size_t)r->slots[v - 1].khash & mask;
+        /* v may move to j when j lies cyclically in [home, k) */
+        if (j <= k ? (home <= j || home > k) : (home <= j && home > k)) {
+            r->leaders[j] = v;
+            r->leaders[k] = 0;
+            j = k;
+        }
+    }
+}
+
 /* Take slot i off its list (in flight, or late). */
 static void unlist(fd_relay *r, uint32_t i) {
     fd_rslot *x = &r->slots[i];
+    if (!x->late) lead_del(r, i);
     uint32_t *head = x->late ? &r->lhead : &r->head, *tail = x->late ? &r->ltail : &r->tail;
     if (x->prev != FD_RELAY_NONE)
         r->slots[x->prev].next = x->next;
@@ -235,11 +273,48 @@ static int fail_sock(fd_relay *r, fd_usock *s, PyObject *items) {
 /* ------------------------------------------------------------------------- the policy */
 
 int fd_relay_policy(fd_relay *r, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
+    if (nargs != 9) {
         PyErr_SetString(PyExc_TypeError, "relay_policy(server, timeout, deadline, mark, "
-                                         "endings, suffix, ipv6_local)");
+                                         "endings, suffix, ipv6_local, native, nss)");
         return -1;
     }
+    int native = args[7] != Py_None, first = 0, ndots = 1, driver = 0;
+    size_t ntypes = 0, nspecial = 0;
+    uint16_t types[FD_RELAY_MAX_TYPES] = {0};
+    uint8_t special[FD_RELAY_MAX_SPECIAL][FD_RELAY_SPECIAL_MAX] = {{0}};
+    uint8_t special_len[FD_RELAY_MAX_SPECIAL] = {0};
+    if (native) {
+        PyObject *tys, *sp;
+        if (!PyArg_ParseTuple(args[7], "O!pip" "O!", &PyTuple_Type, &tys, &first, &ndots,
+                              &driver, &PyTuple_Type, &sp))
+            return -1;
+        if (PyTuple_GET_SIZE(tys) > FD_RELAY_MAX_TYPES ||
+            PyTuple_GET_SIZE(sp) > FD_RELAY_MAX_SPECIAL) {
+            PyErr_SetString(PyExc_ValueError, "too many native types or special names");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tys); i++) {
+            long t = PyLong_AsLong(PyTuple_GET_ITEM(tys, i));
+            if (t == -1 && PyErr_Occurred()) return -1;
+            if (t < 0 || t > 65535) {
+                PyErr_SetString(PyExc_ValueError, "a type is 0..65535");
+                return -1;
+            }
+            types[ntypes++] = (uint16_t)t;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(sp); i++) {
+            PyObject *e = PyTuple_GET_ITEM(sp, i);
+            if (!PyBytes_Check(e) || PyBytes_GET_SIZE(e) < 1 ||
+                PyBytes_GET_SIZE(e) > FD_RELAY_SPECIAL_MAX) {
+                PyErr_SetString(PyExc_ValueError, "a special name is 1..63 bytes");
+                return -1;
+            }
+            memcpy(special[nspecial], PyBytes_AS_STRING(e), (size_t)PyBytes_GET_SIZE(e));
+            special_len[nspecial++] = (uint8_t)PyBytes_GET_SIZE(e);
+        }
+    }
+    int nss = PyObject_IsTrue(args[8]);
+    if (nss < 0) return -1;
     PyObject *const *a = args; /* server, timeout, deadline, mark, endings, suffix, ipv6 */
     double deadline = PyFloat_AsDouble(a[2]);
     if (deadline == -1.0 && PyErr_Occurred()) return -1;
@@ -330,6 +405,16 @@ int fd_relay_policy(fd_relay *r, PyObject *const *args, Py_ssize_t nargs) {
     r->suffix_len = (size_t)PyBytes_GET_SIZE(args[4]);
     memcpy(r->suffix, PyBytes_AS_STRING(args[4]), r->suffix_len);
     r->ipv6_local = ipv6_local;
+    r->native = native;
+    r->first = first;
+    r->ndots = ndots;
+    r->driver = driver;
+    r->nss = nss;
+    r->ntypes = ntypes;
+    r->nspecial = nspecial;
+    memcpy(r->types, types, sizeof(types));
+    memcpy(r->special, special, sizeof(special));
+    memcpy(r->special_len, special_len, sizeof(special_len));
     return 0;
 }
 
@@ -337,6 +422,33 @@ int fd_relay_policy(fd_relay *r, PyObject *const *args, Py_ssize_t nargs) {
 
 static int ends_with(const uint8_t *name, size_t n, const uint8_t *end, size_t m) {
     return n >= m && memcmp(name + n - m, end, m) == 0;
+}
+
+static const uint8_t LOCAL[] = {5, 'l', 'o', 'c', 'a', 'l', 0}; /* nss.py LOCAL_SUFFIX */
+
+/* What the native path would make of q (resolver.py): the reason it declines it (relayed
+ * raw, counted), -1 when it lets it go raw first (forward_first), -2 when c-ares must ask it
+ * (Python's). `name` is the lower-cased wire name. */
+static int native_verdict(const fd_relay *r, const struct fd_query *q, const uint8_t *name) {
+    int known = 0;
+    for (size_t i = 0; i < r->ntypes; i++) known |= r->types[i] == q->qtype;
+    if (!known) return FD_RELAY_UNSUPPORTED; /* (another class never gets here) */
+    if (q->do_bit || (q->flags & 0x0010)) return FD_RELAY_DNSSEC; /* DO or CD */
+    if (!r->driver) return FD_RELAY_DISABLED;
+    if (!r->first) return -2;
+    size_t i = 0, last = 0;
+    int labels = 0;
+    while (i < q->qname_len && name[i] != 0) {
+        last = i;
+        i += (size_t)name[i] + 1;
+        labels++;
+    }
+    if (labels <= r->ndots) return -2; /* c-ares tries the search list first */
+    size_t tld = name[last];
+    for (size_t k = 0; k < r->nspecial; k++)
+        if (labels > 0 && tld == r->special_len[k] && memcmp(name + last + 1, r->special[k], tld) == 0)
+            return -2; /* localhost, .onion: c-ares answers them without DNS */
+    return -1;
 }
 
 int fd_relay_take(fd_relay *r, const uint8_t *buf, size_t len,
@@ -361,8 +473,34 @@ int fd_relay_take(fd_relay *r, const uint8_t *buf, size_t len,
         if (ends_with(name, nlen, r->endings[e], r->ending_len[e])) return 0;
     if (r->suffix_len && ends_with(name, nlen, r->suffix, r->suffix_len)) return 0;
     if (fd_keys_has(&r->keys, q->key, q->key_len)) return 0;
+    /* NSS before DNS for .local addresses (nss.py first) */
+    if (r->nss && (q->qtype == 1 || q->qtype == 28) && !q->do_bit && !(q->flags & 0x0010) &&
+        ends_with(name, nlen, LOCAL, sizeof(LOCAL)))
+        return 0;
+    int declined = -1;
+    if (r->native) {
+        declined = native_verdict(r, q, name);
+        if (declined == -2) return 0;
+    }
+    uint64_t h = fd_hash(q->key, q->key_len, r->keys.seed);
+    size_t lj = lead_find(r, q, h);
+    if (r->leaders[lj] != 0) { /* the same question is in flight: it waits for that one */
+        fd_rslot *lead = &r->slots[r->leaders[lj] - 1];
+        uint64_t seq = x->seq;
+        x->seq = lead->seq;
+        memcpy(&x->addr, sa, sizeof(*sa));
+        x->alen = salen;
+        x->qlen = (uint16_t)len;
+        memcpy(x->query, buf, len);
+        x->t0 = x->sent = t0;
+        int rc = put_item(items, FD_RELAY_FOLLOW, x, NULL, 0);
+        x->seq = seq;
+        r->c.followed++;
+        return rc < 0 ? -1 : 1;
+    }
     fd_usock *s = pick(r, t0);
     if (s == NULL) return 0;
+    if (declined >= 0) r->c.declined[declined]++;
     uint16_t uid;
     for (;;) { /* unique among the IDs awaited on this socket (at most USES) */
         uid = (uint16_t)next_rand(r);
@@ -382,7 +520,9 @@ int fd_relay_take(fd_relay *r, const uint8_t *buf, size_t len,
     x->sock = s;
     x->late = 0;
     x->seq = r->seq++;
+    x->khash = h;
     enlist(r, i);
+    r->leaders[lj] = i + 1;
     s->uid[s->npend] = uid;
     s->slot[s->npend] = i;
     s->npend++;
@@ -504,13 +644,18 @@ int fd_relay_init(fd_relay *r, uint32_t cap, uint64_t seed) {
     r->head = r->tail = r->lhead = r->ltail = FD_RELAY_NONE;
     r->rng = seed;
     r->cap = cap;
+    r->lcap = 16;
+    while (r->lcap < 2 * (size_t)cap) r->lcap *= 2; /* at most half full */
     r->slots = PyMem_Calloc(cap, sizeof(fd_rslot));
     r->free = PyMem_Calloc(cap, sizeof(uint32_t));
-    if (r->slots == NULL || r->free == NULL) {
+    r->leaders = PyMem_Calloc(r->lcap, sizeof(uint32_t));
+    if (r->slots == NULL || r->free == NULL || r->leaders == NULL) {
         PyMem_Free(r->slots);
         PyMem_Free(r->free);
+        PyMem_Free(r->leaders);
         r->slots = NULL;
         r->free = NULL;
+        r->leaders = NULL;
         PyErr_NoMemory();
         return -1;
     }
@@ -566,8 +711,10 @@ void fd_relay_free(fd_relay *r) {
     r->epfd = -1;
     PyMem_Free(r->slots);
     PyMem_Free(r->free);
+    PyMem_Free(r->leaders);
     r->slots = NULL;
     r->free = NULL;
+    r->leaders = NULL;
     r->nfree = r->inflight = r->nlate = 0;
     r->head = r->tail = r->lhead = r->ltail = FD_RELAY_NONE;
     fd_keys_free(&r->keys);

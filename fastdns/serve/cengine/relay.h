@@ -30,6 +30,13 @@
 #define FD_RELAY_MAX_QUERY 512 /* a larger query goes up */
 #define FD_RELAY_MAX_ENDINGS 64
 #define FD_RELAY_ENDING_MAX 64
+#define FD_RELAY_MAX_TYPES 16   /* the native path's types (resolver.py NATIVE_TYPES: 7) */
+#define FD_RELAY_MAX_SPECIAL 8  /* top-level names c-ares answers itself (_SPECIAL_TLDS) */
+#define FD_RELAY_SPECIAL_MAX 63
+/* Why a query the native path declines went raw (resolver.py decline_reason), counted */
+#define FD_RELAY_UNSUPPORTED 0
+#define FD_RELAY_DNSSEC 1
+#define FD_RELAY_DISABLED 2
 
 /* What each item of the list handed up says: (kind, seq, query, reply or None, client
  * address, read at, sent at), seq numbering the engine's relayed queries. After a timeout a
@@ -40,6 +47,7 @@
 #define FD_RELAY_TIMEOUT 2    /* no reply within the timeout */
 #define FD_RELAY_LATE 3       /* the reply to a query that timed out */
 #define FD_RELAY_LATE_ERROR 4 /* the socket of a query that timed out failed */
+#define FD_RELAY_FOLLOW 5     /* the same question as query seq, in flight: wait for it */
 
 typedef struct fd_usock {
     int fd;
@@ -55,7 +63,7 @@ typedef struct {
     socklen_t alen;
     uint32_t prev, next; /* its list, in send order (= deadline order) */
     uint8_t used, late;  /* late: timed out, on the late list until the client's deadline */
-    uint64_t seq;
+    uint64_t seq, khash; /* khash: of its key, in the leaders' table while in flight */
     uint16_t qlen, uid;
     double t0, sent, expires;
     fd_usock *sock;
@@ -65,7 +73,7 @@ typedef struct {
 
 typedef struct {
     unsigned long long relayed, answered, failed, timeouts, unmatched, mismatched, opened,
-        send_errors, full;
+        send_errors, full, followed, declined[3];
 } fd_relay_counters;
 
 typedef struct {
@@ -80,6 +88,13 @@ typedef struct {
     uint8_t ending_len[FD_RELAY_MAX_ENDINGS];
     uint8_t suffix[FD_MAX_NAME + 1];
     size_t suffix_len;
+    /* the native path (resolver.py): which queries it declines (relayed raw, counted) and
+     * which it lets go raw first (forward_first); the rest go up to c-ares */
+    int native, first, ndots, driver, nss;
+    size_t ntypes, nspecial;
+    uint16_t types[FD_RELAY_MAX_TYPES];
+    uint8_t special[FD_RELAY_MAX_SPECIAL][FD_RELAY_SPECIAL_MAX];
+    uint8_t special_len[FD_RELAY_MAX_SPECIAL];
     /* the sockets */
     int epfd;
     fd_usock *pool[FD_RELAY_POOL];
@@ -91,6 +106,10 @@ typedef struct {
     uint32_t head, tail, lhead, ltail; /* in flight; late */
     uint64_t seq;
     uint64_t rng;
+    /* the queries in flight by key (slot + 1; 0 empty), so the same question asked again
+     * meanwhile waits for the first (Pipeline.pending's coalescing) */
+    uint32_t *leaders;
+    size_t lcap;
     fd_keys keys;
     fd_relay_counters c;
     uint8_t rbuf[65536];
@@ -102,7 +121,9 @@ int fd_relay_init(fd_relay *r, uint32_t cap, uint64_t seed); /* -1 with an error
 void fd_relay_free(fd_relay *r); /* closes every socket; what was in flight is forgotten */
 
 /* The policy from a Python call (engine.c relay_policy: server, timeout, deadline, mark,
- * endings, suffix, ipv6_local); -1 with an error set. */
+ * endings, suffix, ipv6_local, native, nss); native None (no native path) or (types,
+ * forward_first, ndots, has_channel, special top-level names); nss: .local A/AAAA go up.
+ * -1 with an error set. */
 int fd_relay_policy(fd_relay *r, PyObject *const *args, Py_ssize_t nargs);
 
 /* The datagram buf[0:len] from sa, a query from a passing source with no ready reply:
