@@ -8,9 +8,11 @@ MAX_BACKLOG: int
 
 # ---- the Engine (cengine/engine.c) ------------------------------------------------------------
 # What the relay hands up (cengine/relay.h): (kind 0 reply / 1 error / 2 timeout / 3 late reply
-# / 4 late error, seq, the query as the client sent it, the reply or None, the client's
-# address, read at, sent at)
-RelayItem = tuple[int, int, bytes, bytes | None, Any, float, float]
+# / 4 late error / 5 follow, seq, the query as the client sent it, the reply or None, the
+# client's address, read at, sent at, the query's fields: id, flags, qname length, qtype,
+# qclass, qend, has_opt, udp_size, do, edns_version, key)
+QueryParts = tuple[int, int, int, int, int, int, bool, int, bool, int, bytes]
+RelayItem = tuple[int, int, bytes, bytes | None, Any, float, float, QueryParts]
 
 class Engine:
     """A worker's UDP socket read and written in C (fastdns/serve/cengine/engine.c)."""

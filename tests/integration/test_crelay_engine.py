@@ -18,8 +18,11 @@ import dns.message
 import dns.rrset
 import pytest
 
+from fastdns.dns import wire
+
 cengine = pytest.importorskip("fastdns.serve._cengine")
 Engine = cengine.Engine
+from fastdns.serve.crelay import query_of  # noqa: E402  (imports the extension)
 
 REPLY, ERROR, TIMEOUT, LATE, FOLLOW = 0, 1, 2, 3, 5
 
@@ -134,7 +137,7 @@ def test_a_miss_is_relayed_with_a_fresh_id_and_its_answer_handed_up(rig: Rig) ->
     rig.up.sock.sendto(reply, src)
     rig.upstream_reads()
     assert len(rig.items) == 1
-    kind, _seq, q, r, addr, t0, sent_at = rig.items[0]
+    kind, _seq, q, r, addr, t0, sent_at, _parts = rig.items[0]
     assert (kind, q, r) == (REPLY, query, reply)
     assert addr == rig.client.getsockname() and t0 <= sent_at
     assert rig.engine.inflight == 0
@@ -433,3 +436,26 @@ def test_many_leaders_come_and_go(rig: Rig) -> None:
                 break
             rig.upstream_reads()
         assert rig.engine.inflight == 0
+
+
+SLOTS = ("id", "flags", "qname", "qtype", "qclass", "qend", "key", "has_opt", "udp_size", "do")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        make_query("MiXeD.Example.Test"),
+        make_query("x.example.test", "TXT", use_edns=0, payload=4000),
+        make_query("x.example.test", "AAAA", want_dnssec=True),
+        make_query("x.example.test", use_edns=0, payload=100),  # below 512: read as 512
+    ],
+)
+def test_the_fields_handed_up_make_the_query_python_parses(rig: Rig, query: bytes) -> None:
+    rig.ask(query)
+    sent, src = rig.up.recv()
+    rig.up.sock.sendto(answer(sent), src)
+    rig.upstream_reads()
+    (item,) = rig.items
+    made, parsed = query_of(item[2], item[7]), wire.parse_query(query)
+    for name in (*SLOTS, "edns_version", "wire"):
+        assert getattr(made, name) == getattr(parsed, name), name

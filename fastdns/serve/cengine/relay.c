@@ -229,7 +229,7 @@ static void sock_forget(fd_usock *s, int j) {
 /* An item for Python (relay.h); 0, or -1 with an error set. */
 static int put_item(PyObject *items, int kind, const fd_rslot *x, const uint8_t *reply,
                     size_t rlen) {
-    PyObject *t = PyTuple_New(7);
+    PyObject *t = PyTuple_New(8);
     if (t == NULL) return -1;
     PyObject *k = PyLong_FromLong(kind);
     PyObject *seq = PyLong_FromUnsignedLongLong(x->seq);
@@ -239,6 +239,13 @@ static int put_item(PyObject *items, int kind, const fd_rslot *x, const uint8_t 
     PyObject *a = fd_addr_tuple(&x->addr, x->alen);
     PyObject *t0 = PyFloat_FromDouble(x->t0);
     PyObject *sent = PyFloat_FromDouble(x->sent);
+    /* the query as parsed here, which wire.py parses alike (the differential fuzz): Python
+     * builds its Query from these fields instead of parsing again */
+    const struct fd_query *fq = &x->q;
+    PyObject *fields = Py_BuildValue(
+        "(HHHHHHNHNBy#)", fq->id, fq->flags, fq->qname_len, fq->qtype, fq->qclass, fq->qend,
+        PyBool_FromLong(fq->has_opt), fq->udp_size, PyBool_FromLong(fq->do_bit),
+        fq->edns_version, (const char *)fq->key, (Py_ssize_t)fq->key_len);
     PyTuple_SET_ITEM(t, 0, k);
     PyTuple_SET_ITEM(t, 1, seq);
     PyTuple_SET_ITEM(t, 2, q);
@@ -246,7 +253,9 @@ static int put_item(PyObject *items, int kind, const fd_rslot *x, const uint8_t 
     PyTuple_SET_ITEM(t, 4, a);
     PyTuple_SET_ITEM(t, 5, t0);
     PyTuple_SET_ITEM(t, 6, sent);
-    if (!k || !seq || !q || !rep || !a || !t0 || !sent || PyList_Append(items, t) < 0) {
+    PyTuple_SET_ITEM(t, 7, fields);
+    if (!k || !seq || !q || !rep || !a || !t0 || !sent || !fields ||
+        PyList_Append(items, t) < 0) {
         Py_DECREF(t);
         return -1;
     }

@@ -39,7 +39,9 @@
 #define FD_RELAY_DISABLED 2
 
 /* What each item of the list handed up says: (kind, seq, query, reply or None, client
- * address, read at, sent at), seq numbering the engine's relayed queries. After a timeout a
+ * address, read at, sent at, the query's fields as fd_parse_query read them: id, flags,
+ * qname length, qtype, qclass, qend, has_opt, udp_size, do, edns_version, key), seq
+ * numbering the engine's relayed queries. After a timeout a
  * query's ID stays awaited until the client's deadline (the state machine's rule: every UDP
  * attempt's reply stays acceptable): its reply, or its socket's error, then comes up as LATE. */
 #define FD_RELAY_REPLY 0      /* the answer */
