@@ -270,16 +270,17 @@ class CDatapath:
             if not front.first:
                 front.first = first
             front.last = last
+        # (a closed engine's counters lack its relay's: those were collected before it closed)
         counters, seen, stats = engine.counters(), self._seen, self.state.stats.counters
         for name, key in COUNTERS:
-            delta = counters[name] - seen[name]
+            delta = counters.get(name, seen[name]) - seen[name]
             if delta:
                 stats[key] += delta
                 seen[name] = counters[name]
         server = self.crelay.server
         to = f"{server[0]}:{server[1]}" if server is not None else "none"
         for name, (metric, *labels) in UPSTREAM_COUNTERS:
-            delta = counters[name] - seen[name]
+            delta = counters.get(name, seen[name]) - seen[name]
             if delta:
                 stats[(metric, to, *labels)] += delta
                 seen[name] = counters[name]
