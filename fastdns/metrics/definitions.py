@@ -228,6 +228,14 @@ METRICS: tuple[MetricDef, ...] = (
         values={"handled_by": DATAPATHS},
     ),
     MetricDef("fastdns_datapath_send_batches_total", "counter", "Sends (sendmmsg) in C."),
+    MetricDef(
+        "fastdns_datapath_relayed_total",
+        "counter",
+        "Cache misses the compiled datapath relayed to the upstream itself, by outcome: "
+        "answered, or handed to the forwarding state machine after an error or a timeout.",
+        ("outcome",),
+        values={"outcome": frozenset(("answered", "error", "timeout"))},
+    ),
     # --- exposure: the client ACL and response rate limiting (docs/exposure.md) -------------
     MetricDef(
         "fastdns_acl_blocked_total",

@@ -47,6 +47,7 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "datapath_workers": (Source("fastdns_datapath_workers", ("datapath",)),),
     "datapath_batches": (Source("fastdns_datapath_batches_total"),),
     "datapath_datagrams": (Source("fastdns_datapath_datagrams_total", ("handled_by",)),),
+    "datapath_relayed": (Source("fastdns_datapath_relayed_total", ("outcome",)),),
     "datapath_send_batches": (Source("fastdns_datapath_send_batches_total"),),
     "upstream_sockets": (Source("fastdns_forward_upstream_sockets", ("to",)),),
     "upstream_socket": (Source("fastdns_forward_socket_events_total", ("to", "event")),),

@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 
 
+# (the types the native path answers, forward_first on, ndots, a channel exists, the
+# top-level labels c-ares answers itself)
+ForwardRule = tuple[tuple[int, ...], bool, int, bool, tuple[bytes, ...]]
+
+
 class NativeLookup(Protocol):
     """The native (c-ares) source, as the pipeline and the forward fast lane use it;
     ``fastdns.resolve.native.resolver.NativeResolver`` implements it."""
@@ -48,6 +53,11 @@ class NativeLookup(Protocol):
 
     def forward_first(self, q: wire.Query) -> bool:
         """True when ``q`` (not declined) is forwarded raw before c-ares is asked."""
+
+    def forward_rule(self) -> ForwardRule:
+        """``decline_reason`` and ``forward_first`` as data, for a relay that runs them
+        elsewhere (the compiled datapath's: fastdns/serve/crelay.py)."""
+        ...
 
     def settle(self, q: wire.Query, reply: bytes) -> bool:
         """After ``forward_first``: True when c-ares must still run (counted either way)."""
@@ -180,10 +190,8 @@ class Pipeline:
                     compose.error_reply(q, wire.NOERROR, self.opt_size), "static", cfg.static_ttl
                 ),
             )
-        if self._endings_of is not self.hosts_file.names:
-            self._endings = self._local_endings()
-            self._endings_of = self.hosts_file.names
-        if self._endings is not None and not q.qname.lower().endswith(self._endings):
+        endings = self.local_endings()
+        if endings is not None and not q.qname.lower().endswith(endings):
             return None  # no static or hosts-file name ends this way: skip the text lookups
         name = _canonical_text(q.qname)
         verdict = self.static.lookup(name, q.qtype, cfg.ipv6)
@@ -207,6 +215,14 @@ class Pipeline:
                 ),
             )
         return None
+
+    def local_endings(self) -> tuple[bytes, ...] | None:
+        """The wire endings a static or hosts-file name may have (``_local_endings``), for
+        the hosts file read last; None: any name may be one."""
+        if self._endings_of is not self.hosts_file.names:
+            self._endings = self._local_endings()
+            self._endings_of = self.hosts_file.names
+        return self._endings
 
     def _local_endings(self) -> tuple[bytes, ...] | None:
         """The last label plus root (``\\x03com\\x00``) of every name, wildcard suffix and

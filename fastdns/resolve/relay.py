@@ -183,6 +183,138 @@ class Relay:
             s.channel.broken(s, e)
         return True
 
+    # ------------------------------------------------------------------ the compiled relay
+
+    def answered(
+        self,
+        q: wire.Query,
+        data: bytes,
+        sink: Delivery,
+        addr: Any,
+        size: int,
+        t0: float,
+        server: tuple[str, int],
+        sent: float,
+        fut: asyncio.Future[Resolved] | None = None,
+    ) -> bool:
+        """The reply to a query the compiled relay sent to ``server`` (the first attempt of
+        its state machine) at ``sent`` and matched (ID, source, question): answered,
+        stored and counted as ``on_reply`` would; anything but a final answer (TC, SERVFAIL,
+        REFUSED) enters the lane's state machine there (``adopt``): False. ``fut``: where
+        the same question asked meanwhile waits (``Pipeline.pending``), resolved here."""
+        rcode = data[3] & 0xF
+        if data[2] & 2 or rcode in wire.FAILOVER_RCODES:  # TC (RFC 1035 §4.1.1), failover
+            self.resume(self.adopt(q, sink, addr, size, t0, server, sent, fut), data, False)
+            return False
+        fwd, pipeline = self.forwarder, self.pipeline
+        fwd.note_reply(server, sent, rcode)
+        fwd.stats.counters[_ANSWERED] += 1
+        res = Resolved(data, "fallback" if fwd.plan.source == "fallback" else "forward")
+        native, nss = pipeline.native, pipeline.nss
+        if native is not None and native.decline_reason(q) is None and native.settle(q, data):
+            # Forwarded first for c-ares (the engine relays only those it does not decline):
+            # the reply lacks what c-ares wanted, its turn now, with the search list.
+            r = self._general_now(q, sink, addr, size, t0, server, sent, fut)
+            self.spawn(self._general(r, self._then_nss(r, pipeline.search(q, res, r.deadline))))
+            return True
+        if nss is not None and nss.wants(q, data):  # no address: the host's NSS sources
+            r = self._general_now(q, sink, addr, size, t0, server, sent, fut)
+            self.spawn(self._general(r, pipeline.after_dns(q, res, r.deadline)))
+            return True
+        try:
+            out = pipeline.remember(q, res)
+        except Exception:  # a bug: the client still gets an answer
+            logger.exception("unhandled error storing a forwarded reply")
+            fwd.stats.inc("unhandled_exceptions")
+            out = res
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(out)
+            if pipeline.pending.get(q.key) is fut:
+                del pipeline.pending[q.key]
+        if out.reply is res.reply:  # not from the cache: the upstream's ID and question case
+            out = Resolved(compose.splice(res.reply, q.id, q.question, q.rd), res.source)
+        sink.send_answer(q, out, addr, size, t0)
+        return True
+
+    def adopt(
+        self,
+        q: wire.Query,
+        sink: Delivery,
+        addr: Any,
+        size: int,
+        t0: float,
+        server: tuple[str, int],
+        sent: float,
+        fut: asyncio.Future[Resolved] | None = None,
+    ) -> Relayed:
+        """A query the compiled relay sent to ``server`` at ``sent`` and cannot finish (a
+        failover reply, an error, a timeout): in the lane now, its state machine started
+        as it was then (its first attempt that one), for ``on_reply``, ``on_error`` or
+        ``time_out`` to drive on."""
+        r = Relayed(self, q, sink, addr, size, t0)
+        m = self.forwarder.attempts(sent + self.config.deadline, None)
+        m.start(sent)
+        r.m = m
+        r.server = server
+        r.sent = sent
+        r.deadline = m.deadline
+        r.expires = m.until
+        pending = self.pipeline.pending
+        if fut is not None:  # questions that came while the engine had it wait for this one
+            r.fut = fut
+            pending.setdefault(q.key, fut)
+        elif q.key not in pending:  # identical questions asked from now on wait for this one
+            r.fut = pending[q.key] = self.loop.create_future()
+        self.inflight += 1
+        return r
+
+    def _general_now(
+        self,
+        q: wire.Query,
+        sink: Delivery,
+        addr: Any,
+        size: int,
+        t0: float,
+        server: tuple[str, int],
+        sent: float,
+        fut: asyncio.Future[Resolved] | None,
+    ) -> Relayed:
+        """``adopt`` for a query whose forwarding is over: the general path finishes it."""
+        r = self.adopt(q, sink, addr, size, t0, server, sent, fut)
+        r.finished = True
+        self.inflight -= 1
+        return r
+
+    def resume(
+        self, r: Relayed, data: bytes | None, failed: bool, box: Mailbox | None = None
+    ) -> None:
+        """Drive ``r`` (``adopt``) on from what became of its first attempt: ``data`` its
+        reply, else ``failed`` a socket error, else a timeout (its late reply to ``box``)."""
+        assert r.m is not None
+        if r.m.step != UDP:  # the plan changed since (a TLS or TCP server first): start over
+            r.finished = True
+            self.inflight -= 1
+            self._hand_off(r, "failover", None)
+        elif data is not None:
+            self.on_reply(r, data)
+        elif failed:
+            self.on_error(r, UpstreamDown("the upstream socket failed"))
+        else:
+            self.time_out(r, self.loop.time(), box)
+
+    def time_out(self, r: Relayed, now: float, box: Mailbox | None = None) -> None:
+        """``r``'s attempt timed out (the compiled relay's): on to its next one; its late
+        reply, until the deadline, goes to ``box``."""
+        if r.finished:
+            return
+        r.finished = True
+        self.inflight -= 1
+        assert r.m is not None
+        self.forwarder.note_failure(r.server, r.sent, "timeout")
+        r.m.on_timeout(now)
+        self._hand_off(r, "timeout", box)
+
     # ------------------------------------------------------------------ completion
 
     def on_reply(self, r: Relayed, data: bytes) -> None:

@@ -7,6 +7,13 @@ MAX_BATCH: int
 MAX_BACKLOG: int
 
 # ---- the Engine (cengine/engine.c) ------------------------------------------------------------
+# What the relay hands up (cengine/relay.h): (kind 0 reply / 1 error / 2 timeout / 3 late reply
+# / 4 late error / 5 follow, seq, the query as the client sent it, the reply or None, the
+# client's address, read at, sent at, the query's fields: id, flags, qname length, qtype,
+# qclass, qend, has_opt, udp_size, do, edns_version, key)
+QueryParts = tuple[int, int, int, int, int, int, bool, int, bool, int, bytes]
+RelayItem = tuple[int, int, bytes, bytes | None, Any, float, float, QueryParts]
+
 class Engine:
     """A worker's UDP socket read and written in C (fastdns/serve/cengine/engine.c)."""
 
@@ -17,9 +24,35 @@ class Engine:
         upcall: Callable[[bytes, Any], object],
         want_write: Callable[[], object],
         capacity: int = ...,
+        *,
+        relayed: Callable[[list[RelayItem]], object] | None = ...,
+        arm: Callable[[float], object] | None = ...,
+        max_inflight: int = ...,
     ) -> None: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def upstream_fd(self) -> int: ...
+    @property
+    def inflight(self) -> int: ...
+    def on_upstream(self) -> None: ...
+    def expire(self) -> float | None: ...
+    def relay_policy(
+        self,
+        server: tuple[str, int] | None,
+        timeout: float,
+        deadline: float,
+        mark: int,
+        endings: tuple[bytes, ...] | None,
+        suffix: bytes,
+        ipv6_local: bool,
+        native: tuple[tuple[int, ...], bool, int, bool, tuple[bytes, ...]] | None,
+        nss: bool,
+        /,
+    ) -> None: ...
+    def key_add(self, key: bytes, /) -> None: ...
+    def key_discard(self, key: bytes, /) -> None: ...
+    def key_clear(self) -> None: ...
     def on_readable(self) -> None: ...
     def on_writable(self) -> bool: ...
     def sendto(self, data: bytes, addr: Any, /) -> None: ...

@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from fastdns.config.schema import Config
@@ -52,6 +53,8 @@ class ServerState:
         self.config = config
         self.pipeline = pipeline
         self.tasks: set[asyncio.Task[Any]] = set()
+        # In-flight counts kept elsewhere (the compiled relays': fastdns/serve/crelay.py).
+        self.elsewhere: list[Callable[[], int]] = []
         self._draining = False
         self.tcp_connections: TCPSlots[TCPServer] = TCPSlots(
             config.tcp_max_connections, config.tcp_max_connections_per_source
@@ -75,12 +78,15 @@ class ServerState:
             self.cache.front.clear()  # the UDP fast lane answers nothing more either
 
     def full(self) -> bool:
-        return len(self.tasks) + self.relay.inflight >= self.config.max_inflight
+        return self.inflight >= self.config.max_inflight
 
     @property
     def inflight(self) -> int:
-        """Queries being resolved: tasks plus the forward fast lane's."""
-        return len(self.tasks) + self.relay.inflight
+        """Queries being resolved: tasks plus the forward fast lanes' (Python's, C's)."""
+        n = len(self.tasks) + self.relay.inflight
+        for count in self.elsewhere:
+            n += count()
+        return n
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

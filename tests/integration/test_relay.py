@@ -51,6 +51,10 @@ def serve(
     resolv = write_resolv_conf(tmp_path / f"resolv-{len(inproc.made)}.conf", *servers)
     section = {
         "resolv_conf": str(resolv),
+        # The Python lane itself (its counters, its state): on the compiled datapath the
+        # engine relays these misses (tests/integration/test_crelay_engine.py,
+        # tests/e2e/test_crelay.py), and hands only its failures to this lane.
+        "datapath": "python",
         "native": {"enabled": False},
         "upstream_timeout": 0.3,
         "deadline": 2.0,

@@ -89,8 +89,20 @@ class InProcessServer:
         return fut.result(timeout)
 
     def counters(self) -> dict[tuple[str, ...], int]:
-        """A copy of the worker's counters, taken on its loop."""
-        return self.call(lambda: dict(self.worker.stats.counters))
+        """A copy of the worker's counters, taken on its loop as its next report would give
+        them: the datapaths' counts folded in first (the compiled one keeps its own in C and
+        folds them once a tick)."""
+
+        def read() -> dict[tuple[str, ...], int]:
+            self.fold()
+            return dict(self.worker.stats.counters)
+
+        return self.call(read)
+
+    def fold(self) -> None:
+        """Fold every datapath's counts into the worker's stats (on the loop)."""
+        for datapath in self.worker.datapaths:
+            datapath.fold()
 
     def counter(self, *key: str) -> int:
         return self.counters().get(tuple(key), 0)
@@ -99,6 +111,7 @@ class InProcessServer:
         """Observations in histogram ``key`` (0 if none yet)."""
 
         def read() -> int:
+            self.fold()
             h = self.worker.stats.histograms.get(tuple(key))
             return h.n if h is not None else 0
 

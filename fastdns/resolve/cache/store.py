@@ -26,19 +26,19 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from fastdns.config.schema import CacheConfig
 from fastdns.dns import compose, wire
 from fastdns.resolve.cache.admission import KIND_NAMES, SERVFAIL, SUCCESS, classify
 from fastdns.resolve.cache.entry import STALE, Entry, Form, Raw, retime
 from fastdns.resolve.cache.front import Front, FrontTable, counted_down
+from fastdns.resolve.cache.heads import Heads
 
 _HEAD = struct.Struct("!HHHHH")  # flags, qd, an, ns, ar: the header after the ID
 
 TCP_LIMIT = 65535  # no truncation: TCP, and the pipeline's full-size replies
 MAX_TRUNCATED_FORMS = 4  # truncated renderings kept per entry (client UDP sizes seen)
-MAX_INTERNED_HEADS = 4096  # distinct (flags, counts) headers shared between entries
 FAILURE_RECHECK = 30.0  # RFC 8767 §5 "failure recheck": after a failed refresh, wait this long
 NOT_CACHED_SOURCES = frozenset(("server", "cache"))  # fastdns's own errors; already cached
 # Fast-lane hits summed by (qtype, DO, rcode, reply size, query size): fold_front.
@@ -52,6 +52,18 @@ _PREFETCH = ("cache_prefetch",)
 _DROPS = ("cache_drops",)
 _HITS = tuple(("cache_hits", name) for name in KIND_NAMES)
 _EVICTIONS = tuple(("cache_evictions", name) for name in KIND_NAMES)
+
+
+class KeyMirror(Protocol):
+    """Who keeps the set of keys the cache holds (the compiled relay, which relays only the
+    queries whose key is not here: fastdns/serve/crelay.py); told every key that comes and
+    goes. The cache stays the one that decides."""
+
+    def key_add(self, key: bytes, /) -> object: ...
+
+    def key_discard(self, key: bytes, /) -> object: ...
+
+    def key_clear(self) -> object: ...
 
 
 class PacketCache:
@@ -84,8 +96,9 @@ class PacketCache:
         # Query forms (bytes after the ID) that hit before -> their ready reply: the UDP
         # server answers them itself while fresh, and ``renew`` renders them again.
         self.front = FrontTable()
+        self.keys: KeyMirror | None = None  # told every key that comes and goes
         self._opts = (compose.opt_record(opt_size, False), compose.opt_record(opt_size, True))
-        self._heads: dict[bytes, tuple[bytes, ...]] = {}
+        self._heads = Heads()  # the headers entries answer with, interned
         self._stale_window = config.serve_stale
         # Verify mode: an expired entry is a miss that is kept; ``admit`` answers it when the
         # lookup fails. Immediate mode serves it from ``_serve`` (and the fast lane's renew).
@@ -105,6 +118,8 @@ class PacketCache:
         self.success.clear()
         self.denial.clear()
         self.front.clear()
+        if self.keys is not None:
+            self.keys.key_clear()
 
     def sample(self, gauges: MutableMapping[Any, float]) -> None:
         """Entry counts for the metrics process (per tick, not per query)."""
@@ -320,7 +335,7 @@ class PacketCache:
             )
         flags, _, an, ns, ar = _HEAD.unpack_from(cut, 2)
         form = Form()
-        form.heads = self._heads_for(flags, an, ns, ar)
+        form.heads = self._heads.of(flags, an, ns, ar)
         form.body = bytearray(cut[q.qend :])
         # The cut body is a prefix of the entry's body: its TTLs are the first ones.
         n = len(form.body)
@@ -333,36 +348,12 @@ class PacketCache:
             trunc[budget] = form
         return form
 
-    def _cached_heads(self, reply: bytes, opt_start: int, do: bool) -> tuple[bytes, ...]:
-        """The headers the cache answers ``reply`` with (OPT counted apart, added per client).
-
-        A cache answers for itself: not authoritative; RA always (fastdns recurses for its
-        clients); AD only for DO queries (RFC 6840 §5.8), and DO is part of the key."""
-        flags, _, an, ns, ar = _HEAD.unpack_from(reply, 2)
-        flags = (flags & ~(wire.AA | wire.TC)) | wire.RA
-        if not do:
-            flags &= ~wire.AD
-        return self._heads_for(flags, an, ns, ar - (1 if opt_start else 0))
-
-    def _heads_for(self, flags: int, an: int, ns: int, ar: int) -> tuple[bytes, ...]:
-        base = _HEAD.pack(flags, 1, an, ns, ar)
-        heads = self._heads.get(base)
-        if heads is None:
-            flags &= ~wire.RD
-            heads = (
-                _HEAD.pack(flags, 1, an, ns, ar),
-                _HEAD.pack(flags | wire.RD, 1, an, ns, ar),
-                _HEAD.pack(flags, 1, an, ns, ar + 1),
-                _HEAD.pack(flags | wire.RD, 1, an, ns, ar + 1),
-            )
-            if len(self._heads) < MAX_INTERNED_HEADS:
-                self._heads[base] = heads
-        return heads
-
     def _remove(self, key: bytes, e: Entry) -> None:
         table = self.success if e.kind == SUCCESS else self.denial
         if table.get(key) is e:
             del table[key]
+            if self.keys is not None:
+                self.keys.key_discard(key)
 
     # ------------------------------------------------------------------------------ the store
 
@@ -406,7 +397,7 @@ class PacketCache:
         """An Entry for ``reply`` (its body showing the TTLs it came with: ``stamp`` 0)."""
         body_end = opt_start or len(reply)
         e = Entry()
-        e.heads = self._cached_heads(reply, opt_start, do)
+        e.heads = self._heads.cached(reply, opt_start, do)
         e.body = bytearray(reply[qend:body_end])
         e.ttls = ttls
         e.size = body_end
@@ -476,15 +467,20 @@ class PacketCache:
         if key in table:
             table.move_to_end(key)  # a refreshed entry is young again
         table[key] = e
+        keys = self.keys
+        if keys is not None:
+            keys.key_add(key)
         while len(table) > capacity:
-            table.popitem(last=False)
+            gone = table.popitem(last=False)[0]
             self.counters[_EVICTIONS[kind]] += 1
+            if keys is not None:
+                keys.key_discard(gone)
         return e
 
     def _first_reply(self, raw: Raw, q: wire.Query) -> bytes:
         """What ``_render`` of the Entry that ``raw`` becomes would give ``q`` at age 0."""
         _, _, _, reply, qend, opt_start, _, do = raw
-        heads = self._cached_heads(reply, opt_start, do)
+        heads = self._heads.cached(reply, opt_start, do)
         opt = self._opts[do] if q.has_opt else b""
         data = q.wire
         return b"".join(

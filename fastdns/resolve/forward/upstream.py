@@ -314,6 +314,15 @@ class Forwarder:
             box.attempts.append(a)
         return box
 
+    def late_box(self, server: tuple[str, int], t0: float) -> tuple[Mailbox, Attempt]:
+        """A mailbox for the general path to go on with after an attempt sent elsewhere (the
+        compiled relay's first, to ``server`` at ``t0``) timed out, and that attempt: its
+        late reply is put there by whoever reads it (fastdns/serve/crelay.py)."""
+        box = Mailbox(self.loop)
+        a = Attempt(box, server, t0, 0)
+        box.attempts.append(a)
+        return box, a
+
     async def _tcp(self, server: tuple[str, int], q: wire.Query, timeout: float) -> bytes:
         family, addr = sockaddr(*server)
         sock = socket.socket(family, socket.SOCK_STREAM)

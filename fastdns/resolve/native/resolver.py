@@ -309,6 +309,17 @@ class NativeResolver:
             return False
         return name[last + 1 : i].lower() not in _SPECIAL_TLDS
 
+    def forward_rule(self) -> tuple[tuple[int, ...], bool, int, bool, tuple[bytes, ...]]:
+        """``decline_reason`` and ``forward_first`` as data (the compiled relay runs them:
+        fastdns/serve/cengine/relay.c ``native_verdict``)."""
+        return (
+            tuple(sorted(NATIVE_TYPES)),
+            bool(self.first),
+            self.ndots,
+            self.driver is not None,
+            _SPECIAL_TLDS,
+        )
+
     def settle(self, q: wire.Query, reply: bytes) -> bool:
         """After ``forward_first``: True when c-ares must still run (``reply`` lacks what
         c-ares wanted and the host has search domains to try); counted either way."""

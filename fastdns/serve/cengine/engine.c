@@ -25,6 +25,7 @@
 
 #include "addr.h"
 #include "forms.h"
+#include "relay.h"
 #include "sources.h"
 
 #define MAX_DATAGRAM 65535          /* as udp.py: a query is read whole whatever its size */
@@ -79,6 +80,11 @@ typedef struct {
     int fail_errno; /* tests (_fail_sends): the next fail_count sends fail with fail_errno */
     unsigned int fail_count;
     PyObject *err_type, *err_value, *err_tb; /* the first exception of a batch */
+    /* misses relayed in C (relay.h), when made with `relayed`: its outcomes go up in one
+     * list per wakeup to relayed(items); arm(when) asks for a call of expire() then */
+    fd_relay *relay;
+    PyObject *relayed, *arm, *items;
+    int armed;
 } Engine;
 
 static double now(void) {
@@ -122,6 +128,14 @@ static PyObject *raise_kept(Engine *self) {
 }
 
 static void release(Engine *self) {
+    if (self->relay != NULL) {
+        fd_relay_free(self->relay);
+        PyMem_Free(self->relay);
+        self->relay = NULL;
+    }
+    Py_CLEAR(self->relayed);
+    Py_CLEAR(self->arm);
+    Py_CLEAR(self->items);
     fd_forms_free(&self->forms);
     fd_sources_free(&self->sources);
     if (self->pending != NULL)
@@ -245,6 +259,8 @@ static void flush(Engine *self) {
 
 /* ------------------------------------------------------------------------- receiving */
 
+static void deliver(Engine *self);
+
 static void upcall(Engine *self, const unsigned char *buf, size_t len,
                    const struct sockaddr_storage *sa, socklen_t salen) {
     self->c.upcalls++;
@@ -277,12 +293,13 @@ static void upcall(Engine *self, const unsigned char *buf, size_t len,
 }
 
 /* A hit to answer here, or 0: upcall. */
-static fd_form *ready_form(Engine *self, const unsigned char *buf, size_t len,
-                           const struct sockaddr_storage *sa) {
-    if (len < 3 || self->forms.count == 0) return NULL;
+static int passes(Engine *self, const struct sockaddr_storage *sa) {
     uint8_t family, key[16];
-    if (!fd_addr_key(sa, &family, key) || !fd_sources_has(&self->sources, family, key))
-        return NULL;
+    return fd_addr_key(sa, &family, key) && fd_sources_has(&self->sources, family, key);
+}
+
+static fd_form *ready_form(Engine *self, const unsigned char *buf, size_t len) {
+    if (len < 3 || self->forms.count == 0) return NULL;
     fd_form *f = fd_forms_get(&self->forms, buf + 2, len - 2);
     if (f == NULL || !(self->t0 < f->until)) return NULL;
     if (!fd_forms_countable(&self->forms, f, self->nhits)) return NULL;
@@ -314,9 +331,16 @@ static PyObject *Engine_on_readable(Engine *self, PyObject *Py_UNUSED(ignored)) 
         size_t len = self->rmsgs[i].msg_len;
         const struct sockaddr_storage *sa = &self->raddr[i];
         self->c.datagrams++;
-        fd_form *f = ready_form(self, buf, len, sa);
+        int pass = self->sources.count > 0 && passes(self, sa);
+        fd_form *f = pass ? ready_form(self, buf, len) : NULL;
         if (f == NULL) {
-            upcall(self, buf, len, sa, self->rmsgs[i].msg_hdr.msg_namelen);
+            socklen_t salen = self->rmsgs[i].msg_hdr.msg_namelen;
+            int taken = pass && self->relay != NULL && self->items != NULL
+                            ? fd_relay_take(self->relay, buf, len, sa, salen, self->t0,
+                                            self->items)
+                            : 0;
+            if (taken < 0) keep_error(self, self->relayed);
+            if (taken == 0) upcall(self, buf, len, sa, salen);
             continue;
         }
         if (self->npending >= self->pcap) flush(self);
@@ -331,12 +355,124 @@ static PyObject *Engine_on_readable(Engine *self, PyObject *Py_UNUSED(ignored)) 
         self->nhits++;
         self->c.answered++;
     }
+    deliver(self);
     flush(self);
     self->busy = 0;
     if (self->closing && !self->closed) release(self);
     PyObject *r = raise_kept(self);
     Py_DECREF(self);
     return r;
+}
+
+/* ------------------------------------------------------------------------- the relay */
+
+/* The relay's outcomes of this wakeup up to Python in one call (its replies join the batch),
+ * and a timer asked for when queries wait and none is armed. Only while busy. */
+static void deliver(Engine *self) {
+    fd_relay *r = self->relay;
+    if (r == NULL || self->items == NULL) return;
+    if (PyList_GET_SIZE(self->items) > 0) {
+        PyObject *items = self->items;
+        self->items = PyList_New(0);
+        PyObject *callable = Py_NewRef(self->relayed);
+        PyObject *res = PyObject_CallOneArg(callable, items);
+        if (res == NULL)
+            keep_error(self, callable);
+        else
+            Py_DECREF(res);
+        Py_DECREF(callable);
+        Py_DECREF(items);
+        if (self->items == NULL) {
+            keep_error(self, self->relayed);
+            return;
+        }
+        r = self->relay; /* the call may have closed the engine */
+        if (r == NULL) return;
+    }
+    if (!self->armed && (r->inflight > 0 || r->nlate > 0) && self->arm != NULL) {
+        self->armed = 1;
+        PyObject *when = PyFloat_FromDouble(fd_relay_next_expiry(r));
+        PyObject *res = when != NULL ? PyObject_CallOneArg(self->arm, when) : NULL;
+        Py_XDECREF(when);
+        if (res == NULL)
+            keep_error(self, self->arm);
+        else
+            Py_DECREF(res);
+    }
+}
+
+static PyObject *relay_wakeup(Engine *self, int expire) {
+    if (self->closed || self->busy || self->relay == NULL) Py_RETURN_NONE;
+    Py_INCREF(self);
+    self->busy = 1;
+    self->t0 = now();
+    if (expire) self->armed = 0;
+    int rc = expire ? fd_relay_expire(self->relay, self->t0, self->items)
+                    : fd_relay_read(self->relay, self->t0, self->items);
+    if (rc < 0) keep_error(self, self->relayed);
+    deliver(self);
+    flush(self);
+    self->busy = 0;
+    double next = -1.0;
+    if (expire && self->relay != NULL && !self->closing) {
+        next = fd_relay_next_expiry(self->relay);
+        self->armed = next >= 0; /* the caller arms its timer for `next` */
+    }
+    if (self->closing && !self->closed) release(self);
+    PyObject *r = raise_kept(self);
+    Py_DECREF(self);
+    if (r == NULL || !expire) return r;
+    Py_DECREF(r);
+    if (next < 0) Py_RETURN_NONE;
+    return PyFloat_FromDouble(next);
+}
+
+static PyObject *Engine_on_upstream(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    return relay_wakeup(self, 0);
+}
+
+static PyObject *Engine_expire(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    return relay_wakeup(self, 1);
+}
+
+static PyObject *Engine_relay_policy(Engine *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (self->relay == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this engine was made without a relay");
+        return NULL;
+    }
+    if (fd_relay_policy(self->relay, args, nargs) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static int key_arg(PyObject *key, const uint8_t **p, size_t *n) {
+    if (!PyBytes_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, "key must be bytes");
+        return -1;
+    }
+    *p = (const uint8_t *)PyBytes_AS_STRING(key);
+    *n = (size_t)PyBytes_GET_SIZE(key);
+    return 0;
+}
+
+static PyObject *Engine_key_add(Engine *self, PyObject *key) {
+    const uint8_t *p;
+    size_t n;
+    if (key_arg(key, &p, &n) < 0) return NULL;
+    if (self->relay != NULL && fd_keys_add(&self->relay->keys, p, n) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_key_discard(Engine *self, PyObject *key) {
+    const uint8_t *p;
+    size_t n;
+    if (key_arg(key, &p, &n) < 0) return NULL;
+    if (self->relay != NULL) fd_keys_discard(&self->relay->keys, p, n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_key_clear(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->relay != NULL) fd_keys_clear(&self->relay->keys);
+    Py_RETURN_NONE;
 }
 
 /* ------------------------------------------------------------------------- Python's sends */
@@ -533,6 +669,25 @@ static PyObject *Engine_fold(Engine *self, PyObject *Py_UNUSED(ignored)) {
 
 static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
     const fd_counters *c = &self->c;
+    if (self->relay != NULL) {
+        const fd_relay_counters *rc = &self->relay->c;
+        return Py_BuildValue(
+            "{sKsKsKsKsKsKsKsKsnsnsnsKsKsKsKsKsKsKsKsKsKsKsKsKsnsnsn}", "datagrams", c->datagrams,
+            "recv_calls", c->recv_calls, "answered", c->answered, "upcalls", c->upcalls,
+            "send_calls", c->send_calls, "sent", c->sent, "send_errors", c->send_errors,
+            "backlog_drops", c->backlog_drops, "forms", (Py_ssize_t)self->forms.count,
+            "sources", (Py_ssize_t)self->sources.count, "backlog", (Py_ssize_t)self->bcount,
+            "relayed", rc->relayed, "relay_answered", rc->answered, "relay_failed", rc->failed,
+            "relay_timeouts", rc->timeouts, "relay_unmatched", rc->unmatched,
+            "relay_mismatched", rc->mismatched, "relay_opened", rc->opened,
+            "relay_send_errors", rc->send_errors, "relay_full", rc->full, "relay_followed",
+            rc->followed,
+            "relay_declined_unsupported_type", rc->declined[FD_RELAY_UNSUPPORTED],
+            "relay_declined_dnssec", rc->declined[FD_RELAY_DNSSEC], "relay_declined_disabled",
+            rc->declined[FD_RELAY_DISABLED], "relay_inflight",
+            (Py_ssize_t)self->relay->inflight, "relay_sockets", (Py_ssize_t)self->relay->open,
+            "relay_keys", (Py_ssize_t)self->relay->keys.count);
+    }
     return Py_BuildValue(
         "{sKsKsKsKsKsKsKsKsnsnsn}", "datagrams", c->datagrams, "recv_calls", c->recv_calls,
         "answered", c->answered, "upcalls", c->upcalls, "send_calls", c->send_calls, "sent",
@@ -561,13 +716,22 @@ static PyObject *Engine_close(Engine *self, PyObject *Py_UNUSED(ignored)) {
 /* ------------------------------------------------------------------------- the type */
 
 static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"fd", "batch", "upcall", "want_write", "capacity", NULL};
+    static char *kwlist[] = {"fd",      "batch", "upcall",       "want_write",
+                             "capacity", "relayed", "arm", "max_inflight", NULL};
     int fd, batch;
-    Py_ssize_t capacity = DEFAULT_FORMS;
-    PyObject *up, *ww;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOO|n", kwlist, &fd, &batch, &up, &ww,
-                                     &capacity))
+    Py_ssize_t capacity = DEFAULT_FORMS, max_inflight = 1000;
+    PyObject *up, *ww, *relayed = Py_None, *arm = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOO|n$OOn", kwlist, &fd, &batch, &up, &ww,
+                                     &capacity, &relayed, &arm, &max_inflight))
         return -1;
+    if (relayed != Py_None && (!PyCallable_Check(relayed) || !PyCallable_Check(arm))) {
+        PyErr_SetString(PyExc_TypeError, "relayed and arm must be callable");
+        return -1;
+    }
+    if (max_inflight < 1 || max_inflight > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "max_inflight must be 1..1048576");
+        return -1;
+    }
     if (self->rbuf != NULL || self->closed) {
         PyErr_SetString(PyExc_RuntimeError, "an Engine is initialised once");
         return -1;
@@ -629,6 +793,26 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
         release(self);
         return -1;
     }
+    if (relayed != Py_None) {
+        self->relay = PyMem_Malloc(sizeof(fd_relay));
+        self->items = PyList_New(0);
+        if (self->relay == NULL || self->items == NULL) {
+            PyMem_Free(self->relay);
+            self->relay = NULL;
+            release(self);
+            if (!PyErr_Occurred()) PyErr_NoMemory();
+            return -1;
+        }
+        if (fd_relay_init(self->relay, (uint32_t)max_inflight, seed ^ 0x2545F4914F6CDD1DULL) <
+            0) {
+            PyMem_Free(self->relay);
+            self->relay = NULL;
+            release(self);
+            return -1;
+        }
+        self->relayed = Py_NewRef(relayed);
+        self->arm = Py_NewRef(arm);
+    }
     for (int i = 0; i < batch; i++) {
         self->riov[i].iov_base = self->rbuf + (size_t)i * SLOT_STRIDE;
         self->riov[i].iov_len = MAX_DATAGRAM;
@@ -644,6 +828,9 @@ static int Engine_traverse(Engine *self, visitproc visit, void *arg) {
     Py_VISIT(self->upcall);
     Py_VISIT(self->want_write);
     Py_VISIT(self->last_addr);
+    Py_VISIT(self->relayed);
+    Py_VISIT(self->arm);
+    Py_VISIT(self->items);
     return 0;
 }
 
@@ -651,6 +838,9 @@ static int Engine_clear_refs(Engine *self) {
     Py_CLEAR(self->upcall);
     Py_CLEAR(self->want_write);
     Py_CLEAR(self->last_addr);
+    Py_CLEAR(self->relayed);
+    Py_CLEAR(self->arm);
+    Py_CLEAR(self->items);
     return 0;
 }
 
@@ -665,6 +855,14 @@ static void Engine_dealloc(Engine *self) {
 
 static PyObject *Engine_get_closed(Engine *self, void *Py_UNUSED(closure)) {
     return PyBool_FromLong(self->closed || self->closing);
+}
+
+static PyObject *Engine_get_upstream_fd(Engine *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromLong(self->relay != NULL ? self->relay->epfd : -1);
+}
+
+static PyObject *Engine_get_inflight(Engine *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromUnsignedLong(self->relay != NULL ? self->relay->inflight : 0);
 }
 
 static PyMethodDef Engine_methods[] = {
@@ -685,6 +883,16 @@ static PyMethodDef Engine_methods[] = {
      "[(token, hits, seconds)] answered here since the last fold, zeroed."},
     {"counters", (PyCFunction)Engine_counters, METH_NOARGS, "Counters since the start."},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "Release everything (idempotent)."},
+    {"on_upstream", (PyCFunction)Engine_on_upstream, METH_NOARGS,
+     "Read the relay's upstream sockets; their outcomes go to relayed(items)."},
+    {"expire", (PyCFunction)Engine_expire, METH_NOARGS,
+     "Time out the relayed queries due; when the next one is due, or None."},
+    {"relay_policy", (PyCFunction)(void (*)(void))Engine_relay_policy, METH_FASTCALL,
+     "relay_policy(server, timeout, deadline, mark, endings, suffix, ipv6_local, native, "
+     "nss): what the relay may take (server None or endings None: nothing)."},
+    {"key_add", (PyCFunction)Engine_key_add, METH_O, "A key the cache now holds."},
+    {"key_discard", (PyCFunction)Engine_key_discard, METH_O, "A key the cache let go."},
+    {"key_clear", (PyCFunction)Engine_key_clear, METH_NOARGS, "The cache was emptied."},
     {"_fail_sends", (PyCFunction)Engine_fail_sends, METH_VARARGS,
      "_fail_sends(errno, count): the next count sends fail with errno (tests: a full socket "
      "buffer cannot be made on loopback)."},
@@ -693,6 +901,9 @@ static PyMethodDef Engine_methods[] = {
 
 static PyGetSetDef Engine_getset[] = {
     {"closed", (getter)Engine_get_closed, NULL, "Whether close() was called.", NULL},
+    {"upstream_fd", (getter)Engine_get_upstream_fd, NULL,
+     "The relay's epoll descriptor (readable: call on_upstream); -1 without a relay.", NULL},
+    {"inflight", (getter)Engine_get_inflight, NULL, "Queries the relay waits on.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

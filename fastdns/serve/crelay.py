@@ -1,0 +1,185 @@
+"""Misses relayed in C (fastdns/serve/cengine/relay.c, docs/datapath.md "Misses"): the policy
+Python pushes to the engine, and what becomes of the outcomes it hands up.
+
+The engine relays a query itself only where Python's lane (``fastdns.resolve.relay``) would
+relay it raw to the first upstream with nothing else to decide: no static alias, no route, the
+first server plain UDP, a name that cannot be static or a loop probe, a key the cache does not
+hold (the cache's ``keys`` mirror); with the native path on, a query it declines (its types,
+DNSSEC) or lets go raw first (``forward_first``), never a ``.local`` address NSS asks first.
+``policy`` says so in one call, made again whenever any of that may have changed (each tick, a
+reload, a failover). Every
+outcome comes back here in one list per wakeup: an answer is stored, answered and counted by
+``Relay.answered``; a failover reply, a socket error or a timeout enters the lane's state
+machine where the engine left it (``Relay.adopt``), so every decision stays in Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastdns.dns import compose, wire
+from fastdns.dns.resolved import Resolved
+from fastdns.resolve.forward import sockmark
+from fastdns.resolve.forward.attempts import UDP, Server
+from fastdns.resolve.forward.upsock import UpstreamDown
+from fastdns.resolve.forward.upstream import Attempt
+from fastdns.resolve.pipeline import ForwardRule
+from fastdns.serve.udp import ServerState, UDPServer
+
+__all__ = ["CRelay", "Policy", "policy"]
+
+# an item's kind (relay.h FD_RELAY_*)
+REPLY, ERROR, TIMEOUT, LATE, LATE_ERROR, FOLLOW = 0, 1, 2, 3, 4, 5
+
+# Engine.relay_policy's arguments: (server, timeout, deadline, mark, endings, suffix,
+# ipv6_local, the native path's rule or None, NSS first for .local)
+Endings = tuple[bytes, ...]
+Rule = ForwardRule
+Policy = tuple[Server | None, float, float, int, Endings | None, bytes, bool, Rule | None, bool]
+QueryParts = tuple[int, int, int, int, int, int, bool, int, bool, int, bytes]
+Item = tuple[int, int, bytes, bytes | None, Any, float, float, QueryParts]
+
+
+def query_of(data: bytes, parts: QueryParts) -> wire.Query:
+    """The ``wire.Query`` that ``wire.parse_query(data)`` gives, from the fields the engine
+    read (its parser gives the same: tests/fuzz/test_fuzz_cwire.py), without a second parse."""
+    q = wire.Query()
+    q.wire = data
+    (q.id, q.flags, n, q.qtype, q.qclass, q.qend, q.has_opt, q.udp_size, q.do) = parts[:9]
+    q.edns_version, q.key = parts[9], parts[10]
+    q.qname = data[12 : 12 + n]
+    return q
+
+
+def policy(state: ServerState) -> Policy:
+    """What the engine may relay now; server None: nothing (everything goes up)."""
+    pipeline, relay = state.pipeline, state.relay
+    fwd, cfg = pipeline.forwarder, pipeline.config
+    off: Policy = (None, cfg.upstream_timeout, cfg.deadline, 0, None, b"", False, None, False)
+    static = pipeline.static
+    if (
+        state.draining
+        or relay.closed
+        or static.aliases
+        or static.wild_aliases
+        or fwd.routes
+        or not fwd.plan.servers
+    ):
+        return off
+    endings = pipeline.local_endings() if cfg.enabled else ()
+    if endings is None:
+        return off  # any name may be static: each must be looked up
+    now = pipeline.loop.time()
+    m = fwd.attempts(now + cfg.deadline, None)
+    if m.start(now) != UDP or "%" in m.server[0]:
+        return off  # a TLS or TCP server first, a scoped address: Python's lane
+    return (
+        m.server,
+        m.until - now,
+        cfg.deadline,
+        sockmark.current(),
+        endings,
+        pipeline.loop_suffix,
+        bool(cfg.enabled and not cfg.ipv6),
+        pipeline.native.forward_rule() if pipeline.native is not None else None,
+        pipeline.nss is not None,
+    )
+
+
+class CRelay:
+    """The Python side of one engine's relay: its policy and the outcomes it hands up."""
+
+    def __init__(self, state: ServerState, udp: UDPServer) -> None:
+        self.state = state
+        self.udp = udp
+        self.server: Server | None = None  # whom the engine relays to (the policy's)
+        self.told: Policy | None = None
+        self.engine: Any = None
+        # Queries that timed out in C, handed to the general path: seq -> the attempt their
+        # late reply answers, and until when it may come (the engine forgets them then).
+        self.late: dict[int, tuple[Attempt, float]] = {}
+        # Queries the engine has in flight that others wait for (the same question asked
+        # meanwhile, FOLLOW items): seq -> the future they wait on (Pipeline.pending's).
+        self.waiting: dict[int, asyncio.Future[Resolved]] = {}
+
+    def tell(self) -> None:
+        """Push the policy to the engine when it changed; forget late attempts past due."""
+        if self.late:
+            now = self.state.pipeline.loop.time()
+            for seq in [seq for seq, (a, until) in self.late.items() if until < now or a.done()]:
+                del self.late[seq]
+        engine = self.engine
+        if engine is None:
+            return
+        p = policy(self.state)
+        if p != self.told:
+            engine.relay_policy(*p)
+            self.told = p
+            if p[0] is not None:
+                self.server = p[0]
+
+    def relayed(self, items: list[Item]) -> None:
+        """The engine's outcomes of one wakeup (relay.h): answers, failures, timeouts."""
+        relay, udp, server = self.state.relay, self.udp, self.server
+        failed = False
+        for kind, seq, query, reply, addr, t0, sent, parts in items:
+            if kind in (LATE, LATE_ERROR):
+                entry = self.late.pop(seq, None)
+                if entry is not None and not entry[0].done():
+                    if reply is not None:
+                        entry[0].set_result(reply)
+                    else:
+                        entry[0].set_exception(UpstreamDown("the upstream socket failed"))
+                continue
+            q = query_of(query, parts)
+            if kind == FOLLOW:
+                self.follow(seq, q, addr, len(query), t0)
+                continue
+            fut = self.waiting.pop(seq, None) if self.waiting else None
+            if server is None:
+                continue
+            if kind == REPLY and reply is not None:
+                failed |= not relay.answered(q, reply, udp, addr, len(query), t0, server, sent, fut)
+                continue
+            failed = True
+            r = relay.adopt(q, udp, addr, len(query), t0, server, sent, fut)
+            box = None
+            if kind == TIMEOUT:
+                box, attempt = relay.forwarder.late_box(server, sent)
+                self.late[seq] = (attempt, sent + self.state.config.deadline)
+            relay.resume(r, None, kind == ERROR, box)
+        if failed:
+            self.tell()  # a server that keeps failing is asked last: maybe another first
+
+    def follow(self, seq: int, q: wire.Query, addr: Any, size: int, t0: float) -> None:
+        """``q`` came while the engine has the same question in flight (query ``seq``): it
+        waits for that one's answer, as ``Pipeline._coalesced`` waiters do (each a task,
+        counted towards ``max_inflight``: REFUSED above it, as ``UDPServer._full``)."""
+        state = self.state
+        if state.full():
+            state.stats.inc("overload", "udp")
+            self.udp.send_answer(
+                q, Resolved(compose.error_reply(q, wire.REFUSED), "server"), addr, size, t0
+            )
+            return
+        fut = self.waiting.get(seq)
+        if fut is None:
+            fut = self.waiting[seq] = self.state.pipeline.loop.create_future()
+            self.state.pipeline.pending.setdefault(q.key, fut)
+        self.state.spawn(self._follow(fut, q, addr, size, t0))
+
+    async def _follow(
+        self, fut: asyncio.Future[Resolved], q: wire.Query, addr: Any, size: int, t0: float
+    ) -> None:
+        pipeline = self.state.pipeline
+        pipeline.stats.inc("coalesced")
+        try:
+            shared = await asyncio.shield(fut)
+        except Exception:
+            res = Resolved(compose.error_reply(q, wire.SERVFAIL), "server")
+        else:
+            # the reply of a question with or without OPT, for this one (RFC 6891 §7)
+            reply = compose.match_opt(shared.reply, q, pipeline.opt_size)
+            res = Resolved(compose.splice(reply, q.id, q.question, q.rd), shared.source)
+        self.udp.send_answer(q, res, addr, size, t0)
