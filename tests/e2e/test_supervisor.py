@@ -169,7 +169,7 @@ def test_metrics_and_rules_processes_start_and_stop_around_the_workers(
     fdp = fastdns_factory(config(metrics={"listen": "127.0.0.1:0"}, rules=rules))
     assert isinstance(fdp.state["metrics_port"], int)
     assert procfs.wait_until(lambda: len(procfs.children(fdp.pid)) == 4, 10)
-    titles = sorted(procfs.cmdline(p) for p in procfs.children(fdp.pid))
+    titles = sorted(procfs.children_titled(fdp.pid).values())
     assert titles == [
         "fastdns: metrics",
         "fastdns: rules",

@@ -459,7 +459,7 @@ RELOAD_UDP_PORT, RELOAD_TCP_PORT = 20053, 20054
 
 
 def rules_children(fdp: FastDNSProcess) -> list[int]:
-    return [p for p in procfs.children(fdp.pid) if procfs.cmdline(p) == "fastdns: rules"]
+    return [p for p, title in procfs.children_titled(fdp.pid).items() if title == "fastdns: rules"]
 
 
 def test_serve_reload_with_new_ports_moves_rules_and_flows(

@@ -62,6 +62,18 @@ def children(pid: int) -> list[int]:
     return sorted(p for p, ppid, _ in live_processes() if ppid == pid)
 
 
+def children_titled(pid: int) -> dict[int, str]:
+    """The children of ``pid`` and their titles, without those that exit between the listing
+    and the read (a child just killed and reaped: its /proc entry is gone)."""
+    titled = {}
+    for p in children(pid):
+        try:
+            titled[p] = cmdline(p)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return titled
+
+
 def socket_inodes(pid: int) -> set[int]:
     """Inodes of every socket ``pid`` holds an fd to."""
     inodes = set()
