@@ -9,6 +9,8 @@ import sys
 import pytest
 from support import procfs
 
+pytestmark = pytest.mark.integration  # real child processes
+
 
 def test_a_child_that_is_gone_is_left_out_not_an_error() -> None:
     """A child killed and reaped between the listing and the read has no /proc entry: its
