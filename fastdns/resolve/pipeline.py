@@ -20,6 +20,7 @@ from fastdns.config.schema import Config
 from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import PROBE, Resolved
 from fastdns.metrics.stats import WorkerStats
+from fastdns.resolve.cache.admission import Classified
 from fastdns.resolve.cache.store import PacketCache
 from fastdns.resolve.forward.attempts import Attempts
 from fastdns.resolve.forward.routes import Route
@@ -380,13 +381,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the packet cache
 
-    def remember(self, q: wire.Query, res: Resolved) -> Resolved:
+    def remember(self, q: wire.Query, res: Resolved, classified: Classified = False) -> Resolved:
         """Store ``res`` in the cache; the reply to send (capped TTLs, or a stale entry when
         the lookup failed, RFC 8767)."""
         cache = self.cache
         if cache is None:
             return res
-        reply, source = cache.admit(q, res.reply, res.source, res.ttl, time.monotonic())
+        reply, source = cache.admit(q, res.reply, res.source, res.ttl, time.monotonic(), classified)
         return res if reply is res.reply else Resolved(reply, source)
 
     def _refresh_soon(self, q: wire.Query) -> None:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import Resolved
+from fastdns.resolve.cache.admission import Classified
 from fastdns.resolve.forward.attempts import DONE, UDP, Attempts
 from fastdns.resolve.forward.routes import Route
 from fastdns.resolve.forward.upsock import PortSocket, UpstreamDown
@@ -196,12 +197,14 @@ class Relay:
         server: tuple[str, int],
         sent: float,
         fut: asyncio.Future[Resolved] | None = None,
+        classified: Classified = False,
     ) -> bool:
         """The reply to a query the compiled relay sent to ``server`` (the first attempt of
         its state machine) at ``sent`` and matched (ID, source, question): answered,
         stored and counted as ``on_reply`` would; anything but a final answer (TC, SERVFAIL,
         REFUSED) enters the lane's state machine there (``adopt``): False. ``fut``: where
-        the same question asked meanwhile waits (``Pipeline.pending``), resolved here."""
+        the same question asked meanwhile waits (``Pipeline.pending``), resolved here;
+        ``classified``: the cache's verdict on ``data`` as the engine gave it."""
         rcode = data[3] & 0xF
         if data[2] & 2 or rcode in wire.FAILOVER_RCODES:  # TC (RFC 1035 §4.1.1), failover
             self.resume(self.adopt(q, sink, addr, size, t0, server, sent, fut), data, False)
@@ -222,7 +225,7 @@ class Relay:
             self.spawn(self._general(r, pipeline.after_dns(q, res, r.deadline)))
             return True
         try:
-            out = pipeline.remember(q, res)
+            out = pipeline.remember(q, res, classified)
         except Exception:  # a bug: the client still gets an answer
             logger.exception("unhandled error storing a forwarded reply")
             fwd.stats.inc("unhandled_exceptions")

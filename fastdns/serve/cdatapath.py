@@ -178,6 +178,11 @@ class CDatapath:
             for form, f in cache.front.forms.items():
                 cache.front.mirror_install(form, f)
             cache.keys = joined(cache.keys, engine)
+            limits = cache.config
+            # each answer classified by admission.c as the cache would (``PacketCache.put``)
+            engine.relay_cache(
+                (limits.min_ttl, limits.max_ttl, limits.denial_max_ttl, limits.servfail_ttl)
+            )
             for key in (*cache.success, *cache.denial):
                 engine.key_add(key)
         self.state.elsewhere.append(self._relay_inflight)

@@ -20,6 +20,7 @@ from typing import Any
 
 from fastdns.dns import compose, wire
 from fastdns.dns.resolved import Resolved
+from fastdns.resolve.cache.admission import Classified
 from fastdns.resolve.forward import sockmark
 from fastdns.resolve.forward.attempts import UDP, Server
 from fastdns.resolve.forward.upsock import UpstreamDown
@@ -38,7 +39,7 @@ Endings = tuple[bytes, ...]
 Rule = ForwardRule
 Policy = tuple[Server | None, float, float, int, Endings | None, bytes, bool, Rule | None, bool]
 QueryParts = tuple[int, int, int, int, int, int, bool, int, bool, int, bytes]
-Item = tuple[int, int, bytes, bytes | None, Any, float, float, QueryParts]
+Item = tuple[int, int, bytes, bytes | None, Any, float, float, QueryParts, Classified]
 
 
 def query_of(data: bytes, parts: QueryParts) -> wire.Query:
@@ -123,7 +124,7 @@ class CRelay:
         """The engine's outcomes of one wakeup (relay.h): answers, failures, timeouts."""
         relay, udp, server = self.state.relay, self.udp, self.server
         failed = False
-        for kind, seq, query, reply, addr, t0, sent, parts in items:
+        for kind, seq, query, reply, addr, t0, sent, parts, verdict in items:
             if kind in (LATE, LATE_ERROR):
                 entry = self.late.pop(seq, None)
                 if entry is not None and not entry[0].done():
@@ -140,7 +141,9 @@ class CRelay:
             if server is None:
                 continue
             if kind == REPLY and reply is not None:
-                failed |= not relay.answered(q, reply, udp, addr, len(query), t0, server, sent, fut)
+                failed |= not relay.answered(
+                    q, reply, udp, addr, len(query), t0, server, sent, fut, verdict
+                )
                 continue
             failed = True
             r = relay.adopt(q, udp, addr, len(query), t0, server, sent, fut)

@@ -18,7 +18,9 @@ import dns.message
 import dns.rrset
 import pytest
 
+from fastdns.config.schema import CacheConfig
 from fastdns.dns import wire
+from fastdns.resolve.cache.admission import classify
 
 cengine = pytest.importorskip("fastdns.serve._cengine")
 Engine = cengine.Engine
@@ -137,7 +139,8 @@ def test_a_miss_is_relayed_with_a_fresh_id_and_its_answer_handed_up(rig: Rig) ->
     rig.up.sock.sendto(reply, src)
     rig.upstream_reads()
     assert len(rig.items) == 1
-    kind, _seq, q, r, addr, t0, sent_at, _parts = rig.items[0]
+    kind, _seq, q, r, addr, t0, sent_at, _parts, verdict = rig.items[0]
+    assert verdict is False  # not classified: this engine was told no cache limits
     assert (kind, q, r) == (REPLY, query, reply)
     assert addr == rig.client.getsockname() and t0 <= sent_at
     assert rig.engine.inflight == 0
@@ -459,3 +462,25 @@ def test_the_fields_handed_up_make_the_query_python_parses(rig: Rig, query: byte
     made, parsed = query_of(item[2], item[7]), wire.parse_query(query)
     for name in (*SLOTS, "edns_version", "wire"):
         assert getattr(made, name) == getattr(parsed, name), name
+
+
+def test_answers_come_up_classified_as_the_cache_would(rig: Rig) -> None:
+    """With the cache's limits, each answer comes up with admission.c's verdict, which is
+    admission.py's (tests/fuzz/test_fuzz_cclassify.py holds the two equal)."""
+    cfg = CacheConfig()
+    rig.engine.relay_cache((cfg.min_ttl, cfg.max_ttl, cfg.denial_max_ttl, cfg.servfail_ttl))
+    query = make_query("v.example.test")
+    rig.ask(query)
+    sent, src = rig.up.recv()
+    reply = answer(sent)
+    rig.up.sock.sendto(reply, src)
+    rig.upstream_reads()
+    (item,) = rig.items
+    expected = classify(wire.parse_query(query), reply, cfg)
+    assert expected is not None and item[8] == expected
+    rig.engine.relay_cache(None)
+    rig.ask(make_query("w.example.test"))
+    sent, src = rig.up.recv()
+    rig.up.sock.sendto(answer(sent), src)
+    rig.upstream_reads()
+    assert rig.items[1][8] is False

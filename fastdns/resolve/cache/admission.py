@@ -28,6 +28,9 @@ KIND_NAMES = ("success", "denial", "denial")  # CoreDNS counts SERVFAIL with the
 # pairs, as_is: the reply already shows exactly those TTLs, so storing it rewrites none). A
 # plain tuple: a NamedTuple costs 0.5 us more on every miss.
 Verdict = tuple[int, int, int, tuple[int, ...], bool]
+# A verdict given by whoever classified the reply already (the compiled relay, admission.c:
+# the same function in C), None included; False: not classified, ``classify`` it here.
+Classified = Verdict | None | bool
 
 
 def classify(

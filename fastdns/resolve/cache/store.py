@@ -30,15 +30,15 @@ from typing import Any, Protocol
 
 from fastdns.config.schema import CacheConfig
 from fastdns.dns import compose, wire
-from fastdns.resolve.cache.admission import KIND_NAMES, SERVFAIL, SUCCESS, classify
+from fastdns.resolve.cache.admission import KIND_NAMES, SERVFAIL, SUCCESS, Classified, classify
 from fastdns.resolve.cache.entry import STALE, Entry, Form, Raw, retime
 from fastdns.resolve.cache.front import Front, FrontTable, counted_down
 from fastdns.resolve.cache.heads import Heads
+from fastdns.resolve.cache.truncated import truncated_form
 
 _HEAD = struct.Struct("!HHHHH")  # flags, qd, an, ns, ar: the header after the ID
 
 TCP_LIMIT = 65535  # no truncation: TCP, and the pipeline's full-size replies
-MAX_TRUNCATED_FORMS = 4  # truncated renderings kept per entry (client UDP sizes seen)
 FAILURE_RECHECK = 30.0  # RFC 8767 §5 "failure recheck": after a failed refresh, wait this long
 NOT_CACHED_SOURCES = frozenset(("server", "cache"))  # fastdns's own errors; already cached
 # Fast-lane hits summed by (qtype, DO, rcode, reply size, query size): fold_front.
@@ -312,41 +312,8 @@ class PacketCache:
         one of its truncated renderings."""
         opt = len(e.opt) if q.has_opt else 0
         if e.size + opt > limit:
-            return self._truncated(e, q, limit - opt)
+            return truncated_form(e, q, limit - opt, self._heads)
         return e
-
-    def _truncated(self, e: Entry, q: wire.Query, budget: int) -> Form:
-        """The entry cut to ``budget`` bytes (OPT aside) at an RRset boundary, TC set when
-        answer or authority data is dropped (``compose.truncate``); kept per budget."""
-        trunc = e.trunc
-        if trunc is None:
-            trunc = e.trunc = {}
-        form = trunc.get(budget)
-        if form is not None:
-            return form
-        msg = b"".join((b"\x00\x00", e.heads[1], q.wire[12 : q.qend], e.body))
-        try:
-            cut = compose.truncate(msg, budget)
-        except wire.Malformed:  # a name the upstream compressed badly: send the header only
-            cut = (
-                msg[:2]
-                + _HEAD.pack(_HEAD.unpack_from(msg, 2)[0] | wire.TC, 1, 0, 0, 0)
-                + (msg[12 : q.qend])
-            )
-        flags, _, an, ns, ar = _HEAD.unpack_from(cut, 2)
-        form = Form()
-        form.heads = self._heads.of(flags, an, ns, ar)
-        form.body = bytearray(cut[q.qend :])
-        # The cut body is a prefix of the entry's body: its TTLs are the first ones.
-        n = len(form.body)
-        form.ttls = tuple(
-            v for i in range(0, len(e.ttls), 2) if e.ttls[i] < n for v in e.ttls[i : i + 2]
-        )
-        form.stamp = e.stamp
-        form.size = len(cut)
-        if len(trunc) < MAX_TRUNCATED_FORMS:
-            trunc[budget] = form
-        return form
 
     def _remove(self, key: bytes, e: Entry) -> None:
         table = self.success if e.kind == SUCCESS else self.denial
@@ -358,7 +325,13 @@ class PacketCache:
     # ------------------------------------------------------------------------------ the store
 
     def admit(
-        self, q: wire.Query, reply: bytes, source: str, ttl: int | None, now: float
+        self,
+        q: wire.Query,
+        reply: bytes,
+        source: str,
+        ttl: int | None,
+        now: float,
+        classified: Classified = False,
     ) -> tuple[bytes, str]:
         """Store a resolved reply; return the full-size reply to send ``q`` and its source.
 
@@ -376,7 +349,7 @@ class PacketCache:
                         age = STALE
                         self.counters[_STALE] += 1
                     return self._render(old, q, age, TCP_LIMIT), "cache"
-        entry = self.put(q, reply, source, ttl, now)
+        entry = self.put(q, reply, source, ttl, now, classified)
         if entry is None:
             return reply, source
         if type(entry) is not Entry:
@@ -430,7 +403,13 @@ class PacketCache:
         return e
 
     def put(
-        self, q: wire.Query, reply: bytes, source: str, ttl: int | None, now: float
+        self,
+        q: wire.Query,
+        reply: bytes,
+        source: str,
+        ttl: int | None,
+        now: float,
+        classified: Classified = False,
     ) -> Entry | Raw | None:
         """Cache ``reply`` to ``q`` if CoreDNS would; None when it is not cacheable.
 
@@ -439,7 +418,9 @@ class PacketCache:
         """
         if source in NOT_CACHED_SOURCES:
             return None
-        verdict = classify(q, reply, self.config, ttl)
+        # (``classified``: the verdict of admission.c, the same function run by the relay)
+        verdict = classify(q, reply, self.config, ttl) if classified is False else classified
+        assert verdict is not True
         if verdict is None or verdict[1] <= 0:  # TTL 0: use once, never cache (RFC 1035 §3.2.1)
             if verdict is None:
                 self.counters[_DROPS] += 1

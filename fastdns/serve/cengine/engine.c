@@ -27,6 +27,7 @@
 #include "forms.h"
 #include "relay.h"
 #include "sources.h"
+#include "wirebind.h" /* fd_cache_cfg_from */
 
 #define MAX_DATAGRAM 65535          /* as udp.py: a query is read whole whatever its size */
 #define SLOT_STRIDE (65536 + 128)   /* receive slots, staggered so their heads share no set */
@@ -441,6 +442,22 @@ static PyObject *Engine_relay_policy(Engine *self, PyObject *const *args, Py_ssi
         return NULL;
     }
     if (fd_relay_policy(self->relay, args, nargs) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_relay_cache(Engine *self, PyObject *limits) {
+    if (self->relay == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this engine was made without a relay");
+        return NULL;
+    }
+    if (limits == Py_None) {
+        self->relay->classify = 0;
+        Py_RETURN_NONE;
+    }
+    fd_cache_cfg cfg;
+    if (fd_cache_cfg_from(limits, &cfg) < 0) return NULL;
+    self->relay->cache = cfg;
+    self->relay->classify = 1;
     Py_RETURN_NONE;
 }
 
@@ -890,6 +907,9 @@ static PyMethodDef Engine_methods[] = {
     {"relay_policy", (PyCFunction)(void (*)(void))Engine_relay_policy, METH_FASTCALL,
      "relay_policy(server, timeout, deadline, mark, endings, suffix, ipv6_local, native, "
      "nss): what the relay may take (server None or endings None: nothing)."},
+    {"relay_cache", (PyCFunction)Engine_relay_cache, METH_O,
+     "relay_cache((min_ttl, max_ttl, denial_max_ttl, servfail_ttl) | None): classify each "
+     "answer for the cache with these limits (admission.c), or not."},
     {"key_add", (PyCFunction)Engine_key_add, METH_O, "A key the cache now holds."},
     {"key_discard", (PyCFunction)Engine_key_discard, METH_O, "A key the cache let go."},
     {"key_clear", (PyCFunction)Engine_key_clear, METH_NOARGS, "The cache was emptied."},

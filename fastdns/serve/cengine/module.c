@@ -7,7 +7,10 @@
  *   sources.c the sources that pass the gate (sources.h)
  *   addr.c    socket addresses as Python tuples (addr.h)
  *   wire.c    the query parser and reply checks, pure C (wire.h)
- *   wirebind.c  their Python functions: parse_query, question_matches, reply_header
+ *   admission.c  the cache's admission (classify), pure C (admission.h)
+ *   relay.c   misses relayed to the upstream (relay.h); keys.c the cache's keys (keys.h)
+ *   wirebind.c  their Python functions: parse_query, question_matches, reply_header,
+ *               classify
  * Every read of packet bytes is bounds-checked; nothing here grows without a bound.
  */
 #define PY_SSIZE_T_CLEAN

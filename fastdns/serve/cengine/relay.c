@@ -10,6 +10,7 @@
 
 #include "addr.h"
 #include "forms.h" /* fd_hash */
+#include "wirebind.h" /* fd_verdict_tuple */
 
 #define READ_BATCH 64 /* replies read per wakeup of one socket (upsock.py READ_BATCH) */
 #define EVENTS 64
@@ -226,10 +227,18 @@ static void sock_forget(fd_usock *s, int j) {
     s->slot[j] = s->slot[s->npend];
 }
 
+/* The cache's verdict on an answer (relay.h): a tuple, None, or False when not classified. */
+static PyObject *verdict_of(fd_relay *r, const fd_rslot *x, const uint8_t *reply, size_t rlen) {
+    if (!r->classify) return Py_NewRef(Py_False);
+    fd_verdict v = {.ttls = r->verdict_room};
+    if (!fd_classify(reply, rlen, x->query, &x->q, &r->cache, -1, &v)) return Py_NewRef(Py_None);
+    return fd_verdict_tuple(&v);
+}
+
 /* An item for Python (relay.h); 0, or -1 with an error set. */
-static int put_item(PyObject *items, int kind, const fd_rslot *x, const uint8_t *reply,
-                    size_t rlen) {
-    PyObject *t = PyTuple_New(8);
+static int put_item(fd_relay *r, PyObject *items, int kind, const fd_rslot *x,
+                    const uint8_t *reply, size_t rlen) {
+    PyObject *t = PyTuple_New(9);
     if (t == NULL) return -1;
     PyObject *k = PyLong_FromLong(kind);
     PyObject *seq = PyLong_FromUnsignedLongLong(x->seq);
@@ -254,7 +263,10 @@ static int put_item(PyObject *items, int kind, const fd_rslot *x, const uint8_t 
     PyTuple_SET_ITEM(t, 5, t0);
     PyTuple_SET_ITEM(t, 6, sent);
     PyTuple_SET_ITEM(t, 7, fields);
-    if (!k || !seq || !q || !rep || !a || !t0 || !sent || !fields ||
+    PyObject *verdict =
+        kind == FD_RELAY_REPLY && reply != NULL ? verdict_of(r, x, reply, rlen) : Py_NewRef(Py_False);
+    PyTuple_SET_ITEM(t, 8, verdict);
+    if (!k || !seq || !q || !rep || !a || !t0 || !sent || !fields || !verdict ||
         PyList_Append(items, t) < 0) {
         Py_DECREF(t);
         return -1;
@@ -271,7 +283,7 @@ static int fail_sock(fd_relay *r, fd_usock *s, PyObject *items) {
         uint32_t i = s->slot[s->npend - 1];
         s->npend--;
         int kind = r->slots[i].late ? FD_RELAY_LATE_ERROR : FD_RELAY_ERROR;
-        if (rc == 0 && put_item(items, kind, &r->slots[i], NULL, 0) < 0) rc = -1;
+        if (rc == 0 && put_item(r, items, kind, &r->slots[i], NULL, 0) < 0) rc = -1;
         r->c.failed++;
         unlink_slot(r, i);
     }
@@ -502,7 +514,7 @@ int fd_relay_take(fd_relay *r, const uint8_t *buf, size_t len,
         x->qlen = (uint16_t)len;
         memcpy(x->query, buf, len);
         x->t0 = x->sent = t0;
-        int rc = put_item(items, FD_RELAY_FOLLOW, x, NULL, 0);
+        int rc = put_item(r, items, FD_RELAY_FOLLOW, x, NULL, 0);
         x->seq = seq;
         r->c.followed++;
         return rc < 0 ? -1 : 1;
@@ -593,7 +605,7 @@ int fd_relay_read(fd_relay *r, double now, PyObject *items) {
             }
             sock_forget(s, j);
             int kind = x->late ? FD_RELAY_LATE : FD_RELAY_REPLY;
-            if (rc == 0 && put_item(items, kind, x, r->rbuf, (size_t)len) < 0) rc = -1;
+            if (rc == 0 && put_item(r, items, kind, x, r->rbuf, (size_t)len) < 0) rc = -1;
             if (!x->late) r->c.answered++;
             unlink_slot(r, i);
             if (s->npend == 0) { /* nothing more is due: spare the EAGAIN read */
@@ -624,7 +636,7 @@ int fd_relay_expire(fd_relay *r, double now, PyObject *items) {
     while (r->head != FD_RELAY_NONE && r->slots[r->head].expires <= now) {
         uint32_t i = r->head;
         fd_rslot *x = &r->slots[i];
-        if (rc == 0 && put_item(items, FD_RELAY_TIMEOUT, x, NULL, 0) < 0) rc = -1;
+        if (rc == 0 && put_item(r, items, FD_RELAY_TIMEOUT, x, NULL, 0) < 0) rc = -1;
         r->c.timeouts++;
         if (x->sent + r->deadline > now) { /* its reply still answers, until the deadline */
             unlist(r, i);
@@ -648,7 +660,8 @@ double fd_relay_next_expiry(const fd_relay *r) {
 /* ------------------------------------------------------------------------- life */
 
 int fd_relay_init(fd_relay *r, uint32_t cap, uint64_t seed) {
-    memset(r, 0, offsetof(fd_relay, rbuf));
+    memset(r, 0, offsetof(fd_relay, verdict_room));
+    memset(&r->c, 0, offsetof(fd_relay, rbuf) - offsetof(fd_relay, c));
     r->epfd = -1;
     r->head = r->tail = r->lhead = r->ltail = FD_RELAY_NONE;
     r->rng = seed;

@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "admission.h"
 #include "keys.h"
 #include "wire.h"
 
@@ -40,8 +41,10 @@
 
 /* What each item of the list handed up says: (kind, seq, query, reply or None, client
  * address, read at, sent at, the query's fields as fd_parse_query read them: id, flags,
- * qname length, qtype, qclass, qend, has_opt, udp_size, do, edns_version, key), seq
- * numbering the engine's relayed queries. After a timeout a
+ * qname length, qtype, qclass, qend, has_opt, udp_size, do, edns_version, key, and for an
+ * answer the cache's verdict on it as admission.c gives it: a Verdict tuple, None when it is
+ * not cacheable, False when not classified here), seq numbering the engine's relayed
+ * queries. After a timeout a
  * query's ID stays awaited until the client's deadline (the state machine's rule: every UDP
  * attempt's reply stays acceptable): its reply, or its socket's error, then comes up as LATE. */
 #define FD_RELAY_REPLY 0      /* the answer */
@@ -113,6 +116,9 @@ typedef struct {
     uint32_t *leaders;
     size_t lcap;
     fd_keys keys;
+    int classify; /* the cache's limits are known: answers are classified here */
+    fd_cache_cfg cache;
+    uint32_t verdict_room[2 * FD_MAX_RECORDS];
     fd_relay_counters c;
     uint8_t rbuf[65536];
 } fd_relay;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admission.h"
 #include "wire.h"
 
 /* A bytes-like argument, read-only. Built by scripts/sanitize (FD_SANITIZE), the bytes are a
@@ -102,6 +103,73 @@ PyObject *fd_py_reply_header(PyObject *self, PyObject *arg) {
         result = Py_BuildValue("(iiN)", id, fd_reply_rcode(reply.bytes, reply.n),
                                PyBool_FromLong(fd_truncated(reply.bytes, reply.n)));
     }
+    release_span(&reply);
+    return result;
+}
+
+/* A Python verdict tuple (admission.py Verdict) from v: (kind, life, opt_start, ttls, as_is). */
+PyObject *fd_verdict_tuple(const fd_verdict *v) {
+    PyObject *ttls = PyTuple_New((Py_ssize_t)(2 * v->npairs));
+    if (ttls == NULL) return NULL;
+    for (size_t k = 0; k < 2 * v->npairs; k++) {
+        PyObject *x = PyLong_FromUnsignedLong(v->ttls[k]);
+        if (x == NULL) {
+            Py_DECREF(ttls);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(ttls, (Py_ssize_t)k, x);
+    }
+    return Py_BuildValue("(iLnNO)", v->kind, (long long)v->life, (Py_ssize_t)v->opt_start, ttls,
+                         v->as_is ? Py_True : Py_False);
+}
+
+int fd_cache_cfg_from(PyObject *obj, fd_cache_cfg *cfg) {
+    long long a, b, c, d;
+    if (!PyArg_ParseTuple(obj, "LLLL", &a, &b, &c, &d)) return -1;
+    cfg->min_ttl = a;
+    cfg->max_ttl = b;
+    cfg->denial_max_ttl = c;
+    cfg->servfail_ttl = d;
+    return 0;
+}
+
+static uint32_t verdict_room[2 * FD_MAX_RECORDS];
+
+PyObject *fd_py_classify(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "classify(query, reply, cfg, hint) takes 4 arguments");
+        return NULL;
+    }
+    fd_cache_cfg cfg;
+    if (fd_cache_cfg_from(args[2], &cfg) < 0) return NULL;
+    long long hint = -1;
+    if (args[3] != Py_None) {
+        hint = PyLong_AsLongLong(args[3]);
+        if (hint == -1 && PyErr_Occurred()) return NULL;
+        if (hint < 0) {
+            PyErr_SetString(PyExc_ValueError, "hint must be >= 0 or None");
+            return NULL;
+        }
+    }
+    struct span reply, query;
+    if (get_span(args[1], &reply) < 0) return NULL;
+    if (get_span(args[0], &query) < 0) {
+        release_span(&reply);
+        return NULL;
+    }
+    struct fd_query q;
+    PyObject *result = NULL;
+    if (fd_parse_query(query.bytes, query.n, &q) != FD_QUERY_OK) {
+        PyErr_SetString(PyExc_ValueError, "the query does not parse");
+    } else {
+        fd_verdict v = {.ttls = verdict_room};
+        if (fd_classify(reply.bytes, reply.n, query.bytes, &q, &cfg, hint, &v))
+            result = fd_verdict_tuple(&v);
+        else
+            result = Py_NewRef(Py_None);
+    }
+    release_span(&query);
     release_span(&reply);
     return result;
 }

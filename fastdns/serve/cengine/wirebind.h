@@ -10,6 +10,13 @@
 PyObject *fd_py_parse_query(PyObject *self, PyObject *arg);
 PyObject *fd_py_question_matches(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *fd_py_reply_header(PyObject *self, PyObject *arg);
+PyObject *fd_py_classify(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
+#include "admission.h"
+/* admission.py's Verdict tuple from a verdict; NULL with an error set */
+PyObject *fd_verdict_tuple(const fd_verdict *v);
+/* (min_ttl, max_ttl, denial_max_ttl, servfail_ttl) into cfg; -1 with an error set */
+int fd_cache_cfg_from(PyObject *obj, fd_cache_cfg *cfg);
 
 #define FD_WIRE_METHODS                                                                    \
     {"parse_query", (PyCFunction)fd_py_parse_query, METH_O,                                \
@@ -20,6 +27,9 @@ PyObject *fd_py_reply_header(PyObject *self, PyObject *arg);
          "question_matches(reply, query) -> bool: wire.question_matches for the query "    \
          "bytes (ValueError when they do not parse)"},                                     \
         {"reply_header", (PyCFunction)fd_py_reply_header, METH_O,                          \
-         "reply_header(reply) -> (id, rcode, truncated) | None when shorter than 12 bytes"},
+         "reply_header(reply) -> (id, rcode, truncated) | None when shorter than 12 bytes"}, \
+        {"classify", (PyCFunction)(void (*)(void))fd_py_classify, METH_FASTCALL,            \
+         "classify(query, reply, (min_ttl, max_ttl, denial_max_ttl, servfail_ttl), hint) -> " \
+         "admission.classify's verdict in C (ValueError when the query does not parse)"},
 
 #endif
