@@ -381,6 +381,11 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the packet cache
 
+    def store(self, q: wire.Query, res: Resolved, classified: Classified = False) -> None:
+        """Store ``res`` in the cache, rendering nothing (the client has its reply)."""
+        if self.cache is not None:
+            self.cache.put(q, res.reply, res.source, res.ttl, time.monotonic(), classified)
+
     def remember(self, q: wire.Query, res: Resolved, classified: Classified = False) -> Resolved:
         """Store ``res`` in the cache; the reply to send (capped TTLs, or a stale entry when
         the lookup failed, RFC 8767)."""

@@ -49,6 +49,9 @@ class Delivery(Protocol):
     def send_answer(self, q: wire.Query, res: Resolved, addr: Any, size: int, t0: float) -> None:
         """Send ``res`` to the client at ``addr`` (query of ``size`` bytes read at ``t0``)."""
 
+    def account(self, q: wire.Query, res: Resolved, size: int, t0: float) -> None:
+        """Count ``res``, sent to the client by the compiled datapath itself."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +242,45 @@ class Relay:
             out = Resolved(compose.splice(res.reply, q.id, q.question, q.rd), res.source)
         sink.send_answer(q, out, addr, size, t0)
         return True
+
+    def answered_there(
+        self,
+        q: wire.Query,
+        data: bytes,
+        sent_reply: bytes,
+        sink: Delivery,
+        addr: Any,
+        size: int,
+        t0: float,
+        server: tuple[str, int],
+        sent: float,
+        fut: asyncio.Future[Resolved] | None,
+        classified: Classified,
+    ) -> None:
+        """``answered`` for a reply the engine already sent the client as ``sent_reply``
+        (render.c: the bytes ``answered`` would send, held equal by
+        tests/fuzz/test_fuzz_crender.py; only final answers): stored, counted, and handed to
+        the questions waiting on it, without rendering or sending."""
+        fwd, pipeline = self.forwarder, self.pipeline
+        fwd.note_reply(server, sent, data[3] & 0xF)
+        fwd.stats.counters[_ANSWERED] += 1
+        source = "fallback" if fwd.plan.source == "fallback" else "forward"
+        native = pipeline.native
+        if native is not None and native.decline_reason(q) is None and native.settle(q, data):
+            # (counted there; the engine sends a forward-first reply only when it is final)
+            logger.error("the compiled relay answered a reply c-ares wanted to go on from")
+        try:
+            pipeline.store(q, Resolved(data, source), classified)
+        except Exception:  # a bug: the client has its answer already
+            logger.exception("unhandled error storing a forwarded reply")
+            fwd.stats.inc("unhandled_exceptions")
+        out = Resolved(sent_reply, source)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(out)
+            if pipeline.pending.get(q.key) is fut:
+                del pipeline.pending[q.key]
+        sink.account(q, out, size, t0)
 
     def adopt(
         self,

@@ -15,7 +15,9 @@ QueryParts = tuple[int, int, int, int, int, int, bool, int, bool, int, bytes]
 # the cache's verdict on an answer (admission.py Verdict), None: not cacheable, False: not
 # classified in C
 Classified = tuple[int, int, int, tuple[int, ...], bool] | None | bool
-RelayItem = tuple[int, int, bytes, bytes | None, Any, float, float, QueryParts, Classified]
+RelayItem = tuple[
+    int, int, bytes, bytes | None, Any, float, float, QueryParts, Classified, bytes | None
+]
 
 class Engine:
     """A worker's UDP socket read and written in C (fastdns/serve/cengine/engine.c)."""
@@ -54,6 +56,9 @@ class Engine:
         /,
     ) -> None: ...
     def relay_cache(self, limits: tuple[int, int, int, int] | None, /) -> None: ...
+    def relay_render(
+        self, store: tuple[int, int, int] | None, lima_compat: bool, edns_max_udp: int, /
+    ) -> None: ...
     def key_add(self, key: bytes, /) -> None: ...
     def key_discard(self, key: bytes, /) -> None: ...
     def key_clear(self) -> None: ...
@@ -108,5 +113,8 @@ def reply_header(reply: bytes, /) -> tuple[int, int, bool] | None: ...
 def classify(
     query: bytes, reply: bytes, limits: tuple[int, int, int, int], hint: int | None, /
 ) -> tuple[int, int, int, tuple[int, ...], bool] | None: ...
+def render(
+    query: bytes, reply: bytes, limits: tuple[int, int, int, int], store: tuple[int, int, int], /
+) -> bytes | None: ...
 
 # ---- end of the wire block ------------------------------------------------------------------

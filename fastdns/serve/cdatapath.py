@@ -183,6 +183,13 @@ class CDatapath:
             engine.relay_cache(
                 (limits.min_ttl, limits.max_ttl, limits.denial_max_ttl, limits.servfail_ttl)
             )
+            # and the client's reply to each final answer built and sent there (render.c)
+            config = self.state.config
+            engine.relay_render(
+                (limits.capacity, limits.denial_capacity, self.state.pipeline.opt_size),
+                config.lima_compat,
+                config.edns_max_udp,
+            )
             for key in (*cache.success, *cache.denial):
                 engine.key_add(key)
         self.state.elsewhere.append(self._relay_inflight)

@@ -39,7 +39,7 @@ Endings = tuple[bytes, ...]
 Rule = ForwardRule
 Policy = tuple[Server | None, float, float, int, Endings | None, bytes, bool, Rule | None, bool]
 QueryParts = tuple[int, int, int, int, int, int, bool, int, bool, int, bytes]
-Item = tuple[int, int, bytes, bytes | None, Any, float, float, QueryParts, Classified]
+Item = tuple[int, int, bytes, bytes | None, Any, float, float, QueryParts, Classified, bytes | None]
 
 
 def query_of(data: bytes, parts: QueryParts) -> wire.Query:
@@ -124,7 +124,7 @@ class CRelay:
         """The engine's outcomes of one wakeup (relay.h): answers, failures, timeouts."""
         relay, udp, server = self.state.relay, self.udp, self.server
         failed = False
-        for kind, seq, query, reply, addr, t0, sent, parts, verdict in items:
+        for kind, seq, query, reply, addr, t0, sent, parts, verdict, done in items:
             if kind in (LATE, LATE_ERROR):
                 entry = self.late.pop(seq, None)
                 if entry is not None and not entry[0].done():
@@ -139,6 +139,12 @@ class CRelay:
                 continue
             fut = self.waiting.pop(seq, None) if self.waiting else None
             if server is None:
+                continue
+            if kind == REPLY and reply is not None and done is not None:
+                # answered by the engine itself (render.c): stored and counted here
+                relay.answered_there(
+                    q, reply, done, udp, addr, len(query), t0, server, sent, fut, verdict
+                )
                 continue
             if kind == REPLY and reply is not None:
                 failed |= not relay.answered(

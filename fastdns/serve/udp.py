@@ -365,6 +365,10 @@ class UDPServer:
         self._reply(reply, addr)
         self.state.accounting.record("udp", q, res, size, t0)
 
+    def account(self, q: wire.Query, res: Resolved, size: int, t0: float) -> None:
+        """Count ``res``, sent by the compiled datapath itself (fastdns/serve/crelay.py)."""
+        self.state.accounting.record("udp", q, res, size, t0)
+
     def _reply(self, reply: bytes, addr: Any) -> None:
         if len(reply) > UNIT and self.gate.limiter is not None:
             key = self.verdicts.get(addr[0], PASS)

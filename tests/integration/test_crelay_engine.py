@@ -19,8 +19,9 @@ import dns.rrset
 import pytest
 
 from fastdns.config.schema import CacheConfig
-from fastdns.dns import wire
+from fastdns.dns import compose, wire
 from fastdns.resolve.cache.admission import classify
+from fastdns.resolve.cache.store import PacketCache
 
 cengine = pytest.importorskip("fastdns.serve._cengine")
 Engine = cengine.Engine
@@ -139,7 +140,8 @@ def test_a_miss_is_relayed_with_a_fresh_id_and_its_answer_handed_up(rig: Rig) ->
     rig.up.sock.sendto(reply, src)
     rig.upstream_reads()
     assert len(rig.items) == 1
-    kind, _seq, q, r, addr, t0, sent_at, _parts, verdict = rig.items[0]
+    kind, _seq, q, r, addr, t0, sent_at, _parts, verdict, done = rig.items[0]
+    assert done is None  # not answered by the engine: it was told no cache limits
     assert verdict is False  # not classified: this engine was told no cache limits
     assert (kind, q, r) == (REPLY, query, reply)
     assert addr == rig.client.getsockname() and t0 <= sent_at
@@ -484,3 +486,65 @@ def test_answers_come_up_classified_as_the_cache_would(rig: Rig) -> None:
     rig.up.sock.sendto(answer(sent), src)
     rig.upstream_reads()
     assert rig.items[1][8] is False
+
+
+def store_and_render(rig: Rig, cfg: CacheConfig, opt_size: int = 1232) -> None:
+    rig.engine.relay_cache((cfg.min_ttl, cfg.max_ttl, cfg.denial_max_ttl, cfg.servfail_ttl))
+    rig.engine.relay_render((cfg.capacity, cfg.denial_capacity, opt_size), False, 1232)
+
+
+def python_reply(query: bytes, reply: bytes, cfg: CacheConfig) -> bytes:
+    q = wire.parse_query(query)
+    out, _ = PacketCache(cfg, opt_size=1232).admit(q, reply, "forward", None, 1000.0)
+    return compose.splice(reply, q.id, q.question, q.rd) if out is reply else out
+
+
+@pytest.mark.parametrize("edns", [False, True])
+def test_a_final_answer_is_sent_by_the_engine_as_python_would(rig: Rig, edns: bool) -> None:
+    cfg = CacheConfig()
+    store_and_render(rig, cfg)
+    query = make_query("Sent.Example.Test", use_edns=0 if edns else None)
+    rig.ask(query)
+    sent, src = rig.up.recv()
+    reply = answer(sent)
+    rig.up.sock.sendto(reply, src)
+    rig.upstream_reads()
+    got = rig.client.recv(65535)  # the engine's own send, in the wakeup's sendmmsg
+    assert got == python_reply(query, reply, cfg)
+    assert rig.items[0][9] == got and rig.engine.counters()["relay_rendered"] == 1
+
+
+def nxdomain(query: bytes) -> bytes:
+    r = dns.message.make_response(dns.message.from_wire(query))
+    r.set_rcode(3)
+    return r.to_wire()
+
+
+@pytest.mark.parametrize(
+    "label, native, nss, reply_of",
+    [
+        ("forward-first without an address", NATIVE, False, nxdomain),
+        ("NSS would look the address up", None, True, nxdomain),
+        ("bigger than the client's 512 bytes", None, False, "big"),
+    ],
+)
+def test_answers_python_must_finish_are_not_sent(
+    rig: Rig, label: str, native: Any, nss: bool, reply_of: Any
+) -> None:
+    store_and_render(rig, CacheConfig())
+    rig.policy(rig.up.addr, native=native, nss=nss)
+    rig.ask(make_query("x.example.test"))
+    sent, src = rig.up.recv()
+    if reply_of == "big":
+        r = dns.message.make_response(dns.message.from_wire(sent))
+        for i in range(40):
+            r.answer.append(dns.rrset.from_text("x.example.test.", 60, "IN", "A", f"10.0.0.{i}"))
+        data = r.to_wire()
+    else:
+        data = reply_of(sent)
+    rig.up.sock.sendto(data, src)
+    rig.upstream_reads()
+    assert rig.items[0][9] is None, label
+    rig.client.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        rig.client.recv(65535)  # nothing from the engine: Python answers it

@@ -445,6 +445,52 @@ static PyObject *Engine_relay_policy(Engine *self, PyObject *const *args, Py_ssi
     Py_RETURN_NONE;
 }
 
+/* A reply the relay built and sends to a client (relay.h emit): it joins this batch. */
+static void relay_emit(void *ctx, const struct sockaddr_storage *sa, socklen_t salen,
+                       PyObject *data) {
+    Engine *self = ctx;
+    if (!self->busy || self->closing) return;
+    if (self->npending >= self->pcap) flush(self);
+    fd_out *o = &self->pending[self->npending++];
+    memset(o, 0, sizeof(*o));
+    memcpy(&o->addr, sa, sizeof(*sa));
+    o->alen = salen;
+    o->data = Py_NewRef(data);
+}
+
+static PyObject *Engine_relay_render(Engine *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (self->relay == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this engine was made without a relay");
+        return NULL;
+    }
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "relay_render(store | None, lima_compat, edns_max_udp)");
+        return NULL;
+    }
+    if (args[0] == Py_None) {
+        self->relay->render = 0;
+        Py_RETURN_NONE;
+    }
+    fd_render_cfg cfg;
+    if (fd_render_cfg_from(args[0], &cfg) < 0) return NULL;
+    int compat = PyObject_IsTrue(args[1]);
+    if (compat < 0) return NULL;
+    long udp = PyLong_AsLong(args[2]);
+    if (udp == -1 && PyErr_Occurred()) return NULL;
+    if (udp < 512 || udp > 65535) {
+        PyErr_SetString(PyExc_ValueError, "edns_max_udp must be 512..65535");
+        return NULL;
+    }
+    fd_relay *r = self->relay;
+    r->store = cfg;
+    r->lima_compat = compat;
+    r->edns_max_udp = (uint16_t)udp;
+    r->emit = relay_emit;
+    r->emit_ctx = self;
+    r->render = 1;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Engine_relay_cache(Engine *self, PyObject *limits) {
     if (self->relay == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "this engine was made without a relay");
@@ -689,7 +735,7 @@ static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
     if (self->relay != NULL) {
         const fd_relay_counters *rc = &self->relay->c;
         return Py_BuildValue(
-            "{sKsKsKsKsKsKsKsKsnsnsnsKsKsKsKsKsKsKsKsKsKsKsKsKsnsnsn}", "datagrams", c->datagrams,
+            "{sKsKsKsKsKsKsKsKsnsnsnsKsKsKsKsKsKsKsKsKsKsKsKsKsKsnsnsn}", "datagrams", c->datagrams,
             "recv_calls", c->recv_calls, "answered", c->answered, "upcalls", c->upcalls,
             "send_calls", c->send_calls, "sent", c->sent, "send_errors", c->send_errors,
             "backlog_drops", c->backlog_drops, "forms", (Py_ssize_t)self->forms.count,
@@ -698,7 +744,7 @@ static PyObject *Engine_counters(Engine *self, PyObject *Py_UNUSED(ignored)) {
             "relay_timeouts", rc->timeouts, "relay_unmatched", rc->unmatched,
             "relay_mismatched", rc->mismatched, "relay_opened", rc->opened,
             "relay_send_errors", rc->send_errors, "relay_full", rc->full, "relay_followed",
-            rc->followed,
+            rc->followed, "relay_rendered", rc->rendered,
             "relay_declined_unsupported_type", rc->declined[FD_RELAY_UNSUPPORTED],
             "relay_declined_dnssec", rc->declined[FD_RELAY_DNSSEC], "relay_declined_disabled",
             rc->declined[FD_RELAY_DISABLED], "relay_inflight",
@@ -910,6 +956,9 @@ static PyMethodDef Engine_methods[] = {
     {"relay_cache", (PyCFunction)Engine_relay_cache, METH_O,
      "relay_cache((min_ttl, max_ttl, denial_max_ttl, servfail_ttl) | None): classify each "
      "answer for the cache with these limits (admission.c), or not."},
+    {"relay_render", (PyCFunction)(void (*)(void))Engine_relay_render, METH_FASTCALL,
+     "relay_render((capacity, denial_capacity, opt_size) | None, lima_compat, edns_max_udp): "
+     "build and send the client's reply to each final answer here (render.c), or not."},
     {"key_add", (PyCFunction)Engine_key_add, METH_O, "A key the cache now holds."},
     {"key_discard", (PyCFunction)Engine_key_discard, METH_O, "A key the cache let go."},
     {"key_clear", (PyCFunction)Engine_key_clear, METH_NOARGS, "The cache was emptied."},

@@ -8,6 +8,7 @@
  *   addr.c    socket addresses as Python tuples (addr.h)
  *   wire.c    the query parser and reply checks, pure C (wire.h)
  *   admission.c  the cache's admission (classify), pure C (admission.h)
+ *   render.c  the client's reply to a relayed answer, pure C (render.h)
  *   relay.c   misses relayed to the upstream (relay.h); keys.c the cache's keys (keys.h)
  *   wirebind.c  their Python functions: parse_query, question_matches, reply_header,
  *               classify

@@ -227,18 +227,76 @@ static void sock_forget(fd_usock *s, int j) {
     s->slot[j] = s->slot[s->npend];
 }
 
+/* Whether the answer is final as it is: not for a query forwarded first for the native path
+ * when it lacks what c-ares wanted (native.py settle), nor an address question NSS would
+ * take on (nss.py wants); those Python answers. */
+static int final_here(const fd_relay *r, const fd_rslot *x, const uint8_t *reply, size_t n) {
+    const struct fd_query *q = &x->q;
+    int rcode = reply[3] & 0xF, address = q->qtype == 1 || q->qtype == 28;
+    size_t an = (size_t)(reply[6] << 8 | reply[7]);
+    if (x->first) {
+        int found = 0;
+        if (address) { /* compose.has_answer: an answer record of the asked type */
+            size_t i = q->qend;
+            for (size_t k = 0; k < an && rcode == 0 && !found; k++) {
+                while (i < n && reply[i] != 0 && reply[i] <= 63) i += (size_t)reply[i] + 1;
+                if (i >= n || (reply[i] > 63 && reply[i] < 0xC0)) return 0; /* (wire.name_end) */
+                i += reply[i] >= 0xC0 ? 2 : 1;
+                if (i + 10 > n) return 0;
+                found = (reply[i] << 8 | reply[i + 1]) == q->qtype;
+                i += 10 + (size_t)(reply[i + 8] << 8 | reply[i + 9]);
+            }
+        } else {
+            found = rcode == 0 && an > 0;
+        }
+        if (!found) return 0;
+    }
+    if (r->nss && address && !q->do_bit && !(q->flags & 0x0010) &&
+        (rcode == 3 || (rcode == 0 && an == 0)))
+        return 0;
+    return 1;
+}
+
+/* The client's reply to an answer, built and sent here (render.h): the bytes sent, or NULL
+ * when Python is to answer it (not final here, too big for the client, or not buildable). */
+static PyObject *answer_here(fd_relay *r, const fd_rslot *x, const uint8_t *reply, size_t n,
+                             const fd_verdict *v) {
+    const struct fd_query *q = &x->q;
+    int rcode = reply[3] & 0xF;
+    if (r->emit == NULL || reply[2] & 0x02 || rcode == 2 || rcode == 5 ||
+        !final_here(r, x, reply, n))
+        return NULL;
+    /* the client's UDP limit (udp.py _reply_limit) */
+    size_t limit = r->lima_compat ? 512
+                   : q->has_opt   ? (q->udp_size < r->edns_max_udp ? q->udp_size : r->edns_max_udp)
+                                  : 512;
+    size_t len = fd_render(reply, n, x->query, q, v, &r->store, r->out, sizeof(r->out));
+    if (len == 0 || len > limit) return NULL;
+    PyObject *data = PyBytes_FromStringAndSize((const char *)r->out, (Py_ssize_t)len);
+    if (data == NULL) {
+        PyErr_Clear(); /* out of memory: Python answers it */
+        return NULL;
+    }
+    r->emit(r->emit_ctx, &x->addr, x->alen, data);
+    r->c.rendered++;
+    return data;
+}
+
 /* The cache's verdict on an answer (relay.h): a tuple, None, or False when not classified. */
-static PyObject *verdict_of(fd_relay *r, const fd_rslot *x, const uint8_t *reply, size_t rlen) {
+static PyObject *verdict_of(fd_relay *r, const fd_rslot *x, const uint8_t *reply, size_t rlen,
+                            PyObject **sent) {
     if (!r->classify) return Py_NewRef(Py_False);
     fd_verdict v = {.ttls = r->verdict_room};
-    if (!fd_classify(reply, rlen, x->query, &x->q, &r->cache, -1, &v)) return Py_NewRef(Py_None);
-    return fd_verdict_tuple(&v);
+    int ok = fd_classify(reply, rlen, x->query, &x->q, &r->cache, -1, &v);
+    PyObject *verdict = ok ? fd_verdict_tuple(&v) : Py_NewRef(Py_None);
+    if (verdict != NULL && r->render) *sent = answer_here(r, x, reply, rlen, ok ? &v : NULL);
+    return verdict;
 }
 
 /* An item for Python (relay.h); 0, or -1 with an error set. */
 static int put_item(fd_relay *r, PyObject *items, int kind, const fd_rslot *x,
                     const uint8_t *reply, size_t rlen) {
-    PyObject *t = PyTuple_New(9);
+    PyObject *t = PyTuple_New(10);
     if (t == NULL) return -1;
     PyObject *k = PyLong_FromLong(kind);
     PyObject *seq = PyLong_FromUnsignedLongLong(x->seq);
@@ -263,9 +321,12 @@ static int put_item(fd_relay *r, PyObject *items, int kind, const fd_rslot *x,
     PyTuple_SET_ITEM(t, 5, t0);
     PyTuple_SET_ITEM(t, 6, sent);
     PyTuple_SET_ITEM(t, 7, fields);
-    PyObject *verdict =
-        kind == FD_RELAY_REPLY && reply != NULL ? verdict_of(r, x, reply, rlen) : Py_NewRef(Py_False);
+    PyObject *answered = NULL; /* the reply sent from here, or NULL */
+    PyObject *verdict = kind == FD_RELAY_REPLY && reply != NULL
+                            ? verdict_of(r, x, reply, rlen, &answered)
+                            : Py_NewRef(Py_False);
     PyTuple_SET_ITEM(t, 8, verdict);
+    PyTuple_SET_ITEM(t, 9, answered != NULL ? answered : Py_NewRef(Py_None));
     if (!k || !seq || !q || !rep || !a || !t0 || !sent || !fields || !verdict ||
         PyList_Append(items, t) < 0) {
         Py_DECREF(t);
@@ -542,6 +603,7 @@ int fd_relay_take(fd_relay *r, const uint8_t *buf, size_t len,
     x->late = 0;
     x->seq = r->seq++;
     x->khash = h;
+    x->first = declined == -1 && r->native;
     enlist(r, i);
     r->leaders[lj] = i + 1;
     s->uid[s->npend] = uid;

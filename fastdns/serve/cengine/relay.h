@@ -22,6 +22,7 @@
 
 #include "admission.h"
 #include "keys.h"
+#include "render.h"
 #include "wire.h"
 
 #define FD_RELAY_POOL 256      /* sockets in rotation (upsock.py POOL_SIZE) */
@@ -43,7 +44,8 @@
  * address, read at, sent at, the query's fields as fd_parse_query read them: id, flags,
  * qname length, qtype, qclass, qend, has_opt, udp_size, do, edns_version, key, and for an
  * answer the cache's verdict on it as admission.c gives it: a Verdict tuple, None when it is
- * not cacheable, False when not classified here), seq numbering the engine's relayed
+ * not cacheable, False when not classified here; then the reply the engine sent the client
+ * itself (render.h), or None when Python is to answer), seq numbering the engine's relayed
  * queries. After a timeout a
  * query's ID stays awaited until the client's deadline (the state machine's rule: every UDP
  * attempt's reply stays acceptable): its reply, or its socket's error, then comes up as LATE. */
@@ -68,6 +70,7 @@ typedef struct {
     socklen_t alen;
     uint32_t prev, next; /* its list, in send order (= deadline order) */
     uint8_t used, late;  /* late: timed out, on the late list until the client's deadline */
+    uint8_t first;       /* forwarded raw first for the native path (forward_first) */
     uint64_t seq, khash; /* khash: of its key, in the leaders' table while in flight */
     uint16_t qlen, uid;
     double t0, sent, expires;
@@ -78,7 +81,7 @@ typedef struct {
 
 typedef struct {
     unsigned long long relayed, answered, failed, timeouts, unmatched, mismatched, opened,
-        send_errors, full, followed, declined[3];
+        send_errors, full, followed, rendered, declined[3];
 } fd_relay_counters;
 
 typedef struct {
@@ -118,7 +121,14 @@ typedef struct {
     fd_keys keys;
     int classify; /* the cache's limits are known: answers are classified here */
     fd_cache_cfg cache;
+    /* answers rendered and sent to the client here (render.h), through emit(ctx, ...) */
+    int render, lima_compat;
+    fd_render_cfg store;
+    uint16_t edns_max_udp;
+    void (*emit)(void *ctx, const struct sockaddr_storage *sa, socklen_t salen, PyObject *data);
+    void *emit_ctx;
     uint32_t verdict_room[2 * FD_MAX_RECORDS];
+    uint8_t out[65536];
     fd_relay_counters c;
     uint8_t rbuf[65536];
 } fd_relay;

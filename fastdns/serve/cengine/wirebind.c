@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "admission.h"
+#include "render.h"
 #include "wire.h"
 
 /* A bytes-like argument, read-only. Built by scripts/sanitize (FD_SANITIZE), the bytes are a
@@ -168,6 +169,57 @@ PyObject *fd_py_classify(PyObject *self, PyObject *const *args, Py_ssize_t nargs
             result = fd_verdict_tuple(&v);
         else
             result = Py_NewRef(Py_None);
+    }
+    release_span(&query);
+    release_span(&reply);
+    return result;
+}
+
+int fd_render_cfg_from(PyObject *obj, fd_render_cfg *cfg) {
+    long long capacity, denial_capacity;
+    int opt_size;
+    if (!PyArg_ParseTuple(obj, "LLi", &capacity, &denial_capacity, &opt_size)) return -1;
+    if (opt_size < 0 || opt_size > 65535) {
+        PyErr_SetString(PyExc_ValueError, "opt_size must be 0..65535");
+        return -1;
+    }
+    cfg->capacity = capacity;
+    cfg->denial_capacity = denial_capacity;
+    cfg->opt_size = (uint16_t)opt_size;
+    return 0;
+}
+
+static uint8_t render_room[65536];
+
+PyObject *fd_py_render(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "render(query, reply, limits, store) takes 4 arguments");
+        return NULL;
+    }
+    fd_cache_cfg cfg;
+    fd_render_cfg rcfg;
+    if (fd_cache_cfg_from(args[2], &cfg) < 0 || fd_render_cfg_from(args[3], &rcfg) < 0)
+        return NULL;
+    struct span reply, query;
+    if (get_span(args[1], &reply) < 0) return NULL;
+    if (get_span(args[0], &query) < 0) {
+        release_span(&reply);
+        return NULL;
+    }
+    struct fd_query q;
+    PyObject *result = NULL;
+    if (fd_parse_query(query.bytes, query.n, &q) != FD_QUERY_OK) {
+        PyErr_SetString(PyExc_ValueError, "the query does not parse");
+    } else if (!fd_question_matches(reply.bytes, reply.n, query.bytes, &q)) {
+        PyErr_SetString(PyExc_ValueError, "the reply is not to this query");
+    } else {
+        fd_verdict v = {.ttls = verdict_room};
+        int ok = fd_classify(reply.bytes, reply.n, query.bytes, &q, &cfg, -1, &v);
+        size_t len = fd_render(reply.bytes, reply.n, query.bytes, &q, ok ? &v : NULL, &rcfg,
+                               render_room, sizeof(render_room));
+        result = len ? PyBytes_FromStringAndSize((const char *)render_room, (Py_ssize_t)len)
+                     : Py_NewRef(Py_None);
     }
     release_span(&query);
     release_span(&reply);

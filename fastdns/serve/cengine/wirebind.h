@@ -11,12 +11,16 @@ PyObject *fd_py_parse_query(PyObject *self, PyObject *arg);
 PyObject *fd_py_question_matches(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *fd_py_reply_header(PyObject *self, PyObject *arg);
 PyObject *fd_py_classify(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *fd_py_render(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 #include "admission.h"
 /* admission.py's Verdict tuple from a verdict; NULL with an error set */
 PyObject *fd_verdict_tuple(const fd_verdict *v);
 /* (min_ttl, max_ttl, denial_max_ttl, servfail_ttl) into cfg; -1 with an error set */
 int fd_cache_cfg_from(PyObject *obj, fd_cache_cfg *cfg);
+#include "render.h"
+/* (capacity, denial_capacity, opt_size) into cfg; -1 with an error set */
+int fd_render_cfg_from(PyObject *obj, fd_render_cfg *cfg);
 
 #define FD_WIRE_METHODS                                                                    \
     {"parse_query", (PyCFunction)fd_py_parse_query, METH_O,                                \
@@ -30,6 +34,9 @@ int fd_cache_cfg_from(PyObject *obj, fd_cache_cfg *cfg);
          "reply_header(reply) -> (id, rcode, truncated) | None when shorter than 12 bytes"}, \
         {"classify", (PyCFunction)(void (*)(void))fd_py_classify, METH_FASTCALL,            \
          "classify(query, reply, (min_ttl, max_ttl, denial_max_ttl, servfail_ttl), hint) -> " \
-         "admission.classify's verdict in C (ValueError when the query does not parse)"},
+         "admission.classify's verdict in C (ValueError when the query does not parse)"}, \
+        {"render", (PyCFunction)(void (*)(void))fd_py_render, METH_FASTCALL,                \
+         "render(query, reply, limits, (capacity, denial_capacity, opt_size)) -> the reply " \
+         "the client gets once the cache stored it (render.c), or None when C leaves it"},
 
 #endif
