@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 # CoreDNS plugin.TimeBuckets: 0.25 ms doubling to 8.192 s.
@@ -57,6 +58,16 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += count
         self.total += value * count
         self.n += count
+
+    def add_slots(self, slots: Sequence[int], total: float, n: int) -> None:
+        """``n`` observations summing to ``total``, counted elsewhere by slot (``slots[i]``
+        of them in ``counts[i]``: the compiled datapath's tallies)."""
+        counts = self.counts
+        for i, c in enumerate(slots):
+            if c:
+                counts[i] += c
+        self.total += total
+        self.n += n
 
 
 class WorkerStats:

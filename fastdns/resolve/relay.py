@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import Resolved
-from fastdns.resolve.cache.admission import Classified
+from fastdns.resolve.cache.admission import Classified, Verdict
 from fastdns.resolve.forward.attempts import DONE, UDP, Attempts
 from fastdns.resolve.forward.routes import Route
 from fastdns.resolve.forward.upsock import PortSocket, UpstreamDown
@@ -281,6 +282,37 @@ class Relay:
             if pipeline.pending.get(q.key) is fut:
                 del pipeline.pending[q.key]
         sink.account(q, out, size, t0)
+
+    def stored_there(
+        self,
+        batch: list[tuple[int, bytes, int, bytes, Verdict | None, bytes]],
+        server: tuple[str, int],
+        waiting: dict[int, asyncio.Future[Resolved]],
+    ) -> None:
+        """``answered_there`` for a batch of answers the engine sent and counted itself
+        (its tallies: fastdns/serve/cengine/tally.h, folded by ``Accounting.fold_relayed``
+        and ``Forwarder.note_replies``): each ``(seq, key, qend, reply, verdict, sent)`` is
+        stored and handed to the questions waiting on query ``seq`` (``waiting``)."""
+        fwd, pipeline = self.forwarder, self.pipeline
+        if fwd.health:
+            fwd.health.pop(server, None)  # it answers: healthy (``note_reply``)
+        fwd.stats.counters[_ANSWERED] += len(batch)
+        cache, now = pipeline.cache, time.monotonic()
+        source = "fallback" if fwd.plan.source == "fallback" else "forward"
+        for seq, key, qend, reply, verdict, sent_reply in batch:
+            if cache is not None:
+                try:
+                    cache.put_classified(key, qend, reply, verdict, now)
+                except Exception:  # a bug: the client has its answer already
+                    logger.exception("unhandled error storing a forwarded reply")
+                    fwd.stats.inc("unhandled_exceptions")
+            if waiting:
+                fut = waiting.pop(seq, None)
+                if fut is not None:
+                    if not fut.done():
+                        fut.set_result(Resolved(sent_reply, source))
+                    if pipeline.pending.get(key) is fut:
+                        del pipeline.pending[key]
 
     def adopt(
         self,

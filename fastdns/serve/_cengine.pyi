@@ -5,6 +5,7 @@ from typing import Any, Final, Literal
 ABI: Final[int]
 MAX_BATCH: int
 MAX_BACKLOG: int
+SIZE_BUCKETS: tuple[float, ...]  # fastdns.metrics.stats.SIZE_BUCKETS, as tally.c bisects them
 
 # ---- the Engine (cengine/engine.c) ------------------------------------------------------------
 # What the relay hands up (cengine/relay.h): (kind 0 reply / 1 error / 2 timeout / 3 late reply
@@ -18,6 +19,16 @@ Classified = tuple[int, int, int, tuple[int, ...], bool] | None | bool
 RelayItem = tuple[
     int, int, bytes, bytes | None, Any, float, float, QueryParts, Classified, bytes | None
 ]
+# an answer the engine sent and counted itself (tally.h): (seq, key, qend, reply, verdict,
+# the reply sent)
+StoredItem = tuple[
+    int, bytes, int, bytes, tuple[int, int, int, tuple[int, ...], bool] | None, bytes
+]
+# Engine.relay_tallies: per (qtype, do, rcode, request size slot, its bytes, response size
+# slot, its bytes) the answers, their durations by slot and in sum; per rcode the upstream's
+# replies, their times by slot and in sum
+RequestTally = tuple[int, bool, int, int, int, int, int, int, tuple[int, ...], float]
+ReplyTally = tuple[int, int, tuple[int, ...], float]
 
 class Engine:
     """A worker's UDP socket read and written in C (fastdns/serve/cengine/engine.c)."""
@@ -30,7 +41,7 @@ class Engine:
         want_write: Callable[[], object],
         capacity: int = ...,
         *,
-        relayed: Callable[[list[RelayItem]], object] | None = ...,
+        relayed: Callable[[list[RelayItem], list[StoredItem]], object] | None = ...,
         arm: Callable[[float], object] | None = ...,
         max_inflight: int = ...,
     ) -> None: ...
@@ -59,6 +70,7 @@ class Engine:
     def relay_render(
         self, store: tuple[int, int, int] | None, lima_compat: bool, edns_max_udp: int, /
     ) -> None: ...
+    def relay_tallies(self) -> tuple[list[RequestTally], list[ReplyTally]]: ...
     def key_add(self, key: bytes, /) -> None: ...
     def key_discard(self, key: bytes, /) -> None: ...
     def key_clear(self) -> None: ...

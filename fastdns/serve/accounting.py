@@ -21,6 +21,9 @@ from fastdns.resolve.cache.store import PacketCache
 # (duration, request size, response size).
 _QueryKeys = tuple[tuple[str, ...], Histogram, Histogram, Histogram]
 _DO_REQUESTS = ("do_requests",)
+# One tally of the compiled relay (Engine.relay_tallies): qtype, DO, rcode, request size slot
+# and bytes, response size slot and bytes, answers, duration slots, duration sum.
+RelayTally = tuple[int, bool, int, int, int, int, int, int, tuple[int, ...], float]
 
 
 class Accounting:
@@ -112,13 +115,38 @@ class Accounting:
         """Fast-lane hits counted elsewhere (the compiled datapath) that took longer than the
         first duration bucket: ``slots`` are their counts by histogram slot."""
         f.late += hits
-        h = self._duration(wire.TYPE_NAMES.get(f.q.qtype, "other"))
-        counts = h.counts
-        for i, c in enumerate(slots):
-            if c:
-                counts[i] += c
-        h.total += seconds
-        h.n += hits
+        self._duration(wire.TYPE_NAMES.get(f.q.qtype, "other")).add_slots(slots, seconds, hits)
+
+    def fold_relayed(self, tallies: Sequence[RelayTally], source: str) -> None:
+        """Count the answers the compiled relay sent itself (its tallies, tally.h: per
+        qtype, DO, rcode and size slots, with their sizes and durations) as ``record``
+        would have counted each, answered from ``source`` ("forward" or "fallback")."""
+        counters = self.stats.counters
+        request_size, response_size = self.request_size["udp"], self.response_size["udp"]
+        for (
+            qtype_code,
+            do,
+            rcode,
+            req_slot,
+            req_bytes,
+            resp_slot,
+            resp_bytes,
+            n,
+            slots,
+            secs,
+        ) in tallies:
+            qtype = wire.TYPE_NAMES.get(qtype_code, "other")
+            counters["requests", "udp", qtype] += n
+            if do:
+                counters[_DO_REQUESTS] += n
+            counters["responses", wire.RCODE_NAMES.get(rcode, "other"), source] += n
+            request_size.counts[req_slot] += n
+            request_size.total += req_bytes
+            request_size.n += n
+            response_size.counts[resp_slot] += n
+            response_size.total += resp_bytes
+            response_size.n += n
+            self._duration(qtype).add_slots(slots, secs, n)
 
     def flush_fronts(self) -> None:
         """Fold the fast lane's per-form hit counts into the stats, as ``record`` would have

@@ -270,6 +270,7 @@ class CDatapath:
         engine = self.engine
         if engine is None:
             return
+        self.crelay.fold()
         cache = self.state.cache
         accounting = self.state.accounting
         for front, n, seconds, late, late_seconds, slots, first, last in engine.fold():

@@ -20,7 +20,7 @@ from typing import Any
 
 from fastdns.dns import compose, wire
 from fastdns.dns.resolved import Resolved
-from fastdns.resolve.cache.admission import Classified
+from fastdns.resolve.cache.admission import Classified, Verdict
 from fastdns.resolve.forward import sockmark
 from fastdns.resolve.forward.attempts import UDP, Server
 from fastdns.resolve.forward.upsock import UpstreamDown
@@ -40,6 +40,13 @@ Rule = ForwardRule
 Policy = tuple[Server | None, float, float, int, Endings | None, bytes, bool, Rule | None, bool]
 QueryParts = tuple[int, int, int, int, int, int, bool, int, bool, int, bytes]
 Item = tuple[int, int, bytes, bytes | None, Any, float, float, QueryParts, Classified, bytes | None]
+# an answer the engine sent and counted itself: (seq, key, qend, reply, verdict, sent)
+Stored = tuple[int, bytes, int, bytes, Verdict | None, bytes]
+
+
+def _source(state: ServerState) -> str:
+    """The source label of forwarded answers now (``Relay.answered``'s)."""
+    return "fallback" if state.pipeline.forwarder.plan.source == "fallback" else "forward"
 
 
 def query_of(data: bytes, parts: QueryParts) -> wire.Query:
@@ -96,6 +103,7 @@ class CRelay:
         self.udp = udp
         self.server: Server | None = None  # whom the engine relays to (the policy's)
         self.told: Policy | None = None
+        self.source = "forward"  # the label of the answers relayed under ``told``
         self.engine: Any = None
         # Queries that timed out in C, handed to the general path: seq -> the attempt their
         # late reply answers, and until when it may come (the engine forgets them then).
@@ -114,15 +122,32 @@ class CRelay:
         if engine is None:
             return
         p = policy(self.state)
-        if p != self.told:
+        source = _source(self.state)
+        if p != self.told or source != self.source:
+            self.fold()  # what was counted so far, under the server and source it had
             engine.relay_policy(*p)
-            self.told = p
+            self.told, self.source = p, source
             if p[0] is not None:
                 self.server = p[0]
 
-    def relayed(self, items: list[Item]) -> None:
-        """The engine's outcomes of one wakeup (relay.h): answers, failures, timeouts."""
+    def fold(self) -> None:
+        """The accounting of the answers the engine sent itself (tally.h) into the stats:
+        each tick, before every policy change and before the engine closes."""
+        engine, server = self.engine, self.server
+        if engine is None:
+            return
+        requests, replies = engine.relay_tallies()
+        if requests:
+            self.state.accounting.fold_relayed(requests, self.source)
+        if replies and server is not None:
+            self.state.pipeline.forwarder.note_replies(server, replies)
+
+    def relayed(self, items: list[Item], stored: list[Stored]) -> None:
+        """The engine's outcomes of one wakeup (relay.h): answers, failures, timeouts; and
+        the answers it sent and counted itself, to store."""
         relay, udp, server = self.state.relay, self.udp, self.server
+        if stored and server is not None:
+            relay.stored_there(stored, server, self.waiting)
         failed = False
         for kind, seq, query, reply, addr, t0, sent, parts, verdict, done in items:
             if kind in (LATE, LATE_ERROR):

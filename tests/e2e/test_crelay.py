@@ -16,6 +16,7 @@ from typing import Any
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rrset
 import pytest
@@ -33,12 +34,16 @@ COMPILED = os.environ.get("FASTDNS_TEST_DATAPATH", "compiled") == "compiled"
 
 
 def every_name(up: FakeUpstream, address: str = GOOD) -> FakeUpstream:
-    """``up`` answers an A record for any name asked."""
+    """``up`` answers an A record for any name asked, NXDOMAIN for those under nx.test."""
 
     def answer(q: dns.message.Message, seen: Any) -> dns.message.Message:
         r = dns.message.make_response(q)
         r.flags |= dns.flags.RA
-        r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", address))
+        name = q.question[0].name
+        if name.is_subdomain(dns.name.from_text("nx.test")):
+            r.set_rcode(dns.rcode.NXDOMAIN)
+        else:
+            r.answer.append(dns.rrset.from_text(name, 300, "IN", "A", address))
         return r
 
     up.handler = answer
@@ -229,3 +234,52 @@ def test_a_new_resolv_conf_moves_the_relay(
     for i in range(10):
         assert a_of(query(HOST, fdp.udp_port, f"moved{i}.relay.test")) == ["192.0.2.48"]
     assert first.count() == n  # nothing more to the old upstream
+
+
+def test_relayed_answers_count_as_python_counts_them(
+    upstream_factory: UpstreamFactory, tmp_path: Path
+) -> None:
+    """The answers the engine sends itself are counted in C and folded once a tick: the
+    request series (by type, DO, rcode, sizes, durations) and the upstream's reply times say
+    what the Python datapath says for the same queries, down to the bytes."""
+    up = every_name(upstream_factory())
+    fdp = serve(tmp_path, up)
+    port = int(fdp.state["metrics_port"])
+    udp = {"proto": "udp"}
+    before = wait_until(
+        lambda: scrape(HOST, port),
+        lambda s: total(s, "fastdns_dns_requests_total") >= 1,
+        what="the first query counted",
+    )
+    asked = [dns.message.make_query(f"count{i}.relay.test", "A") for i in range(12)]
+    asked += [dns.message.make_query(f"do{i}.relay.test", "A", want_dnssec=True) for i in range(4)]
+    asked.append(dns.message.make_query("gone.nx.test", "A"))
+    sent = got = 0
+    for q in asked:
+        data = raw_udp(HOST, fdp.udp_port, q.to_wire())
+        assert data is not None
+        sent, got = sent + len(q.to_wire()), got + len(data)
+    n = len(asked)
+    after = wait_until(
+        lambda: scrape(HOST, port),
+        lambda s: total(s, "fastdns_dns_requests_total") >= n + 1,
+        what=f"{n} more queries counted",
+    )
+
+    def grew(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert grew("fastdns_dns_requests_total", type="A", **udp) == n
+    assert grew("fastdns_dns_do_requests_total") == 4
+    assert grew("fastdns_dns_responses_total", rcode="NOERROR", plugin="forward") == n - 1
+    assert grew("fastdns_dns_responses_total", rcode="NXDOMAIN", plugin="forward") == 1
+    assert grew("fastdns_dns_request_size_bytes_count", **udp) == n
+    assert grew("fastdns_dns_request_size_bytes_sum", **udp) == sent
+    assert grew("fastdns_dns_response_size_bytes_count", **udp) == n
+    assert grew("fastdns_dns_response_size_bytes_sum", **udp) == got
+    assert grew("fastdns_dns_request_duration_seconds_count", type="A") == n
+    assert 0 < grew("fastdns_dns_request_duration_seconds_sum", type="A") < n * 2.0
+    to = f"{up.address}:53"
+    assert grew("fastdns_proxy_request_duration_seconds_count", to=to, rcode="NOERROR") == n - 1
+    assert grew("fastdns_proxy_request_duration_seconds_count", to=to, rcode="NXDOMAIN") == 1
+    assert relayed(fdp, "answered", n if COMPILED else 0) == (n if COMPILED else 0)

@@ -11,6 +11,7 @@ import os
 import select
 import socket
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,8 @@ import pytest
 
 from fastdns.config.schema import CacheConfig
 from fastdns.dns import compose, wire
+from fastdns.metrics import stats
+from fastdns.metrics.stats import SIZE_BUCKETS
 from fastdns.resolve.cache.admission import classify
 from fastdns.resolve.cache.store import PacketCache
 
@@ -28,6 +31,7 @@ Engine = cengine.Engine
 from fastdns.serve.crelay import query_of  # noqa: E402  (imports the extension)
 
 REPLY, ERROR, TIMEOUT, LATE, FOLLOW = 0, 1, 2, 3, 5
+TALLIES = 64  # tally.h FD_TALLIES
 
 
 def make_query(name: str = "www.example.test", rdtype: str = "A", **kw: Any) -> bytes:
@@ -75,13 +79,14 @@ class Rig:
         self.up = Upstream()
         self.upcalls: list[bytes] = []
         self.items: list[tuple[Any, ...]] = []
+        self.stored: list[tuple[Any, ...]] = []  # answers the engine sent and counted itself
         self.armed: list[float] = []
         self.engine = Engine(
             self.server.fileno(),
             16,
             lambda data, addr: self.upcalls.append(data),
             lambda: None,
-            relayed=self.items.extend,
+            relayed=self.relayed,
             arm=self.armed.append,
             max_inflight=max_inflight,
         )
@@ -90,6 +95,10 @@ class Rig:
         self.client.settimeout(2)
         self.engine.allow("127.0.0.1")
         self.policy(self.up.addr)
+
+    def relayed(self, items: list[tuple[Any, ...]], stored: list[tuple[Any, ...]]) -> None:
+        self.items.extend(items)
+        self.stored.extend(stored)
 
     def policy(
         self,
@@ -511,7 +520,68 @@ def test_a_final_answer_is_sent_by_the_engine_as_python_would(rig: Rig, edns: bo
     rig.upstream_reads()
     got = rig.client.recv(65535)  # the engine's own send, in the wakeup's sendmmsg
     assert got == python_reply(query, reply, cfg)
-    assert rig.items[0][9] == got and rig.engine.counters()["relay_rendered"] == 1
+    assert rig.engine.counters()["relay_rendered"] == 1
+    # handed up to be stored, without the rest of a full item: counted in C (tally.h)
+    assert rig.items == []
+    q = wire.parse_query(query)
+    (stored,) = rig.stored
+    _seq, key, qend, stored_reply, verdict, sent_reply = stored
+    assert (key, qend, stored_reply, sent_reply) == (q.key, q.qend, reply, got)
+    assert verdict == classify(q, reply, cfg)
+
+
+def test_answers_sent_here_are_counted_here_as_record_counts_them(rig: Rig) -> None:
+    """The tallies say per (qtype, DO, rcode, size slots) what ``Accounting.record`` counts
+    for each answer (its sizes, its duration) and per rcode what ``note_reply`` counts."""
+    store_and_render(rig, CacheConfig())
+    asked = [make_query(f"t{i}.example.test") for i in range(3)]
+    asked.append(make_query("d.example.test", use_edns=0, want_dnssec=True))
+    asked.append(make_query("nx.example.test"))
+    t_start = time.monotonic()
+    sizes = []
+    for query in asked:
+        rig.ask(query)
+        sent, src = rig.up.recv()
+        reply = nxdomain(sent) if b"\x02nx" in query else answer(sent)
+        rig.up.sock.sendto(reply, src)
+        rig.upstream_reads()
+        sizes.append((len(query), len(rig.client.recv(65535))))
+    elapsed = time.monotonic() - t_start
+    assert len(rig.stored) == 5 and rig.items == []
+    requests, replies = rig.engine.relay_tallies()
+    by_key = {(t[0], t[1], t[2]): t for t in requests}
+    assert set(by_key) == {(1, False, 0), (1, True, 0), (1, False, 3)}
+    plain = by_key[(1, False, 0)]
+    assert plain[7] == 3  # answers
+    assert plain[4] == sum(q for q, _ in sizes[:3]) and plain[6] == sum(r for _, r in sizes[:3])
+    slot = bisect_left(SIZE_BUCKETS, sizes[0][0])
+    assert plain[3] == slot and plain[5] == bisect_left(SIZE_BUCKETS, sizes[0][1])
+    assert sum(plain[8]) == 3 and 0 <= plain[9] <= elapsed
+    assert by_key[(1, True, 0)][7] == 1 and by_key[(1, False, 3)][7] == 1
+    assert sorted((rcode, n) for rcode, n, _slots, _secs in replies) == [(0, 4), (3, 1)]
+    assert all(sum(slots) == n and 0 <= secs <= elapsed for _, n, slots, secs in replies)
+    assert rig.engine.relay_tallies() == ([], [])  # zeroed by the fold
+
+
+def test_answers_beyond_the_tallies_room_go_up_in_full(rig: Rig) -> None:
+    """Each (qtype, DO, rcode, sizes) key takes a slot until the next fold; with every slot
+    taken, an answer is still sent here but counted by Python (a full item)."""
+    store_and_render(rig, CacheConfig())
+    for qtype in range(1000, 1000 + TALLIES + 1):
+        rig.ask(make_query("t.example.test", f"TYPE{qtype}"))
+        sent, src = rig.up.recv()
+        rig.up.sock.sendto(answer(sent), src)
+        rig.upstream_reads()
+        rig.client.recv(65535)
+    assert len(rig.stored) == TALLIES
+    (item,) = rig.items
+    assert item[0] == REPLY and item[9] is not None  # sent here, counted up there
+    requests, _ = rig.engine.relay_tallies()
+    assert len(requests) == TALLIES
+
+
+def test_the_size_slots_are_the_metrics(rig: Rig) -> None:
+    assert cengine.SIZE_BUCKETS == stats.SIZE_BUCKETS
 
 
 def nxdomain(query: bytes) -> bytes:

@@ -30,7 +30,14 @@ from typing import Any, Protocol
 
 from fastdns.config.schema import CacheConfig
 from fastdns.dns import compose, wire
-from fastdns.resolve.cache.admission import KIND_NAMES, SERVFAIL, SUCCESS, Classified, classify
+from fastdns.resolve.cache.admission import (
+    KIND_NAMES,
+    SERVFAIL,
+    SUCCESS,
+    Classified,
+    Verdict,
+    classify,
+)
 from fastdns.resolve.cache.entry import STALE, Entry, Form, Raw, retime
 from fastdns.resolve.cache.front import Front, FrontTable, counted_down
 from fastdns.resolve.cache.heads import Heads
@@ -421,12 +428,20 @@ class PacketCache:
         # (``classified``: the verdict of admission.c, the same function run by the relay)
         verdict = classify(q, reply, self.config, ttl) if classified is False else classified
         assert verdict is not True
+        return self.put_classified(q.key, q.qend, reply, verdict, now)
+
+    def put_classified(
+        self, key: bytes, qend: int, reply: bytes, verdict: Verdict | None, now: float
+    ) -> Entry | Raw | None:
+        """``put`` of a reply already classified (``verdict``) to the query whose key is
+        ``key`` and whose question ends at ``qend``: what the compiled relay hands up for
+        the answers it sent (fastdns/serve/crelay.py), with no Query made for it."""
         if verdict is None or verdict[1] <= 0:  # TTL 0: use once, never cache (RFC 1035 §3.2.1)
             if verdict is None:
                 self.counters[_DROPS] += 1
-            old = self.lookup(q.key)
+            old = self.lookup(key)
             if old is not None:  # the answer changed into an uncacheable one: forget the old
-                self._remove(q.key, old)
+                self._remove(key, old)
             return None
         kind, life, opt_start, ttls, as_is = verdict
         cfg = self.config
@@ -439,11 +454,10 @@ class PacketCache:
             return None
         e: Entry | Raw
         if as_is:  # built on its first hit: most names asked once are never asked again
-            e = (kind, life, now, reply, q.qend, opt_start, ttls, q.key[-2] == 1)
+            e = (kind, life, now, reply, qend, opt_start, ttls, key[-2] == 1)
         else:
-            e = self._entry(kind, life, now, reply, q.qend, opt_start, ttls, q.key[-2] == 1)
+            e = self._entry(kind, life, now, reply, qend, opt_start, ttls, key[-2] == 1)
             retime(e, 0, 0)  # the capped TTLs
-        key = q.key
         other.pop(key, None)
         if key in table:
             table.move_to_end(key)  # a refreshed entry is young again

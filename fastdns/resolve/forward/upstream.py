@@ -367,13 +367,31 @@ class Forwarder:
         # The histogram per (server, rcode), found once: this runs for every forwarded reply.
         h = self._proxy_histograms.get((server, rcode))
         if h is None:
+            h = self._proxy_histogram(server, rcode)
+        h.observe(self.loop.time() - t0)
+        if rcode in wire.FAILOVER_RCODES:
+            self.stats.inc("forward_failover", f"{server[0]}:{server[1]}", wire.RCODE_NAMES[rcode])
+
+    def note_replies(
+        self, server: tuple[str, int], tallies: list[tuple[int, int, tuple[int, ...], float]]
+    ) -> None:
+        """``note_reply`` for replies counted elsewhere (the compiled relay's tallies,
+        fastdns/serve/cengine/tally.h): per rcode, how many, their reply times by histogram
+        slot and in sum (the health was noted as they came: ``Relay.stored_there``)."""
+        for rcode, n, slots, seconds in tallies:
+            self._proxy_histogram(server, rcode).add_slots(slots, seconds, n)
+            if rcode in wire.FAILOVER_RCODES:
+                to = f"{server[0]}:{server[1]}"
+                self.stats.counters["forward_failover", to, wire.RCODE_NAMES[rcode]] += n
+
+    def _proxy_histogram(self, server: tuple[str, int], rcode: int) -> Histogram:
+        h = self._proxy_histograms.get((server, rcode))
+        if h is None:
             to = f"{server[0]}:{server[1]}"
             h = self._proxy_histograms[(server, rcode)] = self.stats.histogram(
                 ("proxy_duration", to, wire.RCODE_NAMES.get(rcode, "other"))
             )
-        h.observe(self.loop.time() - t0)
-        if rcode in wire.FAILOVER_RCODES:
-            self.stats.inc("forward_failover", f"{server[0]}:{server[1]}", wire.RCODE_NAMES[rcode])
+        return h
 
     async def exchange(
         self,

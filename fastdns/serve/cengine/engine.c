@@ -371,24 +371,32 @@ static PyObject *Engine_on_readable(Engine *self, PyObject *Py_UNUSED(ignored)) 
  * and a timer asked for when queries wait and none is armed. Only while busy. */
 static void deliver(Engine *self) {
     fd_relay *r = self->relay;
-    if (r == NULL || self->items == NULL) return;
-    if (PyList_GET_SIZE(self->items) > 0) {
-        PyObject *items = self->items;
+    if (r == NULL || self->items == NULL || r->stored == NULL) return;
+    if (PyList_GET_SIZE(self->items) > 0 || PyList_GET_SIZE(r->stored) > 0) {
+        PyObject *items = self->items, *stored = r->stored;
         self->items = PyList_New(0);
+        r->stored = PyList_New(0);
         PyObject *callable = Py_NewRef(self->relayed);
-        PyObject *res = PyObject_CallOneArg(callable, items);
+        PyObject *args[3] = {NULL, items, stored};
+        PyObject *res =
+            PyObject_Vectorcall(callable, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         if (res == NULL)
             keep_error(self, callable);
         else
             Py_DECREF(res);
         Py_DECREF(callable);
         Py_DECREF(items);
+        Py_DECREF(stored);
         if (self->items == NULL) {
             keep_error(self, self->relayed);
             return;
         }
         r = self->relay; /* the call may have closed the engine */
         if (r == NULL) return;
+        if (r->stored == NULL) {
+            keep_error(self, self->relayed);
+            return;
+        }
     }
     if (!self->armed && (r->inflight > 0 || r->nlate > 0) && self->arm != NULL) {
         self->armed = 1;
@@ -456,6 +464,11 @@ static void relay_emit(void *ctx, const struct sockaddr_storage *sa, socklen_t s
     memcpy(&o->addr, sa, sizeof(*sa));
     o->alen = salen;
     o->data = Py_NewRef(data);
+}
+
+static PyObject *Engine_relay_tallies(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->relay == NULL) return Py_BuildValue("([][])");
+    return fd_tallies_fold(&self->relay->tally);
 }
 
 static PyObject *Engine_relay_render(Engine *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -894,6 +907,7 @@ static int Engine_traverse(Engine *self, visitproc visit, void *arg) {
     Py_VISIT(self->relayed);
     Py_VISIT(self->arm);
     Py_VISIT(self->items);
+    if (self->relay != NULL) Py_VISIT(self->relay->stored);
     return 0;
 }
 
@@ -947,7 +961,7 @@ static PyMethodDef Engine_methods[] = {
     {"counters", (PyCFunction)Engine_counters, METH_NOARGS, "Counters since the start."},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "Release everything (idempotent)."},
     {"on_upstream", (PyCFunction)Engine_on_upstream, METH_NOARGS,
-     "Read the relay's upstream sockets; their outcomes go to relayed(items)."},
+     "Read the relay's upstream sockets; their outcomes go to relayed(items, stored)."},
     {"expire", (PyCFunction)Engine_expire, METH_NOARGS,
      "Time out the relayed queries due; when the next one is due, or None."},
     {"relay_policy", (PyCFunction)(void (*)(void))Engine_relay_policy, METH_FASTCALL,
@@ -959,6 +973,10 @@ static PyMethodDef Engine_methods[] = {
     {"relay_render", (PyCFunction)(void (*)(void))Engine_relay_render, METH_FASTCALL,
      "relay_render((capacity, denial_capacity, opt_size) | None, lima_compat, edns_max_udp): "
      "build and send the client's reply to each final answer here (render.c), or not."},
+    {"relay_tallies", (PyCFunction)Engine_relay_tallies, METH_NOARGS,
+     "The accounting of the answers sent here since the last call (tally.h), zeroed: "
+     "([(qtype, do, rcode, req_slot, req_bytes, resp_slot, resp_bytes, n, slots, seconds)], "
+     "[(rcode, n, upstream slots, upstream seconds)])."},
     {"key_add", (PyCFunction)Engine_key_add, METH_O, "A key the cache now holds."},
     {"key_discard", (PyCFunction)Engine_key_discard, METH_O, "A key the cache let go."},
     {"key_clear", (PyCFunction)Engine_key_clear, METH_NOARGS, "The cache was emptied."},
@@ -995,5 +1013,9 @@ int fd_engine_register(PyObject *module) {
     if (PyModule_AddObjectRef(module, "Engine", (PyObject *)&EngineType) < 0) return -1;
     if (PyModule_AddIntConstant(module, "MAX_BATCH", MAX_BATCH) < 0) return -1;
     if (PyModule_AddIntConstant(module, "MAX_BACKLOG", MAX_BACKLOG) < 0) return -1;
+    PyObject *sizes = fd_size_bounds();
+    int added = sizes != NULL ? PyModule_AddObjectRef(module, "SIZE_BUCKETS", sizes) : -1;
+    Py_XDECREF(sizes);
+    if (added < 0) return -1;
     return 0;
 }

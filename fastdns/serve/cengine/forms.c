@@ -157,15 +157,6 @@ void fd_form_retime(fd_form *f, long long age) {
     f->stamp = age;
 }
 
-/* The duration slot of `secs`: bisect_left(TIME_BUCKETS, secs), as Histogram.observe. The
- * bounds are 0.00025 * 2**i, computed by exact doubling as Python computes them. */
-static int time_slot(double secs) {
-    double bound = 0.00025;
-    for (int i = 0; i < FD_TIME_BUCKETS - 1; i++, bound *= 2)
-        if (secs <= bound) return i;
-    return FD_TIME_BUCKETS - 1;
-}
-
 void fd_forms_count(fd_forms *t, fd_form *f, double at, double secs) {
     if (!f->dirty) {
         if (t->ndirty >= t->dirty_cap) return; /* not reached: checked when queued */
@@ -175,7 +166,7 @@ void fd_forms_count(fd_forms *t, fd_form *f, double at, double secs) {
         f->first = at;
     }
     f->last = at;
-    int slot = time_slot(secs);
+    int slot = fd_time_slot(secs);
     if (slot == 0) {
         f->n++;
         f->secs += secs;

@@ -11,9 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Slots of the request duration histogram: fastdns/metrics/stats.py TIME_BUCKETS
- * (0.00025 * 2**i s, i < 16) and +Inf. A hit slower than the first is counted in its slot. */
-#define FD_TIME_BUCKETS 17
+#include "tally.h" /* FD_TIME_BUCKETS: a hit slower than the first is counted in its slot */
 
 /* One form. Shared by the table, the dirty list and queued replies; freed at refs == 0.
  * Its reply body is its own copy: the TTLs in it are rewritten for the entry's age

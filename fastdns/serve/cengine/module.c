@@ -10,6 +10,7 @@
  *   admission.c  the cache's admission (classify), pure C (admission.h)
  *   render.c  the client's reply to a relayed answer, pure C (render.h)
  *   relay.c   misses relayed to the upstream (relay.h); keys.c the cache's keys (keys.h)
+ *   tally.c   the accounting of the answers the relay sends itself (tally.h)
  *   wirebind.c  their Python functions: parse_query, question_matches, reply_header,
  *               classify
  * Every read of packet bytes is bounds-checked; nothing here grows without a bound.

@@ -293,11 +293,46 @@ static PyObject *verdict_of(fd_relay *r, const fd_rslot *x, const uint8_t *reply
     return verdict;
 }
 
+/* An answer sent from here, counted here (tally.h): what Python still does with it, as a
+ * short item on the stored list (relay.h). 1: so; 0: no room in the tallies, or an answer
+ * the native path counts (forward_first), which goes up in full; -1 with an error set. */
+static int put_stored(fd_relay *r, const fd_rslot *x, const uint8_t *reply, size_t rlen,
+                      PyObject *verdict, PyObject *answered) {
+    const struct fd_query *fq = &x->q;
+    if (x->first || r->stored == NULL ||
+        !fd_tally_answer(&r->tally, fq->qtype, fq->do_bit, reply[3], x->qlen,
+                         (size_t)PyBytes_GET_SIZE(answered), r->now - x->t0, r->now - x->sent))
+        return 0;
+    PyObject *t = Py_BuildValue("(Ky#iy#NN)", x->seq, (const char *)fq->key,
+                                (Py_ssize_t)fq->key_len, (int)fq->qend, (const char *)reply,
+                                (Py_ssize_t)rlen, verdict, answered);
+    if (t == NULL) return -1; /* (verdict and answered are released with it) */
+    int rc = PyList_Append(r->stored, t);
+    Py_DECREF(t);
+    return rc < 0 ? -1 : 1;
+}
+
 /* An item for Python (relay.h); 0, or -1 with an error set. */
 static int put_item(fd_relay *r, PyObject *items, int kind, const fd_rslot *x,
                     const uint8_t *reply, size_t rlen) {
+    PyObject *answered = NULL; /* the reply sent from here, or NULL */
+    PyObject *verdict = kind == FD_RELAY_REPLY && reply != NULL
+                            ? verdict_of(r, x, reply, rlen, &answered)
+                            : Py_NewRef(Py_False);
+    if (verdict == NULL) {
+        Py_XDECREF(answered);
+        return -1;
+    }
+    if (answered != NULL) {
+        int done = put_stored(r, x, reply, rlen, verdict, answered);
+        if (done != 0) return done < 0 ? -1 : 0;
+    }
     PyObject *t = PyTuple_New(10);
-    if (t == NULL) return -1;
+    if (t == NULL) {
+        Py_DECREF(verdict);
+        Py_XDECREF(answered);
+        return -1;
+    }
     PyObject *k = PyLong_FromLong(kind);
     PyObject *seq = PyLong_FromUnsignedLongLong(x->seq);
     PyObject *q = PyBytes_FromStringAndSize((const char *)x->query, x->qlen);
@@ -321,13 +356,9 @@ static int put_item(fd_relay *r, PyObject *items, int kind, const fd_rslot *x,
     PyTuple_SET_ITEM(t, 5, t0);
     PyTuple_SET_ITEM(t, 6, sent);
     PyTuple_SET_ITEM(t, 7, fields);
-    PyObject *answered = NULL; /* the reply sent from here, or NULL */
-    PyObject *verdict = kind == FD_RELAY_REPLY && reply != NULL
-                            ? verdict_of(r, x, reply, rlen, &answered)
-                            : Py_NewRef(Py_False);
     PyTuple_SET_ITEM(t, 8, verdict);
     PyTuple_SET_ITEM(t, 9, answered != NULL ? answered : Py_NewRef(Py_None));
-    if (!k || !seq || !q || !rep || !a || !t0 || !sent || !fields || !verdict ||
+    if (!k || !seq || !q || !rep || !a || !t0 || !sent || !fields ||
         PyList_Append(items, t) < 0) {
         Py_DECREF(t);
         return -1;
@@ -627,7 +658,7 @@ int fd_relay_take(fd_relay *r, const uint8_t *buf, size_t len,
 }
 
 int fd_relay_read(fd_relay *r, double now, PyObject *items) {
-    (void)now;
+    r->now = now;
     struct epoll_event ev[EVENTS];
     int n;
     do {
@@ -755,6 +786,11 @@ int fd_relay_init(fd_relay *r, uint32_t cap, uint64_t seed) {
         fd_relay_free(r);
         return -1;
     }
+    r->stored = PyList_New(0);
+    if (r->stored == NULL) {
+        fd_relay_free(r);
+        return -1;
+    }
     return 0;
 }
 
@@ -802,4 +838,5 @@ void fd_relay_free(fd_relay *r) {
     r->nfree = r->inflight = r->nlate = 0;
     r->head = r->tail = r->lhead = r->ltail = FD_RELAY_NONE;
     fd_keys_free(&r->keys);
+    Py_CLEAR(r->stored);
 }

@@ -8,8 +8,9 @@
  * random port), with a random ID unique on its socket; a reply counts only when its ID is
  * awaited on that socket (which the kernel filters by source) and its question is the query's
  * (wire.h fd_question_matches). Every outcome, the answers and the failures (an error on the
- * socket, a timeout), goes up in one list per wakeup (fd_relay_item) to Python, which stores,
- * answers and accounts the answers and drives the forwarding state machine on for the rest.
+ * socket, a timeout), goes up in one call per wakeup to Python, which stores, answers and
+ * accounts the answers and drives the forwarding state machine on for the rest; an answer sent
+ * and counted here (render.h, tally.h) goes up short, on the stored list, only to be stored.
  * Everything is bounded: the slots (Python's max_inflight), the sockets, each socket's IDs.
  */
 #ifndef FASTDNS_CENGINE_RELAY_H
@@ -23,6 +24,7 @@
 #include "admission.h"
 #include "keys.h"
 #include "render.h"
+#include "tally.h"
 #include "wire.h"
 
 #define FD_RELAY_POOL 256      /* sockets in rotation (upsock.py POOL_SIZE) */
@@ -130,6 +132,12 @@ typedef struct {
     uint32_t verdict_room[2 * FD_MAX_RECORDS];
     uint8_t out[65536];
     fd_relay_counters c;
+    /* the answers sent from here: counted here (tally.h) and, for Python to store and hand
+     * to the questions waiting on them, on the stored list, one (seq, key, qend, reply,
+     * verdict, sent) per answer; now: when the replies being read came */
+    fd_tallies tally;
+    PyObject *stored;
+    double now;
     uint8_t rbuf[65536];
 } fd_relay;
 
