@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from fastdns.dns import compose, loopguard, wire
 from fastdns.dns.resolved import Resolved
-from fastdns.resolve.cache.admission import Classified, Verdict
+from fastdns.resolve.cache.admission import Classified
 from fastdns.resolve.forward.attempts import DONE, UDP, Attempts
 from fastdns.resolve.forward.routes import Route
 from fastdns.resolve.forward.upsock import PortSocket, UpstreamDown
@@ -56,7 +55,7 @@ class Delivery(Protocol):
 
 logger = logging.getLogger(__name__)
 
-_ANSWERED = ("forward_fast_lane", "answered")  # WorkerStats key; hand-offs count by reason
+ANSWERED = ("forward_fast_lane", "answered")  # WorkerStats key; hand-offs count by reason
 
 
 class Relayed:
@@ -215,7 +214,7 @@ class Relay:
             return False
         fwd, pipeline = self.forwarder, self.pipeline
         fwd.note_reply(server, sent, rcode)
-        fwd.stats.counters[_ANSWERED] += 1
+        fwd.stats.counters[ANSWERED] += 1
         res = Resolved(data, "fallback" if fwd.plan.source == "fallback" else "forward")
         native, nss = pipeline.native, pipeline.nss
         if native is not None and native.decline_reason(q) is None and native.settle(q, data):
@@ -243,76 +242,6 @@ class Relay:
             out = Resolved(compose.splice(res.reply, q.id, q.question, q.rd), res.source)
         sink.send_answer(q, out, addr, size, t0)
         return True
-
-    def answered_there(
-        self,
-        q: wire.Query,
-        data: bytes,
-        sent_reply: bytes,
-        sink: Delivery,
-        addr: Any,
-        size: int,
-        t0: float,
-        server: tuple[str, int],
-        sent: float,
-        fut: asyncio.Future[Resolved] | None,
-        classified: Classified,
-    ) -> None:
-        """``answered`` for a reply the engine already sent the client as ``sent_reply``
-        (render.c: the bytes ``answered`` would send, held equal by
-        tests/fuzz/test_fuzz_crender.py; only final answers): stored, counted, and handed to
-        the questions waiting on it, without rendering or sending."""
-        fwd, pipeline = self.forwarder, self.pipeline
-        fwd.note_reply(server, sent, data[3] & 0xF)
-        fwd.stats.counters[_ANSWERED] += 1
-        source = "fallback" if fwd.plan.source == "fallback" else "forward"
-        native = pipeline.native
-        if native is not None and native.decline_reason(q) is None and native.settle(q, data):
-            # (counted there; the engine sends a forward-first reply only when it is final)
-            logger.error("the compiled relay answered a reply c-ares wanted to go on from")
-        try:
-            pipeline.store(q, Resolved(data, source), classified)
-        except Exception:  # a bug: the client has its answer already
-            logger.exception("unhandled error storing a forwarded reply")
-            fwd.stats.inc("unhandled_exceptions")
-        out = Resolved(sent_reply, source)
-        if fut is not None:
-            if not fut.done():
-                fut.set_result(out)
-            if pipeline.pending.get(q.key) is fut:
-                del pipeline.pending[q.key]
-        sink.account(q, out, size, t0)
-
-    def stored_there(
-        self,
-        batch: list[tuple[int, bytes, int, bytes, Verdict | None, bytes]],
-        server: tuple[str, int],
-        waiting: dict[int, asyncio.Future[Resolved]],
-    ) -> None:
-        """``answered_there`` for a batch of answers the engine sent and counted itself
-        (its tallies: fastdns/serve/cengine/tally.h, folded by ``Accounting.fold_relayed``
-        and ``Forwarder.note_replies``): each ``(seq, key, qend, reply, verdict, sent)`` is
-        stored and handed to the questions waiting on query ``seq`` (``waiting``)."""
-        fwd, pipeline = self.forwarder, self.pipeline
-        if fwd.health:
-            fwd.health.pop(server, None)  # it answers: healthy (``note_reply``)
-        fwd.stats.counters[_ANSWERED] += len(batch)
-        cache, now = pipeline.cache, time.monotonic()
-        source = "fallback" if fwd.plan.source == "fallback" else "forward"
-        for seq, key, qend, reply, verdict, sent_reply in batch:
-            if cache is not None:
-                try:
-                    cache.put_classified(key, qend, reply, verdict, now)
-                except Exception:  # a bug: the client has its answer already
-                    logger.exception("unhandled error storing a forwarded reply")
-                    fwd.stats.inc("unhandled_exceptions")
-            if waiting:
-                fut = waiting.pop(seq, None)
-                if fut is not None:
-                    if not fut.done():
-                        fut.set_result(Resolved(sent_reply, source))
-                    if pipeline.pending.get(key) is fut:
-                        del pipeline.pending[key]
 
     def adopt(
         self,
@@ -412,7 +341,7 @@ class Relay:
         if m.on_reply(0, rcode, False, self.loop.time()) != DONE:
             self._hand_off(r, "failover", None)
             return
-        fwd.stats.counters[_ANSWERED] += 1
+        fwd.stats.counters[ANSWERED] += 1
         if r.route is not None:
             fwd.note_route(r.route, r.sent, True)
             source = "forward"

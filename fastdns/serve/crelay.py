@@ -16,6 +16,8 @@ machine where the engine left it (``Relay.adopt``), so every decision stays in P
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 from fastdns.dns import compose, wire
@@ -26,9 +28,12 @@ from fastdns.resolve.forward.attempts import UDP, Server
 from fastdns.resolve.forward.upsock import UpstreamDown
 from fastdns.resolve.forward.upstream import Attempt
 from fastdns.resolve.pipeline import ForwardRule
+from fastdns.resolve.relay import ANSWERED
 from fastdns.serve.udp import ServerState, UDPServer
 
 __all__ = ["CRelay", "Policy", "policy"]
+
+logger = logging.getLogger(__name__)
 
 # an item's kind (relay.h FD_RELAY_*)
 REPLY, ERROR, TIMEOUT, LATE, LATE_ERROR, FOLLOW = 0, 1, 2, 3, 4, 5
@@ -147,7 +152,7 @@ class CRelay:
         the answers it sent and counted itself, to store."""
         relay, udp, server = self.state.relay, self.udp, self.server
         if stored and server is not None:
-            relay.stored_there(stored, server, self.waiting)
+            self.stored(stored, server)
         failed = False
         for kind, seq, query, reply, addr, t0, sent, parts, verdict, done in items:
             if kind in (LATE, LATE_ERROR):
@@ -167,8 +172,8 @@ class CRelay:
                 continue
             if kind == REPLY and reply is not None and done is not None:
                 # answered by the engine itself (render.c): stored and counted here
-                relay.answered_there(
-                    q, reply, done, udp, addr, len(query), t0, server, sent, fut, verdict
+                self.answered_there(
+                    q, reply, done, addr, len(query), t0, server, sent, fut, verdict
                 )
                 continue
             if kind == REPLY and reply is not None:
@@ -185,6 +190,72 @@ class CRelay:
             relay.resume(r, None, kind == ERROR, box)
         if failed:
             self.tell()  # a server that keeps failing is asked last: maybe another first
+
+    def answered_there(
+        self,
+        q: wire.Query,
+        data: bytes,
+        sent_reply: bytes,
+        addr: Any,
+        size: int,
+        t0: float,
+        server: Server,
+        sent: float,
+        fut: asyncio.Future[Resolved] | None,
+        classified: Classified,
+    ) -> None:
+        """``Relay.answered`` for a reply the engine already sent the client as
+        ``sent_reply`` (render.c: the bytes ``answered`` would send, held equal by
+        tests/fuzz/test_fuzz_crender.py; only final answers) and left to Python to count (a
+        forwarded-first one, or no room in its tallies): stored, counted, and handed to the
+        questions waiting on it, without rendering or sending."""
+        pipeline = self.state.pipeline
+        fwd = pipeline.forwarder
+        fwd.note_reply(server, sent, data[3] & 0xF)
+        fwd.stats.counters[ANSWERED] += 1
+        source = _source(self.state)
+        native = pipeline.native
+        if native is not None and native.decline_reason(q) is None and native.settle(q, data):
+            # (counted there; the engine sends a forward-first reply only when it is final)
+            logger.error("the compiled relay answered a reply c-ares wanted to go on from")
+        try:
+            pipeline.store(q, Resolved(data, source), classified)
+        except Exception:  # a bug: the client has its answer already
+            logger.exception("unhandled error storing a forwarded reply")
+            fwd.stats.inc("unhandled_exceptions")
+        out = Resolved(sent_reply, source)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(out)
+            if pipeline.pending.get(q.key) is fut:
+                del pipeline.pending[q.key]
+        self.udp.account(q, out, size, t0)
+
+    def stored(self, batch: list[Stored], server: Server) -> None:
+        """``answered_there`` for the answers the engine sent and counted itself (its
+        tallies: fastdns/serve/cengine/tally.h, folded by ``fold``): each ``(seq, key, qend,
+        reply, verdict, sent)`` is stored and handed to the questions waiting on query
+        ``seq``, with no Query built for it."""
+        pipeline, waiting = self.state.pipeline, self.waiting
+        fwd = pipeline.forwarder
+        if fwd.health:
+            fwd.health.pop(server, None)  # it answers: healthy (``note_reply``)
+        fwd.stats.counters[ANSWERED] += len(batch)
+        cache, now = pipeline.cache, time.monotonic()
+        for seq, key, qend, reply, verdict, sent_reply in batch:
+            if cache is not None:
+                try:
+                    cache.put_classified(key, qend, reply, verdict, now)
+                except Exception:  # a bug: the client has its answer already
+                    logger.exception("unhandled error storing a forwarded reply")
+                    fwd.stats.inc("unhandled_exceptions")
+            if waiting:
+                fut = waiting.pop(seq, None)
+                if fut is not None:
+                    if not fut.done():
+                        fut.set_result(Resolved(sent_reply, self.source))
+                    if pipeline.pending.get(key) is fut:
+                        del pipeline.pending[key]
 
     def follow(self, seq: int, q: wire.Query, addr: Any, size: int, t0: float) -> None:
         """``q`` came while the engine has the same question in flight (query ``seq``): it

@@ -377,7 +377,7 @@ class Forwarder:
     ) -> None:
         """``note_reply`` for replies counted elsewhere (the compiled relay's tallies,
         fastdns/serve/cengine/tally.h): per rcode, how many, their reply times by histogram
-        slot and in sum (the health was noted as they came: ``Relay.stored_there``)."""
+        slot and in sum (the health was noted as they came: ``CRelay.stored``)."""
         for rcode, n, slots, seconds in tallies:
             self._proxy_histogram(server, rcode).add_slots(slots, seconds, n)
             if rcode in wire.FAILOVER_RCODES:
