@@ -10,9 +10,14 @@ import subprocess
 from collections.abc import Sequence
 
 # Mounts each SRC over DST (pairs before "--"), sets the host name when $NSS_HOSTNAME is set,
-# then runs the rest.
+# then runs the rest. A directory DST that does not exist yet is made first: /run is a tmpfs,
+# and without an init system nothing makes /run/avahi-daemon on a fresh machine (an empty
+# directory, as avahi's package makes it at boot).
 _SETUP = """set -e
-while [ "$1" != "--" ]; do mount --bind "$1" "$2"; shift 2; done
+while [ "$1" != "--" ]; do
+    if [ -d "$1" ] && [ ! -e "$2" ]; then mkdir -p "$2"; fi
+    mount --bind "$1" "$2"; shift 2
+done
 shift
 if [ -n "${NSS_HOSTNAME:-}" ]; then hostname "$NSS_HOSTNAME"; fi
 exec "$@"
