@@ -23,7 +23,9 @@ from support.server import write_resolv_conf
 from support.upstream import dead_address, next_address
 
 from fastdns.dns import wire
+from fastdns.metrics.stats import WorkerStats
 from fastdns.resolve.forward.attempts import TlsTarget
+from fastdns.resolve.forward.dot import TlsPool, client_context
 
 pytestmark = pytest.mark.integration
 
@@ -301,6 +303,30 @@ def test_a_handshake_that_never_completes_times_out(
         while not srv.counter("tls_handshake_failures", to, "timeout"):
             assert time.monotonic() < deadline, srv.counters()
             time.sleep(0.05)
+
+
+def test_a_handshake_outlived_by_its_queries_is_still_counted(dot_address: str) -> None:
+    """The queries that opened a connection may be over before its handshake is (their
+    deadline first, the connection retired and closed with nothing pending): the handshake
+    still runs to its own timeout and is counted, so an upstream whose TLS never completes
+    shows in ``tls_handshake_failures`` whatever the timers' order."""
+    stats = WorkerStats()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        pool = TlsPool(loop, stats, lambda verify: client_context("", verify), 10.0, 0.5)
+        q = wire.parse_query(make_query("gone.dot.test", "A").to_wire())
+        waiter = loop.create_future()
+        conn, uid = pool.send(TlsTarget(dot_address, 853, NAME, True), q, waiter)
+        conn.stalled(loop.time())  # its attempt timed out, nothing read: retired
+        conn.forget(uid, waiter)  # its exchange is over: nothing pending, closed
+        assert conn.closed
+        await asyncio.sleep(1.0)  # the handshake's own timeout is 0.5 s
+        pool.close()
+
+    with socket.create_server((dot_address, 853)):  # never accepts: the kernel queues it
+        asyncio.run(run())
+    assert stats.counters.get(("tls_handshake_failures", f"{dot_address}:853", "timeout")) == 1
 
 
 def test_failover_to_the_next_server_when_one_is_dead(

@@ -122,7 +122,7 @@ class TlsConnection(asyncio.Protocol):
         if entry is not None and entry[0] is waiter:
             del self.pending[uid]
             if self.retired and not self.pending:
-                self.close(None)
+                self.close(None, abandoned=True)
 
     def stalled(self, sent: float) -> None:
         """A query sent at ``sent`` timed out. Nothing read since: the server went silent on
@@ -130,7 +130,7 @@ class TlsConnection(asyncio.Protocol):
         if self.last_read < sent and not self.retired:
             self.retired = True
             if not self.pending:
-                self.close(None)
+                self.close(None, abandoned=True)
 
     def room(self) -> bool:
         return not (self.closed or self.retired) and len(self.pending) < MAX_PIPELINE
@@ -183,14 +183,22 @@ class TlsConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def close(self, exc: BaseException | None) -> None:
-        """Close, and fail what is still in flight with ``exc`` (UpstreamDown if None)."""
+    def close(self, exc: BaseException | None, abandoned: bool = False) -> None:
+        """Close, and fail what is still in flight with ``exc`` (UpstreamDown if None).
+
+        ``abandoned``: closed because no query is left on it. A handshake still running
+        then runs on to its own end (``handshake_timeout`` at most), so that its failure is
+        counted and backed off as any other's, whichever of its timeout and its queries'
+        deadline came first; a success closes it then (``TlsLink._open``)."""
         if self.closed:
             return
         self.closed = self.retired = True
         self.link.drop(self)
         if self.task is not None and not self.task.done():
-            self.task.cancel()
+            if abandoned and not self.link.pool.closed:
+                self.link.pool.handshaking.add(self)
+            else:
+                self.task.cancel()
         transport, self.transport = self.transport, None
         if transport is not None:
             transport.close()
@@ -256,7 +264,9 @@ class TlsLink:
             sock.close()
             self._failed(conn, e)
             return
-        if conn.closed:  # closed while the handshake ran (the pool stopped)
+        finally:
+            pool.handshaking.discard(conn)
+        if conn.closed:  # closed while the handshake ran (the pool stopped, or abandoned)
             if conn.transport is not None:
                 conn.transport.close()
             return
@@ -318,6 +328,8 @@ class TlsPool:
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
         self.links: dict[TlsTarget, TlsLink] = {}
+        # connections closed by their queries while their handshake runs on (close abandoned)
+        self.handshaking: set[TlsConnection] = set()
         self.closed = False
 
     def context(self, verify: bool) -> ssl.SSLContext:
@@ -360,3 +372,7 @@ class TlsPool:
             for conn in list(link.conns):
                 conn.close(UpstreamDown("closed"))
         self.links.clear()
+        for conn in self.handshaking:
+            if conn.task is not None:
+                conn.task.cancel()
+        self.handshaking.clear()
