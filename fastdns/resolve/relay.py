@@ -410,7 +410,8 @@ class Relay:
                 r.fut.exception()  # retrieved: there may be no waiter
             out = res
         finally:
-            if pipeline.pending.get(q.key) is r.fut:
+            # (no future of its own: the question was pending for another query already)
+            if r.fut is not None and pipeline.pending.get(q.key) is r.fut:
                 del pipeline.pending[q.key]
         fut = r.fut
         if fut is not None and not fut.done():
@@ -445,7 +446,7 @@ class Relay:
             if r.fut is not None and not r.fut.done():
                 r.fut.set_exception(e)
                 r.fut.exception()
-            if pipeline.pending.get(q.key) is r.fut:
+            if r.fut is not None and pipeline.pending.get(q.key) is r.fut:
                 del pipeline.pending[q.key]
             raise
         self._finish(r, res)

@@ -24,6 +24,9 @@ from support.inproc import InProcessFactory, InProcessServer
 from support.server import write_resolv_conf
 from support.upstream import FakeUpstream
 
+from fastdns.dns import wire
+from fastdns.dns.resolved import Resolved
+
 pytestmark = pytest.mark.integration
 
 LOCAL = "127.0.0.1"
@@ -248,3 +251,38 @@ def test_a_bug_while_resolving_is_servfail_for_the_client(
     reply = query(LOCAL, srv.tcp_port if tcp else srv.udp_port, "n40.lane.test", "A", tcp=tcp)
     assert reply.rcode() == dns.rcode.SERVFAIL
     assert srv.call(lambda: srv.worker.stats.counters.get(("unhandled_exceptions",), 0)) == 1
+
+
+def test_a_second_hand_off_of_a_pending_question_still_answers_its_client(
+    inproc: InProcessFactory, tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    """Two queries for one question handed to the general path one after the other (the
+    compiled relay hands a reply NSS must complete to it, and the engine relays the same
+    question again meanwhile): the second finds the first's future pending and has none of
+    its own. Whichever finishes last, each client gets its answer and nothing is left
+    pending (the second used to raise KeyError there, and its client got nothing)."""
+    srv = serve(inproc, tmp_path, *ups)
+    relay, pipeline = srv.worker.state.relay, srv.worker.pipeline  # type: ignore[union-attr]
+    assert relay is not None and pipeline is not None
+    q = wire.parse_query(dns.message.make_query("twice.lane.test", "AAAA").to_wire())
+    answer = Resolved(dns.message.make_response(dns.message.from_wire(q.wire)).to_wire(), "forward")
+    sent: list[bytes] = []
+
+    class Sink:
+        def send_answer(self, q: Any, res: Resolved, addr: Any, size: int, t0: float) -> None:
+            sent.append(res.reply)
+
+        def account(self, q: Any, res: Resolved, size: int, t0: float) -> None:
+            pass
+
+    def both() -> int:
+        now = srv.loop.time()
+        server = (ups[0].address, 53)
+        first = relay._general_now(q, Sink(), (LOCAL, 1), len(q.wire), now, server, now, None)
+        second = relay._general_now(q, Sink(), (LOCAL, 2), len(q.wire), now, server, now, None)
+        relay._finish(first, answer)
+        relay._finish(second, answer)
+        return len(pipeline.pending)
+
+    assert srv.call(both) == 0
+    assert len(sent) == 2
