@@ -446,6 +446,9 @@ class Fastdns(Server):
         d = self.workdir
         (d / "resolv.conf").write_text(f"nameserver {UPSTREAM_IP}\n")  # port 53: no port field
         (d / "hosts").write_text("")
+        # the host's NSS sources (myhostname, mdns) stay out of the comparison: no peer asks
+        # them, and the machine's /etc/nsswitch.conf must not decide what a row measures
+        (d / "nsswitch.conf").write_text("hosts: files dns\n")
         cache = "enabled: true" + (
             f", capacity: {self.cache_capacity}" if self.cache_capacity is not None else ""
         )
@@ -460,7 +463,10 @@ fastdns:
   fallback: []
   workers: {self.workers}
   cache: {{{cache}}}
-  native: {{enabled: {str(self.native).lower()}, forward_first: {str(self.forward_first).lower()}}}
+  native:
+    enabled: {str(self.native).lower()}
+    forward_first: {str(self.forward_first).lower()}
+    nsswitch: {d / "nsswitch.conf"}
 {datapath}"""
 
     def command(self) -> list[str]:
