@@ -376,7 +376,7 @@ class Pipeline:
             return Resolved(compose.error_reply(q, wire.SERVFAIL, self.opt_size), "server")
         if route is not None:
             return Resolved(result.reply, "forward")
-        source = "fallback" if fwd.plan.source == "fallback" else "forward"
+        source = fwd.plan.answers_as
         return Resolved(result.reply, source)
 
     # ------------------------------------------------------------------ the packet cache

@@ -215,7 +215,7 @@ class Relay:
         fwd, pipeline = self.forwarder, self.pipeline
         fwd.note_reply(server, sent, rcode)
         fwd.stats.counters[ANSWERED] += 1
-        res = Resolved(data, "fallback" if fwd.plan.source == "fallback" else "forward")
+        res = Resolved(data, fwd.plan.answers_as)
         native, nss = pipeline.native, pipeline.nss
         if native is not None and native.decline_reason(q) is None and native.settle(q, data):
             # Forwarded first for c-ares (the engine relays only those it does not decline):
@@ -346,7 +346,7 @@ class Relay:
             fwd.note_route(r.route, r.sent, True)
             source = "forward"
         else:
-            source = "fallback" if fwd.plan.source == "fallback" else "forward"
+            source = fwd.plan.answers_as
         res = Resolved(data, source)
         native = self.pipeline.native
         if r.native and native is not None and native.settle(r.q, data):

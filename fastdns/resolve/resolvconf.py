@@ -85,6 +85,11 @@ class UpstreamPlan:
     source: str  # "resolv_conf" | "dns" | "fallback" | "none"
     resolv: ResolvConf = field(default_factory=ResolvConf)
 
+    @property
+    def answers_as(self) -> str:
+        """The source label of the answers forwarded to these servers (the metrics' plugin)."""
+        return "fallback" if self.source == "fallback" else "forward"
+
 
 def same_plan(a: UpstreamPlan, b: UpstreamPlan) -> bool:
     """True when ``a`` and ``b`` forward alike: same servers, source and resolv.conf settings

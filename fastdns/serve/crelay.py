@@ -49,11 +49,6 @@ Item = tuple[int, int, bytes, bytes | None, Any, float, float, QueryParts, Class
 Stored = tuple[int, bytes, int, bytes, Verdict | None, bytes]
 
 
-def _source(state: ServerState) -> str:
-    """The source label of forwarded answers now (``Relay.answered``'s)."""
-    return "fallback" if state.pipeline.forwarder.plan.source == "fallback" else "forward"
-
-
 def query_of(data: bytes, parts: QueryParts) -> wire.Query:
     """The ``wire.Query`` that ``wire.parse_query(data)`` gives, from the fields the engine
     read (its parser gives the same: tests/fuzz/test_fuzz_cwire.py), without a second parse."""
@@ -127,7 +122,7 @@ class CRelay:
         if engine is None:
             return
         p = policy(self.state)
-        source = _source(self.state)
+        source = self.state.pipeline.forwarder.plan.answers_as
         if p != self.told or source != self.source:
             self.fold()  # what was counted so far, under the server and source it had
             engine.relay_policy(*p)
@@ -213,7 +208,7 @@ class CRelay:
         fwd = pipeline.forwarder
         fwd.note_reply(server, sent, data[3] & 0xF)
         fwd.stats.counters[ANSWERED] += 1
-        source = _source(self.state)
+        source = fwd.plan.answers_as
         native = pipeline.native
         if native is not None and native.decline_reason(q) is None and native.settle(q, data):
             # (counted there; the engine sends a forward-first reply only when it is final)
